@@ -1,0 +1,3 @@
+"""popbox: a POP3 server, client library and fetch tool."""
+
+__version__ = "0.1.0"

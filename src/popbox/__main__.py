@@ -1,0 +1,3 @@
+from popbox.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `popbox` command."""

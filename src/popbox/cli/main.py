@@ -1,0 +1,116 @@
+"""`popbox` command line: serve, check-config, demo, user, pw."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from popbox import __version__
+from popbox.config import Config, ConfigError, load
+
+DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s popbox[%(process)d]: %(message)s",
+    )
+
+
+def run_server(config: Config, announce: bool = False) -> int:
+    from popbox.server.backends import build
+    from popbox.server.context import ServerContext
+    from popbox.server.listener import Address, serve
+
+    setup_logging(config.log.level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    ctx = ServerContext(config, build(config))
+
+    def ready(bound: list[Address]) -> None:
+        if announce:
+            for host, port in bound:
+                print(f"popbox: listening on {host}:{port}", flush=True)
+
+    try:
+        asyncio.run(serve(ctx, ready))
+    except OSError as exc:
+        print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return run_server(load(args.config), announce=True)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from popbox.auth.passwd_file import PasswdFile
+
+    config = load(args.config)
+    problems = PasswdFile(config.auth.passwd_file, config.auth.mail_location).check()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.config}: OK")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from popbox.cli.demo import prepare
+
+    config = prepare(args.dir.resolve(), args.port)
+    print(f"""
+popbox demo: user "demo", password "demo", maildir {args.dir / "mail" / "demo" / "Maildir"}
+  list:   curl --user demo:demo pop3://127.0.0.1:{args.port}/
+  fetch:  curl --user demo:demo pop3://127.0.0.1:{args.port}/1
+  delete: curl --user demo:demo --request DELE --list-only pop3://127.0.0.1:{args.port}/1
+Stop with Ctrl-C.
+""", flush=True)
+    return run_server(config, announce=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from popbox.cli.user import add_commands
+
+    parser = argparse.ArgumentParser(prog="popbox", description="POP3 server and tools")
+    parser.add_argument("--version", action="version", version=f"popbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the POP3 server")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration and users file")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.set_defaults(func=_check_config)
+
+    demo = sub.add_parser("demo", help="serve a demo maildrop on 127.0.0.1")
+    demo.add_argument("--dir", type=Path, default=Path("demo"))
+    demo.add_argument("--port", type=int, default=1110)
+    demo.set_defaults(func=_demo)
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"popbox: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result

@@ -1,0 +1,171 @@
+"""The message as it crosses the wire (RFC 1939 §3 and §11).
+
+Stores keep messages with LF (or CRLF) line ends, as MTAs write them. On the wire every
+line ends with CRLF, a line starting with "." gets one more "." (byte-stuffing), and the
+multi-line response ends with CRLF "." CRLF. A message whose last line lacks a line end
+still gets one before the terminator.
+
+The *size* of a message (STAT, LIST, the octets a client counts) is the length of the
+message as sent, CRLF line ends included, before byte-stuffing and without the
+terminator: exactly what `poplib` and fetchmail count after un-stuffing. `wire_size`,
+`SizeCounter` and `MessageEncoder` implement one definition, so sizes always equal the
+bytes actually sent.
+
+All work is done with whole-chunk `bytes` operations (no per-line Python loop), with at
+most one byte ("\r" at a chunk end) carried between chunks; TOP is the one filter that
+looks at line boundaries, and it stops looking once it is past the headers.
+"""
+
+from __future__ import annotations
+
+TERMINATOR = b".\r\n"
+
+
+def _crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def wire_size(data: bytes) -> int:
+    """Octets of `data` as sent: LF becomes CRLF and a missing final line end is added."""
+    counter = SizeCounter()
+    counter.feed(data)
+    return counter.finish()
+
+
+class SizeCounter:
+    """Streaming `wire_size`: feed the stored bytes in chunks, then `finish()`."""
+
+    __slots__ = ("_last", "_pending_cr", "_size")
+
+    def __init__(self) -> None:
+        self._size = 0
+        self._pending_cr = False
+        self._last = b"\n"
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        if chunk:
+            self._size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            self._last = chunk[-1:]
+
+    def finish(self) -> int:
+        size = self._size
+        if self._pending_cr:
+            size += 1
+            return size + 2
+        if self._last != b"\n":
+            size += 2
+        return size
+
+
+class MessageEncoder:
+    """Turns stored message bytes into the body of a RETR/TOP multi-line response.
+
+    `feed(chunk)` returns the bytes to send for that chunk; `finish()` returns the
+    closing bytes: a line end if the message did not end with one, then ".\\r\\n".
+    """
+
+    __slots__ = ("_at_line_start", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        if not chunk:
+            return b""
+        data = _crlf(chunk)
+        if self._at_line_start and data[:1] == b".":
+            data = b"." + data
+        data = data.replace(b"\n.", b"\n..")
+        self._at_line_start = data[-1:] == b"\n"
+        return data
+
+    def finish(self) -> bytes:
+        tail = b""
+        if self._pending_cr:
+            self._pending_cr = False
+            tail = b"\r"
+            self._at_line_start = False
+        if not self._at_line_start:
+            tail += b"\r\n"
+        return tail + TERMINATOR
+
+
+class TopFilter:
+    """Keeps the headers, the empty line after them and `body_lines` lines of the body.
+
+    RFC 1939 §7 (TOP): "the headers of the message, the blank line separating the headers
+    from the body, and then the number of lines of the indicated message's body". A
+    message without an empty line is all headers and is sent whole.
+    """
+
+    __slots__ = ("_done", "_in_headers", "_line_empty", "_lines_left")
+
+    def __init__(self, body_lines: int) -> None:
+        self._lines_left = body_lines
+        self._in_headers = True
+        self._line_empty = True  # nothing but an optional "\r" seen since the last LF
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._done:
+            return b""
+        pos = 0
+        if self._in_headers:
+            pos = self._skip_headers(chunk)
+            if self._in_headers:
+                return chunk
+        return chunk[:pos] + self._body(chunk[pos:])
+
+    def _skip_headers(self, chunk: bytes) -> int:
+        """Scan for the empty line; return the offset just past it (or len(chunk))."""
+        start = 0
+        n = len(chunk)
+        while start < n:
+            nl = chunk.find(b"\n", start)
+            segment = chunk[start:] if nl < 0 else chunk[start:nl]
+            empty = self._line_empty and segment in (b"", b"\r")
+            if nl < 0:
+                self._line_empty = empty
+                return n
+            start = nl + 1
+            if empty:
+                self._in_headers = False
+                return start
+            self._line_empty = True
+        return n
+
+    def _body(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        if self._lines_left <= 0:
+            self._done = True
+            return b""
+        newlines = chunk.count(b"\n")
+        if newlines < self._lines_left:
+            self._lines_left -= newlines
+            return chunk
+        end = -1
+        for _ in range(self._lines_left):
+            end = chunk.find(b"\n", end + 1)
+        self._lines_left = 0
+        self._done = True
+        return chunk[: end + 1]

@@ -1,0 +1,1 @@
+"""The asyncio shell: sockets, timers and policy around the sans-IO core."""

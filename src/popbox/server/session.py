@@ -1,0 +1,293 @@
+"""One POP3 session: reads bytes, feeds the core, answers each event, writes bytes.
+
+The loop reads whatever the client sent, answers every complete command in order
+(pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
+chunk with `drain()`, so a client that does not read is paused, not buffered, and is cut
+off by the send timeout. Idle clients are logged out (RFC 1939 §3) after
+`limits.idle_timeout` once logged in, `limits.login_timeout` before.
+
+Only QUIT in the TRANSACTION state commits the maildrop. Every other way out (client
+gone, timeout, too many errors, shutdown, an unexpected error) releases the lock and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import assert_never
+
+from popbox import __version__
+from popbox.proto import events as ev
+from popbox.proto.server import ServerConnection
+from popbox.proto.types import State
+from popbox.proto.wire import MessageEncoder, TopFilter
+from popbox.server import replies
+from popbox.server.context import ServerContext
+from popbox.server.logfmt import quote
+from popbox.server.login import Login
+from popbox.server.transaction import Transaction
+from popbox.store.base import Failure, MessageGone, StoreError
+
+log = logging.getLogger("popbox")
+
+READ_SIZE = 65536
+
+
+class Session:
+    __slots__ = ("bad", "bytes_sent", "conn", "ctx", "login", "peer", "reader", "retr_count",
+                 "txn", "writer", "_out")
+
+    def __init__(
+        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        self.conn = ServerConnection()
+        peer = writer.get_extra_info("peername")
+        self.peer: str = peer[0] if isinstance(peer, tuple) else "local"
+        self.login = Login(ctx, self.peer, secure=writer.get_extra_info("sslcontext") is not None)
+        self.txn: Transaction | None = None
+        self.bad = 0
+        self.retr_count = 0
+        self.bytes_sent = 0
+        self._out: list[bytes] = []
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        log.info("connect ip=%s", self.peer)
+        reason = "disconnect"
+        try:
+            greeting = self.ctx.config.server.greeting
+            if self.ctx.config.auth.apop:
+                greeting = f"{greeting} {self.login.timestamp}"
+            self._emit(self.conn.send(ev.Ok(greeting)))
+            reason = await self._serve()
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            self._emit(self.conn.send(replies.SHUTTING_DOWN))
+            with contextlib.suppress(Exception):
+                self.writer.write(b"".join(self._out))
+            raise
+        except (TimeoutError, ConnectionError) as exc:
+            reason = "send-timeout" if isinstance(exc, TimeoutError) else "disconnect"
+        except Exception:
+            reason = "internal-error"
+            log.exception("session error ip=%s", self.peer)
+        finally:
+            await self._end(reason)
+
+    async def _serve(self) -> str:
+        conn = self.conn
+        while True:
+            await self._flush()
+            timeout = self._timeout()
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
+            except TimeoutError:
+                self._emit(conn.send(replies.IDLE_TIMEOUT))
+                await self._flush()
+                return "idle-timeout"
+            conn.receive_data(data)
+            while True:
+                event = conn.next_event()
+                if event is ev.NEED_DATA:
+                    break
+                assert not isinstance(event, ev.Sentinel), "a reply is missing"
+                await self._handle(event)
+                if conn.state is State.CLOSED:
+                    await self._flush()
+                    return self._close_reason(event)
+
+    def _close_reason(self, event: ev.Event) -> str:
+        match event:
+            case ev.Quit():
+                return "quit"
+            case ev.Invalid():
+                return "bad-commands"
+            case _:
+                return "disconnect"
+
+    def _timeout(self) -> float:
+        limits = self.ctx.config.limits
+        if self.conn.state is State.TRANSACTION:
+            return limits.idle_timeout
+        return limits.login_timeout
+
+    async def _end(self, reason: str) -> None:
+        if self.txn is not None:
+            await asyncio.shield(self.txn.maildrop.release())
+            log.info(
+                "logout user=%s ip=%s reason=%s retr=%d dele=%d bytes=%d",
+                quote(self.login.user or ""), self.peer, reason, self.retr_count,
+                len(self.txn.deleted) if reason == "quit" else 0, self.bytes_sent,
+            )
+        else:
+            log.info("disconnect ip=%s reason=%s", self.peer, reason)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    # --- output ---
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def _reply(self, reply: ev.Reply) -> None:
+        self._emit(self.conn.send(reply))
+
+    async def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.writer.write(data)
+        async with asyncio.timeout(self.ctx.config.limits.send_timeout):
+            await self.writer.drain()
+
+    # --- dispatch ---
+
+    async def _handle(self, event: ev.Event) -> None:
+        match event:
+            case ev.ConnectionClosed():
+                pass
+            case ev.Invalid(problem, verb):
+                self._invalid(problem, verb)
+            case ev.Capa():
+                self._reply(ev.MultiLine("Capability list follows", self._capabilities()))
+            case ev.Quit():
+                await self._quit()
+            case ev.Utf8():
+                self._reply(ev.Ok("UTF8 enabled"))
+            case ev.Stls():
+                self._reply(replies.STLS_UNAVAILABLE)
+            case ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse() | ev.SaslCancel():
+                reply = await self.login.handle(event)
+                if isinstance(reply, Transaction):
+                    self.txn = reply
+                    count, size = reply.stat()
+                    reply = ev.Ok(f"Logged in. {count} messages ({size} octets).")
+                self._reply(reply)
+            case ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop() | ev.Rset():
+                assert self.txn is not None
+                await self._transaction(self.txn, event)
+            case _:
+                assert_never(event)
+
+    def _invalid(self, problem: ev.Problem, verb: str) -> None:
+        limits = self.ctx.config.limits
+        self.bad += 1
+        budget = (
+            limits.bad_commands_after_login if self.txn else limits.bad_commands_before_login
+        )
+        if self.bad > budget:
+            self._reply(replies.TOO_MANY_ERRORS)
+            self.conn.close()
+            return
+        self._reply(replies.problem(problem, verb))
+
+    def _capabilities(self) -> tuple[str, ...]:
+        config = self.ctx.config
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
+        if self.conn.state is State.AUTHORIZATION and self.login.cleartext_allowed:
+            caps += ["USER", "SASL " + " ".join(self.login.mechanisms)]
+        caps += [
+            "EXPIRE NEVER",
+            f"LOGIN-DELAY {config.limits.login_delay}",
+            f"IMPLEMENTATION popbox-{__version__}",
+        ]
+        return tuple(caps)
+
+    async def _quit(self) -> None:
+        txn = self.txn
+        if txn is None:
+            self._reply(ev.Ok("Logging out."))
+            return
+        # RFC 1939 §6: the UPDATE state. Shielded: a shutdown must not cut a commit in half.
+        seen = txn.retrieved - txn.deleted
+        result = await asyncio.shield(txn.maildrop.commit(txn.deleted, seen))
+        if isinstance(result, Failure):
+            self._reply(replies.failure(result))
+            return
+        self._reply(ev.Ok(f"Logging out, {result.deleted} messages deleted."))
+
+    # --- TRANSACTION (RFC 1939 §5) ---
+
+    async def _transaction(self, txn: Transaction, event: ev.Command) -> None:
+        match event:
+            case ev.Stat():
+                count, size = txn.stat()
+                self._reply(ev.Ok(f"{count} {size}"))
+            case ev.List(None):
+                count, size = txn.stat()
+                lines = tuple(f"{n} {info.size}" for n, info in txn.live())
+                self._reply(ev.MultiLine(f"{count} messages ({size} octets)", lines))
+            case ev.Uidl(None):
+                lines = tuple(f"{n} {info.uidl}" for n, info in txn.live())
+                self._reply(ev.MultiLine("Unique-ID listing follows", lines))
+            case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg) if msg is not None:
+                index = txn.index(msg)
+                if isinstance(index, ev.Err):
+                    self._reply(index)
+                elif isinstance(event, ev.List):
+                    self._reply(ev.Ok(f"{msg} {txn.info(index).size}"))
+                elif isinstance(event, ev.Uidl):
+                    self._reply(ev.Ok(f"{msg} {txn.info(index).uidl}"))
+                else:
+                    txn.deleted.add(index)
+                    self._reply(ev.Ok(f"Message {msg} deleted."))
+            case ev.Retr(msg) | ev.Top(msg):
+                index = txn.index(msg)
+                if isinstance(index, ev.Err):
+                    self._reply(index)
+                    return
+                top = event.lines if isinstance(event, ev.Top) else None
+                await self._send_message(txn, index, top)
+            case ev.Noop():
+                self._reply(ev.Ok())
+            case ev.Rset():
+                txn.rset()
+                count, size = txn.stat()
+                self._reply(ev.Ok(f"Maildrop has {count} messages ({size} octets)."))
+            case _:
+                raise AssertionError(f"not a transaction command: {event!r}")
+
+    async def _send_message(self, txn: Transaction, index: int, top: int | None) -> None:
+        """RETR / TOP: +OK, the byte-stuffed message (or its top), the terminator."""
+        chunks = txn.maildrop.read(index)
+        try:
+            first = await anext(chunks, b"")
+        except MessageGone:
+            self._reply(replies.MESSAGE_GONE)
+            return
+        except StoreError as exc:
+            self._reply(replies.failure(exc.failure))
+            return
+        size = txn.info(index).size
+        self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
+        encoder = MessageEncoder()
+        limit = TopFilter(top) if top is not None else None
+        chunk: bytes | None = first
+        try:
+            while chunk is not None:
+                data = encoder.feed(limit.feed(chunk) if limit else chunk)
+                if data:
+                    self._emit(data)
+                    self.bytes_sent += len(data)
+                    await self._flush()
+                if limit is not None and limit.done:
+                    break
+                chunk = await anext(chunks, None)
+        except StoreError:
+            # Half a message is on the wire: the only honest thing left is to hang up.
+            log.error("message read failed mid-stream ip=%s index=%d", self.peer, index)
+            raise ConnectionError("store failed while streaming") from None
+        finally:
+            await chunks.aclose()
+        self._emit(encoder.finish())
+        if top is None:
+            txn.retrieved.add(index)
+            self.retr_count += 1

@@ -1,0 +1,1 @@
+"""Mail stores: where maildrops live. `base` holds the protocol every backend implements."""
