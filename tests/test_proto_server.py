@@ -251,7 +251,7 @@ def test_reply_bytes() -> None:
 def test_never_raises_on_arbitrary_bytes(pieces: list[bytes], logged: bool) -> None:
     """Whatever arrives, the core produces events, never an exception."""
     conn = logged_in() if logged else ServerConnection()
-    for piece in pieces + [b""]:
+    for piece in [*pieces, b""]:
         conn.receive_data(piece)
         while (event := conn.next_event()) not in (ev.NEED_DATA,):
             assert event is not ev.PAUSED

@@ -1,0 +1,205 @@
+"""Test helpers: a mail environment on disk, an in-process server, a raw POP3 client,
+and a popbox server in a child process. Everything binds 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from popbox.config import Config, from_dict
+from popbox.server.backends import build
+from popbox.server.context import ServerContext
+from popbox.server.listener import Listener
+
+
+@dataclass
+class MailEnv:
+    """A users file and a tree of Maildirs under `root` (Dovecot's layout)."""
+
+    root: Path
+    counter: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def users(self) -> Path:
+        return self.root / "users"
+
+    def maildir(self, user: str) -> Path:
+        return self.root / "mail" / user / "Maildir"
+
+    def add_user(self, name: str, password: str = "secret") -> Path:
+        with self.users.open("a") as f:
+            f.write(f"{name}:{{PLAIN}}{password}::::::\n")
+        md = self.maildir(name)
+        for sub in ("cur", "new", "tmp"):
+            (md / sub).mkdir(parents=True, exist_ok=True)
+        return md
+
+    def put(self, user: str, message: bytes, *, folder: str = "new", suffix: str = "") -> Path:
+        """Write a message the way Postfix's local delivery does (LF line ends)."""
+        self.counter += 1
+        name = f"{1700000000 + self.counter}.V801I{self.counter:x}M{self.counter}.testhost{suffix}"
+        path = self.maildir(user) / folder / name
+        path.write_bytes(message)
+        return path
+
+    def messages(self, user: str) -> list[bytes]:
+        md = self.maildir(user)
+        files = sorted(list((md / "new").iterdir()) + list((md / "cur").iterdir()),
+                       key=lambda p: p.name)
+        return [p.read_bytes() for p in files]
+
+    def config_dict(self, **sections: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "server": {"listen": ["127.0.0.1:0"], "hostname": "test.example"},
+            "auth": {"passwd_file": str(self.users),
+                     "mail_location": str(self.root / "mail/{user}/Maildir")},
+            "limits": {"shutdown_grace": 1},
+        }
+        for name, values in {**self.settings, **sections}.items():
+            data.setdefault(name, {}).update(values)
+        return data
+
+    def config(self, **sections: dict[str, Any]) -> Config:
+        return from_dict(self.config_dict(**sections))
+
+    def config_file(self, **sections: dict[str, Any]) -> Path:
+        path = self.root / "popbox.toml"
+        lines = []
+        for name, values in self.config_dict(**sections).items():
+            lines.append(f"[{name}]")
+            for key, value in values.items():
+                lines.append(f"{key} = {toml_value(value)}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[tuple[int, ServerContext]]:
+    ctx = ServerContext(config, build(config))
+    listener = Listener(ctx)
+    bound = await listener.start()
+    try:
+        yield bound[0][1], ctx
+    finally:
+        await listener.shutdown()
+
+
+class Client:
+    """A raw POP3 client for tests: sends lines, reads status lines and multi-line data."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> Client:
+        reader, writer = await asyncio.open_connection(host, port, limit=2**24)
+        return cls(reader, writer)
+
+    async def line(self) -> bytes:
+        data = await asyncio.wait_for(self.reader.readline(), 10)
+        assert data.endswith(b"\r\n"), data
+        return data[:-2]
+
+    async def cmd(self, line: bytes | str) -> bytes:
+        self.send(line)
+        return await self.line()
+
+    def send(self, line: bytes | str) -> None:
+        raw = line.encode() if isinstance(line, str) else line
+        self.writer.write(raw + b"\r\n")
+
+    async def body(self) -> bytes:
+        """The rest of a multi-line response, un-stuffed, CRLF kept, terminator removed."""
+        out = []
+        while True:
+            data = await asyncio.wait_for(self.reader.readline(), 10)
+            assert data.endswith(b"\r\n"), data
+            if data == b".\r\n":
+                return b"".join(out)
+            out.append(data[1:] if data.startswith(b".") else data)
+
+    async def multi(self, line: bytes | str) -> tuple[bytes, list[bytes]]:
+        status = await self.cmd(line)
+        if not status.startswith(b"+OK"):
+            return status, []
+        return status, (await self.body()).split(b"\r\n")[:-1]
+
+    async def login(self, user: str = "alice", password: str = "secret") -> bytes:
+        greeting = await self.line()
+        assert greeting.startswith(b"+OK"), greeting
+        assert (await self.cmd(f"USER {user}")).startswith(b"+OK")
+        return await self.cmd(f"PASS {password}")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+class ServerProcess:
+    """`popbox serve` in a child process; stops it on exit (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on [\d.]+:(\d+)", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} {self.stderr()}")
+        self.port = int(match.group(1))
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return ""
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        _out, err = self.proc.communicate()
+        return err
+
+
+@contextlib.contextmanager
+def server_process(config: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(config)
+    try:
+        yield server
+    finally:
+        server.stop()
