@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +97,11 @@ def toml_value(value: object) -> str:
 
 @contextlib.asynccontextmanager
 async def running_server(config: Config) -> AsyncIterator[tuple[int, ServerContext]]:
-    ctx = ServerContext(config, build(config))
+    ctx = ServerContext.create(config, build(config))
     listener = Listener(ctx)
-    bound = await listener.start()
+    plain, _ = await listener.start()
     try:
-        yield bound[0][1], ctx
+        yield plain[0][1], ctx
     finally:
         await listener.shutdown()
 
@@ -167,18 +169,38 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if not match:
-            self.stop()
-            raise RuntimeError(f"server did not start: {line!r} {self.stderr()}")
-        self.port = int(match.group(1))
+        self.port = 0
+        self.tls_port: int | None = None
+        while True:
+            line = self.proc.stdout.readline()
+            match = re.search(r"listening on [\d.]+:(\d+)( \(TLS\))?", line)
+            if not match:
+                break
+            if match.group(2):
+                self.tls_port = int(match.group(1))
+            else:
+                self.port = int(match.group(1))
+            if self.port and (self.tls_port or "tls" not in config.read_text()):
+                break
+        if not self.port:
+            raise RuntimeError(f"server did not start: {line!r} {self.stop()}")
 
-    def stderr(self) -> str:
-        if self.proc.poll() is None:
-            return ""
+    def wait_log(self, text: str, timeout: float = 10) -> bool:
+        """Read the server's log (stderr) until a line contains `text`."""
         assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stderr.fileno()
+        seen = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return False
+                seen += chunk
+                if text.encode() in seen:
+                    return True
+        return False
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

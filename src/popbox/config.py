@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 RFC1939_MIN_IDLE = 600  # RFC 1939 §3: the autologout timer is at least 10 minutes
 
@@ -60,13 +67,59 @@ class AuthSection(_Section):
     passwd_file: Path = Path("/etc/popbox/users")
     mail_location: str = "/var/vmail/{domain}/{local}/Maildir"
     apop: bool = False  # MD5 challenge-response is weak: off unless asked for
-    cleartext: Literal["loopback", "always"] = "loopback"
+    # Plaintext mechanisms (USER/PASS, PLAIN, LOGIN) without TLS: "local" allows them only
+    # from `local_networks`; "always" is for legacy networks (logged as a warning).
+    cleartext: Literal["local", "always"] = "local"
+    local_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+    @field_validator("local_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    def is_local(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address == "local"  # a Unix socket
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.local_networks)
 
 
 class StoreSection(_Section):
     backend: Literal["maildir"] = "maildir"
     mark_seen: bool = True
     uidl_import: Literal["dovecot", "courier"] | None = None
+
+
+class CertPair(_Section):
+    cert: Path
+    key: Path
+
+
+class TlsSection(_Section):
+    """Certificates for STLS (RFC 2595) and implicit TLS (RFC 8314) listeners."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    implicit: list[str] = Field(default_factory=list)  # POP3S listeners, e.g. ":995"
+    sni: dict[str, CertPair] = Field(default_factory=dict)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    handshake_timeout: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("implicit")
+    @classmethod
+    def _check_implicit(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_address(item)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None and self.key is not None
 
 
 class LogSection(_Section):
@@ -78,11 +131,24 @@ class Config(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    tls: TlsSection = Field(default_factory=TlsSection)
     log: LogSection = Field(default_factory=LogSection)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [parse_address(item) for item in self.server.listen]
+
+    @property
+    def tls_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(item) for item in self.tls.implicit]
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Config:
+        if (self.tls.cert is None) != (self.tls.key is None):
+            raise ValueError("tls.cert and tls.key must be given together")
+        if self.tls.implicit and not self.tls.enabled:
+            raise ValueError("tls.implicit listeners need tls.cert and tls.key")
+        return self
 
 
 class ConfigError(Exception):
@@ -109,8 +175,23 @@ def from_dict(data: dict[str, object], origin: str = "<config>") -> Config:
             key = ".".join(str(part) for part in error["loc"]) or "(top level)"
             problems.append(f"{origin}: {key}: {error['msg']}")
         raise ConfigError("\n".join(problems)) from None
-    if config.auth.passwd_file and not config.auth.passwd_file.is_absolute() and origin[0] != "<":
-        base = Path(origin).resolve().parent
-        auth = config.auth.model_copy(update={"passwd_file": base / config.auth.passwd_file})
-        config = config.model_copy(update={"auth": auth})
+    if origin[0] != "<":
+        config = _resolve_paths(config, Path(origin).resolve().parent)
     return config
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative file names in a config file are relative to the file's folder."""
+
+    def fix(path: Path | None) -> Path | None:
+        return base / path if path is not None and not path.is_absolute() else path
+
+    tls = config.tls.model_copy(update={
+        "cert": fix(config.tls.cert), "key": fix(config.tls.key),
+        "sni": {
+            domain: CertPair(cert=base / pair.cert, key=base / pair.key)
+            for domain, pair in config.tls.sni.items()
+        },
+    })
+    auth = config.auth.model_copy(update={"passwd_file": fix(config.auth.passwd_file)})
+    return config.model_copy(update={"tls": tls, "auth": auth})

@@ -47,7 +47,7 @@ class PassDB(Protocol):
         """Check a plaintext password (USER/PASS, AUTH PLAIN/LOGIN)."""
         ...
 
-    async def plaintext(self, user: str) -> Secret | None | Verdict:
+    async def plaintext(self, user: str) -> Secret | Verdict | None:
         """The plaintext-equivalent secret for challenge-response (APOP, CRAM-MD5).
 
         None when the user is unknown or the stored scheme cannot give it;
@@ -57,6 +57,6 @@ class PassDB(Protocol):
 
 
 class UserDB(Protocol):
-    async def lookup(self, user: str) -> UserInfo | None | Verdict:
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
         """The user's mail location; None if unknown; Verdict.TEMPORARY on trouble."""
         ...

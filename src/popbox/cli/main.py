@@ -34,12 +34,17 @@ def run_server(config: Config, announce: bool = False) -> int:
         uvloop.install()
     except ImportError:
         pass
-    ctx = ServerContext(config, build(config))
+    ctx = ServerContext.create(config, build(config))
+    if config.auth.cleartext == "always":
+        logging.getLogger("popbox").warning(
+            "auth.cleartext = \"always\": passwords may cross the network unencrypted")
 
-    def ready(bound: list[Address]) -> None:
+    def ready(plain: list[Address], implicit: list[Address]) -> None:
         if announce:
-            for host, port in bound:
+            for host, port in plain:
                 print(f"popbox: listening on {host}:{port}", flush=True)
+            for host, port in implicit:
+                print(f"popbox: listening on {host}:{port} (TLS)", flush=True)
 
     try:
         asyncio.run(serve(ctx, ready))

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 
 from popbox.auth.base import PassDB, UserDB
 from popbox.config import Config
+from popbox.server.tls import TlsContexts
 from popbox.store.base import MailStore
+
+log = logging.getLogger("popbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +32,25 @@ class Backends:
 class ServerContext:
     config: Config
     backends: Backends
+    tls: TlsContexts | None = None
     last_login: dict[str, float] = field(default_factory=dict)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    @classmethod
+    def create(cls, config: Config, backends: Backends) -> ServerContext:
+        tls = TlsContexts(config.tls) if config.tls.enabled else None
+        return cls(config, backends, tls)
+
+    def reload_tls(self) -> None:
+        if self.tls is None:
+            return
+        try:
+            self.tls.reload()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS reload failed, keeping the old certificates: %s", exc)
+        else:
+            log.info("TLS certificates reloaded")
 
     def apop_timestamp(self) -> str:
         """A unique `<pid.counter.clock@host>` (RFC 1939 §7, APOP)."""

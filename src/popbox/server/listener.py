@@ -11,9 +11,11 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 
 from popbox.server.context import ServerContext
+from popbox.server.io import SessionIO
 from popbox.server.session import Session
 
 log = logging.getLogger("popbox")
@@ -26,31 +28,37 @@ class Listener:
         self.ctx = ctx
         self._servers: list[asyncio.Server] = []
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _open(self, io: SessionIO) -> None:
+        task = asyncio.get_running_loop().create_task(Session(self.ctx, io).run())
         self.ctx.sessions.add(task)
-        try:
-            await Session(self.ctx, reader, writer).run()
-        finally:
-            self.ctx.sessions.discard(task)
+        task.add_done_callback(self.ctx.sessions.discard)
 
-    async def start(self) -> list[Address]:
-        """Bind every configured address; return the bound (host, port) pairs."""
-        bound: list[Address] = []
-        for host, port in self.ctx.config.addresses:
-            server = await asyncio.start_server(
-                self._client, host or None, port,
-                reuse_address=True, reuse_port=self.ctx.config.server.workers > 1,
-            )
-            self._servers.append(server)
-            for sock in server.sockets:
+    async def _bind(self, host: str, port: int, tls: ssl.SSLContext | None) -> list[Address]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SessionIO(self._open), host or None, port,
+            reuse_address=True, reuse_port=self.ctx.config.server.workers > 1,
+            ssl=tls, ssl_handshake_timeout=self.ctx.config.tls.handshake_timeout if tls else None,
+        )
+        self._servers.append(server)
+        bound = []
+        for sock in server.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
                 name = sock.getsockname()
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    bound.append((name[0], name[1]))
-        for host, port in bound:
-            log.info("listening on %s:%d", host, port)
+                bound.append((name[0], name[1]))
+                log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
         return bound
+
+    async def start(self) -> tuple[list[Address], list[Address]]:
+        """Bind every configured address: (plain POP3 addresses, POP3S addresses)."""
+        plain: list[Address] = []
+        implicit: list[Address] = []
+        for host, port in self.ctx.config.addresses:
+            plain += await self._bind(host, port, None)
+        if self.ctx.tls is not None:
+            for host, port in self.ctx.config.tls_addresses:
+                implicit += await self._bind(host, port, self.ctx.tls.context)
+        return plain, implicit
 
     async def shutdown(self) -> None:
         for server in self._servers:
@@ -69,19 +77,23 @@ class Listener:
         log.info("shutdown complete")
 
 
-async def serve(ctx: ServerContext, ready: Callable[[list[Address]], None] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(
+    ctx: ServerContext, ready: Callable[[list[Address], list[Address]], None] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the TLS
+    certificates (new handshakes use them; running sessions go on)."""
     listener = Listener(ctx)
-    bound = await listener.start()
+    plain, implicit = await listener.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ctx.reload_tls)
     if ready is not None:
-        ready(bound)
+        ready(plain, implicit)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await listener.shutdown()

@@ -1,9 +1,9 @@
 """The AUTHORIZATION state's policy: USER/PASS, APOP and SASL AUTH (RFC 1939 §7,
 RFC 5034), ending in a locked maildrop (a `Transaction`) or one `-ERR` from `replies`.
 
-Plaintext mechanisms are refused on a connection that is neither TLS nor loopback unless
-`auth.cleartext = "always"` (RFC 8314 §5.1 spirit). An unknown user and a wrong password
-are one verdict from the passdb and get one reply. Log lines name the user, the mechanism
+Plaintext mechanisms are refused on a connection that is neither TLS nor from
+`auth.local_networks` unless `auth.cleartext = "always"` (RFC 8314 §5.1 spirit). An
+unknown user and a wrong password are one verdict from the passdb and get one reply. Log lines name the user, the mechanism
 and the client address, never a password.
 """
 
@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import time
-
 from collections.abc import Awaitable, Callable
 
 from popbox.auth.base import Secret, UserInfo, Verdict
@@ -32,13 +30,6 @@ log = logging.getLogger("popbox")
 Check = Callable[[], Awaitable[Verdict]]
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "local"  # a Unix socket
-
-
 class Login:
     __slots__ = ("_mechanism", "_mechanism_name", "ctx", "peer", "secure", "timestamp", "user")
 
@@ -53,11 +44,8 @@ class Login:
 
     @property
     def cleartext_allowed(self) -> bool:
-        return (
-            self.secure
-            or self.ctx.config.auth.cleartext == "always"
-            or _is_loopback(self.peer)
-        )
+        auth = self.ctx.config.auth
+        return self.secure or auth.cleartext == "always" or auth.is_local(self.peer)
 
     @property
     def mechanisms(self) -> tuple[str, ...]:

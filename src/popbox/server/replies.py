@@ -25,6 +25,7 @@ TOO_MANY_ERRORS = Err("Too many invalid commands, closing.")
 IDLE_TIMEOUT = Err("Disconnected for inactivity.")
 SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
+ALREADY_SECURE = Err("TLS is already active.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
 
 

@@ -14,17 +14,16 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import assert_never
 
 from popbox import __version__
 from popbox.proto import events as ev
-from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
 from popbox.proto.wire import MessageEncoder, TopFilter
 from popbox.server import replies
 from popbox.server.context import ServerContext
+from popbox.server.io import SessionIO
 from popbox.server.logfmt import quote
 from popbox.server.login import Login
 from popbox.server.transaction import Transaction
@@ -32,23 +31,16 @@ from popbox.store.base import Failure, MessageGone, StoreError
 
 log = logging.getLogger("popbox")
 
-READ_SIZE = 65536
-
-
 class Session:
-    __slots__ = ("bad", "bytes_sent", "conn", "ctx", "login", "peer", "reader", "retr_count",
-                 "txn", "writer", "_out")
+    __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "peer", "retr_count",
+                 "txn")
 
-    def __init__(
-        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
-        self.reader = reader
-        self.writer = writer
-        self.conn = ServerConnection()
-        peer = writer.get_extra_info("peername")
-        self.peer: str = peer[0] if isinstance(peer, tuple) else "local"
-        self.login = Login(ctx, self.peer, secure=writer.get_extra_info("sslcontext") is not None)
+        self.io = io
+        self.conn = io.conn
+        self.peer = io.peer
+        self.login = Login(ctx, self.peer, secure=io.secure)
         self.txn: Transaction | None = None
         self.bad = 0
         self.retr_count = 0
@@ -69,8 +61,7 @@ class Session:
         except asyncio.CancelledError:
             reason = "shutdown"
             self._emit(self.conn.send(replies.SHUTTING_DOWN))
-            with contextlib.suppress(Exception):
-                self.writer.write(b"".join(self._out))
+            self.io.write(b"".join(self._out))
             raise
         except (TimeoutError, ConnectionError) as exc:
             reason = "send-timeout" if isinstance(exc, TimeoutError) else "disconnect"
@@ -87,12 +78,11 @@ class Session:
             timeout = self._timeout()
             try:
                 async with asyncio.timeout(timeout):
-                    data = await self.reader.read(READ_SIZE)
+                    await self.io.receive()
             except TimeoutError:
                 self._emit(conn.send(replies.IDLE_TIMEOUT))
                 await self._flush()
                 return "idle-timeout"
-            conn.receive_data(data)
             while True:
                 event = conn.next_event()
                 if event is ev.NEED_DATA:
@@ -128,9 +118,7 @@ class Session:
             )
         else:
             log.info("disconnect ip=%s reason=%s", self.peer, reason)
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        self.io.close()
 
     # --- output ---
 
@@ -144,9 +132,9 @@ class Session:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
-            self.writer.write(data)
+            self.io.write(data)
         async with asyncio.timeout(self.ctx.config.limits.send_timeout):
-            await self.writer.drain()
+            await self.io.drain()
 
     # --- dispatch ---
 
@@ -163,19 +151,37 @@ class Session:
             case ev.Utf8():
                 self._reply(ev.Ok("UTF8 enabled"))
             case ev.Stls():
-                self._reply(replies.STLS_UNAVAILABLE)
-            case ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse() | ev.SaslCancel():
+                await self._starttls()
+            case (ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse()
+                  | ev.SaslCancel()):
                 reply = await self.login.handle(event)
                 if isinstance(reply, Transaction):
                     self.txn = reply
                     count, size = reply.stat()
                     reply = ev.Ok(f"Logged in. {count} messages ({size} octets).")
                 self._reply(reply)
-            case ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop() | ev.Rset():
+            case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
+                  | ev.Rset()):
                 assert self.txn is not None
                 await self._transaction(self.txn, event)
             case _:
                 assert_never(event)
+
+    async def _starttls(self) -> None:
+        """RFC 2595 §4: +OK, then the TLS handshake; the core has dropped anything the
+        client pipelined after STLS, and the session starts over in AUTHORIZATION."""
+        tls = self.ctx.tls
+        if tls is None:
+            self._reply(replies.STLS_UNAVAILABLE)
+            return
+        if self.login.secure:
+            self._reply(replies.ALREADY_SECURE)
+            return
+        self._reply(ev.Ok("Begin TLS negotiation now."))
+        await self._flush()
+        await self.io.start_tls(tls.context, self.ctx.config.tls.handshake_timeout)
+        self.login.secure = True
+        log.info("starttls ip=%s", self.peer)
 
     def _invalid(self, problem: ev.Problem, verb: str) -> None:
         limits = self.ctx.config.limits
@@ -192,8 +198,11 @@ class Session:
     def _capabilities(self) -> tuple[str, ...]:
         config = self.ctx.config
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
-        if self.conn.state is State.AUTHORIZATION and self.login.cleartext_allowed:
-            caps += ["USER", "SASL " + " ".join(self.login.mechanisms)]
+        if self.conn.state is State.AUTHORIZATION:
+            if self.ctx.tls is not None and not self.login.secure:
+                caps.append("STLS")
+            if self.login.cleartext_allowed:
+                caps += ["USER", "SASL " + " ".join(self.login.mechanisms)]
         caps += [
             "EXPIRE NEVER",
             f"LOGIN-DELAY {config.limits.login_delay}",

@@ -78,7 +78,7 @@ class MailStore(Protocol):
         """Lock the maildrop at `location` and take its snapshot."""
         ...
 
-    async def deliver(self, location: str, message: bytes) -> None | Failure:
+    async def deliver(self, location: str, message: bytes) -> Failure | None:
         """Store one new message durably (used by delivery agents, the demo and tests)."""
         ...
 

@@ -1,0 +1,136 @@
+"""Transport glue between asyncio and one session: a `Protocol` that feeds the sans-IO
+core directly (no StreamReader copy), with flow control both ways.
+
+Input is pulled: after each `data_received` the transport stops reading until the session
+asks for more (`receive()`), so a client that pipelines megabytes of commands is held by
+TCP, not buffered here. Output is pushed with `write()`; `drain()` waits while the
+transport's buffer is above its high-water mark, so a client that does not read is paused.
+
+STLS (RFC 2595 §4) goes through the public `loop.start_tls`: nothing can be received
+between the +OK and the start of the handshake (both happen in one step of the loop),
+and the core has already discarded whatever was pipelined after the STLS line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import cast
+
+from popbox.proto.server import ServerConnection
+
+
+class SessionIO(asyncio.Protocol):
+    __slots__ = ("_closed", "_drain", "_input", "_paused", "_upgrading", "conn", "on_open",
+                 "transport")
+
+    def __init__(self, on_open: Callable[[SessionIO], None]) -> None:
+        self.on_open = on_open
+        self.conn = ServerConnection()
+        self.transport: asyncio.Transport | None = None
+        self._input: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+        self._closed = False
+        self._upgrading = False
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.pause_reading()
+        self.on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        assert self.transport is not None
+        if not self._upgrading:  # during STLS, self.transport is the raw one underneath TLS
+            self.transport.pause_reading()
+        self._wake_input()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._wake_input()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.conn.receive_data(b"")
+        self._wake_input()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # --- for the session ---
+
+    @property
+    def peer(self) -> str:
+        assert self.transport is not None
+        name = self.transport.get_extra_info("peername")
+        return str(name[0]) if isinstance(name, tuple) else "local"
+
+    @property
+    def secure(self) -> bool:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sslcontext") is not None
+
+    async def receive(self) -> None:
+        """Wait until more bytes (or the end of input) have reached the core."""
+        if self._closed:
+            return
+        assert self.transport is not None
+        self._input = asyncio.get_running_loop().create_future()
+        self.transport.resume_reading()
+        try:
+            await self._input
+        finally:
+            self._input = None
+
+    def _wake_input(self) -> None:
+        if self._input is not None and not self._input.done():
+            self._input.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._closed:
+            raise ConnectionResetError("connection lost")
+        if not self._paused:
+            return
+        self._drain = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+    async def start_tls(self, context: ssl.SSLContext, handshake_timeout: float) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._upgrading = True
+        try:
+            transport = await loop.start_tls(
+                self.transport, self, context,
+                server_side=True, ssl_handshake_timeout=handshake_timeout,
+            )
+        finally:
+            self._upgrading = False
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,58 @@
+"""Server TLS contexts (RFC 8314 §4.2, RFC 7525 / BCP 195 recommendations).
+
+TLS 1.2 or newer, forward-secret AEAD cipher suites only for TLS 1.2, the server's
+preference order, no compression, no renegotiation. One default certificate, plus one per
+domain chosen by SNI. `reload()` loads every certificate again into the same contexts, so
+new handshakes use the new files while running sessions go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from popbox.config import TlsSection
+
+log = logging.getLogger("popbox")
+
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+def _context(minimum: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if minimum == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    return ctx
+
+
+class TlsContexts:
+    def __init__(self, section: TlsSection) -> None:
+        assert section.cert is not None and section.key is not None
+        self._files: dict[str, tuple[Path, Path]] = {"": (section.cert, section.key)}
+        for domain, pair in section.sni.items():
+            self._files[domain.lower()] = (pair.cert, pair.key)
+        self._contexts = {name: _context(section.min_version) for name in self._files}
+        self.reload()
+        self.context = self._contexts[""]
+        if len(self._contexts) > 1:
+            self.context.sni_callback = self._pick
+
+    def reload(self) -> None:
+        """(Re)load every certificate chain and key. Raises ssl.SSLError/OSError."""
+        for name, (cert, key) in self._files.items():
+            self._contexts[name].load_cert_chain(cert, key)
+
+    def _pick(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if server_name:
+            chosen = self._contexts.get(server_name.lower())
+            if chosen is not None:
+                sock.context = chosen

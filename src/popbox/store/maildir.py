@@ -1,0 +1,316 @@
+"""MaildirStore: popbox's default store, a Maildir (cr.yp.to/proto/maildir.html).
+
+Location = the path of a maildir (``cur/``, ``new/``, ``tmp/``), as Postfix, Dovecot,
+Courier and qmail write them. The pieces:
+
+* open: create a missing maildir (mode 0700, as Dovecot does on first login), take the
+  maildrop lock (popbox.store.lock: ``popbox.lock`` in the maildir, OFD lock, answers at
+  once, dies with its holder), then take the snapshot (popbox.store.maildir_scan: order,
+  sizes without reading files, UIDLs from file names or imported from Dovecot/Courier).
+* read: the file may have been renamed by another agent since the snapshot (new->cur,
+  flag changes); it is found again by its base. Streamed in large chunks, each read in a
+  worker thread (``asyncio.to_thread``), so the event loop never waits on the disk;
+  opening the file and reading the first chunk share one thread hop.
+* commit (after QUIT only): unlink the deleted files; rename the retrieved ones into
+  ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
+  counted as missing; directories are fsync'ed; then the lock is released - by the worker
+  thread, so a cancelled commit still finishes before anyone else can open the maildrop.
+* deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
+  fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
+  ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
+
+Error mapping: the path is a file, or access is denied -> Failure.PERMANENT; other
+OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncGenerator, Sequence, Set
+from typing import TYPE_CHECKING, BinaryIO, Literal
+
+from popbox.proto.wire import wire_size
+from popbox.store.base import (
+    CommitReport,
+    Failure,
+    Maildrop,
+    MailStore,
+    MessageGone,
+    MessageInfo,
+    StoreError,
+)
+from popbox.store.lock import FileLock
+from popbox.store.maildir_import import UidlImport
+from popbox.store.maildir_names import has_flag, unique_name, with_flag
+from popbox.store.maildir_scan import Entry, find_files, pick, snapshot
+
+LOCK_NAME = "popbox.lock"
+CHUNK_SIZE = 256 * 1024
+_PERMANENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ELOOP}
+)
+
+log = logging.getLogger(__name__)
+
+
+def _failure(exc: OSError) -> Failure:
+    return Failure.PERMANENT if exc.errno in _PERMANENT_ERRNOS else Failure.TEMPORARY
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_maildir(root: str) -> None:
+    """Create the maildir and its subdirectories (0700) where missing. OSError propagates;
+    a path that exists and is not a directory raises NotADirectoryError."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(errno.ENOTDIR, "not a maildir", root)
+    if not os.path.isdir(root):
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    for sub in ("cur", "new", "tmp"):
+        path = os.path.join(root, sub)
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+class MaildirStore:
+    """Maildrops kept as Maildirs.
+
+    `mark_seen`: at commit, messages retrieved (RETR) and not deleted move to ``cur/``
+    with the ``S`` flag, as Dovecot and Courier do. `uidl_import`: "dovecot" or
+    "courier" to list the UIDLs that server gave out (migration), None (default) for
+    popbox's own. `hostname`: used in delivered file names (default: this host).
+    """
+
+    def __init__(
+        self,
+        *,
+        mark_seen: bool = True,
+        uidl_import: UidlImport | None = None,
+        chunk_size: int = CHUNK_SIZE,
+        hostname: str | None = None,
+    ) -> None:
+        if uidl_import not in (None, "dovecot", "courier"):
+            raise ValueError(f"unknown uidl_import {uidl_import!r}")
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.mark_seen = mark_seen
+        self.uidl_import: UidlImport | None = uidl_import
+        self.chunk_size = chunk_size
+        self.hostname = hostname or socket.gethostname()
+
+    async def open(self, location: str) -> MaildirDrop | Failure:
+        return await asyncio.to_thread(self._open, location)
+
+    def _open(self, root: str) -> MaildirDrop | Failure:
+        try:
+            ensure_maildir(root)
+            lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
+        except OSError as exc:
+            log.warning("maildir %s unusable: %s", root, exc)
+            return _failure(exc)
+        if lock is None:
+            return Failure.IN_USE
+        try:
+            entries = snapshot(root, self.uidl_import, self.chunk_size)
+        except OSError as exc:
+            lock.release()
+            log.warning("maildir %s not listed: %s", root, exc)
+            return _failure(exc)
+        except BaseException:
+            lock.release()
+            raise
+        return MaildirDrop(root, lock, entries, mark_seen=self.mark_seen, chunk=self.chunk_size)
+
+    async def deliver(self, location: str, message: bytes) -> Failure | None:
+        return await asyncio.to_thread(self._deliver, location, message)
+
+    def _deliver(self, root: str, message: bytes) -> Failure | None:
+        try:
+            ensure_maildir(root)
+            unique = unique_name(time.time_ns(), self.hostname)
+            name = f"{unique},S={len(message)},W={wire_size(message)}"
+            tmp = os.path.join(root, "tmp", name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(message)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, os.path.join(root, "new", name))
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            _fsync_dir(os.path.join(root, "new"))
+        except OSError as exc:
+            log.warning("delivery to %s failed: %s", root, exc)
+            return _failure(exc)
+        return None
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class MaildirDrop:
+    """One session's locked view of a maildir (popbox.store.base.Maildrop)."""
+
+    def __init__(
+        self, root: str, lock: FileLock, entries: list[Entry], *, mark_seen: bool, chunk: int
+    ) -> None:
+        self._root = root
+        self._lock = lock
+        self._entries = entries
+        self._messages = tuple(MessageInfo(e.uidl, e.size) for e in entries)
+        self._mark_seen = mark_seen
+        self._chunk = chunk
+        self._committing = False
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    # -- reading -------------------------------------------------------------------
+
+    def _relocate(self, entry: Entry) -> bool:
+        try:
+            return self._pick(entry, find_files(self._root, {entry.base}))
+        except OSError as exc:
+            raise StoreError(Failure.TEMPORARY) from exc
+
+    def _open_file(self, entry: Entry) -> BinaryIO:
+        for attempt in range(3):
+            try:
+                return open(entry.path(self._root), "rb")  # closed by read()
+            except FileNotFoundError:
+                if attempt == 2 or not self._relocate(entry):
+                    raise MessageGone() from None
+            except OSError as exc:
+                raise StoreError(Failure.TEMPORARY) from exc
+        raise MessageGone()  # pragma: no cover - the loop always returns or raises
+
+    def _first_chunk(self, entry: Entry) -> tuple[BinaryIO, bytes]:
+        f = self._open_file(entry)
+        try:
+            return f, f.read(self._chunk)
+        except OSError as exc:
+            f.close()
+            raise StoreError(Failure.TEMPORARY) from exc
+
+    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+        entry = self._entries[index]
+        f, chunk = await asyncio.to_thread(self._first_chunk, entry)
+        try:
+            while chunk:
+                yield chunk
+                if len(chunk) < self._chunk:  # a buffered read is short only at EOF
+                    return
+                try:
+                    chunk = await asyncio.to_thread(f.read, self._chunk)
+                except OSError as exc:
+                    raise StoreError(Failure.TEMPORARY) from exc
+        finally:
+            f.close()
+
+    # -- the UPDATE state ----------------------------------------------------------
+
+    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+        if self._committing or not self._lock.held:
+            raise RuntimeError("maildrop already committed or released")
+        count = len(self._entries)
+        if any(not 0 <= i < count for i in (*delete, *seen)):
+            raise IndexError("message index out of range")
+        self._committing = True
+        to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
+        return await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+
+    def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+        try:
+            return self._apply(delete, to_flag)
+        except OSError as exc:  # the directories could not be searched
+            log.warning("maildir %s: commit failed: %s", self._root, exc)
+            return Failure.TEMPORARY
+        finally:
+            self._lock.release()
+
+    def _apply(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+        deleted = missing = flagged = 0
+        failed = False
+        changed: set[str] = set()
+        pending = sorted(delete | to_flag)
+        for attempt in range(2):
+            retry: list[int] = []
+            for i in pending:
+                entry = self._entries[i]
+                try:
+                    if i in delete:
+                        os.unlink(entry.path(self._root))
+                        deleted += 1
+                        changed.add(entry.sub)
+                    else:
+                        old_sub = entry.sub
+                        outcome = self._flag_seen(entry)
+                        if outcome == "renamed":
+                            changed.update((old_sub, "cur"))
+                        flagged += outcome != "skipped"
+                except FileNotFoundError:
+                    retry.append(i)
+                except OSError as exc:
+                    log.warning("maildir %s: %s failed: %s", self._root, entry.name, exc)
+                    failed = failed or i in delete
+            if not retry:
+                break
+            if attempt == 0:  # look once for the files renamed since the snapshot
+                found = find_files(self._root, {self._entries[i].base for i in retry})
+                pending = [i for i in retry if self._pick(self._entries[i], found)]
+                missing += len(retry) - len(pending)
+            else:
+                missing += len(retry)
+        for sub in changed:
+            try:
+                _fsync_dir(os.path.join(self._root, sub))
+            except OSError as exc:
+                log.warning("maildir %s: fsync of %s failed: %s", self._root, sub, exc)
+        if failed:
+            return Failure.TEMPORARY
+        return CommitReport(deleted=deleted, missing=missing, flagged=flagged)
+
+    def _pick(self, entry: Entry, found: dict[str, list[tuple[str, str]]]) -> bool:
+        return pick(self._root, entry, found.get(entry.base, []))
+
+    def _flag_seen(self, entry: Entry) -> Literal["renamed", "already", "skipped"]:
+        """Move the file to cur/ with the S flag added (other flags and fields kept)."""
+        if entry.sub == "cur" and has_flag(entry.name, "S"):
+            os.stat(entry.path(self._root))  # still there? (FileNotFoundError: missing)
+            return "already"
+        new_name = with_flag(entry.name, "S")
+        if new_name is None:  # info of another kind than "2,": not ours to change
+            return "skipped"
+        target = os.path.join(self._root, "cur", new_name)
+        if os.path.lexists(target):  # never replace another file
+            return "skipped"
+        os.rename(entry.path(self._root), target)
+        entry.sub, entry.name = "cur", new_name
+        return "renamed"
+
+    async def release(self) -> None:
+        if not self._committing:
+            self._lock.release()
+
+
+if TYPE_CHECKING:  # mypy proves the classes implement the contract
+
+    def _conforms(store: MaildirStore, drop: MaildirDrop) -> tuple[MailStore, Maildrop]:
+        return store, drop

@@ -1,0 +1,154 @@
+"""MemoryStore: the reference implementation of the store contract, and the test double.
+
+Maildrops are lists of (UIDL, bytes) in a dict keyed by location, in delivery order. The
+semantics are those every backend must have (popbox.store.base), in their plainest form:
+
+* one session per maildrop: a second `open` answers Failure.IN_USE until the first
+  session's `release` or `commit`;
+* a snapshot: the session's listing is copied at `open`, so messages delivered later show
+  up in the next session only;
+* one `commit`, applied once: the snapshot's deleted messages are removed by UIDL, those
+  already gone (see `remove`, "another agent") are counted as missing;
+* `deliver` gives each message a UIDL unique within the store that never changes.
+
+Nothing here blocks, so nothing goes to a thread. State lives in one process only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncGenerator, Sequence, Set
+from typing import TYPE_CHECKING
+
+from popbox.proto.types import Uidl, is_valid_uidl
+from popbox.proto.wire import wire_size
+from popbox.store.base import (
+    CommitReport,
+    Failure,
+    Maildrop,
+    MailStore,
+    MessageGone,
+    MessageInfo,
+)
+
+CHUNK_SIZE = 64 * 1024
+
+
+class MemoryStore:
+    """Maildrops in memory. `chunk_size`: how `read` splits a message (tests use it to
+    exercise streaming)."""
+
+    def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.chunk_size = chunk_size
+        self._boxes: dict[str, list[tuple[Uidl, bytes]]] = {}
+        self._seen: dict[str, set[Uidl]] = {}
+        self._locked: set[str] = set()
+        self._serial = itertools.count(1)
+
+    async def open(self, location: str) -> MemoryMaildrop | Failure:
+        if location in self._locked:
+            return Failure.IN_USE
+        self._locked.add(location)
+        return MemoryMaildrop(self, location, list(self._boxes.get(location, ())))
+
+    async def deliver(self, location: str, message: bytes) -> Failure | None:
+        self.add(location, message)
+        return None
+
+    # -- helpers for tests, the demo and "other agents" -----------------------------
+
+    def add(self, location: str, message: bytes, uidl: str | None = None) -> Uidl:
+        """Deliver synchronously, optionally with a chosen UIDL; returns the UIDL."""
+        box = self._boxes.setdefault(location, [])
+        if uidl is None:
+            uidl = f"m{next(self._serial):08d}"
+        if not is_valid_uidl(uidl) or any(u == uidl for u, _ in box):
+            raise ValueError(f"UIDL {uidl!r} is invalid or already in {location!r}")
+        box.append((Uidl(uidl), bytes(message)))
+        return Uidl(uidl)
+
+    def remove(self, location: str, uidl: Uidl) -> bool:
+        """Remove a message behind any session's back (as another agent would)."""
+        box = self._boxes.get(location, [])
+        kept = [(u, data) for u, data in box if u != uidl]
+        self._boxes[location] = kept
+        return len(kept) != len(box)
+
+    def contents(self, location: str) -> list[tuple[Uidl, bytes]]:
+        """The maildrop as it is now."""
+        return list(self._boxes.get(location, ()))
+
+    def seen(self, location: str) -> frozenset[Uidl]:
+        """UIDLs that a commit marked as seen."""
+        return frozenset(self._seen.get(location, ()))
+
+    def locked(self, location: str) -> bool:
+        return location in self._locked
+
+    # -- used by MemoryMaildrop ------------------------------------------------------
+
+    def _find(self, location: str, uidl: Uidl) -> bytes | None:
+        for u, data in self._boxes.get(location, ()):
+            if u == uidl:
+                return data
+        return None
+
+    def _unlock(self, location: str) -> None:
+        self._locked.discard(location)
+
+
+class MemoryMaildrop:
+    """One session's locked view of an in-memory maildrop."""
+
+    def __init__(self, store: MemoryStore, location: str, box: list[tuple[Uidl, bytes]]) -> None:
+        self._store = store
+        self._location = location
+        self._messages = tuple(MessageInfo(uidl, wire_size(data)) for uidl, data in box)
+        self._open = True
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+        data = self._store._find(self._location, self._messages[index].uidl)
+        if data is None:
+            raise MessageGone()
+        step = self._store.chunk_size
+        for start in range(0, len(data), step):
+            yield data[start : start + step]
+
+    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+        if not self._open:
+            raise RuntimeError("maildrop already committed or released")
+        count = len(self._messages)
+        if any(not 0 <= i < count for i in (*delete, *seen)):
+            raise IndexError("message index out of range")
+        self._open = False
+        try:
+            doomed = {self._messages[i].uidl for i in delete}
+            flag = {self._messages[i].uidl for i in seen} - doomed
+            present = {u for u, _ in self._store.contents(self._location)}
+            for uidl in doomed & present:
+                self._store.remove(self._location, uidl)
+            self._store._seen.setdefault(self._location, set()).update(flag & present)
+            return CommitReport(
+                deleted=len(doomed & present),
+                missing=len((doomed | flag) - present),
+                flagged=len(flag & present),
+            )
+        finally:
+            self._store._unlock(self._location)
+
+    async def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._store._unlock(self._location)
+
+
+if TYPE_CHECKING:  # mypy proves the classes implement the contract
+
+    def _conforms(store: MemoryStore, drop: MemoryMaildrop) -> tuple[MailStore, Maildrop]:
+        return store, drop

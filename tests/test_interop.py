@@ -1,0 +1,474 @@
+"""End to end with real third-party clients: Python's poplib, curl, fetchmail and getmail6
+against `popbox serve` in a child process, on 127.0.0.1 with real Maildirs.
+
+Every test checks that the bytes a client ends up with equal the stored originals. What
+each client writes, exactly:
+- poplib: lines without their CRLF, un-stuffed; `b"\\r\\n".join(lines)` is the message as
+  sent, without the final CRLF.
+- curl: the message as sent (CRLF line ends, a final CRLF added if the message had
+  none), un-stuffed.
+- fetchmail (to an MDA): LF line ends (it strips the CR before piping), a final LF added
+  if missing; with `set invisible` it adds no Received header.
+- getmail6 (Maildir destination): LF line ends, a final LF added if missing, and always a
+  first line `Return-Path: <...>` (here `<unknown>`: the messages have no Return-Path or
+  Sender); Delivered-To and Received are switched off in its options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import poplib
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import MailEnv, ServerProcess, server_process
+
+TOOL_TIMEOUT = 60
+
+MESSAGES = [
+    b"From: a@example.org\nTo: alice@example.org\nSubject: plain\n\nHello.\nSecond line.\n",
+    b"From: b@example.org\nSubject: dots\n\n.starts with a dot\n..two dots\n.\n"
+    b"the lone dot above is part of the message\n",
+    "From: c@example.org\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\nMIME-Version: 1.0\n"
+    "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+    "Grüße aus Zürich — 你好 — ¡hola!\n".encode(),
+    b"From: d@example.org\nSubject: no final newline\n\nfirst\nlast line without a line end",
+]
+
+
+def crlf(message: bytes) -> bytes:
+    """The message as sent on the wire (before stuffing): CRLF line ends, final CRLF."""
+    data = message.replace(b"\n", b"\r\n")
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def lf_terminated(message: bytes) -> bytes:
+    return message if message.endswith(b"\n") else message + b"\n"
+
+
+def lines_of(message: bytes) -> list[bytes]:
+    """The message's lines without line ends, as poplib returns them."""
+    return lf_terminated(message)[:-1].split(b"\n")
+
+
+def fill(env: MailEnv, messages: list[bytes] = MESSAGES) -> None:
+    for message in messages:
+        env.put("alice", message)
+
+
+def base_names(env: MailEnv) -> list[str]:
+    """The unique base of every message file (the name without `:2,flags`), sorted."""
+    md = env.maildir("alice")
+    return sorted(p.name.split(":")[0] for sub in ("new", "cur") for p in (md / sub).iterdir())
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    assert path, f"{tool} is not installed: run scripts/install-peers"
+    return path
+
+
+@pytest.fixture
+def server(env: MailEnv) -> Iterator[ServerProcess]:
+    with server_process(env.config_file()) as proc:
+        yield proc
+
+
+# --- poplib ---
+
+
+@contextlib.contextmanager
+def pop_session(port: int, user: str = "alice", password: str = "secret") -> Iterator[poplib.POP3]:
+    """A logged-in poplib connection (USER/PASS), closed on exit."""
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        assert pop.getwelcome().startswith(b"+OK")
+        assert pop.user(user).startswith(b"+OK")
+        assert pop.pass_(password).startswith(b"+OK")
+        yield pop
+    finally:
+        pop.close()
+
+
+def test_poplib_reads_everything(env: MailEnv, server: ServerProcess) -> None:
+    """RFC 1939 §5, §7 through poplib: STAT and LIST count CRLF octets, UIDL gives unique
+    stable ids, RETR returns every message un-stuffed (a UTF-8 body and lines starting
+    with "." survive), TOP n 0 the headers and the blank line. RFC 2449 CAPA and RFC 6856
+    UTF8 before login. UIDLs are the same in the next session, after RETR has moved the
+    files to cur/ with the S flag."""
+    fill(env)
+    sizes = [len(crlf(m)) for m in MESSAGES]
+    pop = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        capa = pop.capa()
+        for cap in ("TOP", "UIDL", "USER", "RESP-CODES", "PIPELINING", "UTF8"):
+            assert cap in capa, capa
+        assert pop.utf8().startswith(b"+OK")
+        pop.user("alice")
+        assert pop.pass_("secret") == (
+            f"+OK Logged in. {len(MESSAGES)} messages ({sum(sizes)} octets).".encode()
+        )
+        assert pop.stat() == (len(MESSAGES), sum(sizes))
+        _, listing, _ = pop.list()
+        assert listing == [f"{n} {size}".encode() for n, size in enumerate(sizes, start=1)]
+        assert pop.list(2) == f"+OK 2 {sizes[1]}".encode()
+        _, uidl_lines, _ = pop.uidl()
+        uidls = [line.split(b" ", 1)[1] for line in uidl_lines]
+        assert [line.split(b" ")[0] for line in uidl_lines] == [
+            str(n).encode() for n in range(1, len(MESSAGES) + 1)
+        ]
+        assert len(set(uidls)) == len(MESSAGES)
+        assert all(re.fullmatch(rb"[\x21-\x7e]{1,70}", uid) for uid in uidls)
+        assert pop.uidl(3) == b"+OK 3 " + uidls[2]
+        for n, message in enumerate(MESSAGES, start=1):
+            resp, lines, octets = pop.retr(n)
+            assert resp == f"+OK {sizes[n - 1]} octets".encode()
+            assert lines == lines_of(message)
+            assert octets == sizes[n - 1]
+            _, top_lines, _ = pop.top(n, 0)
+            headers = message.split(b"\n\n", 1)[0]
+            assert top_lines == [*headers.split(b"\n"), b""]
+        assert pop.quit().startswith(b"+OK")
+    finally:
+        pop.close()
+    assert env.messages("alice") == MESSAGES
+    with pop_session(server.port) as pop:
+        assert [line.split(b" ", 1)[1] for line in pop.uidl()[1]] == uidls
+        pop.quit()
+
+
+def test_poplib_dele_quit_removes_exactly_those(env: MailEnv, server: ServerProcess) -> None:
+    """RFC 1939 §5, §6: DELE marks, the numbers of the others stay; QUIT removes exactly
+    the marked messages from the Maildir and nothing else."""
+    fill(env)
+    names = base_names(env)
+    with pop_session(server.port) as pop:
+        pop.dele(1)
+        pop.dele(3)
+        assert pop.stat() == (2, len(crlf(MESSAGES[1])) + len(crlf(MESSAGES[3])))
+        _, lines, _ = pop.retr(4)
+        assert lines == lines_of(MESSAGES[3])
+        with pytest.raises(poplib.error_proto, match="deleted"):
+            pop.retr(1)
+        assert pop.quit() == b"+OK Logging out, 2 messages deleted."
+    assert base_names(env) == [names[1], names[3]]
+    assert env.messages("alice") == [MESSAGES[1], MESSAGES[3]]
+
+
+def test_poplib_second_connection_is_in_use(env: MailEnv, server: ServerProcess) -> None:
+    """RFC 2449 §8.1.1: while one session holds the maildrop, a second login is refused
+    with [IN-USE] at once (poplib raises error_proto with the reply); after QUIT the
+    maildrop is free again."""
+    fill(env)
+    with pop_session(server.port) as first:
+        second = poplib.POP3("127.0.0.1", server.port, timeout=10)
+        try:
+            second.user("alice")
+            with pytest.raises(poplib.error_proto) as refused:
+                second.pass_("secret")
+            assert refused.value.args[0].startswith(b"-ERR [IN-USE]")
+        finally:
+            second.close()
+        assert first.stat()[0] == len(MESSAGES)
+        first.quit()
+    with pop_session(server.port) as third:
+        assert third.stat()[0] == len(MESSAGES)
+        third.quit()
+
+
+def test_poplib_nul_bytes_and_a_1mb_line(
+    env: MailEnv, server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 1939 §3: message data is passed through as is: NUL bytes and a 1 MB line
+    without a final newline come back intact (poplib's 2048-octet line limit raised)."""
+    monkeypatch.setattr(poplib, "_MAXLINE", 2 * 1024 * 1024)
+    message = b"Subject: binary\n\nbefore\n\0nul\0 in the middle\0\n" + b"x" * 1_000_000
+    env.put("alice", message)
+    with pop_session(server.port) as pop:
+        size = len(crlf(message))
+        assert pop.stat() == (1, size)
+        resp, lines, octets = pop.retr(1)
+        assert resp == f"+OK {size} octets".encode()
+        assert octets == size
+        assert b"\r\n".join(lines) + b"\r\n" == crlf(message)
+        pop.quit()
+    assert env.messages("alice") == [message]
+
+
+# --- curl ---
+
+
+def curl(port: int, path: str, *args: str, user: str = "alice:secret"
+         ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [require("curl"), "-sS", "--user", user, *args, f"pop3://127.0.0.1:{port}/{path}"],
+        capture_output=True, timeout=TOOL_TIMEOUT, check=False,
+    )
+
+
+@pytest.mark.parametrize("login_options", [None, "AUTH=LOGIN"])
+def test_curl_list_and_fetch(
+    env: MailEnv, server: ServerProcess, login_options: str | None
+) -> None:
+    """curl's pop3:// URLs: `/` is LIST (RFC 1939 §5), `/N` is RETR; the bytes curl writes
+    are the messages with CRLF, un-stuffed. curl logs in with SASL (RFC 5034): PLAIN by
+    default, LOGIN when asked."""
+    fill(env)
+    extra = ["--login-options", login_options, "-v"] if login_options else []
+    listing = curl(server.port, "", *extra)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout == b"".join(
+        f"{n} {len(crlf(m))}\r\n".encode() for n, m in enumerate(MESSAGES, start=1)
+    )
+    if login_options:
+        assert b"> AUTH LOGIN" in listing.stderr
+    for n, message in enumerate(MESSAGES, start=1):
+        fetched = curl(server.port, str(n), *extra)
+        assert fetched.returncode == 0, fetched.stderr
+        assert fetched.stdout == crlf(message)
+    assert env.messages("alice") == MESSAGES
+
+
+def test_curl_dele(env: MailEnv, server: ServerProcess) -> None:
+    """`curl --request DELE --list-only pop3://host/N` deletes message N: curl sends DELE
+    then QUIT, and the file is gone from the Maildir; the others stay byte-identical."""
+    fill(env)
+    names = base_names(env)
+    result = curl(server.port, "2", "--request", "DELE", "--list-only")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+    assert base_names(env) == [names[0], *names[2:]]
+    assert env.messages("alice") == [MESSAGES[0], *MESSAGES[2:]]
+
+
+def test_curl_wrong_password(env: MailEnv, server: ServerProcess) -> None:
+    """A refused login is reported by curl as CURLE_LOGIN_DENIED (exit 67)."""
+    fill(env)
+    result = curl(server.port, "1", user="alice:wrong")
+    assert result.returncode == 67, result.stderr
+    assert result.stdout == b""
+    assert env.messages("alice") == MESSAGES
+
+
+# --- fetchmail ---
+
+
+def run_fetchmail(home: Path, port: int, *, keep: bool, password: str = "secret"
+                  ) -> tuple[subprocess.CompletedProcess[str], list[bytes]]:
+    """Poll once with fetchmail; return the run and the messages its MDA got, in order.
+
+    The MDA is a shell script that writes stdin to the next numbered file in
+    `home/delivered` (fetchmail runs it once per message, one after the other).
+    `sslproto ''` stops fetchmail 6.4 from insisting on STLS (the server allows plaintext
+    on loopback and offers no STLS here); `set invisible` and `no rewrite` keep it from
+    editing headers; `uidl` makes it track UIDLs in `home/.fetchids` (RFC 1939 §7).
+    """
+    out = home / "delivered"
+    out.mkdir(exist_ok=True)
+    mda = home / "mda.sh"
+    if not mda.exists():
+        mda.write_text(
+            "#!/bin/sh\n"
+            'n=$(ls "$1" | wc -l)\n'
+            'exec cat > "$1/$(printf %04d "$n")"\n'
+        )
+        mda.chmod(0o755)
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        "set invisible\n"
+        f"poll 127.0.0.1 service {port} protocol pop3 uidl\n"
+        f'  user "alice" password "{password}" sslproto \'\' no rewrite\n'
+        f'  mda "{mda} {out}"{" keep" if keep else ""}\n'
+    )
+    rc.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHMAIL")}
+    env["HOME"] = str(home)
+    before = len(list(out.iterdir()))
+    result = subprocess.run(
+        [require("fetchmail"), "-f", str(rc), "--nodetach", "--nosyslog", "-v"],
+        capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env, check=False,
+    )
+    delivered = [p.read_bytes() for p in sorted(out.iterdir())][before:]
+    return result, delivered
+
+
+def test_fetchmail_fetch_and_delete(env: MailEnv, server: ServerProcess, tmp_path: Path) -> None:
+    """fetchmail without `keep`: RETR, DELE, QUIT (RFC 1939 §6). Every message reaches the
+    MDA with the right bytes (LF line ends), the Maildir is empty afterwards, and the next
+    poll finds no mail (exit 1)."""
+    fill(env)
+    home = tmp_path / "home"
+    home.mkdir()
+    result, delivered = run_fetchmail(home, server.port, keep=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert delivered == [lf_terminated(m) for m in MESSAGES]
+    assert env.messages("alice") == []
+    result, delivered = run_fetchmail(home, server.port, keep=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert delivered == []
+
+
+def test_fetchmail_keep_and_uidl(env: MailEnv, server: ServerProcess, tmp_path: Path) -> None:
+    """fetchmail with `keep` and `uidl`: it reads with `TOP n 99999999`, which must give
+    the whole message and not mark it seen (the files stay in new/); the next poll
+    fetches nothing (exit 1) because the UIDLs are stable; a new message is fetched
+    alone."""
+    fill(env)
+    names = sorted(p.name for p in (env.maildir("alice") / "new").iterdir())
+    home = tmp_path / "home"
+    home.mkdir()
+    result, delivered = run_fetchmail(home, server.port, keep=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert delivered == [lf_terminated(m) for m in MESSAGES]
+    assert env.messages("alice") == MESSAGES
+    assert sorted(p.name for p in (env.maildir("alice") / "new").iterdir()) == names
+    fetchids = (home / ".fetchids").read_text()
+    assert len([line for line in fetchids.splitlines() if line.startswith("alice@")]) == len(names)
+
+    result, delivered = run_fetchmail(home, server.port, keep=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert delivered == []
+
+    extra = b"From: e@example.org\nSubject: later\n\nnew mail\n"
+    env.put("alice", extra)
+    result, delivered = run_fetchmail(home, server.port, keep=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert delivered == [extra]
+    assert env.messages("alice") == [*MESSAGES, extra]
+
+
+def test_fetchmail_tells_lock_busy_from_wrong_password(
+    env: MailEnv, server: ServerProcess, tmp_path: Path
+) -> None:
+    """fetchmail reads RFC 2449 response codes: [IN-USE] while another session holds the
+    maildrop is "lock busy" (exit 9, try again later), [AUTH] is an authentication
+    failure (exit 3). Neither deletes anything."""
+    fill(env)
+    home = tmp_path / "home"
+    home.mkdir()
+    with pop_session(server.port) as pop:
+        result, delivered = run_fetchmail(home, server.port, keep=False)
+        assert result.returncode == 9, result.stdout + result.stderr
+        assert delivered == []
+        pop.quit()
+    result, delivered = run_fetchmail(home, server.port, keep=False, password="wrong")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert delivered == []
+    assert env.messages("alice") == MESSAGES
+
+
+# --- getmail6 ---
+
+
+@pytest.fixture
+def getmail_dest(tmp_path: Path) -> Iterator[tuple[Path, str | None]]:
+    """An empty destination Maildir and the user getmail delivers as.
+
+    getmail refuses to deliver as root; as root the Maildir is made in a fresh directory
+    under the system temp dir (pytest's tmp_path is not reachable for other users),
+    owned by `nobody`, and getmail is told to deliver as `nobody`.
+    """
+    if os.geteuid() != 0:
+        dest = tmp_path / "dest"
+        for sub in ("cur", "new", "tmp"):
+            (dest / sub).mkdir(parents=True)
+        yield dest, None
+        return
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="popbox-getmail-"))
+    try:
+        dest = base / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (dest / sub).mkdir(parents=True)
+        for path in (base, dest, *(dest / sub for sub in ("cur", "new", "tmp"))):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        yield dest, "nobody"
+    finally:
+        shutil.rmtree(base)
+
+
+def run_getmail(getmaildir: Path, port: int, dest: tuple[Path, str | None], *, delete: bool
+                ) -> tuple[subprocess.CompletedProcess[str], list[bytes]]:
+    """Run getmail once; return the run and the messages it newly wrote to dest/new,
+    each with getmail's Return-Path line checked and removed."""
+    path, user = dest
+    getmaildir.mkdir(exist_ok=True)
+    rc = getmaildir / "getmailrc"
+    rc.write_text(
+        "[retriever]\n"
+        "type = SimplePOP3Retriever\n"
+        "server = 127.0.0.1\n"
+        f"port = {port}\n"
+        "username = alice\n"
+        "password = secret\n"
+        "\n[destination]\n"
+        "type = Maildir\n"
+        f"path = {path}/\n"
+        + (f"user = {user}\n" if user else "")
+        + "\n[options]\n"
+        f"delete = {str(delete).lower()}\n"
+        "read_all = false\n"
+        "delivered_to = false\n"
+        "received = false\n"
+    )
+    before = {p.name for p in (path / "new").iterdir()}
+    result = subprocess.run(
+        [require("getmail"), "--getmaildir", str(getmaildir), "--rcfile", str(rc)],
+        capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
+    )
+    delivered = []
+    for p in sorted((path / "new").iterdir()):
+        if p.name in before:
+            continue
+        data = p.read_bytes()
+        first, _, rest = data.partition(b"\n")
+        assert first == b"Return-Path: <unknown>", data[:200]
+        delivered.append(rest)
+    return result, delivered
+
+
+def test_getmail_keep_and_oldmail(
+    env: MailEnv, server: ServerProcess, tmp_path: Path, getmail_dest: tuple[Path, str | None]
+) -> None:
+    """getmail6 with delete = false, read_all = false: every message lands in the
+    destination Maildir with the right bytes, the source keeps them all, and the next
+    run fetches nothing because the UIDLs are stable (getmail's oldmail file) even
+    though RETR moved the files to cur/; a new message is fetched alone."""
+    fill(env)
+    getmaildir = tmp_path / "getmail"
+    result, delivered = run_getmail(getmaildir, server.port, getmail_dest, delete=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(delivered) == sorted(lf_terminated(m) for m in MESSAGES)
+    assert env.messages("alice") == MESSAGES
+
+    result, delivered = run_getmail(getmaildir, server.port, getmail_dest, delete=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert delivered == []
+    assert "0 messages" in result.stdout
+
+    extra = b"From: e@example.org\nSubject: later\n\nnew mail\n"
+    env.put("alice", extra)
+    result, delivered = run_getmail(getmaildir, server.port, getmail_dest, delete=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert delivered == [extra]
+    assert env.messages("alice") == [*MESSAGES, extra]
+
+
+def test_getmail_delete(
+    env: MailEnv, server: ServerProcess, tmp_path: Path, getmail_dest: tuple[Path, str | None]
+) -> None:
+    """getmail6 with delete = true: every message delivered intact, then DELE and QUIT
+    (RFC 1939 §6) leave the source Maildir empty."""
+    fill(env)
+    result, delivered = run_getmail(tmp_path / "getmail", server.port, getmail_dest, delete=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(delivered) == sorted(lf_terminated(m) for m in MESSAGES)
+    assert env.messages("alice") == []

@@ -1,0 +1,480 @@
+"""MaildirStore on real maildirs written the way Postfix, Dovecot and Courier write them.
+
+No mocks and no sleeps: every test builds files under tmp_path. "No message file was
+read" is proven by changing the files after the first open in a way that a read would
+notice (other length with ``,S=`` in the name; same length but other CRLF size without),
+then checking that the second open still lists the cached sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from popbox.proto.types import is_valid_uidl
+from popbox.proto.wire import wire_size
+from popbox.store import maildir_cache
+from popbox.store.base import CommitReport, Failure, MessageGone
+from popbox.store.maildir import LOCK_NAME, MaildirDrop, MaildirStore
+
+POSTFIX = "1700000000.V801I2bM3.mx"
+DOVECOT = "1700000001.M2P3.mx"
+COURIER = "1700000002.M20046P2137_0.mx"
+MSG_A = b"From: a@example.org\nSubject: postfix\n\nhello\n"
+MSG_B = b"From: b@example.org\nSubject: dovecot\n\n.dot\n"
+MSG_C = b"From: c@example.org\r\nSubject: courier\r\n\r\nbody\r\n"
+
+
+def put(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def same_length_other_size(data: bytes) -> bytes:
+    """Same physical length, different CRLF size: a read would report another size."""
+    return data.replace(b"\n", b"x")
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    yield root
+
+
+def mixed_maildir(root: Path) -> list[bytes]:
+    """A Postfix, a Dovecot and a Courier message, plus everything that is not mail."""
+    put(root / "new" / POSTFIX, MSG_A)
+    put(root / "cur" / f"{DOVECOT},S={len(MSG_B)},W={wire_size(MSG_B)}:2,S", MSG_B)
+    put(root / "cur" / f"{COURIER},S={len(MSG_C)}:2,", MSG_C)
+    put(root / "tmp" / "1699999999.M1P1.mx", b"half written")
+    put(root / "new" / ".hidden", b"x")
+    put(root / "cur" / ".1699999999.M1P1.mx", b"x")
+    (root / "cur" / "subdir").mkdir()
+    put(root / ".Sent" / "cur" / "1699999998.M1P1.mx:2,S", b"a folder's mail")
+    put(root / "dovecot-uidlist", b"3 V1 N1\n")
+    put(root / "courierpop3dsizelist", b"/3 1 1\n")
+    return [MSG_A, MSG_B, MSG_C]
+
+
+async def opened(store: MaildirStore, root: Path) -> MaildirDrop:
+    drop = await store.open(str(root))
+    assert isinstance(drop, MaildirDrop), drop
+    return drop
+
+
+async def read_all(drop: MaildirDrop, index: int) -> bytes:
+    return b"".join([chunk async for chunk in drop.read(index)])
+
+
+async def listing(root: Path, store: MaildirStore | None = None) -> list[tuple[str, int]]:
+    drop = await opened(store or MaildirStore(), root)
+    await drop.release()
+    return [(m.uidl, m.size) for m in drop.messages]
+
+
+def names(root: Path, sub: str) -> list[str]:
+    return sorted(p.name for p in (root / sub).iterdir() if not p.name.startswith("."))
+
+
+# -- what is served, in which order, under which UIDL ------------------------------------
+
+
+async def test_serves_postfix_dovecot_and_courier_files_only(maildir: Path) -> None:
+    bodies = mixed_maildir(maildir)
+    drop = await opened(MaildirStore(), maildir)
+    assert [(m.uidl, m.size) for m in drop.messages] == [
+        (POSTFIX, wire_size(MSG_A)),
+        (DOVECOT, wire_size(MSG_B)),
+        (COURIER, wire_size(MSG_C)),
+    ]
+    assert [await read_all(drop, i) for i in range(3)] == bodies
+    await drop.release()
+
+
+async def test_order_by_time_then_microseconds_then_name(maildir: Path) -> None:
+    for name in [
+        "1700000005.M5P9.b",
+        "1700000005.M123P1.a",
+        "999999999.M7P1.z",
+        "1700000005.M5P9.a",
+    ]:
+        put(maildir / "new" / name, b"x\n")
+    assert [u for u, _ in await listing(maildir)] == [
+        "999999999.M7P1.z",
+        "1700000005.M5P9.a",
+        "1700000005.M5P9.b",
+        "1700000005.M123P1.a",
+    ]
+
+
+async def test_uidl_survives_move_to_cur_and_flag_changes(maildir: Path) -> None:
+    put(maildir / "new" / POSTFIX, MSG_A)
+    before = await listing(maildir)
+    os.rename(maildir / "new" / POSTFIX, maildir / "cur" / f"{POSTFIX}:2,S")
+    assert await listing(maildir) == before
+    os.rename(maildir / "cur" / f"{POSTFIX}:2,S", maildir / "cur" / f"{POSTFIX}:2,FRS")
+    assert await listing(maildir) == before == [(POSTFIX, wire_size(MSG_A))]
+
+
+async def test_read_finds_a_file_renamed_during_the_session(maildir: Path) -> None:
+    put(maildir / "new" / POSTFIX, MSG_A)
+    drop = await opened(MaildirStore(), maildir)
+    os.rename(maildir / "new" / POSTFIX, maildir / "cur" / f"{POSTFIX}:2,T")
+    assert await read_all(drop, 0) == MSG_A
+    assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=1)
+    assert names(maildir, "cur") == [f"{POSTFIX}:2,ST"]
+
+
+async def test_unusable_bases_get_stable_hashed_uidls(maildir: Path) -> None:
+    long_base = "1700000000." + "x" * 80 + ".mx"
+    put(maildir / "new" / long_base, b"a\n")
+    put(maildir / "new" / "1700000001.M1P1.h\u00f6st", b"b\n")
+    first = await listing(maildir)
+    assert all(is_valid_uidl(u) for u, _ in first)
+    os.rename(maildir / "new" / long_base, maildir / "cur" / f"{long_base}:2,S")
+    assert await listing(maildir) == first
+
+
+async def test_copies_sharing_a_base_get_unique_stable_uidls(maildir: Path) -> None:
+    put(maildir / "cur" / f"{DOVECOT}:2,S", MSG_B)
+    put(maildir / "new" / DOVECOT, MSG_B)  # a copy restored from a backup
+    first = await listing(maildir)
+    uidls = [u for u, _ in first]
+    assert len(set(uidls)) == 2 and DOVECOT in uidls and all(map(is_valid_uidl, uidls))
+    os.rename(maildir / "new" / DOVECOT, maildir / "cur" / f"{DOVECOT}:2,F")
+    os.rename(maildir / "cur" / f"{DOVECOT}:2,S", maildir / "cur" / f"{DOVECOT}:2,RS")
+    assert sorted(await listing(maildir)) == sorted(first)
+
+
+# -- sizes: W=, the cache, and never reading a message twice ------------------------------
+
+
+async def test_w_field_is_trusted(maildir: Path) -> None:
+    put(maildir / "cur" / f"{DOVECOT},S=999,W=12345:2,S", MSG_B)
+    assert await listing(maildir) == [(DOVECOT, 12345)]
+
+
+async def test_sizes_are_cached_and_files_not_read_again(maildir: Path) -> None:
+    with_s = maildir / "cur" / f"{COURIER},S={len(MSG_C)}:2,"
+    put(with_s, MSG_C)
+    without_s = put(maildir / "new" / POSTFIX, MSG_A)
+    first = await listing(maildir)
+    assert first == [(POSTFIX, wire_size(MSG_A)), (COURIER, wire_size(MSG_C))]
+    cache = maildir / maildir_cache.CACHE_NAME
+    assert cache.read_bytes().startswith(maildir_cache.MAGIC)
+    cache_id = (cache.stat().st_ino, cache.stat().st_mtime_ns)
+    rewrite_keeping_mtime(with_s, b"other length\n")
+    rewrite_keeping_mtime(without_s, same_length_other_size(MSG_A))
+    assert await listing(maildir) == first
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == cache_id  # unchanged: not rewritten
+
+
+async def test_a_file_of_another_physical_size_is_measured_again(maildir: Path) -> None:
+    path = put(maildir / "new" / POSTFIX, MSG_A)
+    await listing(maildir)
+    path.write_bytes(MSG_A + MSG_A)
+    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A + MSG_A))]
+
+
+def _corruptions(good: bytes) -> dict[str, bytes]:
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x40
+    return {
+        "random": os.urandom(len(good)),
+        "truncated": good[: len(good) // 2],
+        "header only": good[: len(maildir_cache.MAGIC) + 10],
+        "empty": b"",
+        "wrong magic": b"POPBOX-SIZES\n" + good[len(maildir_cache.MAGIC) :],
+        "bad checksum": bytes(flipped),
+        "other version": maildir_cache.MAGIC + b"\x02" + good[len(maildir_cache.MAGIC) + 1 :],
+        "text": b"popbox-sizes\n1 2 3\n" * 10,
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_corruptions(b"x" * 64)))
+async def test_corrupt_cache_is_ignored_and_rebuilt(maildir: Path, kind: str) -> None:
+    path = put(maildir / "new" / POSTFIX, MSG_A)
+    put(maildir / "new" / DOVECOT, MSG_B)
+    correct = await listing(maildir)
+    cache = maildir / maildir_cache.CACHE_NAME
+    cache.write_bytes(_corruptions(cache.read_bytes())[kind])
+    assert await listing(maildir) == correct  # measured again, no crash
+    assert maildir_cache.decode(cache.read_bytes()) is not None  # rebuilt
+    rewrite_keeping_mtime(path, same_length_other_size(MSG_A))
+    assert await listing(maildir) == correct  # and used again
+
+
+async def test_a_lying_cache_with_a_valid_checksum_is_only_a_hint(maildir: Path) -> None:
+    put(maildir / "new" / POSTFIX, MSG_A)
+    cache = maildir / maildir_cache.CACHE_NAME
+    cache.write_bytes(maildir_cache.encode({("other", 5): 7, (POSTFIX, len(MSG_A) + 1): 3}))
+    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A))]
+
+
+async def test_unwritable_cache_does_not_break_open(maildir: Path) -> None:
+    (maildir / maildir_cache.CACHE_NAME).mkdir()  # neither readable nor replaceable as a file
+    put(maildir / "new" / POSTFIX, MSG_A)
+    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A))]
+    assert not [p for p in maildir.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_hundred_thousand_messages_second_open_reads_none(tmp_path: Path) -> None:
+    root = tmp_path / "Big"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    body = b"Subject: hi\n\nx\n"
+    count = 100_000
+    paths = [
+        str(
+            root
+            / ("cur" if i % 2 else "new")
+            / f"{1700000000 + i // 1000}.M{i % 1000}P7Q{i}.mx,S={len(body)}"
+        )
+        for i in range(count)
+    ]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for path in paths:
+        fd = os.open(path, flags, 0o600)
+        os.write(fd, body)
+        os.close(fd)
+    first = await listing(root)
+    assert len(first) == count and {size for _, size in first} == {wire_size(body)}
+    assert (
+        first[0][0] == "1700000000.M0P7Q0.mx"
+        and first[-1][0] == f"1700000099.M999P7Q{count - 1}.mx"
+    )
+    for path in paths:
+        os.truncate(path, 0)  # a read now would give size 0
+    assert await listing(root) == first
+
+
+# -- the lock ------------------------------------------------------------------------------
+
+HOLDER = """
+import asyncio, sys
+from popbox.store.maildir import MaildirStore
+
+async def main():
+    drop = await MaildirStore().open(sys.argv[1])
+    print("locked" if hasattr(drop, "messages") else drop, flush=True)
+    sys.stdin.readline()
+
+asyncio.run(main())
+"""
+
+
+async def test_lock_held_by_another_process_dies_with_it(maildir: Path) -> None:
+    store = MaildirStore()
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(maildir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+        assert await store.open(str(maildir)) is Failure.IN_USE
+        child.kill()  # SIGKILL: no cleanup code runs in the child
+        child.wait()
+        drop = await opened(store, maildir)
+        await drop.release()
+    finally:
+        child.kill()
+        child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    assert (maildir / LOCK_NAME).exists()  # the file stays; only the lock mattered
+
+
+async def test_two_sessions_in_one_process_exclude_each_other(maildir: Path) -> None:
+    first, second = MaildirStore(), MaildirStore()
+    drop = await opened(first, maildir)
+    assert await second.open(str(maildir)) is Failure.IN_USE
+    await drop.release()
+    await (await opened(second, maildir)).release()
+
+
+# -- creating maildirs, and paths that are not ----------------------------------------------
+
+
+async def test_missing_maildir_is_created_private(tmp_path: Path) -> None:
+    root = tmp_path / "new-user" / "Maildir"
+    assert await listing(root) == []
+    for path in (root, root / "cur", root / "new", root / "tmp"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    other = tmp_path / "other-user" / "Maildir"
+    assert await MaildirStore().deliver(str(other), b"first\n") is None
+    assert stat.S_IMODE(other.stat().st_mode) == 0o700
+    assert await listing(other) == [(names(other, "new")[0].split(",")[0], 7)]
+
+
+async def test_orphaned_cache_temporary_files_are_removed(maildir: Path) -> None:
+    orphan = put(maildir / f"{maildir_cache.CACHE_NAME}.4242.deadbeef.tmp", b"half")
+    put(maildir / "new" / POSTFIX, MSG_A)
+    await listing(maildir)
+    assert not orphan.exists()
+
+
+async def test_missing_subdirectories_are_created(maildir: Path) -> None:
+    (maildir / "cur").rmdir()
+    put(maildir / "new" / POSTFIX, MSG_A)
+    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A))]
+    assert (maildir / "cur").is_dir()
+
+
+async def test_a_file_in_place_of_the_maildir_is_permanent(tmp_path: Path) -> None:
+    path = put(tmp_path / "Maildir", b"not a directory")
+    assert await MaildirStore().open(str(path)) is Failure.PERMANENT
+    assert await MaildirStore().deliver(str(path), b"x\n") is Failure.PERMANENT
+    assert await MaildirStore().open(str(path / "below")) is Failure.PERMANENT
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+async def test_delivery_follows_the_maildir_protocol(maildir: Path) -> None:
+    message = b"Subject: hi\n\n.line\n"
+    assert await MaildirStore(hostname="mx/1:2,3").deliver(str(maildir), message) is None
+    assert names(maildir, "tmp") == [] and names(maildir, "cur") == []
+    [name] = names(maildir, "new")
+    unique, _, fields = name.partition(",S=")
+    seconds, rest = unique.split(".", 1)
+    assert seconds.isdigit() and rest.startswith("M") and "P" in rest and "Q" in rest
+    assert rest.endswith(".mx\\0571\\0722\\0543")
+    assert fields == f"{len(message)},W={wire_size(message)}"
+    assert (maildir / "new" / name).read_bytes() == message
+
+
+async def test_nul_bytes_and_a_megabyte_line_come_back_intact(maildir: Path) -> None:
+    store = MaildirStore()
+    messages = [b"Subject: nul\n\n\0a\0\r\n\0", b"Subject: long\n\n" + b"y" * 1_048_576]
+    for message in messages:
+        assert await store.deliver(str(maildir), message) is None
+    drop = await opened(store, maildir)
+    assert [m.size for m in drop.messages] == [wire_size(m) for m in messages]
+    chunks = [chunk async for chunk in drop.read(1)]
+    assert len(chunks) > 1 and b"".join(chunks) == messages[1]
+    assert await read_all(drop, 0) == messages[0]
+    await drop.release()
+
+
+# -- commit --------------------------------------------------------------------------------
+
+
+async def test_commit_marks_retrieved_messages_seen(maildir: Path) -> None:
+    put(maildir / "new" / "1700000000.M1P1.a", b"1\n")
+    put(maildir / "cur" / "1700000001.M1P1.b:2,F", b"2\n")
+    put(maildir / "cur" / "1700000002.M1P1.c:2,a", b"3\n")
+    put(maildir / "cur" / "1700000003.M1P1.d,S=2:2,F,xyz", b"4\n")
+    put(maildir / "cur" / "1700000004.M1P1.e:2,RS", b"5\n")
+    put(maildir / "cur" / "1700000005.M1P1.f:1,opaque", b"6\n")
+    put(maildir / "new" / "1700000006.M1P1.g", b"7\n")
+    put(maildir / "new" / "1700000007.M1P1.h", b"8\n")
+    before = await listing(maildir)
+    drop = await opened(MaildirStore(), maildir)
+    report = await drop.commit({6}, {0, 1, 2, 3, 4, 5, 6})
+    assert report == CommitReport(deleted=1, missing=0, flagged=5)
+    assert names(maildir, "new") == ["1700000007.M1P1.h"]
+    assert names(maildir, "cur") == [
+        "1700000000.M1P1.a:2,S",
+        "1700000001.M1P1.b:2,FS",
+        "1700000002.M1P1.c:2,Sa",
+        "1700000003.M1P1.d,S=2:2,FS,xyz",
+        "1700000004.M1P1.e:2,RS",
+        "1700000005.M1P1.f:1,opaque",
+    ]
+    assert await listing(maildir) == before[:6] + before[7:]
+
+
+async def test_mark_seen_can_be_turned_off(maildir: Path) -> None:
+    put(maildir / "new" / POSTFIX, MSG_A)
+    drop = await opened(MaildirStore(mark_seen=False), maildir)
+    assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=0)
+    assert names(maildir, "new") == [POSTFIX]
+
+
+async def test_commit_follows_renames_and_counts_vanished(maildir: Path) -> None:
+    for i in range(4):
+        put(maildir / "new" / f"170000000{i}.M1P1.m", b"%d\n" % i)
+    drop = await opened(MaildirStore(), maildir)
+    os.unlink(maildir / "new" / "1700000001.M1P1.m")  # another agent expunged it
+    os.rename(maildir / "new" / "1700000002.M1P1.m", maildir / "cur" / "1700000002.M1P1.m:2,T")
+    with pytest.raises(MessageGone):
+        await read_all(drop, 1)
+    report = await drop.commit({0, 1, 2}, {3})
+    assert report == CommitReport(deleted=2, missing=1, flagged=1)
+    assert names(maildir, "new") == [] and names(maildir, "cur") == ["1700000003.M1P1.m:2,S"]
+
+
+async def test_release_during_nothing_and_commit_release_lock(maildir: Path) -> None:
+    store = MaildirStore()
+    drop = await opened(store, maildir)
+    await drop.commit(set(), set())
+    await drop.release()
+    await (await opened(store, maildir)).release()
+
+
+# -- UIDL migration -------------------------------------------------------------------------
+
+
+async def test_dovecot_uidlist_import(maildir: Path) -> None:
+    put(maildir / "cur" / f"{DOVECOT},S={len(MSG_B)},W={wire_size(MSG_B)}:2,S", MSG_B)
+    put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
+    put(maildir / "new" / COURIER, MSG_C)  # arrived after the migration: not listed
+    put(
+        maildir / "dovecot-uidlist",
+        b"3 V1275660208 N26 G3085f01b7f11094c501100008c4a11c1\n"
+        + f"25 :{DOVECOT},S={len(MSG_B)},W={wire_size(MSG_B)}:2,\n".encode()
+        + f"24 W2481 Pfrom-the-old-server :{POSTFIX}\n".encode()
+        + b"garbage line\n",
+    )
+    imported = await listing(maildir, MaildirStore(uidl_import="dovecot"))
+    assert [u for u, _ in imported] == ["from-the-old-server", "000000194C0907B0", COURIER]
+    assert [u for u, _ in await listing(maildir)] == [POSTFIX, DOVECOT, COURIER]
+
+
+async def test_dovecot_uidlist_version_1(maildir: Path) -> None:
+    put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
+    put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
+    assert await listing(maildir, MaildirStore(uidl_import="dovecot")) == [
+        ("000000074C0907B0", wire_size(MSG_A))
+    ]
+
+
+async def test_courier_sizelist_import(maildir: Path) -> None:
+    put(maildir / "cur" / f"{COURIER},S={len(MSG_C)}:2,S", MSG_C)
+    put(maildir / "cur" / f"{POSTFIX}:2,", MSG_A)
+    put(maildir / "new" / DOVECOT, MSG_B)
+    put(
+        maildir / "courierpop3dsizelist",
+        f"/3 9 1700000000\n{COURIER},S={len(MSG_C)}:2, 60 7:1700000000:0\n"
+        f"{POSTFIX}:2, 50 8:0\n".encode(),
+    )
+    imported = await listing(maildir, MaildirStore(uidl_import="courier"))
+    assert [u for u, _ in imported] == ["UID8", DOVECOT, "UID7-1700000000"]
+
+
+@pytest.mark.parametrize("kind", ["dovecot", "courier"])
+async def test_unusable_migration_files_import_nothing(maildir: Path, kind: str) -> None:
+    put(maildir / "new" / POSTFIX, MSG_A)
+    put(maildir / "dovecot-uidlist", b"\xff\x00garbage\n1 :x\n")
+    put(maildir / "courierpop3dsizelist", b"/9 1 1\nx 1 1:1\n")
+    store = MaildirStore(uidl_import=kind)  # type: ignore[arg-type]
+    assert await listing(maildir, store) == [(POSTFIX, wire_size(MSG_A))]
