@@ -3,8 +3,8 @@ RFC 5034), ending in a locked maildrop (a `Transaction`) or one `-ERR` from `rep
 
 Plaintext mechanisms are refused on a connection that is neither TLS nor from
 `auth.local_networks` unless `auth.cleartext = "always"` (RFC 8314 §5.1 spirit). An
-unknown user and a wrong password are one verdict from the passdb and get one reply. Log lines name the user, the mechanism
-and the client address, never a password.
+unknown user and a wrong password are one verdict from the passdb and get one reply. Log
+lines name the user, the mechanism and the client address, never a password.
 """
 
 from __future__ import annotations
