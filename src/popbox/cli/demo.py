@@ -1,5 +1,5 @@
 """`popbox demo`: a self-contained setup under one folder (users file, a Maildir with a few
-realistic messages, a config), served on 127.0.0.1. Re-running keeps what is there."""
+realistic messages, a self-signed certificate), served on 127.0.0.1. Re-running keeps what is there."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from popbox.auth import passwd_file, schemes
+from popbox.cli.selfsigned import make_self_signed
 from popbox.config import Config, from_dict
 from popbox.store.maildir import MaildirStore
 
@@ -69,8 +70,12 @@ bW9udGgsbWVzc2FnZXMKb2N0LDEyCm5vdiwzNAo=
 ]
 
 
-def prepare(folder: Path, port: int) -> Config:
+def prepare(folder: Path, port: int, tls_port: int) -> Config:
     folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "tls" / "cert.pem", folder / "tls" / "key.pem"
+    if not cert.exists() or not key.exists():
+        cert.parent.mkdir(exist_ok=True)
+        make_self_signed(cert, key)
     users = folder / "users"
     if not users.exists():
         passwd_file.add_user(users, "demo", schemes.make(b"demo", "ARGON2ID"))
@@ -83,5 +88,6 @@ def prepare(folder: Path, port: int) -> Config:
                 raise SystemExit(f"popbox demo: cannot write {maildir}: {result.value}")
     return from_dict({
         "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "popbox.demo"},
+        "tls": {"cert": str(cert), "key": str(key), "implicit": [f"127.0.0.1:{tls_port}"]},
         "auth": {"passwd_file": str(users), "mail_location": str(folder / "mail/{user}/Maildir")},
     })

@@ -74,12 +74,15 @@ def _check_config(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from popbox.cli.demo import prepare
 
-    config = prepare(args.dir.resolve(), args.port)
+    config = prepare(args.dir.resolve(), args.port, args.tls_port)
+    url, tls_url = f"pop3://127.0.0.1:{args.port}", f"pop3s://127.0.0.1:{args.tls_port}"
     print(f"""
 popbox demo: user "demo", password "demo", maildir {args.dir / "mail" / "demo" / "Maildir"}
-  list:   curl --user demo:demo pop3://127.0.0.1:{args.port}/
-  fetch:  curl --user demo:demo pop3://127.0.0.1:{args.port}/1
-  delete: curl --user demo:demo --request DELE --list-only pop3://127.0.0.1:{args.port}/1
+  list:        curl --user demo:demo {url}/
+  fetch:       curl --user demo:demo {url}/1
+  over TLS:    curl --insecure --user demo:demo {tls_url}/1   (self-signed certificate)
+  with STLS:   curl --insecure --ssl-reqd --user demo:demo {url}/1
+  delete:      curl --user demo:demo --request DELE --list-only {url}/1
 Stop with Ctrl-C.
 """, flush=True)
     return run_server(config, announce=True)
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve a demo maildrop on 127.0.0.1")
     demo.add_argument("--dir", type=Path, default=Path("demo"))
     demo.add_argument("--port", type=int, default=1110)
+    demo.add_argument("--tls-port", type=int, default=1995)
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
