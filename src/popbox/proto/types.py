@@ -38,4 +38,4 @@ class RespCode(enum.Enum):
 
 def is_valid_uidl(value: str) -> bool:
     """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
-    return 0 < len(value) <= 70 and all("\x21" <= c <= "\x7e" for c in value)
+    return 0 < len(value) <= 70 and value.isascii() and value.isprintable() and " " not in value
