@@ -237,6 +237,27 @@ def test_curl_list_and_fetch(
     assert env.messages("alice") == MESSAGES
 
 
+def test_curl_uidl_and_top(env: MailEnv, server: ServerProcess) -> None:
+    """curl's custom commands (`--request`) print a multi-line reply as is: UIDL
+    (RFC 1939 §7) lists one unique id per message, the same as poplib sees; TOP n 0 gives
+    the headers and the blank line."""
+    fill(env)
+    result = curl(server.port, "", "--request", "UIDL")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split(b"\r\n")
+    assert lines[-1] == b""
+    numbers, uidls = zip(*(line.split(b" ") for line in lines[:-1]), strict=True)
+    assert numbers == tuple(str(n).encode() for n in range(1, len(MESSAGES) + 1))
+    assert len(set(uidls)) == len(MESSAGES)
+    with pop_session(server.port) as pop:
+        assert [line.split(b" ")[1] for line in pop.uidl()[1]] == list(uidls)
+        pop.quit()
+    for n, message in enumerate(MESSAGES, start=1):
+        result = curl(server.port, "", "--request", f"TOP {n} 0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == crlf(message.split(b"\n\n", 1)[0] + b"\n\n")
+
+
 def test_curl_dele(env: MailEnv, server: ServerProcess) -> None:
     """`curl --request DELE --list-only pop3://host/N` deletes message N: curl sends DELE
     then QUIT, and the file is gone from the Maildir; the others stay byte-identical."""

@@ -260,15 +260,15 @@ def test_serve_missing_config(tmp_path: Path) -> None:
 def test_demo(tmp_path: Path) -> None:
     """`popbox demo` (what scripts/demo runs) makes a demo maildrop, prints how to
     connect, serves it; curl fetches the welcome message with the printed user and
-    password; SIGTERM stops it with status 0."""
-    port = free_port()
+    password, over plain POP3 and over implicit TLS; SIGTERM stops it with status 0."""
+    port, tls_port = free_port(), free_port()
     with subprocess.Popen(
         [sys.executable, "-m", "popbox", "demo", "--dir", str(tmp_path / "demo"),
-         "--port", str(port)],
+         "--port", str(port), "--tls-port", str(tls_port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
     ) as proc:
         try:
-            out = read_until(proc, rb"listening on 127\.0\.0\.1:\d+", timeout=30).decode()
+            out = read_until(proc, rb"listening on 127\.0\.0\.1:\d+ \(TLS\)", timeout=30).decode()
             assert f"listening on 127.0.0.1:{port}" in out
             match = re.search(r'user "([^"]+)", password "([^"]+)"', out)
             assert match, out
@@ -281,6 +281,13 @@ def test_demo(tmp_path: Path) -> None:
             )
             assert fetched.returncode == 0, fetched.stderr
             assert b"Subject: Welcome to popbox\r\n" in fetched.stdout
+            over_tls = subprocess.run(
+                ["curl", "-sS", "--insecure", "--user", f"{user}:{password}",
+                 f"pop3s://127.0.0.1:{tls_port}/1"],
+                capture_output=True, timeout=CLI_TIMEOUT, check=False,
+            )
+            assert over_tls.returncode == 0, over_tls.stderr
+            assert over_tls.stdout == fetched.stdout
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0
         finally:

@@ -1,5 +1,6 @@
 """`popbox demo`: a self-contained setup under one folder (users file, a Maildir with a few
-realistic messages, a self-signed certificate), served on 127.0.0.1. Re-running keeps what is there."""
+realistic messages, a self-signed certificate), served on 127.0.0.1. Re-running keeps what
+is there."""
 
 from __future__ import annotations
 
