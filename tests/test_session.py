@@ -3,6 +3,7 @@ RFC 2449 capabilities and response codes, data safety."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -245,6 +246,24 @@ async def test_login_timeout(env: MailEnv) -> None:
         await client.line()
         assert await client.line() == b"-ERR Disconnected for inactivity."
         assert await client.reader.read() == b""
+        await client.close()
+
+
+async def test_login_deadline_is_not_reset_by_trickling(env: MailEnv) -> None:
+    """A client sending a byte now and then cannot hold a slot past `login_timeout`."""
+    async with running_server(env.config(limits={"login_timeout": 0.5})) as (port, _):
+        client = await Client.connect(port)
+        await client.line()
+        closed = asyncio.ensure_future(client.line())
+        sent = 0
+        for byte in b"USER alice-with-a-very-long-name":
+            if closed.done():
+                break
+            client.writer.write(bytes([byte]))
+            sent += 1
+            await asyncio.wait({closed}, timeout=0.1)
+        assert closed.done() and closed.result() == b"-ERR Disconnected for inactivity."
+        assert sent < 20
         await client.close()
 
 

@@ -39,11 +39,35 @@ def parse_address(value: str) -> tuple[str, int]:
     return (host if host not in ("", "*") else "", int(port_text))
 
 
+def check_networks(value: list[str]) -> list[str]:
+    for item in value:
+        ipaddress.ip_network(item, strict=False)
+    return value
+
+
+def in_networks(address: str, networks: list[str]) -> bool:
+    """Whether an IP address (IPv4-mapped IPv6 included) is in one of `networks`."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 class ServerSection(_Section):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:1110"])
     hostname: str = "localhost"
     greeting: str = "popbox ready."
     workers: Annotated[int, Field(ge=1, le=256)] = 1
+    # Started as root: bind, then run as this user and group. Serving as root is refused
+    # unless allow_root is set.
+    user: str | None = None
+    group: str | None = None
+    allow_root: bool = False
+    # HAProxy PROXY protocol v1/v2 is required from these networks, refused from others.
+    proxy_networks: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -51,6 +75,9 @@ class ServerSection(_Section):
         for item in value:
             parse_address(item)
         return value
+
+    _check_proxy = field_validator("proxy_networks")(classmethod(
+        lambda cls, value: check_networks(value)))
 
 
 class LimitsSection(_Section):
@@ -61,6 +88,8 @@ class LimitsSection(_Section):
     bad_commands_before_login: Annotated[int, Field(ge=1)] = 3
     bad_commands_after_login: Annotated[int, Field(ge=1)] = 20
     login_delay: Annotated[int, Field(ge=0)] = 0  # RFC 2449 §6.8: seconds between logins
+    max_connections: Annotated[int, Field(ge=1)] = 10000
+    max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
 
 
 class AuthSection(_Section):
@@ -72,21 +101,11 @@ class AuthSection(_Section):
     cleartext: Literal["local", "always"] = "local"
     local_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
-    @field_validator("local_networks")
-    @classmethod
-    def _check_networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
-        return value
+    _check_local = field_validator("local_networks")(classmethod(
+        lambda cls, value: check_networks(value)))
 
     def is_local(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return address == "local"  # a Unix socket
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.local_networks)
+        return address == "local" or in_networks(address, self.local_networks)
 
 
 class StoreSection(_Section):

@@ -6,6 +6,7 @@ shutdown, the APOP timestamp counter).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -35,6 +36,7 @@ class ServerContext:
     tls: TlsContexts | None = None
     last_login: dict[str, float] = field(default_factory=dict)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -51,6 +53,21 @@ class ServerContext:
             log.error("TLS reload failed, keeping the old certificates: %s", exc)
         else:
             log.info("TLS certificates reloaded")
+
+    def admit(self, peer: str) -> bool:
+        """Count a new connection from `peer`, unless a connection limit says no."""
+        limits = self.config.limits
+        if len(self.sessions) > limits.max_connections:
+            return False
+        if self.per_ip[peer] >= limits.max_connections_per_ip:
+            return False
+        self.per_ip[peer] += 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        self.per_ip[peer] -= 1
+        if self.per_ip[peer] <= 0:
+            del self.per_ip[peer]
 
     def apop_timestamp(self) -> str:
         """A unique `<pid.counter.clock@host>` (RFC 1939 §7, APOP)."""

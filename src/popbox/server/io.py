@@ -6,6 +6,10 @@ asks for more (`receive()`), so a client that pipelines megabytes of commands is
 TCP, not buffered here. Output is pushed with `write()`; `drain()` waits while the
 transport's buffer is above its high-water mark, so a client that does not read is paused.
 
+From `server.proxy_networks` the first bytes must be a PROXY protocol header (v1 or v2):
+the session starts only once it is parsed, and sees the client's real address; a missing,
+malformed or slow header closes the connection.
+
 STLS (RFC 2595 §4) goes through the public `loop.start_tls`: nothing can be received
 between the +OK and the start of the handshake (both happen in one step of the loop),
 and the core has already discarded whatever was pipelined after the STLS line.
@@ -14,19 +18,38 @@ and the core has already discarded whatever was pipelined after the STLS line.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
+from popbox.config import in_networks
+from popbox.proto import proxy
 from popbox.proto.server import ServerConnection
+
+log = logging.getLogger("popbox")
+
+
+@dataclass(frozen=True, slots=True)
+class _ProxyWait:
+    """Waiting for a PROXY header: what came so far, and the timer that gives up."""
+
+    buffered: bytes
+    timer: asyncio.TimerHandle
 
 
 class SessionIO(asyncio.Protocol):
-    __slots__ = ("_closed", "_drain", "_input", "_paused", "_upgrading", "conn", "on_open",
-                 "transport")
+    __slots__ = ("_closed", "_drain", "_input", "_paused", "_peer", "_proxy", "_proxy_from",
+                 "_upgrading", "conn", "on_open", "transport")
 
-    def __init__(self, on_open: Callable[[SessionIO], None]) -> None:
+    def __init__(
+        self, on_open: Callable[[SessionIO], None], proxy_networks: list[str] | None = None,
+        proxy_timeout: float = 10.0,
+    ) -> None:
         self.on_open = on_open
+        self._proxy: _ProxyWait | None = None
+        self._peer = "local"
         self.conn = ServerConnection()
         self.transport: asyncio.Transport | None = None
         self._input: asyncio.Future[None] | None = None
@@ -34,15 +57,49 @@ class SessionIO(asyncio.Protocol):
         self._paused = False
         self._closed = False
         self._upgrading = False
+        self._proxy_from = (proxy_networks, proxy_timeout) if proxy_networks else None
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        name = transport.get_extra_info("peername")
+        self._peer = str(name[0]) if isinstance(name, tuple) else "local"
+        if self._proxy_from is not None and in_networks(self._peer, self._proxy_from[0]):
+            timer = asyncio.get_running_loop().call_later(self._proxy_from[1], self._proxy_fail)
+            self._proxy = _ProxyWait(b"", timer)
+            return
         self.transport.pause_reading()
         self.on_open(self)
 
+    def _proxy_fail(self, reason: str = "timeout") -> None:
+        log.warning("proxy header refused ip=%s reason=%s", self._peer, reason.replace(" ", "-"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _proxy_data(self, wait: _ProxyWait, data: bytes) -> None:
+        buffered = wait.buffered + data
+        result = proxy.parse(buffered)
+        if result is proxy.NEED_DATA:
+            self._proxy = _ProxyWait(buffered, wait.timer)
+            return
+        wait.timer.cancel()
+        self._proxy = None
+        if isinstance(result, proxy.ProxyError):
+            self._proxy_fail(result.reason)
+            return
+        assert isinstance(result, proxy.ProxyHeader) and self.transport is not None
+        if result.source is not None:
+            self._peer = result.source[0]
+        self.transport.pause_reading()
+        self.on_open(self)
+        if result.rest:
+            self.data_received(result.rest)
+
     def data_received(self, data: bytes) -> None:
+        if self._proxy is not None:
+            self._proxy_data(self._proxy, data)
+            return
         self.conn.receive_data(data)
         assert self.transport is not None
         if not self._upgrading:  # during STLS, self.transport is the raw one underneath TLS
@@ -56,6 +113,8 @@ class SessionIO(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._proxy is not None:
+            self._proxy.timer.cancel()
         self.conn.receive_data(b"")
         self._wake_input()
         if self._drain is not None and not self._drain.done():
@@ -73,9 +132,8 @@ class SessionIO(asyncio.Protocol):
 
     @property
     def peer(self) -> str:
-        assert self.transport is not None
-        name = self.transport.get_extra_info("peername")
-        return str(name[0]) if isinstance(name, tuple) else "local"
+        """The client's address: from the PROXY header when there was one."""
+        return self._peer
 
     @property
     def secure(self) -> bool:

@@ -33,10 +33,14 @@ class Listener:
         self.ctx.sessions.add(task)
         task.add_done_callback(self.ctx.sessions.discard)
 
+    def _protocol(self) -> SessionIO:
+        config = self.ctx.config
+        return SessionIO(self._open, config.server.proxy_networks, config.limits.login_timeout)
+
     async def _bind(self, host: str, port: int, tls: ssl.SSLContext | None) -> list[Address]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SessionIO(self._open), host or None, port,
+            self._protocol, host or None, port,
             reuse_address=True, reuse_port=self.ctx.config.server.workers > 1,
             ssl=tls, ssl_handshake_timeout=self.ctx.config.tls.handshake_timeout if tls else None,
         )

@@ -4,7 +4,9 @@ The loop reads whatever the client sent, answers every complete command in order
 (pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
 chunk with `drain()`, so a client that does not read is paused, not buffered, and is cut
 off by the send timeout. Idle clients are logged out (RFC 1939 §3) after
-`limits.idle_timeout` once logged in, `limits.login_timeout` before.
+`limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
+an idle timer: `limits.login_timeout` from connect, so a client trickling one byte a
+second cannot hold a connection slot for longer than that.
 
 Only QUIT in the TRANSACTION state commits the maildrop. Every other way out (client
 gone, timeout, too many errors, shutdown, an unexpected error) releases the lock and
@@ -32,8 +34,8 @@ from popbox.store.base import Failure, MessageGone, StoreError
 log = logging.getLogger("popbox")
 
 class Session:
-    __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "peer", "retr_count",
-                 "txn")
+    __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "login_deadline",
+                 "peer", "retr_count", "txn")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -46,10 +48,23 @@ class Session:
         self.retr_count = 0
         self.bytes_sent = 0
         self._out: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        self.login_deadline = loop.time() + ctx.config.limits.login_timeout
 
     # --- the loop ---
 
     async def run(self) -> None:
+        if not self.ctx.admit(self.peer):
+            log.warning("connection refused ip=%s reason=connection-limit", self.peer)
+            self.io.write(self.conn.send(replies.TOO_MANY_CONNECTIONS))
+            self.io.close()
+            return
+        try:
+            await self._run()
+        finally:
+            self.ctx.leave(self.peer)
+
+    async def _run(self) -> None:
         log.info("connect ip=%s", self.peer)
         reason = "disconnect"
         try:
@@ -74,24 +89,21 @@ class Session:
     async def _serve(self) -> str:
         conn = self.conn
         while True:
-            await self._flush()
-            timeout = self._timeout()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.io.receive()
-            except TimeoutError:
-                self._emit(conn.send(replies.IDLE_TIMEOUT))
-                await self._flush()
-                return "idle-timeout"
-            while True:
-                event = conn.next_event()
-                if event is ev.NEED_DATA:
-                    break
+            # Answer everything already received (pipelining), flush once, then wait.
+            while (event := conn.next_event()) is not ev.NEED_DATA:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
                 await self._handle(event)
                 if conn.state is State.CLOSED:
                     await self._flush()
                     return self._close_reason(event)
+            await self._flush()
+            try:
+                async with asyncio.timeout_at(self._deadline()):
+                    await self.io.receive()
+            except TimeoutError:
+                self._emit(conn.send(replies.IDLE_TIMEOUT))
+                await self._flush()
+                return "idle-timeout"
 
     def _close_reason(self, event: ev.Event) -> str:
         match event:
@@ -102,11 +114,11 @@ class Session:
             case _:
                 return "disconnect"
 
-    def _timeout(self) -> float:
-        limits = self.ctx.config.limits
+    def _deadline(self) -> float:
+        """When the wait for the client's next bytes ends (on the loop's clock)."""
         if self.conn.state is State.TRANSACTION:
-            return limits.idle_timeout
-        return limits.login_timeout
+            return asyncio.get_running_loop().time() + self.ctx.config.limits.idle_timeout
+        return self.login_deadline
 
     async def _end(self, reason: str) -> None:
         if self.txn is not None:
