@@ -62,7 +62,8 @@ class MailEnv:
 
     def config_dict(self, **sections: dict[str, Any]) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "server": {"listen": ["127.0.0.1:0"], "hostname": "test.example"},
+            "server": {"listen": ["127.0.0.1:0"], "hostname": "test.example",
+                       "allow_root": True},
             "auth": {"passwd_file": str(self.users),
                      "mail_location": str(self.root / "mail/{user}/Maildir")},
             "limits": {"shutdown_grace": 1},

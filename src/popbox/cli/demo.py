@@ -88,7 +88,9 @@ def prepare(folder: Path, port: int, tls_port: int) -> Config:
             if result is not None:
                 raise SystemExit(f"popbox demo: cannot write {maildir}: {result.value}")
     return from_dict({
-        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "popbox.demo"},
+        # The demo runs as whoever starts it, root included: it only listens on 127.0.0.1.
+        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "popbox.demo",
+                   "allow_root": True},
         "tls": {"cert": str(cert), "key": str(key), "implicit": [f"127.0.0.1:{tls_port}"]},
         "auth": {"passwd_file": str(users), "mail_location": str(folder / "mail/{user}/Maildir")},
     })

@@ -23,6 +23,7 @@ def setup_logging(level: str) -> None:
 
 
 def run_server(config: Config, announce: bool = False) -> int:
+    from popbox.server import privileges
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
@@ -40,6 +41,8 @@ def run_server(config: Config, announce: bool = False) -> int:
             "auth.cleartext = \"always\": passwords may cross the network unencrypted")
 
     def ready(plain: list[Address], implicit: list[Address]) -> None:
+        server = config.server
+        privileges.drop(server.user, server.group, server.allow_root)
         if announce:
             for host, port in plain:
                 print(f"popbox: listening on {host}:{port}", flush=True)
@@ -48,6 +51,9 @@ def run_server(config: Config, announce: bool = False) -> int:
 
     try:
         asyncio.run(serve(ctx, ready))
+    except privileges.PrivilegeError as exc:
+        print(f"popbox: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
