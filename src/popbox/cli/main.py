@@ -23,12 +23,22 @@ def setup_logging(level: str) -> None:
 
 
 def run_server(config: Config, announce: bool = False) -> int:
+    if config.server.workers > 1:
+        from popbox.server.workers import supervise
+
+        setup_logging(config.log.level)
+        return supervise(config, lambda cfg, index: _run_one(cfg, announce and index == 0))
+    return _run_one(config, announce)
+
+
+def _run_one(config: Config, announce: bool) -> int:
     from popbox.server import privileges
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
 
-    setup_logging(config.log.level)
+    if not logging.getLogger().handlers:
+        setup_logging(config.log.level)
     try:
         import uvloop
 
