@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
@@ -27,11 +28,21 @@ def run_server(config: Config, announce: bool = False) -> int:
         from popbox.server.workers import supervise
 
         setup_logging(config.log.level)
-        return supervise(config, lambda cfg, index: _run_one(cfg, announce and index == 0))
+
+        def report(resolved: Config) -> None:
+            if announce:
+                for host, port in resolved.addresses:
+                    print(f"popbox: listening on {host or '0.0.0.0'}:{port}", flush=True)
+                for host, port in resolved.tls_addresses:
+                    print(f"popbox: listening on {host or '0.0.0.0'}:{port} (TLS)", flush=True)
+
+        return supervise(config, lambda cfg, notify: _run_one(cfg, False, notify), report)
     return _run_one(config, announce)
 
 
-def _run_one(config: Config, announce: bool) -> int:
+def _run_one(
+    config: Config, announce: bool, notify: Callable[[], None] | None = None
+) -> int:
     from popbox.server import privileges
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
@@ -53,6 +64,8 @@ def _run_one(config: Config, announce: bool) -> int:
     def ready(plain: list[Address], implicit: list[Address]) -> None:
         server = config.server
         privileges.drop(server.user, server.group, server.allow_root)
+        if notify is not None:
+            notify()
         if announce:
             for host, port in plain:
                 print(f"popbox: listening on {host}:{port}", flush=True)

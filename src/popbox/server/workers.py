@@ -50,23 +50,39 @@ def resolve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return config.model_copy(update={"server": server, "tls": tls}), reserved
 
 
-def supervise(config: Config, run_worker: Callable[[Config, int], int]) -> int:
-    """Run `config.server.workers` copies of `run_worker(config, index)`; return when all
-    have exited after SIGTERM/SIGINT."""
+Notify = Callable[[], None]
+
+
+def supervise(
+    config: Config,
+    run_worker: Callable[[Config, Notify], int],
+    ready: Callable[[Config], None],
+) -> int:
+    """Run `config.server.workers` copies of `run_worker(config, notify)`; call
+    `ready(config)` once every worker has called `notify()` (it is listening); return when
+    all have exited after SIGTERM/SIGINT."""
     config, reserved = resolve_ports(config)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
+    ready_r, ready_w = os.pipe()
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             for sock in reserved:
                 sock.close()
+            os.close(ready_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
+
+            def notify() -> None:
+                if ready_w >= 0:
+                    os.write(ready_w, b".")
+                    os.close(ready_w)
+
             try:
-                code = run_worker(config, index)
+                code = run_worker(config, notify)
             finally:
                 os._exit(code)
         children[pid] = index
@@ -81,6 +97,17 @@ def supervise(config: Config, run_worker: Callable[[Config, int], int]) -> int:
     signal.signal(signal.SIGINT, stop)
     for index in range(config.server.workers):
         spawn(index)
+    os.close(ready_w)
+    ready_w = -1  # workers started later (restarts) need not report
+    started = 0
+    while started < config.server.workers:
+        got = os.read(ready_r, config.server.workers)
+        if not got:  # every worker is gone before all were ready
+            break
+        started += len(got)
+    os.close(ready_r)
+    if started == config.server.workers:
+        ready(config)
     status = 0
     last_restart = 0.0
     while children:
