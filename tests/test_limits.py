@@ -67,7 +67,8 @@ async def test_proxy_header_from_trusted_network(
 async def test_proxy_header_missing_or_bad_closes(env: MailEnv) -> None:
     config = env.config(server={"proxy_networks": ["127.0.0.0/8"]})
     async with running_server(config) as (port, _):
-        for data in (b"USER alice\r\n", b"PROXY TCP4 nonsense\r\n", V2_SIGNATURE + b"\x11\x11\x00\x00"):
+        bad = (b"USER alice\r\n", b"PROXY TCP4 nonsense\r\n", V2_SIGNATURE + b"\x11\x11\x00\x00")
+        for data in bad:
             client = await Client.connect(port)
             client.writer.write(data)
             assert await asyncio.wait_for(client.reader.read(), 10) == b""

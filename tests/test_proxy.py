@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popbox.proto.proxy import NEED_DATA, ProxyError, ProxyHeader, V2_SIGNATURE, parse
+from popbox.proto.proxy import NEED_DATA, V2_SIGNATURE, ProxyError, ProxyHeader, parse
 
 
 def v2(command: int, family: int, body: bytes) -> bytes:
     return V2_SIGNATURE + struct.pack("!BBH", 0x20 | command, family, len(body)) + body
 
 
-V2_TCP4 = v2(1, 0x11, bytes([203, 0, 113, 9]) + bytes([10, 0, 0, 1]) + struct.pack("!HH", 5555, 110))
+V2_TCP4 = v2(1, 0x11, bytes([203, 0, 113, 9, 10, 0, 0, 1]) + struct.pack("!HH", 5555, 110))
 V2_TCP6 = v2(1, 0x21, bytes.fromhex("20010db8" + "00" * 11 + "01") + b"\0" * 16
              + struct.pack("!HH", 6666, 110))
 

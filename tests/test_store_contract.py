@@ -3,16 +3,19 @@
 Each backend is a `Backend`: a store, a fresh location in it, and `vanish`, a hook that
 removes a message behind the store's back (as another agent would). A new backend (e.g.
 PostgreSQL) joins by adding a param to the `backend` fixture and a factory below.
+PostgreSQL runs on a fresh database of its own (tests/pg.py), each test on a new mailbox.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pg import fetch
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
@@ -26,6 +29,10 @@ from popbox.store.base import (
 from popbox.store.maildir import MaildirStore
 from popbox.store.maildir_names import base_of
 from popbox.store.memory import MemoryStore
+from popbox.store.pg_pool import Database
+from popbox.store.postgres import PostgresStore
+
+pytest_plugins = ["pg"]
 
 
 @dataclass
@@ -33,9 +40,10 @@ class Backend:
     store: MailStore
     location: str
     vanish: Callable[[Uidl], Awaitable[None]]
+    close: Callable[[], Awaitable[None]] | None = None
 
 
-def _memory(tmp_path: Path) -> Backend:
+def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     store = MemoryStore(chunk_size=7)  # tiny chunks: streaming is exercised
 
     async def vanish(uidl: Uidl) -> None:
@@ -44,7 +52,7 @@ def _memory(tmp_path: Path) -> Backend:
     return Backend(store, "alice", vanish)
 
 
-def _maildir(tmp_path: Path) -> Backend:
+def _maildir(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     root = tmp_path / "Maildir"
 
     async def vanish(uidl: Uidl) -> None:
@@ -60,12 +68,33 @@ def _maildir(tmp_path: Path) -> Backend:
     return Backend(MaildirStore(chunk_size=5), str(root), vanish)
 
 
-FACTORIES = {"memory": _memory, "maildir": _maildir}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    dsn: str = request.getfixturevalue("pg_dsn")
+    store = PostgresStore(Database(dsn, min_size=1, max_size=4), chunk_size=7)
+    location = f"alice-{uuid.uuid4().hex}"
+
+    async def vanish(uidl: Uidl) -> None:
+        gone = await fetch(
+            dsn, "DELETE FROM messages WHERE uidl = $1 AND mailbox_id IN "
+            "(SELECT id FROM mailboxes WHERE name = $2) RETURNING id", uidl, location)
+        assert len(gone) == 1
+
+    return Backend(store, location, vanish, store.close)
+
+
+FACTORIES = {"memory": _memory, "maildir": _maildir, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield FACTORIES[request.param](tmp_path)
+def made(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return FACTORIES[request.param](request, tmp_path)
+
+
+@pytest.fixture
+async def backend(made: Backend) -> AsyncIterator[Backend]:
+    yield made
+    if made.close is not None:
+        await made.close()
 
 
 MESSAGES = [

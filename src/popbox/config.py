@@ -16,10 +16,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from popbox.proto import sasl
 
 RFC1939_MIN_IDLE = 600  # RFC 1939 §3: the autologout timer is at least 10 minutes
 
@@ -93,6 +96,9 @@ class LimitsSection(_Section):
 
 
 class AuthSection(_Section):
+    # Where passwords and mail locations come from: a Dovecot passwd-file, or the
+    # `users` table of [postgres] (popbox.auth.postgres).
+    backend: Literal["passwd-file", "postgres"] = "passwd-file"
     passwd_file: Path = Path("/etc/popbox/users")
     mail_location: str = "/var/vmail/{domain}/{local}/Maildir"
     apop: bool = False  # MD5 challenge-response is weak: off unless asked for
@@ -100,6 +106,32 @@ class AuthSection(_Section):
     # from `local_networks`; "always" is for legacy networks (logged as a warning).
     cleartext: Literal["local", "always"] = "local"
     local_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # SASL mechanisms to offer, in this order (RFC 5034). None: PLAIN LOGIN SCRAM-SHA-256
+    # SCRAM-SHA-256-PLUS SCRAM-SHA-1 CRAM-MD5, plus OAUTHBEARER XOAUTH2 with [oauth].
+    # Each is offered only where it can work: the passdb can serve its credential for
+    # every user, -PLUS only over TLS, password- and token-sending ones only where
+    # cleartext is allowed (SCRAM and CRAM-MD5 never send the password).
+    mechanisms: list[str] | None = None
+    # Serve CRAM-MD5 and SCRAM to users stored as {PLAIN}, deriving the credential at each
+    # login. Off by default: a plaintext users file still offers only PLAIN and LOGIN.
+    derive_credentials: bool = False
+    # A file of random bytes shared by every popbox process and frontend: it keys the
+    # salts derived for {PLAIN} users and the mock salts shown for unknown users
+    # (RFC 5802 §5.1), so they stay the same across processes. Unset: random per process.
+    secret_file: Path | None = None
+
+    @field_validator("mechanisms")
+    @classmethod
+    def _check_mechanisms(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.upper() for name in value]
+        for name in names:
+            if name not in sasl.INFO:
+                raise ValueError(f"unknown SASL mechanism {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError("a SASL mechanism is listed twice")
+        return names
 
     _check_local = field_validator("local_networks")(classmethod(
         lambda cls, value: check_networks(value)))
@@ -109,7 +141,7 @@ class AuthSection(_Section):
 
 
 class StoreSection(_Section):
-    backend: Literal["maildir"] = "maildir"
+    backend: Literal["maildir", "postgres"] = "maildir"
     mark_seen: bool = True
     uidl_import: Literal["dovecot", "courier"] | None = None
 
@@ -141,6 +173,104 @@ class TlsSection(_Section):
         return self.cert is not None and self.key is not None
 
 
+class OAuthSection(_Section):
+    """Bearer tokens for OAUTHBEARER (RFC 7628) and XOAUTH2. Off unless `validator` is set.
+
+    "jwt": signed JWTs checked locally (RFC 7519, RFC 8725): signature with a key from
+    `jwks_file` or `public_key_file`, `issuer`, `audience`, expiry. "introspection": the
+    token is sent to `introspection_url` (RFC 7662) with the client credentials.
+    """
+
+    validator: Literal["jwt", "introspection"] | None = None
+    username_claim: str | None = None  # default: "email" (jwt), "username" (introspection)
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: Annotated[float, Field(ge=0, le=600)] = 30.0  # clock skew allowed on exp/nbf
+    # jwt
+    jwks_file: Path | None = None
+    public_key_file: Path | None = None
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
+    )
+    # introspection
+    introspection_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    # what the OAUTHBEARER/XOAUTH2 error challenge tells the client (RFC 7628 §3.2.2)
+    scope: str | None = None
+    openid_configuration: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.validator is not None
+
+    @field_validator("algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        if not value or any(a.lower() == "none" for a in value):
+            raise ValueError('list at least one algorithm; "none" is never accepted')
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuthSection:
+        if self.validator == "jwt":
+            if (self.jwks_file is None) == (self.public_key_file is None):
+                raise ValueError("jwt needs exactly one of jwks_file and public_key_file")
+            if not self.issuer or not self.audience:
+                raise ValueError("jwt needs issuer and audience")
+        if self.validator == "introspection":
+            if not self.introspection_url or not self.introspection_url.startswith(
+                ("https://", "http://")
+            ):
+                raise ValueError("introspection needs an http(s) introspection_url")
+            if self.client_secret is not None and self.client_secret_file is not None:
+                raise ValueError("give client_secret or client_secret_file, not both")
+        return self
+
+
+class PostgresSection(_Section):
+    """The database of the postgres store and passdb/userdb (`popbox db upgrade` makes its
+    schema). One pool per process; each process also keeps one connection for the
+    maildrop locks (popbox.store.pg_lock)."""
+
+    dsn: SecretStr = SecretStr("postgresql://popbox@localhost/popbox")  # libpq URI
+    pool_min: Annotated[int, Field(ge=0)] = 1
+    pool_max: Annotated[int, Field(ge=1)] = 10
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    command_timeout: Annotated[float, Field(gt=0)] = 30.0
+    chunk_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 256 * 1024  # RETR
+
+    @model_validator(mode="after")
+    def _pool(self) -> PostgresSection:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
+        return self
+
+
+class LmtpSection(_Section):
+    """`popbox lmtp` (RFC 2033) and `popbox deliver`: mail in, into the configured store."""
+
+    listen: list[str] = Field(default_factory=list)  # "host:port" or a unix socket "/path"
+    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660  # of unix sockets
+    hostname: str | None = None  # in the greeting and LHLO reply; default server.hostname
+    max_message_size: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024  # RFC 1870 SIZE
+    max_recipients: Annotated[int, Field(ge=1)] = 100  # RFC 5321 §4.5.3.1.8: at least 100
+    timeout: Annotated[float, Field(gt=0)] = 300.0  # RFC 5321 §4.5.3.2: 5 minutes
+    recipient_delimiter: str = ""  # e.g. "+": alice+lists@x is delivered to alice@x
+    strip_domain: bool = False  # look recipients up by their local part only
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.startswith("/"):
+                parse_address(item)
+        return value
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -151,6 +281,9 @@ class Config(_Section):
     auth: AuthSection = Field(default_factory=AuthSection)
     store: StoreSection = Field(default_factory=StoreSection)
     tls: TlsSection = Field(default_factory=TlsSection)
+    oauth: OAuthSection = Field(default_factory=OAuthSection)
+    postgres: PostgresSection = Field(default_factory=PostgresSection)
+    lmtp: LmtpSection = Field(default_factory=LmtpSection)
     log: LogSection = Field(default_factory=LogSection)
 
     @property
@@ -167,6 +300,18 @@ class Config(_Section):
             raise ValueError("tls.cert and tls.key must be given together")
         if self.tls.implicit and not self.tls.enabled:
             raise ValueError("tls.implicit listeners need tls.cert and tls.key")
+        bearer = set(sasl.BEARER_MECHANISMS) & set(self.auth.mechanisms or ())
+        if bearer and not self.oauth.enabled:
+            raise ValueError(f"auth.mechanisms {sorted(bearer)} need [oauth] validator")
+        return self
+
+    @model_validator(mode="after")
+    def _postgres_location(self) -> Config:
+        """With the postgres store a mail location names a mailbox: the user name, unless
+        auth.mail_location says otherwise."""
+        if self.store.backend == "postgres" and "mail_location" not in self.auth.model_fields_set:
+            auth = self.auth.model_copy(update={"mail_location": "{user}"})
+            return self.model_copy(update={"auth": auth})
         return self
 
 
@@ -212,5 +357,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             for domain, pair in config.tls.sni.items()
         },
     })
-    auth = config.auth.model_copy(update={"passwd_file": fix(config.auth.passwd_file)})
-    return config.model_copy(update={"tls": tls, "auth": auth})
+    auth = config.auth.model_copy(update={
+        "passwd_file": fix(config.auth.passwd_file), "secret_file": fix(config.auth.secret_file),
+    })
+    oauth = config.oauth.model_copy(update={
+        key: fix(getattr(config.oauth, key))
+        for key in ("jwks_file", "public_key_file", "client_secret_file", "ca_file")
+    })
+    return config.model_copy(update={"tls": tls, "auth": auth, "oauth": oauth})

@@ -3,6 +3,10 @@ mail?") are separate, as in Dovecot, so that one can be swapped without the othe
 
 Outcomes are values. An unknown user and a wrong password are the same `Verdict.REJECTED`
 so that nothing above this layer can tell them apart (no user enumeration).
+
+Challenge-response mechanisms (APOP, CRAM-MD5, SCRAM) need the stored credential rather
+than a yes/no: `credentials(user, scheme)` gives it, and `schemes()` says which schemes
+can be given for every user, so that the server advertises only mechanisms that work.
 """
 
 from __future__ import annotations
@@ -42,9 +46,33 @@ class UserInfo:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+CREDENTIAL_SCHEMES = frozenset({"PLAIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"})
+"""What `PassDB.credentials` may be asked for. The text forms are Dovecot's: PLAIN is the
+password, CRAM-MD5 the 32-byte HMAC-MD5 context in hex, SCRAM-* `iter,salt,stored,server`
+with base64 fields."""
+
+
 class PassDB(Protocol):
     async def verify(self, user: str, password: Secret) -> Verdict:
         """Check a plaintext password (USER/PASS, AUTH PLAIN/LOGIN)."""
+        ...
+
+    async def schemes(self) -> frozenset[str]:
+        """The credential schemes `credentials()` can serve for every user right now.
+
+        A SASL mechanism that needs a scheme not in here is not advertised: a client
+        that picked it would fail for an account that has no such credential.
+        """
+        ...
+
+    async def credentials(self, user: str, scheme: str) -> Secret | Verdict | None:
+        """The stored credential of `user` for `scheme` (see CREDENTIAL_SCHEMES), in text
+        form, possibly derived from a stored plaintext password.
+
+        None when the user is unknown or nothing usable is stored (the caller then goes
+        on with a mock, so that an unknown user looks like a wrong password);
+        Verdict.TEMPORARY when the database could not be read.
+        """
         ...
 
     async def plaintext(self, user: str) -> Secret | Verdict | None:

@@ -15,6 +15,14 @@ Verifying: on the shared hashing pool of `schemes.verify_async`. An unknown user
 verification against a fixed Argon2id hash, so the time taken does not tell whether the user
 exists; a missing or unreadable file is `Verdict.TEMPORARY`.
 
+Credentials for challenge-response SASL (`credentials()`): a `{CRAM-MD5}`/`{HMAC-MD5}`
+context or a `{SCRAM-SHA-1}`/`{SCRAM-SHA-256}` key set is given as stored. With `derive`,
+a `{PLAIN}` password also gives the CRAM-MD5 context and SCRAM keys, computed at each
+request (PBKDF2 off the event loop) with a salt made from `secret` and the user name, so
+it is the same at every login; an unknown user then costs the same PBKDF2. `schemes()` is
+what every user with a password can be served (users with `nologin` or `nopassword` do
+not count), worked out once per version of the file.
+
 Editing (`add_user`, `set_password`, `delete_user`, for `popbox user`): under an exclusive
 `flock` on `PATH.lock`, the new content goes to a temporary file in the same directory,
 is fsynced and renamed over the old one, so readers see the old or the new file, never a
@@ -25,9 +33,12 @@ the file's mode and owner are kept, a new file gets mode 0600.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import fcntl
+import hashlib
+import hmac
 import os
 import tempfile
 import time
@@ -35,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from popbox.auth import schemes
-from popbox.auth.base import Secret, UserInfo, Verdict
+from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
 from popbox.auth.names import expand_location, normalize_username, valid_username
 
 # The hash of a random password nobody knows, with Dovecot's default Argon2id cost.
@@ -44,6 +55,8 @@ _DUMMY_HASH = (
     "$IBLXZwkYFIV/V3bUiwBH+kSVEgLNhArTZLHW9OjMemo"
 )
 _FALSE = frozenset({"n", "no", "0", "false"})
+_PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
+_SCRAM = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,20 @@ def _load(path: str, known: _Stamp | None) -> tuple[_Stamp, Table | None]:
         return stamp, parse(_decode(f.read()), path)
 
 
+def _scheme_data(stored: str) -> str:
+    """The part after `{SCHEME}`."""
+    return stored.split("}", 1)[1] if stored.startswith("{") and "}" in stored else stored
+
+
+def _scram_keys(algorithm: str, password: bytes, salt: bytes, iterations: int) -> str:
+    """RFC 5802 §3 stored and server keys, as `iter,salt,storedkey,serverkey`."""
+    salted = hashlib.pbkdf2_hmac(algorithm, password, salt, iterations)
+    stored = hashlib.new(algorithm, hmac.digest(salted, b"Client Key", algorithm)).digest()
+    server = hmac.digest(salted, b"Server Key", algorithm)
+    fields = (salt, stored, server)
+    return ",".join([str(iterations), *(base64.b64encode(x).decode("ascii") for x in fields)])
+
+
 class PasswdFile:
     """PassDB and UserDB over one passwd-file."""
 
@@ -154,12 +181,19 @@ class PasswdFile:
         default_scheme: str = "CRYPT",
         stat_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        derive: bool = False,
+        secret: bytes | None = None,
+        scram_iterations: int = schemes.DEFAULT_COST.scram_iterations,
     ) -> None:
         self._path = os.fspath(path)
         self._template = mail_location
         self._default_scheme = default_scheme
         self._interval = stat_interval
         self._clock = clock
+        self._derive = derive
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._iterations = scram_iterations
+        self._servable: tuple[Table, frozenset[str]] | None = None
         self._table: Table | None = None
         self._stamp: _Stamp | None = None
         self._next_check = 0.0
@@ -242,6 +276,64 @@ class PasswdFile:
         if entry is None or entry.flag("nologin"):
             return None
         return schemes.plaintext(entry.password, default_scheme=self._default_scheme)
+
+    def _schemes_of(self, stored: str) -> frozenset[str]:
+        name = schemes.scheme_of(stored, default_scheme=self._default_scheme)
+        if name in _PLAIN:
+            return CREDENTIAL_SCHEMES if self._derive else frozenset({"PLAIN"})
+        if name in ("CRAM-MD5", "HMAC-MD5"):
+            return frozenset({"CRAM-MD5"})
+        return frozenset({name}) if name in _SCRAM else frozenset()
+
+    async def schemes(self) -> frozenset[str]:
+        table = await self._current()
+        if table is None:
+            return frozenset()
+        if self._servable is not None and self._servable[0] is table:
+            return self._servable[1]
+        found = CREDENTIAL_SCHEMES
+        for entry in table.entries.values():
+            if entry.password and not entry.flag("nologin") and not entry.flag("nopassword"):
+                found &= self._schemes_of(entry.password)
+                if not found:
+                    break
+        self._servable = (table, found)
+        return found
+
+    async def credentials(self, user: str, scheme: str) -> Secret | Verdict | None:
+        table = await self._current()
+        if table is None:
+            return Verdict.TEMPORARY
+        entry = self._find(table, user)
+        if (
+            entry is None or not entry.password
+            or entry.flag("nologin") or entry.flag("nopassword")
+        ):
+            if self._derive and scheme in _SCRAM:  # the work a {PLAIN} user would cost
+                await self._derive_scram(scheme, b"", user)
+            return None
+        stored = entry.password
+        name = schemes.scheme_of(stored, default_scheme=self._default_scheme)
+        if scheme == "PLAIN" or (self._derive and name in _PLAIN):
+            password = schemes.plaintext(stored, default_scheme=self._default_scheme)
+            if password is None or scheme == "PLAIN":
+                return password
+            if scheme == "CRAM-MD5":
+                return Secret(_scheme_data(schemes.make(password.value, "CRAM-MD5")).encode())
+            if scheme in _SCRAM:
+                return await self._derive_scram(scheme, password.value, entry.name)
+            return None
+        if name == scheme or (scheme == "CRAM-MD5" and name == "HMAC-MD5"):
+            return Secret(_scheme_data(stored).encode("utf-8", "surrogateescape"))
+        return None
+
+    async def _derive_scram(self, scheme: str, password: bytes, name: str) -> Secret:
+        label = f"popbox-scram-salt\0{scheme}\0{normalize_username(name)}".encode()
+        salt = hmac.digest(self._secret, label, "sha256")[:16]
+        keys = await asyncio.to_thread(
+            _scram_keys, _SCRAM[scheme], password, salt, self._iterations
+        )
+        return Secret(keys.encode("ascii"))
 
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()

@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
+    from popbox.cli import db, importer, lmtp  # db upgrade|status, lmtp, deliver, import
+
+    db.add_commands(sub)
+    lmtp.add_commands(sub)
+    importer.add_commands(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from popbox.auth.base import PassDB, UserDB
+from popbox.auth.oauth import TokenValidator
 from popbox.config import Config
 from popbox.server.tls import TlsContexts
 from popbox.store.base import MailStore
@@ -27,6 +28,7 @@ class Backends:
     passdb: PassDB
     userdb: UserDB
     store: MailStore
+    tokens: TokenValidator | None = None  # OAUTHBEARER / XOAUTH2, when [oauth] is set
 
 
 @dataclass(slots=True)

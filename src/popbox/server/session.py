@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import assert_never
 
 from popbox import __version__
@@ -43,6 +44,8 @@ class Session:
         self.conn = io.conn
         self.peer = io.peer
         self.login = Login(ctx, self.peer, secure=io.secure)
+        if io.secure:
+            self.login.tls_started(self._ssl_object())
         self.txn: Transaction | None = None
         self.bad = 0
         self.retr_count = 0
@@ -157,7 +160,7 @@ class Session:
             case ev.Invalid(problem, verb):
                 self._invalid(problem, verb)
             case ev.Capa():
-                self._reply(ev.MultiLine("Capability list follows", self._capabilities()))
+                self._reply(ev.MultiLine("Capability list follows", await self._capabilities()))
             case ev.Quit():
                 await self._quit()
             case ev.Utf8():
@@ -192,7 +195,7 @@ class Session:
         self._reply(ev.Ok("Begin TLS negotiation now."))
         await self._flush()
         await self.io.start_tls(tls.context, self.ctx.config.tls.handshake_timeout)
-        self.login.secure = True
+        self.login.tls_started(self._ssl_object())
         log.info("starttls ip=%s", self.peer)
 
     def _invalid(self, problem: ev.Problem, verb: str) -> None:
@@ -207,14 +210,22 @@ class Session:
             return
         self._reply(replies.problem(problem, verb))
 
-    def _capabilities(self) -> tuple[str, ...]:
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.io.transport
+        found = transport.get_extra_info("ssl_object") if transport is not None else None
+        return found if isinstance(found, ssl.SSLObject) else None
+
+    async def _capabilities(self) -> tuple[str, ...]:
         config = self.ctx.config
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
         if self.conn.state is State.AUTHORIZATION:
             if self.ctx.tls is not None and not self.login.secure:
                 caps.append("STLS")
             if self.login.cleartext_allowed:
-                caps += ["USER", "SASL " + " ".join(self.login.mechanisms)]
+                caps.append("USER")
+            sasl_mechanisms = await self.login.mechanisms()
+            if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
+                caps.append("SASL " + " ".join(sasl_mechanisms))
         caps += [
             "EXPIRE NEVER",
             f"LOGIN-DELAY {config.limits.login_delay}",
@@ -279,8 +290,9 @@ class Session:
     async def _send_message(self, txn: Transaction, index: int, top: int | None) -> None:
         """RETR / TOP: +OK, the byte-stuffed message (or its top), the terminator."""
         chunks = txn.maildrop.read(index)
+        chunk: bytes | None
         try:
-            first = await anext(chunks, b"")
+            chunk = await anext(chunks, b"")
         except MessageGone:
             self._reply(replies.MESSAGE_GONE)
             return
@@ -291,13 +303,14 @@ class Session:
         self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
         encoder = MessageEncoder()
         limit = TopFilter(top) if top is not None else None
-        chunk: bytes | None = first
         try:
             while chunk is not None:
                 data = encoder.feed(limit.feed(chunk) if limit else chunk)
+                chunk = None  # while drain() waits, only the transport holds message bytes
                 if data:
-                    self._emit(data)
                     self.bytes_sent += len(data)
+                    self._emit(data)
+                    del data
                     await self._flush()
                 if limit is not None and limit.done:
                     break

@@ -13,6 +13,7 @@ import ssl
 from pathlib import Path
 
 from popbox.config import TlsSection
+from popbox.server.binding import certificate_hash
 
 log = logging.getLogger("popbox")
 
@@ -41,6 +42,7 @@ class TlsContexts:
         for domain, pair in section.sni.items():
             self._files[domain.lower()] = (pair.cert, pair.key)
         self._contexts = {name: _context(section.min_version) for name in self._files}
+        self._end_points: dict[str, bytes] = {}
         self.reload()
         self.context = self._contexts[""]
         if len(self._contexts) > 1:
@@ -50,6 +52,17 @@ class TlsContexts:
         """(Re)load every certificate chain and key. Raises ssl.SSLError/OSError."""
         for name, (cert, key) in self._files.items():
             self._contexts[name].load_cert_chain(cert, key)
+            try:
+                self._end_points[name] = certificate_hash(cert.read_bytes())
+            except ValueError:
+                self._end_points.pop(name, None)  # no tls-server-end-point for this one
+
+    def end_point(self, ssl_object: ssl.SSLObject) -> bytes | None:
+        """RFC 5929 §4.1 binding data of the certificate this connection was served."""
+        for name, context in self._contexts.items():
+            if ssl_object.context is context:
+                return self._end_points.get(name)
+        return None
 
     def _pick(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         if server_name:

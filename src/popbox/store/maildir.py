@@ -51,7 +51,7 @@ from popbox.store.maildir_names import has_flag, unique_name, with_flag
 from popbox.store.maildir_scan import Entry, find_files, pick, snapshot
 
 LOCK_NAME = "popbox.lock"
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 64 * 1024
 _PERMANENT_ERRNOS = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ELOOP}
 )

@@ -1,0 +1,224 @@
+"""PassDB and UserDB in PostgreSQL: the ``users`` table of popbox.store.pg_schema.
+
+One indexed query per request (``users`` by name, joined with its domain): ``password``
+is a ``{SCHEME}hash`` of any scheme popbox.auth.schemes knows (a Dovecot SQL passdb's
+values verify unchanged), verified on the shared hashing pool (`verify_async`), never
+on the event loop. A user is refused when ``enabled`` is false or the domain is
+disabled; an unknown user costs one verification against a fixed Argon2id hash, as a
+wrong password does, so timing does not tell whether a name exists. Database trouble
+is `Verdict.TEMPORARY` (`-ERR [SYS/TEMP]`), never a rejection.
+
+UserDB: the location is the row's ``mail`` or else the ``auth.mail_location`` template
+(for the postgres store, ``{user}``: the mailbox named after the user). Per-user
+settings reach `UserInfo.extra`: ``home``, ``login_delay`` (seconds), ``expire`` (days).
+
+Challenge-response SASL (`credentials()`, `schemes()`) as in popbox.auth.passwd_file:
+CRAM-MD5 contexts and SCRAM key sets are given as stored; with `derive`, a ``{PLAIN}``
+password also gives them (SCRAM salt keyed by `secret` and the user name, so it is the
+same at every login and in every frontend that shares `auth.secret_file`). `schemes()`
+looks at the distinct stored schemes of the enabled users, at most once per `schemes_ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from popbox.auth import schemes as pwschemes
+from popbox.auth.base import CREDENTIAL_SCHEMES, PassDB, Secret, UserDB, UserInfo, Verdict
+from popbox.auth.names import expand_location, normalize_username, valid_username
+from popbox.store.pg_pool import DB_ERRORS, Database
+
+log = logging.getLogger("popbox")
+
+# The Argon2id hash (Dovecot's default cost) of a random password nobody knows.
+_DUMMY_HASH = (
+    "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$8+bp8ClJR1RYO1PBVXa7lA"
+    "$K+fbQYxEIxwy8n+XwnqAiePuMKN3oWXZfuuqqrD/lNg"
+)
+_PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
+_SCRAM = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
+
+_USER_QUERY = """
+SELECT u.name, u.password, u.enabled AND coalesce(d.enabled, true) AS enabled,
+       u.mail, u.home, u.uid, u.gid, u.login_delay, u.expire_days
+FROM users u LEFT JOIN domains d ON d.id = u.domain_id
+WHERE u.name = $1"""
+_SCHEMES_QUERY = """
+SELECT DISTINCT CASE WHEN password LIKE '{%}%' THEN split_part(substr(password, 2), '}', 1)
+                     ELSE '' END AS scheme
+FROM users WHERE enabled AND password <> ''"""
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    name: str
+    password: str
+    enabled: bool
+    mail: str | None
+    home: str | None
+    uid: int | None
+    gid: int | None
+    login_delay: int | None
+    expire_days: int | None
+
+
+def _scheme_data(stored: str) -> str:
+    """The part after `{SCHEME}`."""
+    return stored.split("}", 1)[1] if stored.startswith("{") and "}" in stored else stored
+
+
+def _scram_keys(algorithm: str, password: bytes, salt: bytes, iterations: int) -> str:
+    """RFC 5802 §3 stored and server keys, as Dovecot's `iter,salt,storedkey,serverkey`."""
+    salted = hashlib.pbkdf2_hmac(algorithm, password, salt, iterations)
+    stored = hashlib.new(algorithm, hmac.digest(salted, b"Client Key", algorithm)).digest()
+    server = hmac.digest(salted, b"Server Key", algorithm)
+    fields = (salt, stored, server)
+    return ",".join([str(iterations), *(base64.b64encode(x).decode("ascii") for x in fields)])
+
+
+class PostgresUsers:
+    """PassDB and UserDB over the ``users`` table."""
+
+    def __init__(
+        self,
+        db: Database,
+        mail_location: str,
+        *,
+        default_scheme: str = "CRYPT",
+        derive: bool = False,
+        secret: bytes | None = None,
+        scram_iterations: int = pwschemes.DEFAULT_COST.scram_iterations,
+        schemes_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._template = mail_location
+        self._default_scheme = default_scheme
+        self._derive = derive
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._iterations = scram_iterations
+        self._ttl = schemes_ttl
+        self._clock = clock
+        self._servable: tuple[float, frozenset[str]] | None = None
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    async def _user(self, user: str) -> _User | Verdict | None:
+        if not valid_username(user):
+            return None
+        try:
+            row = await self._db.run(
+                lambda conn: conn.fetchrow(_USER_QUERY, normalize_username(user)))
+        except DB_ERRORS as exc:
+            log.warning("postgres: user lookup failed: %s", exc)
+            return Verdict.TEMPORARY
+        return None if row is None else _User(**dict(row.items()))
+
+    async def verify(self, user: str, password: Secret) -> Verdict:
+        found = await self._user(user)
+        if isinstance(found, Verdict):
+            return found
+        if found is None or not found.password:
+            await pwschemes.verify_async(_DUMMY_HASH, password.value)
+            return Verdict.REJECTED
+        ok = await pwschemes.verify_async(
+            found.password, password.value, default_scheme=self._default_scheme
+        )
+        return Verdict.OK if ok and found.enabled else Verdict.REJECTED
+
+    async def plaintext(self, user: str) -> Secret | Verdict | None:
+        found = await self._user(user)
+        if not isinstance(found, _User):
+            return found
+        if not found.enabled:
+            return None
+        return pwschemes.plaintext(found.password, default_scheme=self._default_scheme)
+
+    def _schemes_of(self, prefix: str) -> frozenset[str]:
+        name = pwschemes.scheme_of("{" + prefix + "}" if prefix else "x",
+                                   default_scheme=self._default_scheme)
+        if name in _PLAIN:
+            return CREDENTIAL_SCHEMES if self._derive else frozenset({"PLAIN"})
+        if name in ("CRAM-MD5", "HMAC-MD5"):
+            return frozenset({"CRAM-MD5"})
+        return frozenset({name}) if name in _SCRAM else frozenset()
+
+    async def schemes(self) -> frozenset[str]:
+        now = self._clock()
+        if self._servable is not None and now < self._servable[0]:
+            return self._servable[1]
+        try:
+            rows = await self._db.run(lambda conn: conn.fetch(_SCHEMES_QUERY))
+        except DB_ERRORS as exc:
+            log.warning("postgres: password schemes not listed: %s", exc)
+            return frozenset()
+        found = CREDENTIAL_SCHEMES
+        for row in rows:
+            found &= self._schemes_of(row["scheme"])
+        self._servable = (now + self._ttl, found)
+        return found
+
+    async def credentials(self, user: str, scheme: str) -> Secret | Verdict | None:
+        found = await self._user(user)
+        if isinstance(found, Verdict):
+            return found
+        if found is None or not found.password or not found.enabled:
+            if self._derive and scheme in _SCRAM:  # the work a {PLAIN} user would cost
+                await self._derive_scram(scheme, b"", user)
+            return None
+        stored = found.password
+        name = pwschemes.scheme_of(stored, default_scheme=self._default_scheme)
+        if scheme == "PLAIN" or (self._derive and name in _PLAIN):
+            password = pwschemes.plaintext(stored, default_scheme=self._default_scheme)
+            if password is None or scheme == "PLAIN":
+                return password
+            if scheme == "CRAM-MD5":
+                made = pwschemes.make(password.value, "CRAM-MD5")
+                return Secret(_scheme_data(made).encode())
+            if scheme in _SCRAM:
+                return await self._derive_scram(scheme, password.value, found.name)
+            return None
+        if name == scheme or (scheme == "CRAM-MD5" and name == "HMAC-MD5"):
+            return Secret(_scheme_data(stored).encode("utf-8", "surrogateescape"))
+        return None
+
+    async def _derive_scram(self, scheme: str, password: bytes, name: str) -> Secret:
+        label = f"popbox-scram-salt\0{scheme}\0{normalize_username(name)}".encode()
+        salt = hmac.digest(self._secret, label, "sha256")[:16]
+        keys = await asyncio.to_thread(
+            _scram_keys, _SCRAM[scheme], password, salt, self._iterations
+        )
+        return Secret(keys.encode("ascii"))
+
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
+        found = await self._user(user)
+        if not isinstance(found, _User):
+            return found
+        location = found.mail or expand_location(self._template, found.name, found.home)
+        if location is None:
+            return None
+        extra: dict[str, str] = {}
+        if found.home:
+            extra["home"] = found.home
+        if found.login_delay is not None:
+            extra["login_delay"] = str(found.login_delay)
+        if found.expire_days is not None:
+            extra["expire"] = str(found.expire_days)
+        return UserInfo(found.name, location, found.uid, found.gid, extra)
+
+
+if TYPE_CHECKING:  # mypy proves the class implements both contracts
+
+    def _conforms(users: PostgresUsers) -> tuple[PassDB, UserDB]:
+        return users, users

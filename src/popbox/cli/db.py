@@ -1,0 +1,70 @@
+"""`popbox db upgrade|status --config X`: the PostgreSQL schema (popbox.store.pg_schema).
+
+`upgrade` applies the missing migrations in one transaction (safe to run again, and from
+several hosts at once); `status` prints the schema version of the database and the one
+this popbox needs. Exit status: 0 done (status: up to date), 1 the database could not be
+reached or refused (status: an upgrade is needed). The DSN is never printed: it may hold
+a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from popbox.config import load
+from popbox.server.backends import database
+from popbox.store import pg_schema
+from popbox.store.pg_pool import DB_ERRORS
+
+
+def _error(message: str) -> int:
+    print(f"popbox: {message}", file=sys.stderr)
+    return 1
+
+
+async def _upgrade(args: argparse.Namespace) -> int:
+    conn = await database(load(args.config)).connect()
+    try:
+        before = await pg_schema.current_version(conn) or 0
+        applied = await pg_schema.upgrade(conn)
+    finally:
+        await conn.close()
+    for migration in applied:
+        print(f"applied {migration.version}: {migration.description}")
+    after = applied[-1].version if applied else before
+    print(f"database schema version {after}" + ("" if applied else " (up to date)"))
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    conn = await database(load(args.config)).connect()
+    try:
+        version = await pg_schema.current_version(conn) or 0
+    finally:
+        await conn.close()
+    print(f"database schema version {version}, popbox needs {pg_schema.LATEST}")
+    return 0 if version >= pg_schema.LATEST else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        result: int = asyncio.run(args.db_func(args))
+    except DB_ERRORS as exc:
+        return _error(f"database: {exc or type(exc).__name__}")
+    return result
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `db` to the `popbox` command's subparsers."""
+    db = sub.add_parser("db", help="manage the PostgreSQL schema")
+    actions = db.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("upgrade", _upgrade, "create or upgrade the schema"),
+        ("status", _status, "show the schema version"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--config", type=Path, default=Path("/etc/popbox/popbox.toml"))
+        action.set_defaults(func=_run, db_func=func)

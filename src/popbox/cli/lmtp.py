@@ -1,0 +1,170 @@
+"""`popbox lmtp --config X` (the LMTP server) and `popbox deliver --config X RECIPIENT`
+(one message from standard input, for an MTA's mailbox_command or pipe transport).
+
+`lmtp` binds `lmtp.listen`, drops root like `serve` (server.user, server.group; Unix
+sockets are handed to that user first), prints one "listening on" line per address, and
+runs until SIGTERM/SIGINT (then running deliveries get `limits.shutdown_grace` seconds).
+It is a process of its own, next to `popbox serve`: both use the same configuration file
+and so the same userdb and store.
+
+`deliver` exits per sysexits.h, as MTAs expect of a delivery agent: 0 stored; 67
+EX_NOUSER no such user; 75 EX_TEMPFAIL try again later (the store or userdb is down,
+the configuration cannot be read); 73 EX_CANTCREAT the store refuses this mailbox, or
+the message is over `lmtp.max_message_size`; 64 EX_USAGE bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from popbox.config import Config, ConfigError, load
+from popbox.lmtp.agent import Agent, Outcome, trace_headers
+from popbox.server.context import Backends
+
+EX_OK, EX_USAGE, EX_NOUSER, EX_CANTCREAT, EX_TEMPFAIL = 0, 64, 67, 73, 75
+DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
+log = logging.getLogger("popbox")
+
+
+def _agent(config: Config, backends: Backends) -> Agent:
+    return Agent(backends.userdb, backends.store,
+                 recipient_delimiter=config.lmtp.recipient_delimiter,
+                 strip_domain=config.lmtp.strip_domain)
+
+
+async def close_backends(backends: Backends) -> None:
+    """Close the database pools and lock connection a configuration opened."""
+    from popbox.auth.postgres import PostgresUsers
+    from popbox.store.postgres import PostgresStore
+
+    if isinstance(backends.store, PostgresStore):
+        await backends.store.close()
+    if isinstance(backends.userdb, PostgresUsers):
+        await backends.userdb.db.close()
+
+
+def _hand_over(paths: list[str], config: Config) -> None:
+    """Give the Unix sockets to the user popbox is about to become."""
+    user = config.server.user
+    if os.geteuid() != 0 or user is None:
+        return
+    entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(config.server.group).gr_gid if config.server.group else entry.pw_gid
+    for path in paths:
+        os.chown(path, entry.pw_uid, gid)
+
+
+async def _serve_lmtp(config: Config) -> None:
+    from popbox.lmtp.server import LmtpServer
+    from popbox.server import privileges
+    from popbox.server.backends import build
+
+    backends = build(config)
+    server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
+                        _agent(config, backends))
+    bound = await server.start()
+    _hand_over([b for b in bound if b.startswith("/")], config)
+    privileges.drop(config.server.user, config.server.group, config.server.allow_root)
+    for address in bound:
+        print(f"popbox lmtp: listening on {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.shutdown(config.limits.shutdown_grace)
+        await close_backends(backends)
+
+
+def _lmtp(args: argparse.Namespace) -> int:
+    from popbox.cli.main import setup_logging
+    from popbox.server.privileges import PrivilegeError
+
+    config = load(args.config)
+    if not config.lmtp.listen:
+        print("popbox: lmtp.listen is empty: nothing to listen on", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(_serve_lmtp(config))
+    except PrivilegeError as exc:
+        print(f"popbox: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _deliver_one(config: Config, recipient: str, sender: str | None,
+                       message: bytes) -> int:
+    from popbox.server.backends import build
+
+    backends = build(config)
+    agent = _agent(config, backends)
+    try:
+        location = await agent.resolve(recipient)
+        if isinstance(location, Outcome):
+            return EX_NOUSER if location is Outcome.NO_SUCH_USER else EX_TEMPFAIL
+        data = (trace_headers(sender, recipient) if sender is not None else b"") + message
+        outcome = await agent.deliver(location, data)
+    finally:
+        await close_backends(backends)
+    return {Outcome.DELIVERED: EX_OK, Outcome.PERMANENT: EX_CANTCREAT}.get(outcome, EX_TEMPFAIL)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from popbox.cli.main import setup_logging
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"popbox: configuration error:\n{exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    setup_logging(config.log.level)
+    limit = config.lmtp.max_message_size
+    message = sys.stdin.buffer.read(limit + 1)
+    if len(message) > limit:
+        print(f"popbox: message over {limit} octets", file=sys.stderr)
+        return EX_CANTCREAT
+    status = asyncio.run(_deliver_one(config, args.recipient, args.sender, message))
+    if status != EX_OK:
+        print(f"popbox: {args.recipient}: not delivered (exit {status})", file=sys.stderr)
+    return status
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"popbox deliver: {message}", file=sys.stderr)
+    sys.exit(EX_USAGE)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `lmtp` and `deliver` to the `popbox` command's subparsers."""
+    lmtp = sub.add_parser("lmtp", help="run the LMTP server (mail in)")
+    lmtp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    lmtp.set_defaults(func=_lmtp)
+
+    deliver = sub.add_parser("deliver", help="deliver one message from standard input")
+    deliver.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    deliver.add_argument("-f", "--from", dest="sender", metavar="SENDER",
+                         help="envelope sender (adds Return-Path:)")
+    deliver.add_argument("recipient", metavar="RECIPIENT")
+    setattr(deliver, "error", _usage_error)  # noqa: B010 - EX_USAGE, not argparse's 2
+    deliver.set_defaults(func=_deliver)

@@ -1,0 +1,1 @@
+"""LMTP (RFC 2033): mail in, into any popbox store."""

@@ -1,0 +1,95 @@
+"""Final delivery, shared by `popbox lmtp` and `popbox deliver`: recipient address ->
+userdb -> mail location -> `MailStore.deliver`.
+
+Recipients: the address as given (domain lowercased, popbox.auth.names), without the
+`recipient_delimiter` extension (`alice+lists@x` -> `alice@x`, as Postfix writes it),
+or only its local part with `strip_domain` (a users file without domains). A name that
+could not be a user is unknown; an unknown user is a permanent failure (550 5.1.1,
+EX_NOUSER); a userdb or store that cannot answer now is temporary (451 4.3.0,
+EX_TEMPFAIL), so the MTA keeps the message and tries again. Nothing is ever reported
+delivered unless the store said it is durably stored.
+
+Trace headers (RFC 5321 §4.4): the final delivery agent adds `Return-Path:` with the
+envelope sender, and `Delivered-To:` with the recipient (loop detection, as Postfix's
+local(8) and Dovecot's LMTP do).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from popbox.auth.base import UserDB, UserInfo, Verdict
+from popbox.auth.names import normalize_username, valid_username
+from popbox.store.base import Failure, MailStore
+
+log = logging.getLogger("popbox")
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    NO_SUCH_USER = "no such user"
+    TEMPORARY = "temporary failure"
+    PERMANENT = "permanent failure"  # the store refuses this mailbox for good
+
+
+def trace_headers(sender: str | None, recipient: str) -> bytes:
+    lines = []
+    if sender is not None:
+        lines.append(f"Return-Path: <{sender}>\n")
+    lines.append(f"Delivered-To: {recipient}\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class Agent:
+    """Resolves recipients and delivers into one store."""
+
+    def __init__(
+        self, userdb: UserDB, store: MailStore, *, recipient_delimiter: str = "",
+        strip_domain: bool = False,
+    ) -> None:
+        self.userdb = userdb
+        self.store = store
+        self.delimiter = recipient_delimiter
+        self.strip_domain = strip_domain
+
+    def user_name(self, address: str) -> str | None:
+        """The userdb name for a recipient address, or None if it cannot be one."""
+        local, at, domain = address.rpartition("@") if "@" in address else (address, "", "")
+        if self.delimiter:
+            for char in self.delimiter:
+                local = local.split(char, 1)[0] if local.find(char) > 0 else local
+        name = local if self.strip_domain or not at else f"{local}@{domain}"
+        return normalize_username(name) if valid_username(name) else None
+
+    async def resolve(self, address: str) -> str | Outcome:
+        """The mail location of a recipient, or NO_SUCH_USER / TEMPORARY. A local part in
+        another case than the userdb's is tried again in lower case (MTAs keep the case
+        the sender wrote)."""
+        name = self.user_name(address)
+        if name is None:
+            return Outcome.NO_SUCH_USER
+        found = await self._lookup(name)
+        if found is Outcome.NO_SUCH_USER and name != name.lower():
+            found = await self._lookup(name.lower())
+        return found
+
+    async def _lookup(self, name: str) -> str | Outcome:
+        try:
+            info = await self.userdb.lookup(name)
+        except Exception:  # a backend bug must not become a 250 or a bounce
+            log.exception("userdb lookup of %r failed", name)
+            return Outcome.TEMPORARY
+        if isinstance(info, UserInfo):
+            return info.mail_location
+        return Outcome.TEMPORARY if info is Verdict.TEMPORARY else Outcome.NO_SUCH_USER
+
+    async def deliver(self, location: str, message: bytes) -> Outcome:
+        try:
+            failure = await self.store.deliver(location, message)
+        except Exception:
+            log.exception("delivery to %r failed", location)
+            return Outcome.TEMPORARY
+        if failure is None:
+            return Outcome.DELIVERED
+        return Outcome.PERMANENT if failure is Failure.PERMANENT else Outcome.TEMPORARY

@@ -1,0 +1,190 @@
+"""The cluster-wide maildrop lock of the postgres store: PostgreSQL advisory locks.
+
+A maildrop's lock is the session-level advisory lock ``(LOCK_NAMESPACE, mailbox id)``
+(the two-key form, so popbox's keys cannot meet a one-key lock of another application).
+Every popbox process keeps ONE dedicated lock connection and takes the locks of all its
+sessions on it with ``pg_try_advisory_lock``, which answers at once: a second session
+anywhere in the cluster gets Failure.IN_USE without waiting. The locks die with the
+connection, so a crashed or killed process (or host) can never leave a stale lock: the
+database ends the backend and drops its locks when the connection goes.
+
+Advisory locks are re-entrant per connection, so the database cannot tell two sessions
+of one process apart: the keeper tracks the keys its sessions hold and answers IN_USE
+itself for a key held here, without asking the database. All use of the connection is
+serialized by an asyncio.Lock (one query at a time on a connection).
+
+A `Lease` is one session's hold on one key. It is good while the connection it was
+taken on lives: when the lock connection breaks, every lease taken on it is void (the
+database has dropped those locks, another frontend may already have the maildrop), so
+its session must not commit (Failure.TEMPORARY); the next `acquire` connects anew. The
+commit proves its lease inside its own transaction (`lease_held`, a look at pg_locks for
+the lock connection's backend) so a connection that died a moment ago is noticed too.
+
+Cancellation: acquiring and unlocking are shielded; a lock taken for a session that was
+cancelled meanwhile is given back at once. Whenever the keeper cannot be sure what the
+database holds for it (an unlock that failed), it closes the connection, which releases
+everything: a spurious IN_USE is never left behind, at the price of the other sessions
+of this process having to log in again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from popbox.store.base import Failure
+from popbox.store.pg_pool import DB_ERRORS, Connection, Database, RawConnection
+from popbox.store.pg_schema import LOCK_NAMESPACE
+
+log = logging.getLogger("popbox")
+
+_HELD_QUERY = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = $3
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = $1 AND objid = $2 AND objsubid = 2
+)"""
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One session's hold on the lock `key`, taken on connection `generation`."""
+
+    key: int
+    generation: int
+    backend_pid: int
+
+
+async def lease_held(conn: Connection, lease: Lease) -> bool:
+    """Whether the database still holds `lease` for its lock connection (any connection
+    may ask; the commit asks inside its transaction)."""
+    held: bool = await conn.fetchval(_HELD_QUERY, LOCK_NAMESPACE, lease.key, lease.backend_pid)
+    return held
+
+
+class LockKeeper:
+    """The per-process lock connection and the keys held on it."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: RawConnection | None = None
+        self._pid = 0
+        self._generation = 0
+        self._held: dict[int, Lease] = {}
+        self._mutex = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def valid(self, lease: Lease) -> bool:
+        """The lease is held here and its connection is still up."""
+        return (
+            self._held.get(lease.key) is lease
+            and lease.generation == self._generation
+            and self._conn is not None
+            and not self._conn.is_closed()
+        )
+
+    def _busy(self, key: int) -> bool:
+        lease = self._held.get(key)
+        return lease is not None and self.valid(lease)
+
+    async def acquire(self, key: int) -> Lease | Failure:
+        """Take the lock `key`: a Lease, Failure.IN_USE at once, or Failure.TEMPORARY."""
+        if self._busy(key):
+            return Failure.IN_USE
+        task = asyncio.ensure_future(self._acquire(key))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, task: asyncio.Task[Lease | Failure]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            lease = task.result()
+            if isinstance(lease, Lease):
+                self._spawn(self.release(lease))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _acquire(self, key: int) -> Lease | Failure:
+        async with self._mutex:
+            if self._busy(key):
+                return Failure.IN_USE
+            try:
+                conn = await self._connection()
+                got = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, key
+                )
+            except DB_ERRORS as exc:
+                log.warning("postgres: maildrop lock unavailable: %s", _describe(exc))
+                self._drop()
+                return Failure.TEMPORARY
+            if not got:
+                return Failure.IN_USE
+            lease = Lease(key, self._generation, self._pid)
+            self._held[key] = lease
+            return lease
+
+    async def _connection(self) -> RawConnection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._drop()
+        conn = await self._db.connect()
+        conn.add_termination_listener(self._lost)
+        self._conn, self._pid = conn, conn.get_server_pid()
+        return conn
+
+    def _lost(self, conn: Connection) -> None:  # a termination listener
+        if conn is self._conn and self._held:
+            log.warning("postgres: lock connection lost; %d sessions will not be able to "
+                        "commit", len(self._held))
+
+    def _drop(self) -> None:
+        """Forget the connection and everything held on it (closing it frees the locks)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+            self._generation += 1
+        self._held.clear()
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lock up (idempotent). A lease of a dead connection has nothing left."""
+        if self._held.get(lease.key) is not lease:
+            return
+        del self._held[lease.key]
+        if lease.generation != self._generation or self._conn is None:
+            return
+        await asyncio.shield(self._spawn(self._unlock(lease)))
+
+    async def _unlock(self, lease: Lease) -> None:
+        async with self._mutex:
+            conn = self._conn
+            if lease.generation != self._generation or conn is None or conn.is_closed():
+                return
+            try:
+                done = await conn.fetchval(
+                    "SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, lease.key
+                )
+            except DB_ERRORS as exc:
+                log.warning("postgres: unlock failed: %s", _describe(exc))
+                done = False
+            if not done:  # not sure what is held any more: start over
+                self._drop()
+
+    async def close(self) -> None:
+        """Close the lock connection (releasing every lock); for tests and shutdown."""
+        for task in list(self._background):
+            await task
+        self._drop()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,123 @@
+"""The PostgreSQL schema, as numbered migrations (`popbox db upgrade` applies them).
+
+Tables:
+
+* ``domains``: the mail domains; a disabled domain refuses its users' logins.
+* ``users``: the passdb/userdb (popbox.auth.postgres): ``name`` is the normalized
+  ``local@domain`` (or a bare local name), ``password`` a ``{SCHEME}hash`` of any
+  scheme of popbox.auth.schemes, ``enabled``, ``mail`` (the mail location; NULL: the
+  ``auth.mail_location`` template), and per-user settings (``login_delay``,
+  ``expire_days``) that reach ``UserInfo.extra``.
+* ``mailboxes``: the store's maildrops, addressed by ``name`` (the mail location); made
+  on first delivery or login, as a Maildir is. Separate from ``users`` so that the store
+  works with any userdb (a passwd-file, say).
+* ``messages``: one row per message: ``uidl`` (given at delivery, never changed, RFC 1939
+  §7 syntax checked by the database, unique per mailbox), ``size`` (the CRLF wire size of
+  popbox.proto.wire, counted at delivery), ``raw_size`` (octets stored), ``delivered_at``,
+  ``seen`` (set at QUIT for retrieved messages) and ``body``. The body is stored
+  uncompressed out of line (STORAGE EXTERNAL), so ``substring(body from N for M)`` reads
+  only the TOAST chunks it needs: RETR streams a 50 MB message in 256 KiB pieces.
+  ``ORDER BY id`` is delivery order; the listing index covers the listing query.
+
+The pending migrations run in ONE transaction together with their rows in
+``schema_migrations`` (PostgreSQL's DDL is transactional: an upgrade is applied whole or
+not at all), under a transaction-level advisory lock, so two upgrades started at once
+apply each migration once. Migrations are never edited once released; a change is a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+LOCK_NAMESPACE = 0x706F70  # "pop": the first key of every popbox advisory lock
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "domains, users, mailboxes, messages", """
+CREATE TABLE domains (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE CHECK (name <> '' AND name = lower(name)),
+    enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE users (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE CHECK (name <> ''),
+    domain_id integer REFERENCES domains (id) ON DELETE RESTRICT,
+    password text NOT NULL DEFAULT '',
+    enabled boolean NOT NULL DEFAULT true,
+    mail text,
+    home text,
+    uid integer,
+    gid integer,
+    login_delay integer CHECK (login_delay >= 0),
+    expire_days integer CHECK (expire_days >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX users_domain ON users (domain_id);
+CREATE TABLE mailboxes (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE CHECK (name <> ''),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE messages (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    mailbox_id integer NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+    uidl text NOT NULL CHECK (uidl ~ '^[!-~]{1,70}$'),
+    size bigint NOT NULL CHECK (size >= 0),
+    raw_size bigint NOT NULL CHECK (raw_size >= 0),
+    delivered_at timestamptz NOT NULL DEFAULT now(),
+    seen boolean NOT NULL DEFAULT false,
+    body bytea NOT NULL,
+    CONSTRAINT messages_uidl_unique UNIQUE (mailbox_id, uidl)
+);
+ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
+CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size);
+"""),
+)
+LATEST = MIGRATIONS[-1].version
+
+_VERSIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+async def current_version(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> int | None:
+    """The highest migration applied; None for a database popbox never upgraded."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return None
+    version: int | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    return version or 0
+
+
+async def upgrade(conn: asyncpg.Connection[Any], target: int = LATEST) -> list[Migration]:
+    """Apply the migrations up to `target` that are missing; returns those applied."""
+    applied: list[Migration] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_NAMESPACE)
+        await conn.execute(_VERSIONS_TABLE)
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        for migration in MIGRATIONS:
+            if current < migration.version <= target:
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+                    migration.version, migration.description,
+                )
+                applied.append(migration)
+    return applied

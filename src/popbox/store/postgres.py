@@ -1,0 +1,271 @@
+"""PostgresStore: maildrops in PostgreSQL, shared by any number of popbox frontends.
+
+Location = a mailbox name (the userdb's mail location for this backend, by default the
+user name). The tables are popbox.store.pg_schema's. The pieces:
+
+* open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
+  advisory lock on this process's lock connection; IN_USE at once when held anywhere),
+  then take the snapshot with ONE query over the listing index: (id, UIDL, wire size,
+  stored size) in delivery order. Sizes and UIDLs were fixed at delivery, so a login
+  never reads a message body.
+* read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
+  message is never in memory at once, and a slow client holds no connection between
+  chunks. A row gone before the first chunk is MessageGone.
+* commit (after QUIT only): ONE transaction proves the lease still holds (the lock
+  connection may have died: then nothing is changed and the answer is TEMPORARY),
+  deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
+  already gone count as missing. Then the lock is released. The commit is shielded, so
+  a cancelled session still finishes it before anyone else can open the maildrop.
+* deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
+  UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
+  size counted by popbox.proto.wire. Never retried: an error means "not stored".
+
+Errors: any database or connection trouble is Failure.TEMPORARY (logged); a location
+that cannot name a mailbox (empty, NUL, over 1024 bytes) is Failure.PERMANENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, Sequence, Set
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from popbox.proto.types import Uidl
+from popbox.proto.wire import wire_size
+from popbox.store.base import (
+    CommitReport,
+    Failure,
+    Maildrop,
+    MailStore,
+    MessageGone,
+    MessageInfo,
+    StoreError,
+)
+from popbox.store.pg_lock import Lease, LockKeeper, lease_held
+from popbox.store.pg_pool import DB_ERRORS, Connection, Database
+
+log = logging.getLogger("popbox")
+
+CHUNK_SIZE = 256 * 1024
+_MAX_LOCATION = 1024
+
+_INSERT = """
+INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, seen, delivered_at)
+VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
+RETURNING id"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    raw_size: int
+
+
+def valid_location(location: str) -> bool:
+    return bool(location) and "\0" not in location and len(location.encode()) <= _MAX_LOCATION
+
+
+def new_uidl() -> Uidl:
+    return Uidl(f"{int(time.time())}.{secrets.token_hex(8)}")
+
+
+async def mailbox_id(conn: Connection, name: str, *, create: bool) -> int | None:
+    """The id of mailbox `name`, made when missing if `create`."""
+    found: int | None = await conn.fetchval("SELECT id FROM mailboxes WHERE name = $1", name)
+    if found is None and create:
+        found = await conn.fetchval(
+            "INSERT INTO mailboxes (name) VALUES ($1) ON CONFLICT (name) DO NOTHING "
+            "RETURNING id", name)
+        if found is None:  # made by someone else just now
+            found = await conn.fetchval("SELECT id FROM mailboxes WHERE name = $1", name)
+    return found
+
+
+class PostgresStore:
+    """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT."""
+
+    def __init__(
+        self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.db = db
+        self.mark_seen = mark_seen
+        self.chunk_size = chunk_size
+        self.locks = LockKeeper(db)
+
+    async def open(self, location: str) -> PostgresDrop | Failure:
+        if not valid_location(location):
+            return Failure.PERMANENT
+        try:
+            box = await self.db.run(lambda conn: mailbox_id(conn, location, create=True))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %r not opened: %s", location, exc)
+            return Failure.TEMPORARY
+        assert box is not None
+        lease = await self.locks.acquire(box)
+        if isinstance(lease, Failure):
+            return lease
+        try:
+            rows = await self.db.run(lambda conn: conn.fetch(
+                "SELECT id, uidl, size, raw_size FROM messages WHERE mailbox_id = $1 "
+                "ORDER BY id", box))
+        except DB_ERRORS as exc:
+            await self.locks.release(lease)
+            log.warning("postgres: mailbox %r not listed: %s", location, exc)
+            return Failure.TEMPORARY
+        except BaseException:
+            await self.locks.release(lease)
+            raise
+        infos = tuple(MessageInfo(Uidl(r["uidl"]), r["size"]) for r in rows)
+        entries = tuple(_Row(r["id"], r["raw_size"]) for r in rows)
+        return PostgresDrop(self, box, lease, infos, entries)
+
+    async def deliver(self, location: str, message: bytes) -> Failure | None:
+        result = await self.store(location, message)
+        return result if isinstance(result, Failure) else None
+
+    async def store(
+        self, location: str, message: bytes, *, uidl: Uidl | None = None, seen: bool = False,
+        delivered_at: datetime | None = None,
+    ) -> bool | Failure:
+        """Insert one message; with a given `uidl` (import), False if the mailbox already
+        has it. Without, a new UIDL is made (and made again in the unlikely clash)."""
+        if not valid_location(location):
+            return Failure.PERMANENT
+        size = wire_size(message)
+
+        async def insert(conn: Connection) -> bool:
+            box = await mailbox_id(conn, location, create=True)
+            for _ in range(3):
+                row = await conn.fetchval(
+                    _INSERT, box, uidl or new_uidl(), size, len(message), message, seen,
+                    delivered_at)
+                if row is not None or uidl is not None:
+                    return row is not None
+            raise RuntimeError("could not make a unique UIDL")
+
+        try:
+            return await self.db.run(insert, retry=False)
+        except DB_ERRORS as exc:
+            log.warning("postgres: delivery to %r failed: %s", location, exc)
+            return Failure.TEMPORARY
+
+    async def uidls(self, location: str) -> set[str]:
+        """The UIDLs of a mailbox now (for import). Raises DB_ERRORS."""
+        rows = await self.db.run(lambda conn: conn.fetch(
+            "SELECT m.uidl FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+            "WHERE b.name = $1", location))
+        return {r["uidl"] for r in rows}
+
+    async def close(self) -> None:
+        await self.locks.close()
+        await self.db.close()
+
+
+class PostgresDrop:
+    """One session's locked view of a mailbox (popbox.store.base.Maildrop)."""
+
+    def __init__(
+        self, store: PostgresStore, box: int, lease: Lease,
+        infos: tuple[MessageInfo, ...], entries: tuple[_Row, ...],
+    ) -> None:
+        self._store = store
+        self._box = box
+        self._lease = lease
+        self._messages = infos
+        self._entries = entries
+        self._state = "open"  # "committing", "done"
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    async def _chunk(self, row: int, offset: int) -> bytes | None:
+        size = self._store.chunk_size
+        try:
+            chunk: bytes | None = await self._store.db.run(lambda conn: conn.fetchval(
+                "SELECT substring(body FROM $2 FOR $3) FROM messages WHERE id = $1",
+                row, offset + 1, size))
+        except DB_ERRORS as exc:
+            log.warning("postgres: reading message %d failed: %s", row, exc)
+            raise StoreError(Failure.TEMPORARY) from exc
+        return chunk
+
+    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+        entry = self._entries[index]
+        offset = 0
+        while offset < entry.raw_size or offset == 0:
+            chunk = await self._chunk(entry.id, offset)
+            if chunk is None:
+                raise MessageGone()
+            if not chunk:
+                return
+            yield chunk
+            offset += len(chunk)
+
+    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+        if self._state != "open":
+            raise RuntimeError("maildrop already committed or released")
+        count = len(self._entries)
+        if any(not 0 <= i < count for i in (*delete, *seen)):
+            raise IndexError("message index out of range")
+        self._state = "committing"
+        doomed = [self._entries[i].id for i in delete]
+        flag = [self._entries[i].id for i in set(seen) - set(delete)]
+        if not self._store.mark_seen:
+            flag = []
+        try:
+            return await asyncio.shield(self._commit(doomed, flag))
+        finally:
+            self._state = "done"
+
+    async def _commit(self, doomed: list[int], flag: list[int]) -> CommitReport | Failure:
+        store = self._store
+        try:
+            if not store.locks.valid(self._lease):
+                log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
+                return Failure.TEMPORARY
+
+            async def apply(conn: Connection) -> CommitReport | Failure:
+                async with conn.transaction():
+                    if not await lease_held(conn, self._lease):
+                        return Failure.TEMPORARY
+                    gone = await conn.fetch(
+                        "DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) "
+                        "RETURNING id", self._box, doomed)
+                    marked = await conn.fetch(
+                        "UPDATE messages SET seen = true WHERE mailbox_id = $1 "
+                        "AND id = ANY($2::bigint[]) RETURNING id", self._box, flag)
+                return CommitReport(
+                    deleted=len(gone),
+                    missing=len(doomed) - len(gone) + len(flag) - len(marked),
+                    flagged=len(marked),
+                )
+
+            result = await store.db.run(apply)
+            if isinstance(result, Failure):
+                log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
+            return result
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %d: commit failed: %s", self._box, exc)
+            return Failure.TEMPORARY
+        finally:
+            await store.locks.release(self._lease)
+
+    async def release(self) -> None:
+        if self._state == "open":
+            self._state = "done"
+            await self._store.locks.release(self._lease)
+
+
+if TYPE_CHECKING:  # mypy proves the classes implement the contract
+
+    def _conforms(store: PostgresStore, drop: PostgresDrop) -> tuple[MailStore, Maildrop]:
+        return store, drop

@@ -1,0 +1,204 @@
+"""The postgres store beyond the common contract (tests/test_store_contract.py): the
+cluster-wide maildrop lock, chunked streaming, and what happens when the database or the
+lock connection goes away."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pg import fetch, free_port, fresh_database_async
+from popbox.proto.wire import wire_size
+from popbox.store.base import CommitReport, Failure
+from popbox.store.pg_pool import Database
+from popbox.store.pg_schema import LOCK_NAMESPACE
+from popbox.store.postgres import PostgresDrop, PostgresStore
+
+MESSAGE = b"Subject: hello\n\nbody\n"
+
+pytest_plugins = ["pg"]
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    made = PostgresStore(Database(pg_dsn, min_size=1, max_size=4))
+    yield made
+    await made.close()
+
+
+def mailbox() -> str:
+    return f"box-{uuid.uuid4().hex}"
+
+
+async def opened(store: PostgresStore, location: str) -> PostgresDrop:
+    drop = await store.open(location)
+    assert isinstance(drop, PostgresDrop), drop
+    return drop
+
+
+async def lock_holders(dsn: str, location: str) -> list[int]:
+    rows = await fetch(
+        dsn, "SELECT l.pid FROM pg_locks l, mailboxes b WHERE b.name = $2 AND "
+        "l.locktype = 'advisory' AND l.classid = $1 AND l.objid = b.id AND l.granted",
+        LOCK_NAMESPACE, location)
+    return [row["pid"] for row in rows]
+
+
+async def test_two_sessions_of_one_process(store: PostgresStore, pg_dsn: str) -> None:
+    location = mailbox()
+    drop = await opened(store, location)
+    assert await store.open(location) is Failure.IN_USE
+    other = await opened(store, mailbox())  # other maildrops share the lock connection
+    assert len(await lock_holders(pg_dsn, location)) == 1
+    await drop.release()
+    assert await lock_holders(pg_dsn, location) == []
+    await other.release()
+
+
+async def test_two_stores_exclude_each_other(store: PostgresStore, pg_dsn: str) -> None:
+    location = mailbox()
+    second = PostgresStore(Database(pg_dsn, max_size=2))
+    try:
+        drop = await opened(store, location)
+        assert await second.open(location) is Failure.IN_USE
+        await drop.commit(set(), set())
+        again = await opened(second, location)
+        assert await store.open(location) is Failure.IN_USE
+        await again.release()
+    finally:
+        await second.close()
+
+
+CHILD = """
+import asyncio, sys
+from popbox.store.pg_pool import Database
+from popbox.store.postgres import PostgresStore
+
+async def main():
+    store = PostgresStore(Database(sys.argv[1]))
+    drop = await store.open(sys.argv[2])
+    print("locked" if hasattr(drop, "commit") else drop, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_lock_dies_with_its_process(store: PostgresStore, pg_dsn: str) -> None:
+    location = mailbox()
+    assert await store.deliver(location, MESSAGE) is None
+    child = subprocess.Popen([sys.executable, "-c", CHILD, pg_dsn, location],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+        assert await store.open(location) is Failure.IN_USE
+        child.kill()  # SIGKILL: no chance to unlock anything
+        child.wait(10)
+        started = time.monotonic()
+        while (drop := await store.open(location)) is Failure.IN_USE:
+            assert time.monotonic() - started < 2, "the dead process's lock lingered"
+        assert isinstance(drop, PostgresDrop)
+        assert len(drop.messages) == 1  # and nothing was changed
+        await drop.release()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+async def test_lost_lock_connection_means_no_commit(store: PostgresStore, pg_dsn: str) -> None:
+    location = mailbox()
+    for _ in range(2):
+        assert await store.deliver(location, MESSAGE) is None
+    drop = await opened(store, location)
+    (pid,) = await lock_holders(pg_dsn, location)
+    await fetch(pg_dsn, "SELECT pg_terminate_backend($1)", pid)
+    # the lock is gone: another session (here: of the same process) may take the maildrop
+    started = time.monotonic()
+    while (newer := await store.open(location)) is Failure.IN_USE:
+        assert time.monotonic() - started < 5
+    assert isinstance(newer, PostgresDrop)
+    assert await drop.commit({0}, {1}) is Failure.TEMPORARY  # the first may not commit
+    assert await newer.commit({0}, set()) == CommitReport(deleted=1, missing=0, flagged=0)
+    rows = await fetch(pg_dsn, "SELECT seen FROM messages m JOIN mailboxes b "
+                       "ON b.id = m.mailbox_id WHERE b.name = $1", location)
+    assert [row["seen"] for row in rows] == [False]
+
+
+async def test_commit_proves_the_lease_in_its_transaction(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """Even when this process has not noticed yet that its lock connection died."""
+    location = mailbox()
+    assert await store.deliver(location, MESSAGE) is None
+    drop = await opened(store, location)
+    (pid,) = await lock_holders(pg_dsn, location)
+    other = PostgresStore(Database(pg_dsn, max_size=2))
+    try:
+        await fetch(pg_dsn, "SELECT pg_terminate_backend($1)", pid)
+        started = time.monotonic()
+        while (taken := await other.open(location)) is Failure.IN_USE:
+            assert time.monotonic() - started < 5
+        assert isinstance(taken, PostgresDrop)
+        assert await drop.commit({0}, set()) is Failure.TEMPORARY
+        await taken.release()
+    finally:
+        await other.close()
+    assert len((await opened(store, location)).messages) == 1
+
+
+async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
+    store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=256 * 1024)
+    try:
+        location = mailbox()
+        line = b"x" * 998 + b"\n"
+        big = b"Subject: big\n\n" + line * 5000  # about 5 MB
+        assert await store.deliver(location, big) is None
+        drop = await opened(store, location)
+        assert drop.messages[0].size == wire_size(big)
+        chunks = [chunk async for chunk in drop.read(0)]
+        assert b"".join(chunks) == big
+        assert len(chunks) == -(-len(big) // (256 * 1024))
+        assert max(len(chunk) for chunk in chunks) == 256 * 1024
+        await drop.release()
+    finally:
+        await store.close()
+
+
+async def test_mark_seen_off(pg_dsn: str) -> None:
+    store = PostgresStore(Database(pg_dsn, max_size=2), mark_seen=False)
+    try:
+        location = mailbox()
+        assert await store.deliver(location, MESSAGE) is None
+        drop = await opened(store, location)
+        assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=0)
+    finally:
+        await store.close()
+
+
+async def test_database_down_is_temporary() -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    store = PostgresStore(Database(dead, connect_timeout=2))
+    assert await store.open("alice") is Failure.TEMPORARY
+    assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
+    await store.close()
+
+
+async def test_unusable_location_is_permanent(store: PostgresStore) -> None:
+    assert await store.open("") is Failure.PERMANENT
+    assert await store.deliver("a\0b", MESSAGE) is Failure.PERMANENT
+
+
+async def test_old_schema_is_refused(pg_server: str) -> None:
+    async with fresh_database_async(pg_server) as empty:
+        store = PostgresStore(Database(empty))
+        assert await store.open("alice") is Failure.TEMPORARY
+        assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
+        await store.close()
+
