@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -164,9 +164,12 @@ class ServerProcess:
     """`popbox serve` in a child process; stops it on exit (SIGTERM, then SIGKILL)."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        # The log goes to a file: a pipe nobody reads would fill up and block the server.
+        self.log = tempfile.NamedTemporaryFile(prefix="popbox-log-", suffix=".txt")  # noqa: SIM115
+        self.final_log = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
             env={**os.environ, **(env or {})},
         )
         assert self.proc.stdout is not None
@@ -186,21 +189,20 @@ class ServerProcess:
         if not self.port:
             raise RuntimeError(f"server did not start: {line!r} {self.stop()}")
 
+    def read_log(self) -> str:
+        if self.log.closed:
+            return self.final_log
+        return Path(self.log.name).read_text(errors="replace")
+
     def wait_log(self, text: str, timeout: float = 10) -> bool:
-        """Read the server's log (stderr) until a line contains `text`."""
-        assert self.proc.stderr is not None
+        """Poll the server's log (stderr) until it contains `text`."""
         deadline = time.monotonic() + timeout
-        fd = self.proc.stderr.fileno()
-        seen = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return False
-                seen += chunk
-                if text.encode() in seen:
-                    return True
+            if text in self.read_log():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.read_log()
+            time.sleep(0.05)
         return False
 
     def kill(self) -> None:
@@ -215,8 +217,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        _out, err = self.proc.communicate()
-        return err
+        self.proc.communicate()
+        if not self.log.closed:
+            self.final_log = self.read_log()
+            self.log.close()
+        return self.final_log
 
 
 @contextlib.contextmanager

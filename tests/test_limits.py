@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 
 import pytest
@@ -96,3 +97,23 @@ async def test_slow_proxy_header_times_out(env: MailEnv) -> None:
         client.writer.write(b"PROXY TCP4 ")
         assert await asyncio.wait_for(client.reader.read(), 10) == b""
         await client.close()
+
+
+async def test_client_that_never_reads_is_cut_off_by_the_send_timeout(env: MailEnv) -> None:
+    """Backpressure pauses the session; `limits.send_timeout` then ends it without UPDATE,
+    and the maildrop lock is free again."""
+    env.put("alice", b"Subject: big\n\n" + (b"y" * 999 + b"\n") * 20_000)  # 20 MB
+    async with running_server(env.config(limits={"send_timeout": 0.5})) as (port, _):
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        stuck.connect(("127.0.0.1", port))  # a plain socket that nobody reads
+        stuck.sendall(b"USER alice\r\nPASS secret\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n")
+        for _ in range(100):
+            client = await Client.connect(port)
+            reply = await client.login()
+            await client.close()
+            if not reply.startswith(b"-ERR [IN-USE]"):
+                break
+            await asyncio.sleep(0.1)
+        assert reply.startswith(b"+OK Logged in. 1 messages")
+        stuck.close()
