@@ -93,6 +93,18 @@ class LimitsSection(_Section):
     login_delay: Annotated[int, Field(ge=0)] = 0  # RFC 2449 §6.8: seconds between logins
     max_connections: Annotated[int, Field(ge=1)] = 10000
     max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    # Failed logins: each failure is answered after a delay that doubles from
+    # penalty_initial to penalty_cap, per client network and per user name (0 turns it
+    # off); after max_auth_failures on one connection it is closed.
+    penalty_initial: Annotated[float, Field(ge=0)] = 2.0
+    penalty_cap: Annotated[float, Field(ge=0)] = 15.0
+    penalty_window: Annotated[float, Field(gt=0)] = 900.0
+    penalty_ipv6_prefix: Annotated[int, Field(ge=1, le=128)] = 64
+    penalty_exempt: list[str] = Field(default_factory=list)  # trusted networks
+    max_auth_failures: Annotated[int, Field(ge=1)] = 3
+
+    _check_exempt = field_validator("penalty_exempt")(classmethod(
+        lambda cls, value: check_networks(value)))
 
 
 class AuthSection(_Section):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from popbox.auth.base import PassDB, UserDB
 from popbox.auth.oauth import TokenValidator
 from popbox.config import Config
+from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
 from popbox.store.base import MailStore
 
@@ -39,12 +40,18 @@ class ServerContext:
     last_login: dict[str, float] = field(default_factory=dict)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    penalties: PenaltyBook = field(default_factory=PenaltyBook)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
     def create(cls, config: Config, backends: Backends) -> ServerContext:
         tls = TlsContexts(config.tls) if config.tls.enabled else None
-        return cls(config, backends, tls)
+        limits = config.limits
+        penalties = PenaltyBook(
+            initial=limits.penalty_initial, cap=limits.penalty_cap,
+            window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
+        )
+        return cls(config, backends, tls, penalties=penalties)
 
     def reload_tls(self) -> None:
         if self.tls is None:

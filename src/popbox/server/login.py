@@ -17,6 +17,7 @@ Over TLS the shell calls `tls_started()`, which records the channel binding data
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from popbox.auth.base import Secret, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
+from popbox.config import in_networks
 from popbox.proto import events as ev
 from popbox.proto import sasl
 from popbox.server import mechanisms, replies
@@ -45,8 +47,8 @@ async def _accepted() -> Verdict:
 
 
 class Login:
-    __slots__ = ("_mechanism", "_mechanism_name", "bindings", "ctx", "peer", "secure",
-                 "timestamp", "user")
+    __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "bindings", "ctx",
+                 "failures", "peer", "secure", "timestamp", "user")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -57,6 +59,8 @@ class Login:
         self.user: str | None = None
         self._mechanism: sasl.Mechanism | None = None
         self._mechanism_name = ""
+        self._failed_user = ""
+        self.failures = 0  # failed login attempts on this connection
 
     def tls_started(self, ssl_object: ssl.SSLObject | None) -> None:
         """The connection is TLS now (implicit or after STLS): note the binding data."""
@@ -81,6 +85,30 @@ class Login:
         )
 
     async def handle(self, event: ev.Command) -> ev.Reply | Transaction:
+        result = await self._handle(event)
+        if result is replies.AUTH_FAILED:
+            await self._penalize()
+        elif isinstance(result, Transaction):
+            self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
+        return result
+
+    async def _penalize(self) -> None:
+        """Count the failure and wait before answering it (see server.penalty)."""
+        self.failures += 1
+        config = self.ctx.config
+        if in_networks(self.peer, config.limits.penalty_exempt):
+            return
+        book = self.ctx.penalties
+        keys = book.keys(self.peer, normalize_username(self._failed_user) or None)
+        now = time.monotonic()
+        book.failed(keys, now)
+        delay = book.delay(keys, now)
+        if delay > 0:
+            log.info("login penalty user=%s ip=%s delay=%.0f", quote(self._failed_user),
+                     self.peer, delay)
+            await asyncio.sleep(delay)
+
+    async def _handle(self, event: ev.Command) -> ev.Reply | Transaction:
         match event:
             case ev.User(name):
                 if not self.cleartext_allowed:
@@ -227,5 +255,6 @@ class Login:
         return Transaction(maildrop)
 
     def _log_failure(self, user: str, mechanism: str, reason: str) -> None:
+        self._failed_user = user
         log.info("login failed user=%s mech=%s ip=%s reason=%s", quote(user), mechanism,
                  self.peer, reason)

@@ -114,6 +114,8 @@ class Session:
                 return "quit"
             case ev.Invalid():
                 return "bad-commands"
+            case _ if self.login.failures >= self.ctx.config.limits.max_auth_failures:
+                return "auth-failures"
             case _:
                 return "disconnect"
 
@@ -175,6 +177,8 @@ class Session:
                     count, size = reply.stat()
                     reply = ev.Ok(f"Logged in. {count} messages ({size} octets).")
                 self._reply(reply)
+                if self.login.failures >= self.ctx.config.limits.max_auth_failures:
+                    self.conn.close()  # enough guesses on one connection
             case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
                   | ev.Rset()):
                 assert self.txn is not None
