@@ -261,3 +261,13 @@ def test_never_raises_on_arbitrary_bytes(pieces: list[bytes], logged: bool) -> N
                 conn.send(ev.Err("no"))
             if conn.state is State.CLOSED:
                 break
+
+
+def test_apop_digest_rfc1939_example() -> None:
+    """RFC 1939 §7: the example APOP exchange."""
+    from popbox.proto import apop
+
+    stamp = "<1896.697170952@dbc.mtview.ca.us>"
+    assert apop.digest(stamp, b"tanstaaf") == "c4c9334bac560ecc979e58001b3e22fb"
+    assert apop.matches(stamp, b"tanstaaf", "C4C9334BAC560ECC979E58001B3E22FB")
+    assert not apop.matches(stamp, b"tanstaaF", "c4c9334bac560ecc979e58001b3e22fb")

@@ -18,8 +18,6 @@ Over TLS the shell calls `tls_started()`, which records the channel binding data
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import ssl
 import time
@@ -28,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from popbox.auth.base import Secret, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
 from popbox.config import in_networks
+from popbox.proto import apop, sasl
 from popbox.proto import events as ev
-from popbox.proto import sasl
 from popbox.server import mechanisms, replies
 from popbox.server.binding import channel_bindings
 from popbox.server.context import ServerContext
@@ -223,10 +221,7 @@ class Login:
             secret = await self.ctx.backends.passdb.plaintext(name)
             if isinstance(secret, Verdict):
                 return secret
-            expected = hashlib.md5(  # noqa: S324 - APOP is defined with MD5
-                self.timestamp.encode() + (secret.value if secret else b"")
-            ).hexdigest()
-            ok = hmac.compare_digest(expected, digest)
+            ok = apop.matches(self.timestamp, secret.value if secret else b"", digest)
             return Verdict.OK if ok and secret is not None else Verdict.REJECTED
 
         return await self._login(name, "APOP", check)
