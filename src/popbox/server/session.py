@@ -34,6 +34,7 @@ from popbox.store.base import Failure, MessageGone, StoreError
 
 log = logging.getLogger("popbox")
 
+
 class Session:
     __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "login_deadline",
                  "peer", "retr_count", "txn")
