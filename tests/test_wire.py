@@ -105,3 +105,12 @@ def test_roundtrip_and_size_property(message: bytes, chunk: int) -> None:
 @given(messages, st.integers(min_value=0, max_value=5), st.integers(min_value=1, max_value=9))
 def test_top_chunking_property(message: bytes, lines: int, chunk: int) -> None:
     assert encode(message, chunk=chunk, top=lines) == encode(message, top=lines)
+
+
+def test_outlook_no_nuls_workaround_keeps_the_size() -> None:
+    """Dovecot's outlook-no-nuls: NUL octets go out as 0x80; sizes are unchanged."""
+    message = b"Subject: x\n\na\0b\n"
+    enc = MessageEncoder(no_nuls=True)
+    wire = enc.feed(message) + enc.finish()
+    assert wire == b"Subject: x\r\n\r\na\x80b\r\n.\r\n"
+    assert len(wire) - 3 == wire_size(message)

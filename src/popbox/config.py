@@ -71,6 +71,9 @@ class ServerSection(_Section):
     allow_root: bool = False
     # HAProxy PROXY protocol v1/v2 is required from these networks, refused from others.
     proxy_networks: list[str] = Field(default_factory=list)
+    # Named client workarounds, as in Dovecot's pop3_workarounds: "outlook-no-nuls" sends
+    # NUL octets in messages as 0x80.
+    workarounds: list[Literal["outlook-no-nuls"]] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod

@@ -70,13 +70,17 @@ class MessageEncoder:
 
     `feed(chunk)` returns the bytes to send for that chunk; `finish()` returns the
     closing bytes: a line end if the message did not end with one, then ".\\r\\n".
+
+    `no_nuls` is the "outlook-no-nuls" client workaround (as in Dovecot): NUL octets,
+    which break old Outlook versions, are sent as 0x80. The size does not change.
     """
 
-    __slots__ = ("_at_line_start", "_pending_cr")
+    __slots__ = ("_at_line_start", "_no_nuls", "_pending_cr")
 
-    def __init__(self) -> None:
+    def __init__(self, *, no_nuls: bool = False) -> None:
         self._at_line_start = True
         self._pending_cr = False
+        self._no_nuls = no_nuls
 
     def feed(self, chunk: bytes) -> bytes:
         if self._pending_cr:
@@ -88,6 +92,8 @@ class MessageEncoder:
         if not chunk:
             return b""
         data = _crlf(chunk)
+        if self._no_nuls:
+            data = data.replace(b"\0", b"\x80")
         if self._at_line_start and data[:1] == b".":
             data = b"." + data
         data = data.replace(b"\n.", b"\n..")

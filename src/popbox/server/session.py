@@ -306,7 +306,7 @@ class Session:
             return
         size = txn.info(index).size
         self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
-        encoder = MessageEncoder()
+        encoder = MessageEncoder(no_nuls="outlook-no-nuls" in self.ctx.config.server.workarounds)
         limit = TopFilter(top) if top is not None else None
         try:
             while chunk is not None:
