@@ -119,12 +119,15 @@ class TopFilter:
     message without an empty line is all headers and is sent whole.
     """
 
-    __slots__ = ("_done", "_in_headers", "_line_empty", "_lines_left")
+    __slots__ = ("_done", "_in_headers", "_line", "_lines_left")
+
+    # What the current header line holds so far: nothing, a lone "\r", or text.
+    _EMPTY, _CR, _TEXT = 0, 1, 2
 
     def __init__(self, body_lines: int) -> None:
         self._lines_left = body_lines
         self._in_headers = True
-        self._line_empty = True  # nothing but an optional "\r" seen since the last LF
+        self._line = self._EMPTY
         self._done = False
 
     @property
@@ -141,22 +144,29 @@ class TopFilter:
                 return chunk
         return chunk[:pos] + self._body(chunk[pos:])
 
+    def _grow(self, segment: bytes) -> None:
+        if not segment:
+            return
+        if self._line == self._EMPTY and segment == b"\r":
+            self._line = self._CR
+        else:
+            self._line = self._TEXT
+
     def _skip_headers(self, chunk: bytes) -> int:
         """Scan for the empty line; return the offset just past it (or len(chunk))."""
         start = 0
         n = len(chunk)
         while start < n:
             nl = chunk.find(b"\n", start)
-            segment = chunk[start:] if nl < 0 else chunk[start:nl]
-            empty = self._line_empty and segment in (b"", b"\r")
+            self._grow(chunk[start:] if nl < 0 else chunk[start:nl])
             if nl < 0:
-                self._line_empty = empty
                 return n
             start = nl + 1
+            empty = self._line != self._TEXT
+            self._line = self._EMPTY
             if empty:
                 self._in_headers = False
                 return start
-            self._line_empty = True
         return n
 
     def _body(self, chunk: bytes) -> bytes:
