@@ -127,7 +127,7 @@ async def _admin(dsn: str, statement: str) -> None:
         await conn.close()
 
 
-async def _migrate(dsn: str) -> None:
+async def migrate(dsn: str) -> None:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await pg_schema.upgrade(conn)
@@ -173,7 +173,7 @@ async def fresh_database_async(server: str) -> AsyncIterator[str]:
 def pg_dsn(pg_server: str) -> Iterator[str]:
     """A fresh database with popbox's schema, shared by one test module."""
     with fresh_database(pg_server) as dsn:
-        run(_migrate(dsn))
+        run(migrate(dsn))
         yield dsn
 
 

@@ -119,6 +119,9 @@ async def test_lost_lock_connection_means_no_commit(store: PostgresStore, pg_dsn
     drop = await opened(store, location)
     (pid,) = await lock_holders(pg_dsn, location)
     await fetch(pg_dsn, "SELECT pg_terminate_backend($1)", pid)
+    elsewhere = await store.open(mailbox())  # a new lock connection, at the first try
+    assert isinstance(elsewhere, PostgresDrop)
+    await elsewhere.release()
     # the lock is gone: another session (here: of the same process) may take the maildrop
     started = time.monotonic()
     while (newer := await store.open(location)) is Failure.IN_USE:

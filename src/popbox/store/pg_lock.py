@@ -6,7 +6,8 @@ Every popbox process keeps ONE dedicated lock connection and takes the locks of 
 sessions on it with ``pg_try_advisory_lock``, which answers at once: a second session
 anywhere in the cluster gets Failure.IN_USE without waiting. The locks die with the
 connection, so a crashed or killed process (or host) can never leave a stale lock: the
-database ends the backend and drops its locks when the connection goes.
+database ends the backend and drops its locks when the connection goes (at once when
+the process dies; within about a minute, by TCP keepalive, when its whole host does).
 
 Advisory locks are re-entrant per connection, so the database cannot tell two sessions
 of one process apart: the keeper tracks the keys its sessions hold and answers IN_USE
@@ -36,11 +37,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from popbox.store.base import Failure
-from popbox.store.pg_pool import DB_ERRORS, Connection, Database, RawConnection
+from popbox.store.pg_pool import (
+    CONNECTION_LOST,
+    DB_ERRORS,
+    Connection,
+    Database,
+    RawConnection,
+)
 from popbox.store.pg_schema import LOCK_NAMESPACE
 
 log = logging.getLogger("popbox")
 
+# A frontend host that dies without closing its connections (power loss) is found out
+# by the server's TCP keepalive: asked for here, within about a minute, instead of the
+# system's default of two hours; its locks go with the connection.
+_KEEPALIVE = {
+    "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3",
+}
 _HELD_QUERY = """
 SELECT EXISTS (
     SELECT 1 FROM pg_locks
@@ -118,15 +131,19 @@ class LockKeeper:
         async with self._mutex:
             if self._busy(key):
                 return Failure.IN_USE
-            try:
-                conn = await self._connection()
-                got = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, key
-                )
-            except DB_ERRORS as exc:
-                log.warning("postgres: maildrop lock unavailable: %s", _describe(exc))
-                self._drop()
-                return Failure.TEMPORARY
+            for attempt in range(2):
+                try:
+                    conn = await self._connection()
+                    got = await conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, key
+                    )
+                    break
+                except DB_ERRORS as exc:
+                    self._drop()  # whatever it held is gone with it
+                    if attempt or not isinstance(exc, CONNECTION_LOST):
+                        log.warning("postgres: maildrop lock unavailable: %s", _describe(exc))
+                        return Failure.TEMPORARY
+                    log.info("postgres: lock connection lost, connecting again")
             if not got:
                 return Failure.IN_USE
             lease = Lease(key, self._generation, self._pid)
@@ -137,7 +154,7 @@ class LockKeeper:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         self._drop()
-        conn = await self._db.connect()
+        conn = await self._db.connect("popbox-locks", _KEEPALIVE)
         conn.add_termination_listener(self._lost)
         self._conn, self._pid = conn, conn.get_server_pid()
         return conn

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -40,7 +40,7 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     SchemaError,
 )
-_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.InterfaceError,
@@ -81,10 +81,14 @@ class Database:
     def __repr__(self) -> str:  # the DSN may carry a password
         return "Database(<dsn redacted>)"
 
-    async def connect(self) -> RawConnection:
-        """A dedicated connection, outside the pool (the lock keeper's, migrations)."""
+    async def connect(
+        self, name: str = "popbox", settings: Mapping[str, str] | None = None
+    ) -> RawConnection:
+        """A dedicated connection, outside the pool (the lock keeper's, migrations);
+        `name` is its application_name in pg_stat_activity, `settings` more GUCs."""
         return await asyncpg.connect(
-            self._dsn, timeout=self._connect_timeout, command_timeout=self._command_timeout
+            self._dsn, timeout=self._connect_timeout, command_timeout=self._command_timeout,
+            server_settings={"application_name": name, **(settings or {})},
         )
 
     async def pool(self) -> Pool:
@@ -96,6 +100,7 @@ class Database:
                 pool = await asyncpg.create_pool(
                     self._dsn, min_size=self._min, max_size=self._max,
                     timeout=self._connect_timeout, command_timeout=self._command_timeout,
+                    server_settings={"application_name": "popbox"},
                 )
                 try:
                     if self._check_schema:
@@ -115,7 +120,7 @@ class Database:
             try:
                 async with pool.acquire() as conn:
                     return await op(conn)
-            except _CONNECTION_LOST:
+            except CONNECTION_LOST:
                 if not retry or attempt:
                     raise
                 log.info("postgres: connection lost, retrying once")
