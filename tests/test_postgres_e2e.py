@@ -136,12 +136,17 @@ def test_db_upgrade_and_status(pg_server: str, tmp_path: Path) -> None:
         config = str(pg_config(MailEnv(tmp_path), dsn))
         status = popbox("db", "status", "--config", config)
         assert status.returncode == 1 and "version 0" in status.stdout
+        checked = popbox("check-config", "--config", config)
+        assert checked.returncode == 2 and "run `popbox db upgrade`" in checked.stderr
         first = popbox("db", "upgrade", "--config", config)
         assert first.returncode == 0 and "applied 1:" in first.stdout, first.stderr
         again = popbox("db", "upgrade", "--config", config)
         assert again.returncode == 0 and "up to date" in again.stdout
         assert popbox("db", "status", "--config", config).returncode == 0
+        assert popbox("check-config", "--config", config).returncode == 0
         assert dsn not in first.stdout + first.stderr
     dead = pg_config(MailEnv(tmp_path), f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     failed = popbox("db", "upgrade", "--config", str(dead))
     assert failed.returncode == 1 and "database" in failed.stderr
+    unreachable = popbox("check-config", "--config", str(dead))
+    assert unreachable.returncode == 2 and "cannot use the database" in unreachable.stderr

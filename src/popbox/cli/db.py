@@ -14,7 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from popbox.config import load
+from popbox.config import Config, load
 from popbox.server.backends import database
 from popbox.store import pg_schema
 from popbox.store.pg_pool import DB_ERRORS
@@ -39,14 +39,30 @@ async def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status(args: argparse.Namespace) -> int:
-    conn = await database(load(args.config)).connect()
+async def _version(config: Config) -> int:
+    conn = await database(config).connect()
     try:
-        version = await pg_schema.current_version(conn) or 0
+        return await pg_schema.current_version(conn) or 0
     finally:
         await conn.close()
+
+
+async def _status(args: argparse.Namespace) -> int:
+    version = await _version(load(args.config))
     print(f"database schema version {version}, popbox needs {pg_schema.LATEST}")
     return 0 if version >= pg_schema.LATEST else 1
+
+
+def check(config: Config) -> list[str]:
+    """For `popbox check-config`: the database is reachable and its schema current."""
+    try:
+        version = asyncio.run(_version(config))
+    except DB_ERRORS as exc:
+        return [f"postgres: cannot use the database: {exc or type(exc).__name__}"]
+    if version < pg_schema.LATEST:
+        return [f"postgres: schema version {version}, popbox needs {pg_schema.LATEST}: "
+                "run `popbox db upgrade`"]
+    return []
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -89,9 +89,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from popbox.auth.passwd_file import PasswdFile
+    from popbox.cli import db
 
     config = load(args.config)
-    problems = PasswdFile(config.auth.passwd_file, config.auth.mail_location).check()
+    problems = []
+    if config.auth.backend == "passwd-file":
+        problems += PasswdFile(config.auth.passwd_file, config.auth.mail_location).check()
+    if "postgres" in (config.auth.backend, config.store.backend):
+        problems += db.check(config)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
