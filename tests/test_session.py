@@ -306,6 +306,26 @@ async def test_login_delay(env: MailEnv) -> None:
         await client.close()
 
 
+async def test_per_user_login_delay(env: MailEnv) -> None:
+    """RFC 2449 §6.8: a user's own LOGIN-DELAY (userdb field) is enforced and shown by CAPA
+    after login; before login CAPA shows the global value."""
+    env.users.write_text("alice:{PLAIN}secret::::::userdb_login_delay=900\n")
+    async with running_server(env.config()) as (port, _):
+        client = await Client.connect(port)
+        await client.line()
+        _, before = await client.multi("CAPA")
+        assert b"LOGIN-DELAY 0" in before
+        await client.cmd("USER alice")
+        assert (await client.cmd("PASS secret")).startswith(b"+OK")
+        _, after = await client.multi("CAPA")
+        assert b"LOGIN-DELAY 900" in after
+        await client.cmd("QUIT")
+        await client.close()
+        client = await Client.connect(port)
+        assert (await client.login()).startswith(b"-ERR [LOGIN-DELAY]")
+        await client.close()
+
+
 async def test_sasl_plain_and_login(env: MailEnv) -> None:
     """RFC 5034 AUTH with PLAIN (RFC 4616) and LOGIN, with and without initial response."""
     plain = base64.b64encode(b"\0alice\0secret").decode()

@@ -85,11 +85,11 @@ class ServerContext:
             f"@{self.config.server.hostname}>"
         )
 
-    def login_too_soon(self, user: str, now: float) -> bool:
-        delay = self.config.limits.login_delay
+    def login_too_soon(self, user: str, now: float, delay: int) -> bool:
+        """RFC 2449 §6.8 LOGIN-DELAY: the last login of `user` was less than `delay` ago."""
         last = self.last_login.get(user)
         return bool(delay) and last is not None and now - last < delay
 
-    def record_login(self, user: str, now: float) -> None:
-        if self.config.limits.login_delay:
+    def record_login(self, user: str, now: float, delay: int) -> None:
+        if delay:
             self.last_login[user] = now

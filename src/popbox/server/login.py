@@ -44,9 +44,15 @@ async def _accepted() -> Verdict:
     return Verdict.OK
 
 
+def login_delay(info: UserInfo, default: int) -> int:
+    """The user's own LOGIN-DELAY (userdb field `login_delay`, seconds), or the default."""
+    value = info.extra.get("login_delay", "")
+    return int(value) if value.isascii() and value.isdigit() else default
+
+
 class Login:
     __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "bindings", "ctx",
-                 "failures", "peer", "secure", "timestamp", "user")
+                 "failures", "login_delay", "peer", "secure", "timestamp", "user")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -59,6 +65,7 @@ class Login:
         self._mechanism_name = ""
         self._failed_user = ""
         self.failures = 0  # failed login attempts on this connection
+        self.login_delay = ctx.config.limits.login_delay  # the user's, once logged in
 
     def tls_started(self, ssl_object: ssl.SSLObject | None) -> None:
         """The connection is TLS now (implicit or after STLS): note the binding data."""
@@ -231,20 +238,22 @@ class Login:
         if verdict is not Verdict.OK:
             self._log_failure(user, mechanism, verdict.value)
             return replies.verdict(verdict)
-        now = time.monotonic()
-        if self.ctx.login_too_soon(user, now):
-            self._log_failure(user, mechanism, "login-delay")
-            return replies.LOGIN_DELAY
         info = await self.ctx.backends.userdb.lookup(user)
         if not isinstance(info, UserInfo):
             self._log_failure(user, mechanism, "userdb-" + ("temporary" if info else "missing"))
             return replies.failure(Failure.TEMPORARY if info else Failure.PERMANENT)
+        now = time.monotonic()
+        delay = login_delay(info, self.ctx.config.limits.login_delay)
+        if self.ctx.login_too_soon(user, now, delay):
+            self._log_failure(user, mechanism, "login-delay")
+            return replies.LOGIN_DELAY
         maildrop = await self.ctx.backends.store.open(info.mail_location)
         if isinstance(maildrop, Failure):
             self._log_failure(user, mechanism, maildrop.value)
             return replies.failure(maildrop)
-        self.ctx.record_login(user, now)
+        self.ctx.record_login(user, now, delay)
         self.user = user
+        self.login_delay = delay
         log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(user), mechanism,
                  self.peer, len(maildrop.messages))
         return Transaction(maildrop)

@@ -221,7 +221,6 @@ class Session:
         return found if isinstance(found, ssl.SSLObject) else None
 
     async def _capabilities(self) -> tuple[str, ...]:
-        config = self.ctx.config
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
         if self.conn.state is State.AUTHORIZATION:
             if self.ctx.tls is not None and not self.login.secure:
@@ -233,7 +232,8 @@ class Session:
                 caps.append("SASL " + " ".join(sasl_mechanisms))
         caps += [
             "EXPIRE NEVER",
-            f"LOGIN-DELAY {config.limits.login_delay}",
+            # RFC 2449 §6.8: the global value before login, the user's own after it.
+            f"LOGIN-DELAY {self.login.login_delay}",
             f"IMPLEMENTATION popbox-{__version__}",
         ]
         return tuple(caps)
