@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,7 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         assert self.proc.stdout is not None
+        wants_tls = bool(tomllib.loads(config.read_text()).get("tls", {}).get("implicit"))
         self.port = 0
         self.tls_port: int | None = None
         while True:
@@ -185,7 +187,7 @@ class ServerProcess:
                 self.tls_port = int(match.group(1))
             else:
                 self.port = int(match.group(1))
-            if self.port and (self.tls_port or "tls" not in config.read_text()):
+            if self.port and (self.tls_port or not wants_tls):
                 break
         if not self.port:
             raise RuntimeError(f"server did not start: {line!r} {self.stop()}")
