@@ -24,7 +24,8 @@ from popbox.auth import schemes
 from popbox.auth.base import Secret, Verdict
 from popbox.auth.passwd_file import PasswdFile
 from popbox.proto import sasl
-from popbox.proto.sasl_cram import CramMd5, challenge, hmac_from_context
+from popbox.proto.hmac_md5 import from_context as hmac_from_context
+from popbox.proto.sasl_cram import CramMd5, challenge
 from popbox.proto.sasl_scram import Scram
 
 SECRET = b"k" * 32

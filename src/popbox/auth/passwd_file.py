@@ -33,12 +33,9 @@ the file's mode and owner are kept, a new file gets mode 0600.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import enum
 import fcntl
-import hashlib
-import hmac
 import os
 import tempfile
 import time
@@ -47,6 +44,7 @@ from dataclasses import dataclass
 
 from popbox.auth import schemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
+from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 
 # The hash of a random password nobody knows, with Dovecot's default Argon2id cost.
@@ -55,8 +53,6 @@ _DUMMY_HASH = (
     "$IBLXZwkYFIV/V3bUiwBH+kSVEgLNhArTZLHW9OjMemo"
 )
 _FALSE = frozenset({"n", "no", "0", "false"})
-_PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
-_SCRAM = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,20 +152,6 @@ def _load(path: str, known: _Stamp | None) -> tuple[_Stamp, Table | None]:
         return stamp, parse(_decode(f.read()), path)
 
 
-def _scheme_data(stored: str) -> str:
-    """The part after `{SCHEME}`."""
-    return stored.split("}", 1)[1] if stored.startswith("{") and "}" in stored else stored
-
-
-def _scram_keys(algorithm: str, password: bytes, salt: bytes, iterations: int) -> str:
-    """RFC 5802 §3 stored and server keys, as `iter,salt,storedkey,serverkey`."""
-    salted = hashlib.pbkdf2_hmac(algorithm, password, salt, iterations)
-    stored = hashlib.new(algorithm, hmac.digest(salted, b"Client Key", algorithm)).digest()
-    server = hmac.digest(salted, b"Server Key", algorithm)
-    fields = (salt, stored, server)
-    return ",".join([str(iterations), *(base64.b64encode(x).decode("ascii") for x in fields)])
-
-
 class PasswdFile:
     """PassDB and UserDB over one passwd-file."""
 
@@ -190,9 +172,10 @@ class PasswdFile:
         self._default_scheme = default_scheme
         self._interval = stat_interval
         self._clock = clock
-        self._derive = derive
-        self._secret = secret if secret is not None else os.urandom(32)
-        self._iterations = scram_iterations
+        self._credentials = CredentialSource(
+            default_scheme=default_scheme, derive=derive, secret=secret,
+            iterations=scram_iterations,
+        )
         self._servable: tuple[Table, frozenset[str]] | None = None
         self._table: Table | None = None
         self._stamp: _Stamp | None = None
@@ -277,14 +260,6 @@ class PasswdFile:
             return None
         return schemes.plaintext(entry.password, default_scheme=self._default_scheme)
 
-    def _schemes_of(self, stored: str) -> frozenset[str]:
-        name = schemes.scheme_of(stored, default_scheme=self._default_scheme)
-        if name in _PLAIN:
-            return CREDENTIAL_SCHEMES if self._derive else frozenset({"PLAIN"})
-        if name in ("CRAM-MD5", "HMAC-MD5"):
-            return frozenset({"CRAM-MD5"})
-        return frozenset({name}) if name in _SCRAM else frozenset()
-
     async def schemes(self) -> frozenset[str]:
         table = await self._current()
         if table is None:
@@ -294,7 +269,7 @@ class PasswdFile:
         found = CREDENTIAL_SCHEMES
         for entry in table.entries.values():
             if entry.password and not entry.flag("nologin") and not entry.flag("nopassword"):
-                found &= self._schemes_of(entry.password)
+                found &= self._credentials.servable(entry.password)
                 if not found:
                     break
         self._servable = (table, found)
@@ -305,35 +280,9 @@ class PasswdFile:
         if table is None:
             return Verdict.TEMPORARY
         entry = self._find(table, user)
-        if (
-            entry is None or not entry.password
-            or entry.flag("nologin") or entry.flag("nopassword")
-        ):
-            if self._derive and scheme in _SCRAM:  # the work a {PLAIN} user would cost
-                await self._derive_scram(scheme, b"", user)
-            return None
-        stored = entry.password
-        name = schemes.scheme_of(stored, default_scheme=self._default_scheme)
-        if scheme == "PLAIN" or (self._derive and name in _PLAIN):
-            password = schemes.plaintext(stored, default_scheme=self._default_scheme)
-            if password is None or scheme == "PLAIN":
-                return password
-            if scheme == "CRAM-MD5":
-                return Secret(_scheme_data(schemes.make(password.value, "CRAM-MD5")).encode())
-            if scheme in _SCRAM:
-                return await self._derive_scram(scheme, password.value, entry.name)
-            return None
-        if name == scheme or (scheme == "CRAM-MD5" and name == "HMAC-MD5"):
-            return Secret(_scheme_data(stored).encode("utf-8", "surrogateescape"))
-        return None
-
-    async def _derive_scram(self, scheme: str, password: bytes, name: str) -> Secret:
-        label = f"popbox-scram-salt\0{scheme}\0{normalize_username(name)}".encode()
-        salt = hmac.digest(self._secret, label, "sha256")[:16]
-        keys = await asyncio.to_thread(
-            _scram_keys, _SCRAM[scheme], password, salt, self._iterations
-        )
-        return Secret(keys.encode("ascii"))
+        if entry is None or entry.flag("nologin") or entry.flag("nopassword"):
+            return await self._credentials.lookup(None, scheme, user)
+        return await self._credentials.lookup(entry.password, scheme, entry.name)
 
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()

@@ -21,12 +21,7 @@ looks at the distinct stored schemes of the enabled users, at most once per `sch
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from popbox.auth import schemes as pwschemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, PassDB, Secret, UserDB, UserInfo, Verdict
+from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.store.pg_pool import DB_ERRORS, Database
 
@@ -44,8 +40,6 @@ _DUMMY_HASH = (
     "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$8+bp8ClJR1RYO1PBVXa7lA"
     "$K+fbQYxEIxwy8n+XwnqAiePuMKN3oWXZfuuqqrD/lNg"
 )
-_PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
-_SCRAM = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 
 _USER_QUERY = """
 SELECT u.name, u.password, u.enabled AND coalesce(d.enabled, true) AS enabled,
@@ -71,20 +65,6 @@ class _User:
     expire_days: int | None
 
 
-def _scheme_data(stored: str) -> str:
-    """The part after `{SCHEME}`."""
-    return stored.split("}", 1)[1] if stored.startswith("{") and "}" in stored else stored
-
-
-def _scram_keys(algorithm: str, password: bytes, salt: bytes, iterations: int) -> str:
-    """RFC 5802 §3 stored and server keys, as Dovecot's `iter,salt,storedkey,serverkey`."""
-    salted = hashlib.pbkdf2_hmac(algorithm, password, salt, iterations)
-    stored = hashlib.new(algorithm, hmac.digest(salted, b"Client Key", algorithm)).digest()
-    server = hmac.digest(salted, b"Server Key", algorithm)
-    fields = (salt, stored, server)
-    return ",".join([str(iterations), *(base64.b64encode(x).decode("ascii") for x in fields)])
-
-
 class PostgresUsers:
     """PassDB and UserDB over the ``users`` table."""
 
@@ -103,9 +83,10 @@ class PostgresUsers:
         self._db = db
         self._template = mail_location
         self._default_scheme = default_scheme
-        self._derive = derive
-        self._secret = secret if secret is not None else os.urandom(32)
-        self._iterations = scram_iterations
+        self._credentials = CredentialSource(
+            default_scheme=default_scheme, derive=derive, secret=secret,
+            iterations=scram_iterations,
+        )
         self._ttl = schemes_ttl
         self._clock = clock
         self._servable: tuple[float, frozenset[str]] | None = None
@@ -145,15 +126,6 @@ class PostgresUsers:
             return None
         return pwschemes.plaintext(found.password, default_scheme=self._default_scheme)
 
-    def _schemes_of(self, prefix: str) -> frozenset[str]:
-        name = pwschemes.scheme_of("{" + prefix + "}" if prefix else "x",
-                                   default_scheme=self._default_scheme)
-        if name in _PLAIN:
-            return CREDENTIAL_SCHEMES if self._derive else frozenset({"PLAIN"})
-        if name in ("CRAM-MD5", "HMAC-MD5"):
-            return frozenset({"CRAM-MD5"})
-        return frozenset({name}) if name in _SCRAM else frozenset()
-
     async def schemes(self) -> frozenset[str]:
         now = self._clock()
         if self._servable is not None and now < self._servable[0]:
@@ -165,7 +137,7 @@ class PostgresUsers:
             return frozenset()
         found = CREDENTIAL_SCHEMES
         for row in rows:
-            found &= self._schemes_of(row["scheme"])
+            found &= self._credentials.servable("{" + row["scheme"] + "}" if row["scheme"] else "")
         self._servable = (now + self._ttl, found)
         return found
 
@@ -173,33 +145,9 @@ class PostgresUsers:
         found = await self._user(user)
         if isinstance(found, Verdict):
             return found
-        if found is None or not found.password or not found.enabled:
-            if self._derive and scheme in _SCRAM:  # the work a {PLAIN} user would cost
-                await self._derive_scram(scheme, b"", user)
-            return None
-        stored = found.password
-        name = pwschemes.scheme_of(stored, default_scheme=self._default_scheme)
-        if scheme == "PLAIN" or (self._derive and name in _PLAIN):
-            password = pwschemes.plaintext(stored, default_scheme=self._default_scheme)
-            if password is None or scheme == "PLAIN":
-                return password
-            if scheme == "CRAM-MD5":
-                made = pwschemes.make(password.value, "CRAM-MD5")
-                return Secret(_scheme_data(made).encode())
-            if scheme in _SCRAM:
-                return await self._derive_scram(scheme, password.value, found.name)
-            return None
-        if name == scheme or (scheme == "CRAM-MD5" and name == "HMAC-MD5"):
-            return Secret(_scheme_data(stored).encode("utf-8", "surrogateescape"))
-        return None
-
-    async def _derive_scram(self, scheme: str, password: bytes, name: str) -> Secret:
-        label = f"popbox-scram-salt\0{scheme}\0{normalize_username(name)}".encode()
-        salt = hmac.digest(self._secret, label, "sha256")[:16]
-        keys = await asyncio.to_thread(
-            _scram_keys, _SCRAM[scheme], password, salt, self._iterations
-        )
-        return Secret(keys.encode("ascii"))
+        if found is None or not found.enabled:
+            return await self._credentials.lookup(None, scheme, user)
+        return await self._credentials.lookup(found.password, scheme, found.name)
 
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         found = await self._user(user)

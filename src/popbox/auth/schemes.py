@@ -28,10 +28,8 @@ import binascii
 import functools
 import hashlib
 import hmac
-import math
 import os
 import re
-import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ import bcrypt
 from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
 from popbox.auth.base import Secret
+from popbox.proto import hmac_md5
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,42 +159,6 @@ def _digest_make(d: _Digest, password: bytes, encoding: str | None) -> str:
 
 
 # --- CRAM-MD5: Dovecot's HMAC-MD5 context -------------------------------------------------
-
-_MASK = 0xFFFFFFFF
-_MD5_SHIFT = [7, 12, 17, 22] * 4 + [5, 9, 14, 20] * 4 + [4, 11, 16, 23] * 4 + [6, 10, 15, 21] * 4
-_MD5_K = [int(abs(math.sin(i + 1)) * 2**32) & _MASK for i in range(64)]
-_MD5_INIT = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476)
-
-
-def _md5_block(block: bytes) -> bytes:
-    """The MD5 state (little-endian A, B, C, D) after one 64-byte block (RFC 1321 §3.4)."""
-    words = struct.unpack("<16I", block)
-    a, b, c, d = _MD5_INIT
-    for i in range(64):
-        if i < 16:
-            f, g = (b & c) | (~b & d), i
-        elif i < 32:
-            f, g = (d & b) | (~d & c), (5 * i + 1) % 16
-        elif i < 48:
-            f, g = b ^ c ^ d, (3 * i + 5) % 16
-        else:
-            f, g = c ^ (b | (~d & _MASK)), (7 * i) % 16
-        f = (f + a + _MD5_K[i] + words[g]) & _MASK
-        shift = _MD5_SHIFT[i]
-        a, d, c = d, c, b
-        b = (b + ((f << shift | f >> (32 - shift)) & _MASK)) & _MASK
-    state = (a, b, c, d)
-    return struct.pack("<4I", *((x + y) & _MASK for x, y in zip(_MD5_INIT, state, strict=True)))
-
-
-def _cram_md5_context(password: bytes) -> bytes:
-    """The outer then the inner HMAC-MD5 state for this key, as Dovecot stores them."""
-    key = hashlib.md5(password).digest() if len(password) > 64 else password  # noqa: S324
-    key = key.ljust(64, b"\0")
-    outer = _md5_block(bytes(k ^ 0x5C for k in key))
-    inner = _md5_block(bytes(k ^ 0x36 for k in key))
-    return outer + inner
-
 
 # --- SCRAM (RFC 5802 §3) -----------------------------------------------------------------
 
@@ -323,7 +286,7 @@ def _verify(p: _Parsed, password: bytes) -> bool:
     if p.scheme in ("CRAM-MD5", "HMAC-MD5"):
         if len(p.data) != 64:
             return False
-        return hmac.compare_digest(_cram_md5_context(password), bytes.fromhex(p.data))
+        return hmac.compare_digest(hmac_md5.context(password), bytes.fromhex(p.data))
     if p.scheme in _SCRAM:
         return _scram_verify(_SCRAM[p.scheme], p.data, password)
     return False
@@ -363,7 +326,7 @@ def make(password: bytes, scheme: str = "ARGON2ID", *, cost: Cost = DEFAULT_COST
     elif base in _DIGESTS:
         data = _digest_make(_DIGESTS[base], password, encoding)
     elif base in ("CRAM-MD5", "HMAC-MD5"):
-        data = _cram_md5_context(password).hex()
+        data = hmac_md5.context(password).hex()
     elif base in _SCRAM:
         data = _scram_make(_SCRAM[base], password, cost.scram_iterations)
     else:
