@@ -38,7 +38,6 @@ from typing import Any
 
 from popbox.store.base import Failure
 from popbox.store.pg_pool import (
-    CONNECTION_LOST,
     DB_ERRORS,
     Connection,
     Database,
@@ -139,11 +138,15 @@ class LockKeeper:
                     )
                     break
                 except DB_ERRORS as exc:
-                    self._drop()  # whatever it held is gone with it
-                    if attempt or not isinstance(exc, CONNECTION_LOST):
+                    # Whatever it held is gone with it. A connection the server has just
+                    # ended may fail as "lost" or as "busy", depending on what asyncpg
+                    # has seen of it yet: either way, one more try on a new connection.
+                    self._drop()
+                    if attempt:
                         log.warning("postgres: maildrop lock unavailable: %s", _describe(exc))
                         return Failure.TEMPORARY
-                    log.info("postgres: lock connection lost, connecting again")
+                    log.info("postgres: lock connection unusable (%s), connecting again",
+                             _describe(exc))
             if not got:
                 return Failure.IN_USE
             lease = Lease(key, self._generation, self._pid)
