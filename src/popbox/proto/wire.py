@@ -22,7 +22,9 @@ TERMINATOR = b".\r\n"
 
 
 def _crlf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if b"\r" in data:  # a quick scan saves a whole pass for LF-only stored mail
+        data = data.replace(b"\r\n", b"\n")
+    return data.replace(b"\n", b"\r\n")
 
 
 def wire_size(data: bytes) -> int:
@@ -96,7 +98,8 @@ class MessageEncoder:
             data = data.replace(b"\0", b"\x80")
         if self._at_line_start and data[:1] == b".":
             data = b"." + data
-        data = data.replace(b"\n.", b"\n..")
+        if b"\n." in data:
+            data = data.replace(b"\n.", b"\n..")
         self._at_line_start = data[-1:] == b"\n"
         return data
 

@@ -160,6 +160,11 @@ class SessionIO(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.write(data)
 
+    @property
+    def writable(self) -> bool:
+        """The transport's buffer is below its high-water mark: no need to wait."""
+        return not self._paused and not self._closed
+
     async def drain(self) -> None:
         if self._closed:
             raise ConnectionResetError("connection lost")

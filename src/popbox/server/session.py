@@ -151,8 +151,9 @@ class Session:
             data = b"".join(self._out)
             self._out.clear()
             self.io.write(data)
-        async with asyncio.timeout(self.ctx.config.limits.send_timeout):
-            await self.io.drain()
+        if not self.io.writable:  # the client is not keeping up: wait, but not forever
+            async with asyncio.timeout(self.ctx.config.limits.send_timeout):
+                await self.io.drain()
 
     # --- dispatch ---
 
