@@ -65,6 +65,28 @@ async def test_proxy_header_from_trusted_network(
     assert "connect ip=203.0.113.9" in caplog.text
 
 
+async def test_proxy_v2_ssl_tlv_marks_the_session_secure(env: MailEnv) -> None:
+    """HAProxy terminating TLS (`send-proxy-v2-ssl`): PP2_TYPE_SSL with PP2_CLIENT_SSL makes
+    the session count as TLS, so USER/PASS work for a remote client and STLS is not
+    offered; without the TLV the same client is refused cleartext login."""
+    config = env.config(server={"proxy_networks": ["127.0.0.0/8"]})
+    ssl_tlv = bytes([0x20]) + struct.pack("!H", 5) + bytes([0x01]) + bytes(4)
+    async with running_server(config) as (port, _):
+        for tlv, secure in ((ssl_tlv, True), (b"", False)):
+            client = await Client.connect(port)
+            header = proxy_v2("203.0.113.9", 40000)
+            header = header[:14] + struct.pack("!H", 12 + len(tlv)) + header[16:] + tlv
+            client.writer.write(header)
+            assert (await client.line()).startswith(b"+OK")
+            _, caps = await client.multi("CAPA")
+            assert (b"USER" in caps) is secure
+            reply = await client.cmd("USER alice")
+            assert reply.startswith(b"+OK" if secure else b"-ERR [AUTH]")
+            if secure:
+                assert (await client.cmd("PASS secret")).startswith(b"+OK Logged in")
+            await client.close()
+
+
 async def test_proxy_header_missing_or_bad_closes(env: MailEnv) -> None:
     config = env.config(server={"proxy_networks": ["127.0.0.0/8"]})
     async with running_server(config) as (port, _):

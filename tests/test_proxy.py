@@ -39,6 +39,19 @@ def test_headers_whole_and_byte_by_byte(header: bytes, source: tuple[str, int] |
         assert parse(header[:cut]) is NEED_DATA, cut
 
 
+def test_v2_ssl_tlv() -> None:
+    """§2.2.7: PP2_TYPE_SSL (0x20) with the PP2_CLIENT_SSL bit; other TLVs are skipped."""
+    addresses = bytes([203, 0, 113, 9, 10, 0, 0, 1]) + struct.pack("!HH", 5555, 995)
+    alpn = b"\x01" + struct.pack("!H", 4) + b"pop3"
+    ssl_tlv = b"\x20" + struct.pack("!H", 5) + b"\x01" + bytes(4)
+    result = parse(v2(1, 0x11, addresses + alpn + ssl_tlv))
+    assert isinstance(result, ProxyHeader) and result.tls
+    not_ssl = b"\x20" + struct.pack("!H", 5) + b"\x00" + bytes(4)
+    result = parse(v2(1, 0x11, addresses + not_ssl))
+    assert isinstance(result, ProxyHeader) and not result.tls
+    assert isinstance(parse(v2(1, 0x11, addresses + b"\x20\x00\x09\x01")), ProxyError)
+
+
 BAD = [
     b"GET / HTTP/1.0\r\n",
     b"USER alice\r\n",

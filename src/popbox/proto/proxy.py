@@ -32,6 +32,7 @@ NEED_DATA = Sentinel.NEED_DATA
 class ProxyHeader:
     source: tuple[str, int] | None  # None: LOCAL / UNKNOWN, keep the connection's address
     rest: bytes  # what followed the header: the client's first bytes
+    tls: bool = False  # v2 PP2_TYPE_SSL says the client's connection to the proxy was TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +106,41 @@ def _parse_v2(data: bytes) -> Result:
             return ProxyError("v2: short IPv4 address block")
         source = str(ipaddress.IPv4Address(body[0:4]))
         (sport,) = struct.unpack("!H", body[8:10])
+        tlvs = body[12:]
     elif family == 0x21:  # TCP over IPv6
         if length < 36:
             return ProxyError("v2: short IPv6 address block")
         source = str(ipaddress.IPv6Address(body[0:16]))
         (sport,) = struct.unpack("!H", body[32:34])
+        tlvs = body[36:]
     elif family == 0x00:  # UNSPEC
         return ProxyHeader(None, rest)
     else:
         return ProxyError("v2: unsupported address family")
-    return ProxyHeader((source, sport), rest)
+    tls = _client_used_tls(tlvs)
+    if tls is None:
+        return ProxyError("v2: malformed TLV")
+    return ProxyHeader((source, sport), rest, tls)
+
+
+PP2_TYPE_SSL = 0x20
+PP2_CLIENT_SSL = 0x01
+
+
+def _client_used_tls(tlvs: bytes) -> bool | None:
+    """Walk the TLVs (§2.2.7): True when PP2_TYPE_SSL has the PP2_CLIENT_SSL bit (HAProxy's
+    `send-proxy-v2-ssl`: it terminated TLS for this client); None when they are malformed."""
+    tls = False
+    offset = 0
+    while offset < len(tlvs):
+        if offset + 3 > len(tlvs):
+            return None
+        kind = tlvs[offset]
+        (size,) = struct.unpack("!H", tlvs[offset + 1 : offset + 3])
+        value = tlvs[offset + 3 : offset + 3 + size]
+        if len(value) != size:
+            return None
+        if kind == PP2_TYPE_SSL and size >= 1 and value[0] & PP2_CLIENT_SSL:
+            tls = True
+        offset += 3 + size
+    return tls

@@ -8,7 +8,10 @@ transport's buffer is above its high-water mark, so a client that does not read 
 
 From `server.proxy_networks` the first bytes must be a PROXY protocol header (v1 or v2):
 the session starts only once it is parsed, and sees the client's real address; a missing,
-malformed or slow header closes the connection.
+malformed or slow header closes the connection. A v2 header whose SSL TLV says the proxy
+terminated TLS for the client (HAProxy `send-proxy-v2-ssl`) makes the session secure.
+(The header precedes any TLS, so it is read on plain listeners: POP3S behind a proxy is
+terminated by the proxy; STLS passes through it.)
 
 STLS (RFC 2595 §4) goes through the public `loop.start_tls`: nothing can be received
 between the +OK and the start of the handshake (both happen in one step of the loop),
@@ -40,8 +43,8 @@ class _ProxyWait:
 
 
 class SessionIO(asyncio.Protocol):
-    __slots__ = ("_closed", "_drain", "_input", "_paused", "_peer", "_proxy", "_proxy_from",
-                 "_upgrading", "conn", "on_open", "transport")
+    __slots__ = ("_closed", "_drain", "_input", "_paused", "_peer", "_proxied_tls", "_proxy",
+                 "_proxy_from", "_upgrading", "conn", "on_open", "transport")
 
     def __init__(
         self, on_open: Callable[[SessionIO], None], proxy_networks: list[str] | None = None,
@@ -58,6 +61,7 @@ class SessionIO(asyncio.Protocol):
         self._closed = False
         self._upgrading = False
         self._proxy_from = (proxy_networks, proxy_timeout) if proxy_networks else None
+        self._proxied_tls = False
 
     # --- asyncio.Protocol ---
 
@@ -91,6 +95,7 @@ class SessionIO(asyncio.Protocol):
         assert isinstance(result, proxy.ProxyHeader) and self.transport is not None
         if result.source is not None:
             self._peer = result.source[0]
+        self._proxied_tls = result.tls
         self.transport.pause_reading()
         self.on_open(self)
         if result.rest:
@@ -137,8 +142,9 @@ class SessionIO(asyncio.Protocol):
 
     @property
     def secure(self) -> bool:
+        """TLS here, or (PROXY v2 SSL TLV) between the client and the trusted proxy."""
         assert self.transport is not None
-        return self.transport.get_extra_info("sslcontext") is not None
+        return self._proxied_tls or self.transport.get_extra_info("sslcontext") is not None
 
     async def receive(self) -> None:
         """Wait until more bytes (or the end of input) have reached the core."""
