@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -72,6 +73,12 @@ def _run_one(
             for host, port in implicit:
                 print(f"popbox: listening on {host}:{port} (TLS)", flush=True)
 
+    # Long-lived objects made at start-up are never garbage; and a login to a big maildrop
+    # makes hundreds of thousands of short-lived ones: collect young objects less often
+    # (measured: the default thresholds cost a third of such a login).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     try:
         asyncio.run(serve(ctx, ready))
     except privileges.PrivilegeError as exc:

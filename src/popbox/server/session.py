@@ -312,15 +312,18 @@ class Session:
         try:
             while chunk is not None:
                 data = encoder.feed(limit.feed(chunk) if limit else chunk)
-                chunk = None  # while drain() waits, only the transport holds message bytes
                 if data:
                     self.bytes_sent += len(data)
                     self._emit(data)
                     del data
-                    await self._flush()
                 if limit is not None and limit.done:
                     break
                 chunk = await anext(chunks, None)
+                if chunk is not None:
+                    # More to come: send what we have and wait for the client if it lags.
+                    # The last piece waits for the terminator and the next replies, so a
+                    # small message goes out in one write with its +OK line.
+                    await self._flush()
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
             log.error("message read failed mid-stream ip=%s index=%d", self.peer, index)
