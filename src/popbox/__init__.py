@@ -1,3 +1,3 @@
-"""popbox: a POP3 server, client library and fetch tool."""
+"""popbox: a POP3 server (Maildir or PostgreSQL, TLS, SASL, LMTP delivery)."""
 
 __version__ = "0.1.0"
