@@ -8,18 +8,22 @@ then checking that the second open still lists the cached sizes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from popbox.proto.types import is_valid_uidl
+from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
-from popbox.store import maildir_cache
+from popbox.store import maildir_cache, maildir_listing
 from popbox.store.base import CommitReport, Failure, MessageGone
 from popbox.store.maildir import LOCK_NAME, MaildirDrop, MaildirStore
 
@@ -41,6 +45,12 @@ def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
     st = path.stat()
     path.write_bytes(data)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def forget_listing(root: Path) -> None:
+    """Remove the listing cache, so that the next open lists the maildir and uses the size
+    cache (the tests of the size cache go through it, not around it)."""
+    (root / maildir_listing.LISTING_NAME).unlink(missing_ok=True)
 
 
 def same_length_other_size(data: bytes) -> bytes:
@@ -180,15 +190,32 @@ async def test_sizes_are_cached_and_files_not_read_again(maildir: Path) -> None:
     cache_id = (cache.stat().st_ino, cache.stat().st_mtime_ns)
     rewrite_keeping_mtime(with_s, b"other length\n")
     rewrite_keeping_mtime(without_s, same_length_other_size(MSG_A))
-    assert await listing(maildir) == first
+    assert await listing(maildir) == first  # the listing cache
+    forget_listing(maildir)
+    assert await listing(maildir) == first  # the size cache
     assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == cache_id  # unchanged: not rewritten
 
 
-async def test_a_file_of_another_physical_size_is_measured_again(maildir: Path) -> None:
-    path = put(maildir / "new" / POSTFIX, MSG_A)
+async def test_a_name_whose_s_field_disagrees_with_the_cache_is_measured_again(
+    maildir: Path,
+) -> None:
+    path = put(maildir / "new" / f"{POSTFIX},S={len(MSG_A)}", MSG_A)
     await listing(maildir)
-    path.write_bytes(MSG_A + MSG_A)
+    path.unlink()
+    put(maildir / "new" / f"{POSTFIX},S={2 * len(MSG_A)}", MSG_A + MSG_A)
     assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A + MSG_A))]
+
+
+async def test_sizes_are_cached_by_base_without_a_stat_per_message(maildir: Path) -> None:
+    """Maildir files are never rewritten, only renamed, and a base is never reused
+    (cr.yp.to/proto/maildir.html): the size cache trusts the base alone. A file without
+    ``,S=`` rewritten to another length keeps its cached size - it was not even stat'ed -
+    also after a rename (new/ -> cur/, flags), which forces the maildir to be listed again."""
+    path = put(maildir / "new" / POSTFIX, MSG_A)
+    first = await listing(maildir)
+    rewrite_keeping_mtime(path, MSG_A + b"longer\n")
+    os.rename(path, maildir / "cur" / f"{POSTFIX}:2,S")
+    assert await listing(maildir) == first == [(POSTFIX, wire_size(MSG_A))]
 
 
 def _corruptions(good: bytes) -> dict[str, bytes]:
@@ -201,7 +228,9 @@ def _corruptions(good: bytes) -> dict[str, bytes]:
         "empty": b"",
         "wrong magic": b"POPBOX-SIZES\n" + good[len(maildir_cache.MAGIC) :],
         "bad checksum": bytes(flipped),
-        "other version": maildir_cache.MAGIC + b"\x02" + good[len(maildir_cache.MAGIC) + 1 :],
+        "other version": maildir_cache.MAGIC
+        + (maildir_cache.VERSION + 1).to_bytes(2, "little")
+        + good[len(maildir_cache.MAGIC) + 2 :],
         "text": b"popbox-sizes\n1 2 3\n" * 10,
     }
 
@@ -213,17 +242,51 @@ async def test_corrupt_cache_is_ignored_and_rebuilt(maildir: Path, kind: str) ->
     correct = await listing(maildir)
     cache = maildir / maildir_cache.CACHE_NAME
     cache.write_bytes(_corruptions(cache.read_bytes())[kind])
+    forget_listing(maildir)
     assert await listing(maildir) == correct  # measured again, no crash
     assert maildir_cache.decode(cache.read_bytes()) is not None  # rebuilt
     rewrite_keeping_mtime(path, same_length_other_size(MSG_A))
+    forget_listing(maildir)
     assert await listing(maildir) == correct  # and used again
 
 
 async def test_a_lying_cache_with_a_valid_checksum_is_only_a_hint(maildir: Path) -> None:
+    put(maildir / "new" / f"{POSTFIX},S={len(MSG_A)}", MSG_A)
+    put(maildir / "new" / f"{DOVECOT},S={len(MSG_B)},W=99", MSG_B)
+    cache = maildir / maildir_cache.CACHE_NAME
+    cache.write_bytes(
+        maildir_cache.encode(
+            {"other": (5, 7), POSTFIX: (len(MSG_A) + 1, 3), DOVECOT: (len(MSG_B), 4)}
+        )
+    )
+    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A)), (DOVECOT, 99)]
+    assert maildir_cache.decode(cache.read_bytes()) == {
+        POSTFIX: (len(MSG_A), wire_size(MSG_A))  # only what was measured; W= is not cached
+    }
+
+
+def v1_cache(sizes: dict[tuple[str, int], int]) -> bytes:
+    """A size cache as popbox wrote it before version 2: keyed by base and physical size."""
+    body = b"".join(
+        struct.pack("<HQQ", len(os.fsencode(base)), physical, wire) + os.fsencode(base)
+        for (base, physical), wire in sorted(sizes.items())
+    )
+    digest = hashlib.blake2b(body, digest_size=16).digest()
+    header = struct.pack("<HIQ16s", 1, len(sizes), len(body), digest)
+    return maildir_cache.MAGIC + header + body
+
+
+async def test_a_version_1_size_cache_is_used_and_upgraded(maildir: Path) -> None:
+    """After an upgrade no maildir is measured again: a cache of version 1 is read (sizes
+    only it knows are listed) and saved again as the current version."""
     put(maildir / "new" / POSTFIX, MSG_A)
     cache = maildir / maildir_cache.CACHE_NAME
-    cache.write_bytes(maildir_cache.encode({("other", 5): 7, (POSTFIX, len(MSG_A) + 1): 3}))
-    assert await listing(maildir) == [(POSTFIX, wire_size(MSG_A))]
+    cache.write_bytes(v1_cache({(POSTFIX, len(MSG_A)): 1234, ("gone", 5): 6}))
+    assert await listing(maildir) == [(POSTFIX, 1234)]
+    data = cache.read_bytes()
+    version = data[len(maildir_cache.MAGIC) : len(maildir_cache.MAGIC) + 2]
+    assert version == maildir_cache.VERSION.to_bytes(2, "little")
+    assert maildir_cache.decode(data) == {POSTFIX: (len(MSG_A), 1234)}
 
 
 async def test_unwritable_cache_does_not_break_open(maildir: Path) -> None:
@@ -260,7 +323,333 @@ async def test_hundred_thousand_messages_second_open_reads_none(tmp_path: Path) 
     )
     for path in paths:
         os.truncate(path, 0)  # a read now would give size 0
-    assert await listing(root) == first
+    assert await listing(root) == first  # from the listing cache
+    forget_listing(root)
+    assert await listing(root) == first  # listed again, sizes from the size cache
+
+
+# -- the listing cache: a later login to an unchanged maildir reads no directory -----------
+
+LISTING = maildir_listing.LISTING_NAME
+
+
+def age(root: Path, seconds: int = 3600) -> None:
+    """Put cur/'s and new/'s mtimes in the past, as for a maildir left alone for a while
+    (a listing is only trusted when they are 2 s older than it)."""
+    then = time.time_ns() - seconds * 1_000_000_000
+    for sub in ("cur", "new"):
+        os.utime(root / sub, ns=(then, then))
+
+
+def stored(root: Path) -> tuple[maildir_listing.Watch, maildir_listing.Listing]:
+    decoded = maildir_listing.decode((root / LISTING).read_bytes())
+    assert decoded is not None
+    return decoded
+
+
+def file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def store_listing(
+    root: Path, state: maildir_listing.Watch, listing: maildir_listing.Listing
+) -> None:
+    (root / LISTING).write_bytes(maildir_listing.encode(state, listing))
+
+
+def replaced(listing: maildir_listing.Listing, **fields: Any) -> maildir_listing.Listing:
+    parts = {
+        "subs": listing.subs,
+        "names": listing.names,
+        "sizes": listing.sizes,
+        "uidls": listing.uidls,
+        "inos": listing.inos,
+    }
+    return maildir_listing.Listing(**{**parts, **fields})
+
+
+def without(listing: maildir_listing.Listing, index: int) -> maildir_listing.Listing:
+    keep = [i for i in range(len(listing.names)) if i != index]
+    return maildir_listing.Listing(
+        bytes(listing.subs[i] for i in keep),
+        [listing.names[i] for i in keep],
+        [listing.sizes[i] for i in keep],
+        [listing.uidls[i] for i in keep],
+        {},
+    )
+
+
+def three_messages(root: Path) -> list[tuple[str, int]]:
+    put(root / "new" / POSTFIX, MSG_A)
+    put(root / "cur" / f"{DOVECOT}:2,S", MSG_B)
+    put(root / "cur" / f"{COURIER},S={len(MSG_C)}:2,", MSG_C)
+    return [(POSTFIX, wire_size(MSG_A)), (DOVECOT, wire_size(MSG_B)), (COURIER, wire_size(MSG_C))]
+
+
+async def test_an_unchanged_maildir_is_served_from_the_listing_cache(maildir: Path) -> None:
+    correct = three_messages(maildir)
+    age(maildir)
+    assert await listing(maildir) == correct
+    state, stored_listing = stored(maildir)
+    assert state.trusted and stored_listing.names == [
+        POSTFIX,
+        f"{DOVECOT}:2,S",
+        f"{COURIER},S={len(MSG_C)}:2,",
+    ]
+    # Nothing a listing would derive again is looked at: the size cache is gone and a
+    # file says otherwise, yet the stored listing is served, and neither cache is written.
+    (maildir / maildir_cache.CACHE_NAME).unlink()
+    rewrite_keeping_mtime(maildir / "new" / POSTFIX, same_length_other_size(MSG_A))
+    listing_id = file_id(maildir / LISTING)
+    assert await listing(maildir) == correct
+    assert file_id(maildir / LISTING) == listing_id
+    assert not (maildir / maildir_cache.CACHE_NAME).exists()
+    # Served verbatim, without reading the directories: a stored listing that lacks a
+    # message still on disk (with the state it was taken from) is believed.
+    store_listing(maildir, state, without(stored_listing, 1))
+    assert await listing(maildir) == [correct[0], correct[2]]
+
+
+async def test_reading_and_committing_work_from_a_cached_listing(maildir: Path) -> None:
+    put(maildir / "cur" / f"{DOVECOT}:2,S", MSG_B)
+    copy = MSG_B + b"restored from a backup\n"
+    put(maildir / "new" / DOVECOT, copy)  # sharing the base, other content, no ,S=
+    put(maildir / "new" / POSTFIX, MSG_A)
+    age(maildir)
+    first = await listing(maildir)
+    assert sorted(size for _, size in first) == sorted(map(wire_size, [MSG_A, MSG_B, copy]))
+    listing_id = file_id(maildir / LISTING)
+    drop = await opened(MaildirStore(), maildir)
+    assert file_id(maildir / LISTING) == listing_id  # served from the cache
+    assert [(m.uidl, m.size) for m in drop.messages] == first
+    bodies = [await read_all(drop, i) for i in range(3)]
+    assert sorted(bodies) == sorted([MSG_A, MSG_B, copy])
+    # Renamed by another agent during the session: found again by base, and among the
+    # copies by the inode number the listing kept.
+    os.rename(maildir / "new" / DOVECOT, maildir / "cur" / f"{DOVECOT}:2,T")
+    os.rename(maildir / "cur" / f"{DOVECOT}:2,S", maildir / "cur" / f"{DOVECOT}:2,RS")
+    os.rename(maildir / "new" / POSTFIX, maildir / "cur" / f"{POSTFIX}:2,")
+    assert [await read_all(drop, i) for i in range(3)] == bodies
+    assert await drop.commit(set(), {0, 1, 2}) == CommitReport(deleted=0, missing=0, flagged=3)
+    assert names(maildir, "cur") == sorted([f"{DOVECOT}:2,ST", f"{DOVECOT}:2,RS", f"{POSTFIX}:2,S"])
+    assert sorted(await listing(maildir)) == sorted(first)
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename in cur", "move to cur"])
+async def test_a_changed_directory_is_listed_again(maildir: Path, change: str) -> None:
+    correct = three_messages(maildir)
+    age(maildir)
+    assert await listing(maildir) == correct
+    if change == "add":
+        put(maildir / "new" / "1700000003.M1P1.mx", b"new\n")
+        correct.append(("1700000003.M1P1.mx", 5))
+    elif change == "remove":
+        (maildir / "cur" / f"{DOVECOT}:2,S").unlink()
+        del correct[1]
+    elif change == "rename in cur":
+        os.rename(maildir / "cur" / f"{DOVECOT}:2,S", maildir / "cur" / f"{DOVECOT}:2,FS")
+    else:
+        os.rename(maildir / "new" / POSTFIX, maildir / "cur" / f"{POSTFIX}:2,")
+    assert await listing(maildir) == correct
+    stored_names = sorted(stored(maildir)[1].names)
+    assert stored_names == sorted(names(maildir, "cur") + names(maildir, "new"))
+
+
+async def test_a_rename_with_the_directory_mtime_put_back_is_noticed(maildir: Path) -> None:
+    """The directory's ctime is compared too, and no process can set it (utime(2) and
+    ``rsync -a`` restore mtimes)."""
+    correct = three_messages(maildir)
+    age(maildir)
+    await listing(maildir)
+    cur = maildir / "cur"
+    before = cur.stat()
+    os.rename(cur / f"{DOVECOT}:2,S", cur / f"{DOVECOT}:2,FS")
+    os.utime(cur, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cur.stat().st_mtime_ns == before.st_mtime_ns
+    assert await listing(maildir) == correct
+    assert f"{DOVECOT}:2,FS" in stored(maildir)[1].names
+
+
+async def test_a_listing_taken_within_two_seconds_of_a_change_is_not_trusted(
+    maildir: Path,
+) -> None:
+    """A change made just after the listing was taken, in the same timestamp tick as the
+    directory's last change, leaves the directory's mtime as it was. Simulated: a stored
+    listing that lacks a message, with the directories' current state, taken 1 ns less
+    than 2 s after new/'s mtime, is not served: the directories are read again."""
+    correct = three_messages(maildir)
+    now = time.time_ns()
+    os.utime(maildir / "new", ns=(now, now))  # changed just now
+    assert await listing(maildir) == correct
+    state, complete = stored(maildir)
+    assert not state.trusted
+    mtime = state.stats[6]  # new/: (inode, size, mtime, ctime) after cur/'s
+    assert mtime == now
+    margin = maildir_listing.TRUST_MARGIN_NS
+    for listed_at, served in [(mtime + margin - 1, correct), (mtime + margin, None)]:
+        taken = maildir_listing.Watch(state.mode, listed_at, state.stats)
+        store_listing(maildir, taken, without(complete, 0))
+        assert await listing(maildir) == (served or correct[1:])
+
+
+async def test_the_same_names_reuse_the_stored_listing_after_one_readdir(
+    maildir: Path,
+) -> None:
+    """A stored listing that cannot be served as it is - taken within 2 s of a change, or
+    the directories' state changed since (chmod, utime) - is checked against one readdir
+    per directory: with the same names, its sizes, UIDLs and order are reused (observable
+    with sizes only it has) and it is stored again with the new state."""
+    correct = three_messages(maildir)
+    now = time.time_ns()
+    os.utime(maildir / "new", ns=(now, now))
+    assert await listing(maildir) == correct
+    state, complete = stored(maildir)
+    assert not state.trusted
+    store_listing(maildir, state, replaced(complete, sizes=[1, 2, 3]))
+    assert [size for _, size in await listing(maildir)] == [1, 2, 3]
+    age(maildir)
+    assert [size for _, size in await listing(maildir)] == [1, 2, 3]
+    assert stored(maildir)[0].trusted
+    os.rename(maildir / "cur" / f"{DOVECOT}:2,S", maildir / "cur" / f"{DOVECOT}:2,FS")
+    assert await listing(maildir) == correct  # another name: derived again
+
+
+def _listing_corruptions(good: bytes) -> dict[str, bytes]:
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x40
+    magic = maildir_listing.MAGIC
+    return {
+        "random": os.urandom(len(good)),
+        "truncated": good[: len(good) // 2],
+        "header only": good[: len(magic) + 20],
+        "empty": b"",
+        "wrong magic": b"POPBOX-LISTING\n" + good[len(magic) :],
+        "bad checksum": bytes(flipped),
+        "other version": magic
+        + (maildir_listing.VERSION + 1).to_bytes(2, "little")
+        + good[len(magic) + 2 :],
+        "one byte more": good + b"\0",
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_listing_corruptions(b"x" * 64)))
+async def test_corrupt_listing_cache_is_rejected_and_rebuilt(maildir: Path, kind: str) -> None:
+    correct = three_messages(maildir)
+    age(maildir)
+    assert await listing(maildir) == correct
+    path = maildir / LISTING
+    path.write_bytes(_listing_corruptions(path.read_bytes())[kind])
+    assert await listing(maildir) == correct
+    assert stored(maildir)[0].trusted  # rebuilt
+    listing_id = file_id(path)
+    assert await listing(maildir) == correct
+    assert file_id(path) == listing_id  # and used again
+
+
+def _insane(listing: maildir_listing.Listing) -> dict[str, maildir_listing.Listing]:
+    def changed(**fields: object) -> maildir_listing.Listing:
+        return replaced(listing, **fields)
+
+    uidls = listing.uidls
+    return {
+        "path in a name": changed(names=["../../../etc/passwd", *listing.names[1:]]),
+        "dot name": changed(names=[".hidden", *listing.names[1:]]),
+        "empty name": changed(names=["", *listing.names[1:]]),
+        "uidl with a space": changed(uidls=["a b", *uidls[1:]]),
+        "uidl too long": changed(uidls=["x" * 71, *uidls[1:]]),
+        "empty uidl": changed(uidls=["", *uidls[1:]]),
+        "uidl twice": changed(uidls=[uidls[1], *uidls[1:]]),
+        "negative size": changed(sizes=[-1, *listing.sizes[1:]]),
+        "other subdir": changed(subs=b"t" + listing.subs[1:]),
+        "inode of no message": changed(inos={len(uidls): 5}),
+    }
+
+
+_SAMPLE = maildir_listing.Listing(b"nn", ["a", "b"], [1, 2], [Uidl("a"), Uidl("b")], {})
+
+
+@pytest.mark.parametrize("kind", sorted(_insane(_SAMPLE)))
+async def test_a_listing_with_a_valid_checksum_but_insane_content_is_rejected(
+    maildir: Path, kind: str
+) -> None:
+    """A listing is trusted with file names: whoever wrote one cannot make popbox open
+    anything outside cur/ and new/, nor serve invalid or repeated UIDLs."""
+    correct = three_messages(maildir)
+    age(maildir)
+    assert await listing(maildir) == correct
+    state, good = stored(maildir)
+    store_listing(maildir, state, _insane(good)[kind])
+    assert maildir_listing.decode((maildir / LISTING).read_bytes()) is None
+    assert await listing(maildir) == correct
+
+
+async def test_the_listing_follows_the_uidl_import_setting_and_file(maildir: Path) -> None:
+    put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
+    uidlist = put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
+    age(maildir)
+    dovecot = MaildirStore(uidl_import="dovecot")
+    size = wire_size(MSG_A)
+    for _ in range(2):
+        assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+        assert await listing(maildir) == [(POSTFIX, size)]
+    assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+    uidlist.write_bytes(f"1 1275660208 9\n8 {POSTFIX}:2,\n".encode())
+    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    then = time.time_ns() - 3_600_000_000_000
+    os.utime(uidlist, ns=(then, then))
+    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert stored(maildir)[0].trusted
+    listing_id = file_id(maildir / LISTING)
+    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert file_id(maildir / LISTING) == listing_id  # served from the cache
+    uidlist.unlink()
+    assert await listing(maildir, dovecot) == [(POSTFIX, size)]
+
+
+async def test_an_imported_uidl_file_changed_within_two_seconds_is_read_again(
+    maildir: Path,
+) -> None:
+    """The 2 s rule holds for the imported-UIDL file too, also when the directories hold
+    the same names (a readdir does not check that file). Simulated as above: a stored
+    listing with other UIDLs and the current state, taken 1 ns too early, is not used."""
+    put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
+    put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
+    age(maildir)
+    dovecot = MaildirStore(uidl_import="dovecot")
+    correct = [("000000074C0907B0", wire_size(MSG_A))]
+    assert await listing(maildir, dovecot) == correct
+    state, complete = stored(maildir)
+    mtime = state.stats[10]  # the imported-UIDL file: (inode, size, mtime, ctime)
+    margin = maildir_listing.TRUST_MARGIN_NS
+    for listed_at, served in [(mtime + margin - 1, correct), (mtime + margin, None)]:
+        taken = maildir_listing.Watch(state.mode, listed_at, state.stats)
+        store_listing(maildir, taken, replaced(complete, uidls=[Uidl("stale")]))
+        assert await listing(maildir, dovecot) == (served or [("stale", wire_size(MSG_A))])
+
+
+async def test_an_unwritable_listing_cache_does_not_break_open(maildir: Path) -> None:
+    (maildir / LISTING).mkdir()  # neither readable nor replaceable as a file
+    correct = three_messages(maildir)
+    age(maildir)
+    for _ in range(2):
+        assert await listing(maildir) == correct
+    assert not [p for p in maildir.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_a_size_too_large_to_store_does_not_break_open(maildir: Path) -> None:
+    put(maildir / "new" / f"{POSTFIX},W={2**64}", MSG_A)
+    age(maildir)
+    for _ in range(2):
+        assert await listing(maildir) == [(POSTFIX, 2**64)]
+    assert not (maildir / LISTING).exists()
+
+
+async def test_orphaned_listing_temporary_files_are_removed(maildir: Path) -> None:
+    orphan = put(maildir / f"{LISTING}.4242.deadbeef.tmp", b"half")
+    put(maildir / "new" / POSTFIX, MSG_A)
+    await listing(maildir)
+    assert not orphan.exists()
 
 
 # -- the lock ------------------------------------------------------------------------------

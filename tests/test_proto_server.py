@@ -271,3 +271,14 @@ def test_apop_digest_rfc1939_example() -> None:
     assert apop.digest(stamp, b"tanstaaf") == "c4c9334bac560ecc979e58001b3e22fb"
     assert apop.matches(stamp, b"tanstaaf", "C4C9334BAC560ECC979E58001B3E22FB")
     assert not apop.matches(stamp, b"tanstaaF", "c4c9334bac560ecc979e58001b3e22fb")
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("a.\r\n é"), max_size=6), max_size=6))
+def test_multiline_fast_path_matches_line_by_line(lines: list[str]) -> None:
+    """Each line cleaned of line breaks and byte-stuffed (RFC 1939 §3), however it is built."""
+    expected = b""
+    for line in lines:
+        raw = line.replace("\r", " ").replace("\n", " ").encode()
+        expected += (b"." + raw if raw.startswith(b".") else raw) + b"\r\n"
+    wire = ServerConnection().send(ev.MultiLine("x", tuple(lines)))
+    assert wire == b"+OK x\r\n" + expected + b".\r\n"

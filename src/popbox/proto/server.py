@@ -175,6 +175,18 @@ def _status(indicator: bytes, text: str) -> bytes:
 
 
 def _multiline(lines: tuple[str, ...]) -> bytes:
+    if not lines:
+        return b".\r\n"
+    body = "\r\n".join(lines)
+    # Fast path for long listings (LIST/UIDL of 100,000 messages): one join, one encode,
+    # when no line holds a line break of its own or starts with the termination octet.
+    if (
+        body.count("\n") == len(lines) - 1
+        and body.count("\r") == len(lines) - 1
+        and not body.startswith(".")
+        and "\n." not in body
+    ):
+        return body.encode("utf-8", "replace") + b"\r\n.\r\n"
     out = [b"." + raw if raw.startswith(b".") else raw for raw in map(_clean, lines)]
     out.append(b".")
     return b"\r\n".join(out) + b"\r\n"

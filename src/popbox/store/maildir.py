@@ -6,7 +6,9 @@ Courier and qmail write them. The pieces:
 * open: create a missing maildir (mode 0700, as Dovecot does on first login), take the
   maildrop lock (popbox.store.lock: ``popbox.lock`` in the maildir, OFD lock, answers at
   once, dies with its holder), then take the snapshot (popbox.store.maildir_scan: order,
-  sizes without reading files, UIDLs from file names or imported from Dovecot/Courier).
+  sizes without reading files, UIDLs from file names or imported from Dovecot/Courier;
+  a maildir unchanged since its last listing is served from the listing cache,
+  popbox.store.maildir_listing, without reading its directories).
 * read: the file may have been renamed by another agent since the snapshot (new->cur,
   flag changes); it is found again by its base. Streamed in large chunks, each read in a
   worker thread (``asyncio.to_thread``), so the event loop never waits on the disk;
@@ -47,8 +49,9 @@ from popbox.store.base import (
 )
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
+from popbox.store.maildir_listing import Listing
 from popbox.store.maildir_names import has_flag, unique_name, with_flag
-from popbox.store.maildir_scan import Entry, find_files, pick, snapshot
+from popbox.store.maildir_scan import Entry, EntryTable, find_files, pick, take
 
 LOCK_NAME = "popbox.lock"
 CHUNK_SIZE = 64 * 1024
@@ -124,7 +127,7 @@ class MaildirStore:
         if lock is None:
             return Failure.IN_USE
         try:
-            entries = snapshot(root, self.uidl_import, self.chunk_size)
+            listing = take(root, self.uidl_import, self.chunk_size)
         except OSError as exc:
             lock.release()
             log.warning("maildir %s not listed: %s", root, exc)
@@ -132,7 +135,11 @@ class MaildirStore:
         except BaseException:
             lock.release()
             raise
-        return MaildirDrop(root, lock, entries, mark_seen=self.mark_seen, chunk=self.chunk_size)
+        try:
+            return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen, chunk=self.chunk_size)
+        except BaseException:
+            lock.release()
+            raise
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
@@ -169,12 +176,12 @@ class MaildirDrop:
     """One session's locked view of a maildir (popbox.store.base.Maildrop)."""
 
     def __init__(
-        self, root: str, lock: FileLock, entries: list[Entry], *, mark_seen: bool, chunk: int
+        self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int
     ) -> None:
         self._root = root
         self._lock = lock
-        self._entries = entries
-        self._messages = tuple(MessageInfo(e.uidl, e.size) for e in entries)
+        self._entries = EntryTable(listing)  # Entry objects made on first use
+        self._messages = tuple(map(MessageInfo, listing.uidls, listing.sizes))
         self._mark_seen = mark_seen
         self._chunk = chunk
         self._committing = False

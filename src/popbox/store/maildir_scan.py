@@ -8,8 +8,9 @@ miss it for one session, never list it twice. readdir(2) gives no guarantee whil
 directory changes, so a base seen twice is stat'ed and one file seen under two names (a
 rename during the listing) is kept once.
 
-Sizes: ``,W=`` in the name, else the size cache (popbox.store.maildir_cache) keyed by
-base and physical size (``,S=``, else one stat(2)), else the file is read once, streaming.
+Sizes: ``,W=`` in the name, else the size cache (popbox.store.maildir_cache), keyed by
+base - no stat(2) per message: Maildir files are never rewritten and a base is never
+reused - else the file is read once, streaming.
 
 Order: by delivery time, then microseconds, then base (popbox.store.maildir_names), so
 message numbers are oldest first and do not change when flags do.
@@ -19,21 +20,37 @@ else the base. Files sharing a base (copies) keep unique, stable UIDLs: the one 
 lowest inode number keeps the plain UIDL, the others get ``-<inode hex>`` appended (or a
 hash when that would be too long); inode numbers survive renames, so flag changes and
 new->cur moves never change them.
+
+The session's snapshot (`take`): a maildir whose directories have not changed since its
+last listing is served from the listing cache (popbox.store.maildir_listing) without
+reading a directory; one whose directories hold the same names as that listing (only
+their timestamps changed, or the listing was too recent to be trusted) costs one readdir
+per directory; otherwise it is listed as above. The result is a `Listing` (parallel
+lists); the `Entry` of a message, which `read` and `commit` work on, is made from it the
+first time it is asked for (`EntryTable`), so an open builds no per-message object but
+the session's MessageInfo. `snapshot` (the list of entries, for ``popbox import``) always
+lists.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter
 
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.proto.wire import SizeCounter
-from popbox.store import maildir_cache
+from popbox.store import maildir_cache, maildir_listing
 from popbox.store.maildir_import import UidlImport, load_imported_uidls
-from popbox.store.maildir_names import base_of, hashed_uidl, parse_name, uidl_for_base
+from popbox.store.maildir_listing import Listing
+from popbox.store.maildir_names import base_of, hashed_uidl, name_fields, uidl_for_base
 
 SUBDIRS = ("cur", "new")
 _NO_UIDL = Uidl("")  # until _assign_uidls
+_ORDER = attrgetter("key")
+_CUR_MASK = bytes.maketrans(b"cn", b"\x01\x00")  # sub bytes -> 1 where cur/
+_NEW_MASK = bytes.maketrans(b"cn", b"\x00\x01")
 
 
 @dataclass(slots=True)
@@ -55,25 +72,41 @@ class Entry:
 
 def measure(path: str, chunk_size: int) -> int:
     """The wire size of a file, read once in chunks."""
+    return _measure(path, chunk_size)[1]
+
+
+def _measure(path: str, chunk_size: int) -> tuple[int, int]:
+    """(physical size, wire size) of a file, read once in chunks."""
     counter = SizeCounter()
+    physical = 0
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
+            physical += len(chunk)
             counter.feed(chunk)
-    return counter.finish()
+    return physical, counter.finish()
 
 
-def _list(root: str) -> list[Entry]:
-    found: list[Entry] = []
-    add = found.append
+Scanned = list[tuple[str, list[str]]]  # (subdir, message file names), cur/ first
+
+
+def _scan(root: str) -> Scanned:
+    scanned: Scanned = []
     for sub in SUBDIRS:
         with os.scandir(os.path.join(root, sub)) as it:
-            for dirent in it:
-                name = dirent.name
-                if name.startswith(".") or dirent.is_dir():
-                    continue
-                base, physical, wire, seconds, usec = parse_name(name)
-                size = -1 if wire is None else wire
-                add(Entry(sub, name, base, size, physical, (seconds, usec, base, name)))
+            names = [d.name for d in it if not d.name.startswith(".") and not d.is_dir()]
+        scanned.append((sub, names))
+    return scanned
+
+
+def _entries(scanned: Scanned) -> list[Entry]:
+    found: list[Entry] = []
+    add = found.append
+    fields = name_fields
+    for sub, names in scanned:
+        for name in names:
+            base, physical, wire, seconds, usec = fields(name)
+            size = -1 if wire is None else wire
+            add(Entry(sub, name, base, size, physical, (seconds, usec, base, name)))
     return found
 
 
@@ -87,6 +120,7 @@ def _inode(root: str, e: Entry) -> int | None:
 
 
 def _drop_double_listings(root: str, found: list[Entry]) -> list[Entry]:
+    """Stats the files of every base seen more than once (their `ino` is then set)."""
     if len({e.base for e in found}) == len(found):
         return found
     by_base: dict[str, list[Entry]] = {}
@@ -107,24 +141,24 @@ def _drop_double_listings(root: str, found: list[Entry]) -> list[Entry]:
 
 
 def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
-    cached = maildir_cache.load(root)
-    fresh: dict[maildir_cache.SizeKey, int] = {}
+    """Fill in the sizes not given by ,W= (popbox.store.maildir_cache: keyed by base, or
+    by base and inode for the files that share a base - those already have `ino` set)."""
+    cached, current = maildir_cache.load(root)
+    fresh: maildir_cache.Sizes = {}
     kept: list[Entry] = []
     for e in found:
         if e.size < 0:
-            try:
-                physical = e.physical
-                if physical is None:
-                    physical = os.stat(e.path(root)).st_size
-                key = (e.base, physical)
-                size = cached.get(key)
-                if size is None:
-                    size = measure(e.path(root), chunk_size)
-            except FileNotFoundError:  # renamed or removed meanwhile: next session
-                continue
-            fresh[key] = e.size = size
+            key = e.base if e.ino is None else f"{e.base}/{e.ino:x}"
+            hit = cached.get(key)
+            if hit is None or (e.physical is not None and hit[0] != e.physical):
+                try:
+                    hit = _measure(e.path(root), chunk_size)
+                except FileNotFoundError:  # renamed or removed meanwhile: next session
+                    continue
+            fresh[key] = hit
+            e.size = hit[1]
         kept.append(e)
-    if fresh != cached:
+    if fresh != cached or not current:
         maildir_cache.save(root, fresh)
     return kept
 
@@ -152,13 +186,111 @@ def _assign_uidls(root: str, found: list[Entry], kind: UidlImport | None) -> Non
             e.uidl = alt
 
 
-def snapshot(root: str, uidl_import: UidlImport | None, chunk_size: int) -> list[Entry]:
-    """List the maildir at `root` (whose cur/ and new/ exist). OSError propagates."""
-    found = _drop_double_listings(root, _list(root))
+def _finish(
+    root: str, found: list[Entry], uidl_import: UidlImport | None, chunk_size: int
+) -> list[Entry]:
+    found = _drop_double_listings(root, found)
     found = _sizes(root, found, chunk_size)
-    found.sort(key=lambda e: e.key)
+    found.sort(key=_ORDER)
     _assign_uidls(root, found, uidl_import)
     return found
+
+
+def snapshot(root: str, uidl_import: UidlImport | None, chunk_size: int) -> list[Entry]:
+    """List the maildir at `root` (whose cur/ and new/ exist). OSError propagates."""
+    return _finish(root, _entries(_scan(root)), uidl_import, chunk_size)
+
+
+def _as_listing(found: list[Entry]) -> Listing:
+    return Listing(
+        bytes([99 if e.sub == "cur" else 110 for e in found]),  # b"c", b"n"
+        [e.name for e in found],
+        [e.size for e in found],
+        [e.uidl for e in found],
+        {i: e.ino for i, e in enumerate(found) if e.ino is not None},
+    )
+
+
+def _same_names(listing: Listing, scanned: Scanned) -> bool:
+    """Whether `scanned` holds exactly the listing's files, each in the same subdir."""
+    if sum(len(names) for _, names in scanned) != len(listing):
+        return False
+    for sub, names in scanned:
+        mask = listing.subs.translate(_CUR_MASK if sub == "cur" else _NEW_MASK)
+        if set(names) != set(compress(listing.names, mask)):
+            return False
+    return True
+
+
+def take(root: str, uidl_import: UidlImport | None, chunk_size: int) -> Listing:
+    """The maildir's snapshot, from the listing cache when the maildir has not changed
+    (popbox.store.maildir_listing), else listed. The maildrop lock must be held; cur/
+    and new/ must exist. OSError propagates.
+
+    Three ways, cheapest first: (1) the stored listing's state is the current one and it
+    is trusted (the 2 s rule): reused, no directory is read; (2) the directories hold
+    exactly the stored listing's names (and the imported-UIDL file is unchanged, under the
+    same 2 s rule): one readdir per directory, the stored sizes, UIDLs and order are
+    reused; (3) the full
+    snapshot. After (2) and (3) the listing is stored with the state read before the
+    directories were (so a change during the listing is seen next time).
+    """
+    state = maildir_listing.watch(root, uidl_import)
+    stored = maildir_listing.load(root)
+    if stored is None:
+        scanned = _scan(root)
+    else:
+        old_state, old = stored
+        if old_state.trusted and old_state.same_state(state):
+            return old
+        scanned = _scan(root)
+        if (
+            old_state.mode == state.mode
+            and old_state.stats[8:] == state.stats[8:]  # the imported-UIDL file...
+            and old_state.source_trusted  # ...as it was then, for sure
+            and _same_names(old, scanned)
+        ):
+            if state.trusted or not old_state.same_state(state):
+                maildir_listing.save(root, state, old)
+            return old
+    listing = _as_listing(_finish(root, _entries(scanned), uidl_import, chunk_size))
+    maildir_listing.save(root, state, listing)
+    return listing
+
+
+class EntryTable:
+    """A snapshot's entries by index (``len`` and ``[index]``), each made from the
+    listing when first asked for and kept, so that renames recorded on it (read, commit)
+    stick. A session that reads few messages of a large maildrop makes few entries."""
+
+    __slots__ = ("_listing", "_made")
+
+    def __init__(self, listing: Listing) -> None:
+        self._listing = listing
+        self._made: dict[int, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._listing)
+
+    def __getitem__(self, index: int) -> Entry:
+        index = range(len(self._listing))[index]  # IndexError, negative indexes
+        entry = self._made.get(index)
+        if entry is None:
+            listing = self._listing
+            name = listing.names[index]
+            base, physical, _, seconds, usec = name_fields(name)
+            entry = Entry(
+                listing.sub(index),
+                name,
+                base,
+                listing.sizes[index],
+                physical,
+                (seconds, usec, base, name),
+                listing.uidls[index],
+                listing.inos.get(index),
+            )
+            self._made[index] = entry
+        return entry
 
 
 def find_files(root: str, bases: set[str]) -> dict[str, list[tuple[str, str]]]:
