@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,11 @@ def _run_one(
             for host, port in implicit:
                 print(f"popbox: listening on {host}:{port} (TLS)", flush=True)
 
+    # Every session holds a socket, and a logged-in one a maildrop lock: allow as many
+    # descriptors as the hard limit lets us (the soft limit is often 1024).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Long-lived objects made at start-up are never garbage; and a login to a big maildrop
     # makes hundreds of thousands of short-lived ones: collect young objects less often
     # (measured: the default thresholds cost a third of such a login).
