@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -12,6 +13,13 @@ class Figure:
     unit: str
     higher_is_better: bool
     digits: int = 0
+    servers: tuple[str, ...] | None = None  # the servers that measure it; None: all of them
+    # A database CPU row: the key of the row with the server process's own CPU, to which
+    # it adds (the ratio of such a row compares the sum of the two).
+    base: str | None = None
+
+    def measured_by(self, server: str) -> bool:
+        return self.servers is None or server in self.servers
 
     def fmt(self, value: float | None) -> str:
         if value is None:
@@ -29,22 +37,44 @@ STLS_CONCURRENCY = (1, 16)  # {PLAIN} users, after STLS (RFC 2595)
 SIZES = (("r10k", "10 KB"), ("r1m", "1 MB"))
 
 
-def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int) -> list[Figure]:
+def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
+                login_kinds: Mapping[str, tuple[str, ...]] | None = None,
+                db_servers: tuple[str, ...] = (),
+                big_idle_servers: tuple[str, ...] | None = None) -> list[Figure]:
+    """The table's rows. `login_kinds`: server -> the login figures it runs ("plain",
+    "crypt", "stls"; None: all of them everywhere); `db_servers`: the servers with a
+    database, whose CPU gets a row of its own under each server-CPU row they measure;
+    `big_idle_servers`: those that run the largest idle count (when there are two)."""
     big = f"{big_msgs:,}-message maildrop"
     out: list[Figure] = []
+
+    def who(kind: str) -> tuple[str, ...] | None:
+        if login_kinds is None:
+            return None
+        return tuple(name for name, kinds in login_kinds.items() if kind in kinds)
+
+    def cpu(fig: Figure, title: str) -> None:
+        out.append(fig)
+        db = tuple(n for n in db_servers if fig.measured_by(n))
+        if db:
+            out.append(Figure(fig.key + ".db", title, fig.unit, False, fig.digits, db,
+                              base=fig.key))
+
     for scheme, label in SCHEMES:
         for c in LOGIN_CONCURRENCY:
             out.append(Figure(f"login.{scheme}.c{c}.rate",
                               f"Logins/s, {label}, {c} client{'s' if c > 1 else ''}",
-                              "logins/s", True))
-            out.append(Figure(f"login.{scheme}.c{c}.cpu",
-                              f"Server CPU per login, {label}, c={c}", "ms", False, 2))
+                              "logins/s", True, servers=who(scheme)))
+            cpu(Figure(f"login.{scheme}.c{c}.cpu",
+                       f"Server CPU per login, {label}, c={c}", "ms", False, 2, who(scheme)),
+                f"PostgreSQL CPU per login, {label}, c={c}")
     for c in STLS_CONCURRENCY:
         out.append(Figure(f"login.stls.c{c}.rate",
                           f"Logins/s with STLS, {{PLAIN}}, {c} client{'s' if c > 1 else ''}",
-                          "logins/s", True))
-        out.append(Figure(f"login.stls.c{c}.cpu", f"Server CPU per login with STLS, c={c}",
-                          "ms", False, 2))
+                          "logins/s", True, servers=who("stls")))
+        cpu(Figure(f"login.stls.c{c}.cpu", f"Server CPU per login with STLS, c={c}",
+                   "ms", False, 2, who("stls")),
+            f"PostgreSQL CPU per login with STLS, c={c}")
     for size, label in SIZES:
         for c in RETR_CONCURRENCY:
             out.append(Figure(f"retr.{size}.c{c}.mbps",
@@ -52,21 +82,27 @@ def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int) -> li
                               "MB/s", True, 1))
             out.append(Figure(f"retr.{size}.c{c}.msgs", f"Messages/s, {label}, c={c}",
                               "msgs/s", True))
-            out.append(Figure(f"retr.{size}.c{c}.cpu", f"Server CPU per GB, {label}, c={c}",
-                              "s/GB", False, 1))
-    out += [
-        Figure("uidl.cold", f"{big}: PASS+STAT+UIDL, first login ever", "s", False, 2),
-        Figure("uidl.cold.cpu", "Server CPU, that first login", "s", False, 2),
-        Figure("uidl.warm", f"{big}: PASS+STAT+UIDL, later logins", "s", False, 3),
-        Figure("uidl.warm.cpu", "Server CPU, one later login", "s", False, 3),
-    ]
+            cpu(Figure(f"retr.{size}.c{c}.cpu", f"Server CPU per GB, {label}, c={c}",
+                       "s/GB", False, 1),
+                f"PostgreSQL CPU per GB, {label}, c={c}")
+    first = "first login ever" + (" (PostgreSQL: the first after the import)"
+                                  if db_servers else "")
+    out.append(Figure("uidl.cold", f"{big}: PASS+STAT+UIDL, {first}", "s", False, 2))
+    cpu(Figure("uidl.cold.cpu", "Server CPU, that first login", "s", False, 2),
+        "PostgreSQL CPU, that first login")
+    out.append(Figure("uidl.warm", f"{big}: PASS+STAT+UIDL, later logins", "s", False, 3))
+    cpu(Figure("uidl.warm.cpu", "Server CPU, one later login", "s", False, 3),
+        "PostgreSQL CPU, one later login")
     for n in idle_counts:
+        only = (big_idle_servers if len(idle_counts) > 1 and n == max(idle_counts)
+                else None)
         out += [
-            Figure(f"idle.{n}.ok", f"Idle sessions: logged in of {n:,}", "sessions", True),
+            Figure(f"idle.{n}.ok", f"Idle sessions: logged in of {n:,}", "sessions", True,
+                   servers=only),
             Figure(f"idle.{n}.total", f"Server memory with {n:,} sessions (PSS)", "MiB",
-                   False, 1),
+                   False, 1, only),
             Figure(f"idle.{n}.per", f"Memory per idle session (PSS growth / {n:,})",
-                   "KiB", False, 1),
+                   "KiB", False, 1, only),
         ]
     out += [
         Figure("huge.growth", f"{huge_mb} MB message RETR: peak RSS growth", "MiB", False, 1),

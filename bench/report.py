@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,15 @@ if TYPE_CHECKING:
     from bench.servers import Server
 
 DOVECOTS = ("dovecot", "dovecot-hp")
+POPBOXES = ("popbox", "popbox-pg")  # a ratio column each, when it ran
+NOT_MEASURED = "—"  # a server that does not run that figure (n/a: it ran and failed)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    figure: Figure
+    values: dict[str, float | None]  # server -> median
+    ratios: dict[str, float | None]  # popbox variant -> ratio to the best Dovecot
 
 
 def median(values: list[float] | None) -> float | None:
@@ -29,9 +39,14 @@ def best_dovecot(fig: Figure, values: dict[str, float | None]) -> float | None:
     return max(present) if fig.higher_is_better else min(present)
 
 
-def ratio(fig: Figure, values: dict[str, float | None]) -> float | None:
-    """popbox / the better of Dovecot's two modes."""
-    pop, dc = values.get("popbox"), best_dovecot(fig, values)
+def ratio(fig: Figure, values: dict[str, float | None], server: str = "popbox",
+          base: dict[str, float | None] | None = None) -> float | None:
+    """`server` / the better of Dovecot's two modes. On a database CPU row (`base`: the
+    values of the row it adds to), (the server's own CPU + its database's) / Dovecot's."""
+    pop, dc = values.get(server), best_dovecot(fig, base if base is not None else values)
+    if base is not None and pop is not None:
+        own = base.get(server)
+        pop = None if own is None else own + pop
     if pop is None or dc is None or dc <= 0 or pop < 0:
         return None
     return pop / dc
@@ -49,10 +64,14 @@ def write_report(out: Path, bench: Bench, figures: list[Figure], servers: list[S
     out.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in servers]
     labels = {s.name: s.label for s in servers}
-    table: list[tuple[Figure, dict[str, float | None], float | None]] = []
+    pops = [n for n in POPBOXES if n in names]
+    table: list[Row] = []
+    by_key: dict[str, dict[str, float | None]] = {}
     for fig in figures:
         values = {n: median(bench.samples.get(fig.key, {}).get(n)) for n in names}
-        table.append((fig, values, ratio(fig, values)))
+        by_key[fig.key] = values
+        base = by_key.get(fig.base) if fig.base else None
+        table.append(Row(fig, values, {p: ratio(fig, values, p, base) for p in pops}))
 
     preset, scale = bench.preset, bench.preset.scale
     rounds = bench.rounds_done
@@ -63,31 +82,44 @@ def write_report(out: Path, bench: Bench, figures: list[Figure], servers: list[S
         f"({preset.name} mode, {total_s / 60:.1f} minutes). Medians over {rounds} "
         f"round{'s' if rounds != 1 else ''} (over all samples: the later-login figures take "
         f"{preset.warm_uidl} per round). ↑ higher is better, ↓ lower is better. "
-        "Ratio = popbox / the better of Dovecot's two modes for that figure; "
-        "server CPU = user+system time of all the server's processes per unit of work.",
+        "popbox = popbox with its Maildir store; popbox (PostgreSQL) = with mail and users "
+        "in PostgreSQL. Ratio = popbox / the better of Dovecot's two modes for that figure"
+        + (", and the same for popbox (PostgreSQL); on its \"PostgreSQL CPU\" rows the "
+           "ratio is (popbox's CPU + PostgreSQL's) / Dovecot's" if "popbox-pg" in pops
+           else "")
+        + "; server CPU = user+system time of all the server's processes per unit of work. "
+        f"{NOT_MEASURED}: not measured for that server (see the notes).",
         "",
-        "| Figure | | " + " | ".join(labels[n] for n in names) + " | popbox / best Dovecot |",
-        "|---|---|" + "---:|" * len(names) + "---:|",
+        "| Figure | | " + " | ".join(labels[n] for n in names) + " | "
+        + " | ".join(f"{labels[p]} / best Dovecot" for p in pops) + " |",
+        "|---|---|" + "---:|" * (len(names) + len(pops)),
     ]
-    for fig, values, r in table:
+    for row in table:
+        fig = row.figure
         arrow = "↑" if fig.higher_is_better else "↓"
         cells = []
         for n in names:
-            cell = fig.fmt(values[n])
+            if not fig.measured_by(n):
+                cells.append(NOT_MEASURED)
+                continue
+            cell = fig.fmt(row.values[n])
             errs = bench.errors.get(fig.key, {}).get(n)
             if errs:
                 cell += f" ({errs} err)"
             cells.append(cell)
-        rtext = f"{r:.2f}x" if r is not None else "n/a"
-        lines.append(f"| {fig.title} ({fig.unit}) | {arrow} | " + " | ".join(cells)
-                     + f" | {rtext} |")
+        for p in pops:
+            r = row.ratios[p]
+            cells.append(f"{r:.2f}x" if r is not None
+                         else NOT_MEASURED if not fig.measured_by(p) else "n/a")
+        lines.append(f"| {fig.title} ({fig.unit}) | {arrow} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Machine",
         "",
         f"- nproc: {info['nproc']}; CPU: {info['cpu']}; memory: {info['memory']}",
         f"- kernel: {info['kernel']}; Python: {info['python']}",
-        f"- Dovecot: {info['dovecot']}; popbox: {info['popbox']}",
+        f"- Dovecot: {info['dovecot']}; popbox: {info['popbox']}"
+        + (f"; PostgreSQL: {info['postgresql']}" if "popbox-pg" in names else ""),
         "- client (bench.load) and servers share these cores: compare the CPU rows first.",
         "",
         "## Corpus",
@@ -99,7 +131,7 @@ def write_report(out: Path, bench: Bench, figures: list[Figure], servers: list[S
         f"- {scale.idle_users:,} users with one message, for idle sessions;",
         f"- one maildrop of {scale.big_msgs:,} messages (2-20 KB), one message of "
         f"{scale.huge_bytes // MIB} MiB (as stored, LF).",
-        f"- STAT checked equal to the corpus on both servers for "
+        f"- STAT checked equal to the corpus on every server for "
         f"{len(next(iter(bench.stats_seen.values()), {}))} users before measuring;"
         " every reply of every run was checked (see bench/README.md).",
     ]
@@ -110,43 +142,72 @@ def write_report(out: Path, bench: Bench, figures: list[Figure], servers: list[S
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({
         "command": command, "preset": preset.name, "machine": info, "seconds": total_s,
+        "servers": {n: labels[n] for n in names}, "setup_seconds": bench.setup,
         "samples": bench.samples, "errors": bench.errors, "notes": bench.notes,
-        "figures": [{"key": f.key, "title": f.title.strip(), "unit": f.unit,
-                     "higher_is_better": f.higher_is_better, "median": v, "ratio": r}
-                    for f, v, r in table],
+        "figures": [{"key": r.figure.key, "title": r.figure.title.strip(),
+                     "unit": r.figure.unit, "higher_is_better": r.figure.higher_is_better,
+                     "measured_by": [n for n in names if r.figure.measured_by(n)],
+                     "median": r.values, "ratio": r.ratios.get("popbox"),
+                     "ratio_pg": r.ratios.get("popbox-pg")}
+                    for r in table],
     }, indent=1))
     chart(out / "chart.png", table, preset.name)
 
 
-def chart(path: Path, table: list[tuple[Figure, dict[str, float | None], float | None]],
-          mode: str) -> None:
+def chart(path: Path, table: list[Row], mode: str) -> None:
+    """One group of bars per figure: each popbox's advantage over the better Dovecot mode.
+    For popbox (PostgreSQL), a server-CPU figure counts PostgreSQL's CPU too (the ratio of
+    its "PostgreSQL CPU" row); those rows get no bars of their own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    rows: list[tuple[str, float]] = []
-    for fig_, _v, r in table:
-        a = advantage(fig_, r)
-        if a is not None:
-            rows.append((fig_.title.strip(), a))
+    # (server, legend, hatch): green when that popbox is better, red when it is worse
+    series = [("popbox", "popbox (Maildir)", ""),
+              ("popbox-pg", "popbox (PostgreSQL; CPU rows include PostgreSQL's)", "////")]
+    series = [s for s in series if any(s[0] in r.ratios for r in table)]
+    total = {r.figure.base: r.ratios.get("popbox-pg") for r in table if r.figure.base}
+    rows: list[tuple[str, list[float | None]]] = []
+    for r in table:
+        if r.figure.base:
+            continue
+        bars: list[float | None] = []
+        for name, *_ in series:
+            ratio_ = total[r.figure.key] if name == "popbox-pg" and r.figure.key in total \
+                else r.ratios.get(name)
+            bars.append(advantage(r.figure, ratio_))
+        if any(b is not None for b in bars):
+            rows.append((r.figure.title.strip(), bars))
     if not rows:
-        rows = [("no data", 1.0)]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
-    titles = [t for t, _ in rows][::-1]
-    values = [a for _, a in rows][::-1]
-    colors = ["#2a9d4b" if v >= 1 else "#d1495b" for v in values]
-    # bars grow from 1 (parity): right when popbox is better, left when it is worse
-    ax.barh(range(len(values)), [v - 1 for v in values], left=1, color=colors)
+        rows = [("no data", [1.0] * max(1, len(series)))]
+    rows.reverse()
+    k = max(1, len(series))
+    height = 0.8 / k
+    fig, ax = plt.subplots(figsize=(10, 0.26 * len(rows) * (1 + k) / 2 + 1.8))
+    for j, (_name, _legend, hatch) in enumerate(series):
+        ys, vs = [], []
+        for i, (_title, bars) in enumerate(rows):
+            v = bars[j]
+            if v is not None:
+                ys.append(i + (k - 1 - j) * height - 0.4 + height / 2)
+                vs.append(v)
+        # bars grow from 1 (parity): right when popbox is better, left when it is worse
+        ax.barh(ys, [v - 1 for v in vs], left=1, height=height * 0.95, hatch=hatch,
+                edgecolor="white" if hatch else None, linewidth=0,
+                color=["#2a9d4b" if v >= 1 else "#d1495b" for v in vs])
+        for y, v in zip(ys, vs, strict=True):
+            ax.annotate(f"{v:.2f}x", (v, y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=5)
     ax.set_xscale("log", base=2)
     ax.axvline(1, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(values)), titles, fontsize=7)
-    ax.set_xlabel("popbox advantage over the better Dovecot mode (x, log scale; "
-                  "> 1: popbox better)")
+    ax.set_yticks(range(len(rows)), [t for t, _ in rows], fontsize=7)
+    ax.set_xlabel("advantage over the better Dovecot mode\n(x, log scale; > 1: popbox better)")
     ax.set_title(f"popbox vs Dovecot ({mode} run)")
-    for i, v in enumerate(values):
-        ax.annotate(f"{v:.2f}x", (v, i), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=6)
+    if len(series) > 1:
+        ax.legend(handles=[Patch(facecolor="#888888", edgecolor="white", hatch=h, label=t)
+                           for _n, t, h in series], fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

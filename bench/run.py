@@ -5,12 +5,17 @@ bench/README.md explains what is measured and how. In short:
 
 1. a deterministic corpus is written to a temp dir (bench.corpus), and each server gets
    its own hard-linked copy of it;
-2. for each round, each server in turn (popbox, Dovecot default, Dovecot
-   high-performance; the order rotates every round) is started on 127.0.0.1, checked
-   (STAT of a sample of users equals the corpus), warmed up, measured and stopped;
-3. the load generator (bench.load) runs in its own process for every measurement;
-   server CPU time is read from /proc before and after each one;
-4. medians over the rounds go into the table, with popbox / best Dovecot.
+2. popbox (PostgreSQL) gets a throwaway database, filled once from the corpus with
+   ``popbox import`` (bench.pg, bench.servers.PopboxPg) and dropped at the end;
+3. for each round, each server in turn (popbox, popbox (PostgreSQL), Dovecot default,
+   Dovecot high-performance; the order rotates every round) is started on 127.0.0.1,
+   checked (STAT of a sample of users equals the corpus), warmed up, measured and
+   stopped;
+4. the load generator (bench.load) runs in its own process for every measurement;
+   server CPU time is read from /proc before and after each one (and that of the
+   PostgreSQL backends serving popbox (PostgreSQL));
+5. medians over the rounds go into the table, with popbox / best Dovecot and popbox
+   (PostgreSQL) / best Dovecot.
 
 Every run is bounded in time and operations; every process started is stopped.
 """
@@ -35,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procstat
+from bench import pg, procstat
 from bench.corpus import (
     MIB,
     PASSWORD,
@@ -54,11 +59,19 @@ from bench.figures import (
     STLS_CONCURRENCY,
     all_figures,
 )
-from bench.servers import Dovecot, Popbox, Server, ServerError, child_setup, raise_fd_limit
+from bench.servers import (
+    Dovecot,
+    Popbox,
+    PopboxPg,
+    Server,
+    ServerError,
+    child_setup,
+    raise_fd_limit,
+)
 from popbox.cli.selfsigned import make_self_signed
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_SERVERS = ("popbox", "dovecot", "dovecot-hp")
+ALL_SERVERS = ("popbox", "popbox-pg", "dovecot", "dovecot-hp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +97,8 @@ PRESETS = {
         rounds=2, login_seconds=3, login_max=20_000, retr_seconds=3, retr_max=1000,
         warm_uidl=3, idle_counts=(1000, 10_000), big_idle_rounds=1,
         # Dovecot's two modes differ only in login processes, gone once a session is
-        # logged in; 10,000 sessions take Dovecot's default mode over 3 minutes to open
+        # logged in; 10,000 sessions take Dovecot's default mode over 3 minutes to open;
+        # popbox (PostgreSQL): see the note in _run()
         big_idle_servers=("popbox", "dovecot-hp"), budget_s=14 * 60),
     "quick": Preset(
         "quick", Scale(login_users=64, login_msgs=10, retr_users=8, r10k_msgs=100,
@@ -172,6 +186,7 @@ class Measured:
     out: dict[str, Any]
     server_cpu: float
     client_cpu: float
+    db_cpu: float | None = None  # the PostgreSQL backends serving popbox (PostgreSQL)
 
 
 # --- one benchmark run ----------------------------------------------------------------------
@@ -188,6 +203,8 @@ class Bench:
     stats_seen: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     big_idle_s: float = 0.0  # time spent on the largest idle count (first round only)
     rounds_done: int = 0
+    first_logins: set[str] = field(default_factory=set)  # servers without a cold reset
+    setup: dict[str, dict[str, float]] = field(default_factory=dict)  # server -> step -> s
 
     def add(self, key: str, server: Server, value: float | None) -> None:
         if value is not None:
@@ -206,11 +223,21 @@ class Bench:
     def measure(self, server: Server, job: dict[str, Any], timeout: float,
                 on_event: Callable[[dict[str, Any]], None] | None = None) -> Measured:
         server.quiesce()
+        db0 = server.db_snapshot()
         cpu0, client0 = server.cpu(), _children_cpu()
         out = run_load({**job, "port": server.port}, timeout, self.work / "load.log", on_event)
         out["seconds"] = max(float(out.get("seconds") or 0.0), 1e-9)  # a failed job has none
         server.quiesce()
-        return Measured(out, server.cpu() - cpu0, _children_cpu() - client0)
+        cpu1, client1 = server.cpu(), _children_cpu()
+        return Measured(out, cpu1 - cpu0, client1 - client0, server.db_cpu_since(db0))
+
+    def add_db(self, key: str, server: Server, m: Measured, per: float) -> str:
+        """The database's CPU for the figure `key` (the same unit: CPU seconds * `per`);
+        returns a text for the log."""
+        if m.db_cpu is None:
+            return ""
+        self.add(key + ".db", server, m.db_cpu * per)
+        return f", PostgreSQL {m.db_cpu * per:.2f}"
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -237,6 +264,8 @@ class Bench:
         runs += [("stls", c, {"stls": True, "cafile": str(server.cert)})
                  for c in STLS_CONCURRENCY]
         for scheme, c, extra in runs:
+            if scheme not in server.login_kinds:
+                continue
             users = self.rows("plain" if scheme == "stls" else scheme)
             m = self.measure(server, {"kind": "logins", "users": users, "concurrency": c,
                                       "max_ops": p.login_max, "seconds": p.login_seconds,
@@ -244,11 +273,13 @@ class Bench:
             key = f"login.{scheme}.c{c}"
             ok = m.out["ok"]
             self.add_errors(key + ".rate", server, m.out)
+            db = ""
             if ok:
                 self.add(key + ".rate", server, ok / m.out["seconds"])
                 self.add(key + ".cpu", server, 1000 * m.server_cpu / ok)
+                db = self.add_db(key + ".cpu", server, m, 1000 / ok)
             log(f"  {server.name} {key}: {ok / m.out['seconds']:.0f} logins/s, "
-                f"server {1000 * m.server_cpu / max(ok, 1):.2f} ms CPU/login, "
+                f"server {1000 * m.server_cpu / max(ok, 1):.2f} ms CPU/login{db}, "
                 f"client {1000 * m.client_cpu / max(ok, 1):.2f}")
 
     def retr(self, server: Server) -> None:
@@ -262,34 +293,37 @@ class Bench:
                 key = f"retr.{size}.c{c}"
                 self.add_errors(key + ".mbps", server, m.out)
                 octets, secs = m.out["octets"], m.out["seconds"]
+                db = ""
                 if octets:
                     self.add(key + ".mbps", server, octets / secs / 1e6)
                     self.add(key + ".msgs", server, m.out["messages"] / secs)
                     self.add(key + ".cpu", server, m.server_cpu / (octets / 1e9))
+                    db = self.add_db(key + ".cpu", server, m, 1 / (octets / 1e9))
                 log(f"  {server.name} {key}: {octets / secs / 1e6:.1f} MB/s, "
                     f"{m.out['messages'] / secs:.0f} msgs/s, server "
-                    f"{m.server_cpu / max(octets / 1e9, 1e-9):.1f} s CPU/GB, client "
+                    f"{m.server_cpu / max(octets / 1e9, 1e-9):.1f} s CPU/GB{db}, client "
                     f"{m.client_cpu / max(octets / 1e9, 1e-9):.1f}")
 
     def uidl(self, server: Server) -> None:
+        """The large maildrop's first login (a Maildir reset to how the MTA left it in
+        every round; in the database, the first login after the import: first round
+        only), then its later logins."""
         job = {"kind": "uidl", "users": self.rows("big")}
-        reset_maildir(self.corpus, server.mail_root, "big", server.owner)
-        os.sync()  # so that no later fsync has to wait for this tree's writeback
-        m = self.measure(server, job, 600)
-        self.add_errors("uidl.cold", server, m.out)
-        if m.out["ok"]:
-            self.add("uidl.cold", server, m.out["latency_s"])
-            self.add("uidl.cold.cpu", server, m.server_cpu)
-            log(f"  {server.name} uidl cold: {m.out['latency_s']:.2f}s "
-                f"(PASS {m.out['login_s']:.2f}s), server CPU {m.server_cpu:.2f}s")
-        for _ in range(self.preset.warm_uidl):
-            m = self.measure(server, job, 300)
-            self.add_errors("uidl.warm", server, m.out)
+        first = server.resettable or server.name not in self.first_logins
+        if server.resettable:
+            reset_maildir(self.corpus, server.mail_root, "big", server.owner)
+            os.sync()  # so that no later fsync has to wait for this tree's writeback
+        self.first_logins.add(server.name)
+        for i in range(self.preset.warm_uidl + (1 if first else 0)):
+            kind = "cold" if first and i == 0 else "warm"
+            m = self.measure(server, job, 600 if kind == "cold" else 300)
+            self.add_errors(f"uidl.{kind}", server, m.out)
             if m.out["ok"]:
-                self.add("uidl.warm", server, m.out["latency_s"])
-                self.add("uidl.warm.cpu", server, m.server_cpu)
-                log(f"  {server.name} uidl warm: {m.out['latency_s']:.3f}s "
-                    f"(PASS {m.out['login_s']:.3f}s), server CPU {m.server_cpu:.3f}s")
+                self.add(f"uidl.{kind}", server, m.out["latency_s"])
+                self.add(f"uidl.{kind}.cpu", server, m.server_cpu)
+                db = self.add_db(f"uidl.{kind}.cpu", server, m, 1)
+                log(f"  {server.name} uidl {kind}: {m.out['latency_s']:.3f}s "
+                    f"(PASS {m.out['login_s']:.3f}s), server CPU {m.server_cpu:.3f}s{db}")
 
     def huge(self, server: Server) -> None:
         state: dict[str, int] = {}
@@ -383,6 +417,7 @@ def machine(servers: list[Server]) -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     dovecot = next((s.version() for s in servers if isinstance(s, Dovecot)), "n/a")
+    postgres = next((s.database.version for s in servers if isinstance(s, PopboxPg)), "n/a")
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -402,6 +437,7 @@ def machine(servers: list[Server]) -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "dovecot": dovecot,
+        "postgresql": postgres,
         "popbox": f"{__version__} (git {commit})",
     }
 
@@ -435,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="logins,retr,uidl,huge,idle",
                         help="comma-separated subset of: logins,retr,uidl,huge,idle")
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
-                        help="comma-separated subset of: popbox,dovecot,dovecot-hp")
+                        help="comma-separated subset of: " + ",".join(ALL_SERVERS))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (corpus, logs)")
     args = parser.parse_args(argv)
     if args.smoke and not args.quick:
@@ -447,8 +483,30 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.servers.split(",")
     command = "python -m bench.run" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
 
+    unknown = [name for name in wanted if name not in ALL_SERVERS]
+    if unknown or not wanted:
+        parser.error(f"unknown server(s) {unknown}: choose from {','.join(ALL_SERVERS)}")
+    database: pg.BenchDatabase | None = None
+    if "popbox-pg" in wanted:
+        database = pg.BenchDatabase()
+        problem = pg.reachable(database.server)
+        if problem:
+            log(f"FAILED: popbox (PostgreSQL) needs a PostgreSQL server at "
+                f"{pg.redacted(database.server)} (set ${pg.DSN_ENV}, or leave popbox-pg out "
+                f"of --servers): {problem}")
+            return 1
+
     signal.signal(signal.SIGTERM, _terminate)
     raise_fd_limit()
+    try:
+        return _run(args, preset, wanted, only, command, database)
+    finally:
+        if database is not None:
+            database.drop()
+
+
+def _run(args: argparse.Namespace, preset: Preset, wanted: list[str], only: set[str],
+         command: str, database: pg.BenchDatabase | None) -> int:
     started = time.monotonic()
     servers: list[Server] = []
     with workdir(args.keep) as work:
@@ -463,12 +521,16 @@ def main(argv: list[str] | None = None) -> int:
             wdir, mail = work / name, work / "mail" / name
             if name == "popbox":
                 server: Server = Popbox(wdir, corpus.users_file, mail, max_sessions, tls)
-            elif name in ("dovecot", "dovecot-hp"):
+            elif name == "popbox-pg":
+                assert database is not None
+                server = PopboxPg(wdir, corpus.users_file, mail, max_sessions, tls, database)
+            else:
                 server = Dovecot(wdir, corpus.users_file, mail, max_sessions, tls,
                                  high_performance=name == "dovecot-hp")
-            else:
-                parser.error(f"unknown server {name!r}")
-            clone(corpus.pristine, mail, server.owner, skip=("big",))  # see Bench.uidl
+            # the Maildir servers' "big" is made at each first login (Bench.uidl); the
+            # PostgreSQL import reads every maildir, "big" too, from a copy of its own
+            clone(corpus.pristine, mail, server.owner,
+                  skip=("big",) if server.resettable else ())
             servers.append(server)
         os.sync()
         fds = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -483,8 +545,22 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(preset, corpus, work)
         if bench_note:
             bench.notes.append(bench_note)
+        try:
+            for server in servers:
+                if isinstance(server, PopboxPg):
+                    t0 = time.monotonic()
+                    messages = sum(n for n, _octets in corpus.expected.values())
+                    steps = server.prepare(messages, log)
+                    remove_tree(server.mail_root)  # everything is in the database now
+                    steps["total"] = time.monotonic() - t0
+                    bench.setup[server.name] = steps
+                    bench.notes.append(pg_note(server, messages, steps, preset))
+        except ServerError as exc:
+            log(f"FAILED: {exc}")
+            return 1
         if len(preset.idle_counts) > 1:
-            left_out = [s.label for s in servers if s.name not in preset.big_idle_servers]
+            left_out = [s.label for s in servers if s.name not in preset.big_idle_servers
+                        and isinstance(s, Dovecot)]
             if left_out:
                 bench.notes.append(
                     f"{max(preset.idle_counts):,} idle sessions are not measured for "
@@ -492,6 +568,14 @@ def main(argv: list[str] | None = None) -> int:
                     "processes, which have handed the session over and exited once it is "
                     "logged in (compare the two modes at "
                     f"{preset.idle_counts[0]:,}), and opening them takes several minutes.")
+            if any(isinstance(s, PopboxPg) and s.name not in preset.big_idle_servers
+                   for s in servers):
+                bench.notes.append(
+                    f"{max(preset.idle_counts):,} idle sessions are not measured for popbox "
+                    "(PostgreSQL): each session holds an advisory lock, and PostgreSQL's "
+                    "shared lock table (max_locks_per_transaction 64 x max_connections 100 by "
+                    "default) ran out at about 12,500 locks on this machine, shared with every "
+                    "other client of the server; and the time budget.")
         round_times: list[float] = []
         try:
             for number in range(preset.rounds):
@@ -518,15 +602,44 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers:
                 server.stop()
+        if any(isinstance(s, PopboxPg) for s in servers) and not any(
+                key.endswith(".db") for key in bench.samples):
+            bench.notes.append("PostgreSQL's CPU could not be read: its backends are not "
+                               "in this machine's /proc (another host or pid namespace?).")
         from bench.report import write_report
 
         info = machine(servers)
         total = time.monotonic() - started
-        figures = all_figures(preset.idle_counts, preset.scale.big_msgs,
-                              preset.scale.huge_bytes // MIB)
+        figures = all_figures(
+            preset.idle_counts, preset.scale.big_msgs, preset.scale.huge_bytes // MIB,
+            login_kinds={s.name: s.login_kinds for s in servers},
+            db_servers=tuple(s.name for s in servers if isinstance(s, PopboxPg)),
+            big_idle_servers=preset.big_idle_servers)
         write_report(args.out, bench, figures, servers, info, command, total)
         log(f"done in {total:.0f}s: {args.out / 'RESULTS.md'}")
     return 0
+
+
+def pg_note(server: PopboxPg, messages: int, steps: dict[str, float], preset: Preset) -> str:
+    """What the report says about how popbox (PostgreSQL) was set up and measured."""
+    return (
+        f"popbox (PostgreSQL): `[store]` and `[auth]` `backend = \"postgres\"`, pool as by "
+        f"default (`pool_max` 10, plus one lock connection), on a fresh database "
+        f"({server.database.name}, PostgreSQL {server.database.version}, dropped at the end). "
+        f"Set up once per run, before round 1, in {steps['total']:.0f}s: `popbox db upgrade`, "
+        f"the passwd-file's users copied into `users` as stored, all {messages:,} messages of "
+        f"the same corpus (the {preset.scale.big_msgs:,}-message maildrop and the "
+        f"{preset.scale.huge_bytes // MIB} MiB message too) copied with `popbox import` "
+        f"({steps['import']:.0f}s, two processes, `synchronous_commit = off` during the "
+        "import only), then `VACUUM (ANALYZE)` and `CHECKPOINT`. Every round reuses it (no "
+        "test deletes mail). Measured: logins {PLAIN}, RETR, the large maildrop (its \"first "
+        "login\" is the first after the import, round 1 only: a database has no cache to "
+        "reset), idle sessions, the large message. Its CPU and memory rows count the popbox "
+        "process only, as for the Maildir popbox; the \"PostgreSQL CPU\" rows add the "
+        "user+system time of the PostgreSQL backends that served it (client backends of "
+        "the bench database in pg_stat_activity, read from /proc; not PostgreSQL's "
+        "walwriter, checkpointer or autovacuum). Its ratio on those rows is "
+        "(popbox + PostgreSQL) / best Dovecot. PostgreSQL's memory is not counted.")
 
 
 if __name__ == "__main__":

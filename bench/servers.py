@@ -12,6 +12,12 @@
   ``process_min_avail = 2``). Process and client limits are raised so that the idle
   session test fits; nothing else is tuned.
 
+* `PopboxPg`: the same popbox with ``[store] backend = "postgres"`` and ``[auth] backend =
+  "postgres"`` on a throwaway database (bench.pg): `prepare` makes the database, its schema
+  (``popbox db upgrade``), its users (the corpus's passwd-file) and its mail (``popbox
+  import`` of a hard-linked copy of the corpus), once per run; the harness drops the
+  database at the end (`BenchDatabase.drop`).
+
 After start, `check_loopback` makes sure no process of the server listens anywhere but
 127.0.0.1. `stop` sends SIGTERM, waits, then SIGKILLs the process group.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import pwd
 import re
@@ -31,9 +38,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import procstat
+from bench.pg import BenchDatabase, PgError
 
 FD_LIMIT = 65536
 DOVECOT = "/usr/sbin/dovecot"
@@ -101,6 +110,11 @@ class Server:
     name = "server"
     label = "server"
     owner: int | None = None  # uid/gid owning the mail directories
+    # The harness can put a maildir back to how the MTA left it (Bench.uidl); a server
+    # with mail in a database has no such state: its "first login" is measured once.
+    resettable = True
+    # The login figures it runs (bench.figures.SCHEMES and "stls").
+    login_kinds: tuple[str, ...] = ("plain", "crypt", "stls")
 
     def __init__(self, workdir: Path, users_file: Path, mail_root: Path,
                  max_sessions: int, tls: tuple[Path, Path]) -> None:
@@ -150,6 +164,14 @@ class Server:
     def quiesce(self, timeout: float = 5.0) -> None:
         """Wait until sessions that ended have left the process table."""
 
+    def db_snapshot(self) -> dict[int, int] | None:
+        """For a server with a database: its backends' CPU now (see bench.pg)."""
+        return None
+
+    def db_cpu_since(self, before: dict[int, int] | None) -> float | None:
+        """The CPU seconds the database spent for this server since `db_snapshot`."""
+        return None
+
     def cold(self, user: str) -> None:
         """Forget everything cached about `user`'s maildir."""
         raise NotImplementedError
@@ -174,17 +196,23 @@ class Popbox(Server):
     label = "popbox"
     owner = MAIL_UID if os.geteuid() == 0 else None
 
+    def backend_text(self) -> str:
+        return ("[auth]\n"
+                f'passwd_file = "{self.users_file}"\n'
+                f'mail_location = "{self.mail_root}/{{user}}/Maildir"\n')
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # the harness's own
+
     def config_text(self) -> str:
         # As root, popbox drops to the same unprivileged uid Dovecot's mail processes use.
-        user = f'user = "{pwd.getpwuid(MAIL_UID).pw_name}"\n' if self.owner is not None else ""
+        user = f'user = "{pwd.getpwuid(MAIL_UID).pw_name}"\n' if os.geteuid() == 0 else ""
         return (
             "[server]\n"
             'listen = ["127.0.0.1:0"]\n'
             'hostname = "bench.example"\n'
             f"{user}"
-            "[auth]\n"
-            f'passwd_file = "{self.users_file}"\n'
-            f'mail_location = "{self.mail_root}/{{user}}/Maildir"\n'
+            f"{self.backend_text()}"
             "[tls]\n"
             f'cert = "{self.cert}"\n'
             f'key = "{self.key}"\n'
@@ -197,15 +225,24 @@ class Popbox(Server):
             'level = "info"\n'
         )
 
-    def start(self) -> None:
-        config = self.workdir / "popbox.toml"
+    @property
+    def config(self) -> Path:
+        return self.workdir / "popbox.toml"
+
+    def write_config(self) -> Path:
+        config = self.config
+        config.touch(mode=0o600)  # the DSN of PopboxPg may hold a password
         config.write_text(self.config_text())
+        return config
+
+    def start(self) -> None:
+        config = self.write_config()
         out = self.workdir / "stdout.log"
         self.port = 0
         with out.open("wb") as stdout, (self.workdir / "popbox.log").open("ab") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
-                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=self.environment(),
                 start_new_session=True, preexec_fn=child_setup,
             )
         _running.add(self)
@@ -232,6 +269,143 @@ class Popbox(Server):
         md = self.mail_root / user / "Maildir"
         with contextlib.suppress(FileNotFoundError):
             (md / "popbox-sizes").unlink()
+
+
+class PopboxPg(Popbox):
+    """popbox with its mail and its users in PostgreSQL, on a database of its own.
+
+    The popbox process is the server: its CPU and memory are what the figures count, as
+    for the Maildir popbox. `db_cpu_since` gives the CPU of the PostgreSQL backends that
+    served it, for the report's separate rows. `mail_root` is only the tree that
+    `prepare` imports from; it is removed once the mail is in the database."""
+
+    name = "popbox-pg"
+    label = "popbox (PostgreSQL)"
+    owner = None  # the import reads the tree as the harness's user
+    resettable = False
+    login_kinds = ("plain",)
+
+    def __init__(self, workdir: Path, users_file: Path, mail_root: Path,
+                 max_sessions: int, tls: tuple[Path, Path], database: BenchDatabase) -> None:
+        super().__init__(workdir, users_file, mail_root, max_sessions, tls)
+        self.database = database
+
+    def backend_text(self) -> str:
+        return ("[auth]\n"
+                'backend = "postgres"\n'
+                "[store]\n"
+                'backend = "postgres"\n'
+                "[postgres]\n"
+                f"dsn = {json.dumps(self.database.dsn)}\n")  # a JSON string is a TOML one
+
+    def environment(self) -> dict[str, str] | None:
+        """Without HOME when popbox drops root, as under a service manager. asyncpg looks
+        for client certificates in ~/.postgresql/ (sslmode "prefer", the default): after
+        the drop, with HOME=/root, that check fails with EACCES and every login gets
+        [SYS/TEMP]. Without HOME it looks in the home of the user popbox became."""
+        if os.geteuid() != 0:
+            return None
+        return {k: v for k, v in os.environ.items() if k != "HOME"}
+
+    def _popbox(self, args: list[str], timeout: float) -> None:
+        _run_all([[sys.executable, "-m", "popbox", *args]], timeout,
+                 self.workdir / "setup.log")
+
+    def prepare(self, imported: int, log: Callable[[str], None]) -> dict[str, float]:
+        """Make the database and fill it from `mail_root` (a copy of the corpus: the import
+        writes its lock and size cache into each maildir) and `users_file`; `imported` is
+        the number of messages the corpus has. Returns the seconds each step took."""
+        steps: dict[str, float] = {}
+        t0 = time.monotonic()
+        db = self.database
+        try:
+            db.create()
+            config = self.write_config()
+            self._popbox(["db", "upgrade", "--config", str(config)], 120)
+            users = db.load_users(self.users_file)
+            steps["schema and users"] = time.monotonic() - t0
+            log(f"  {self.label}: database {db.name} (PostgreSQL {db.version}), schema, "
+                f"{users:,} users ({steps['schema and users']:.1f}s)")
+            # Bulk load: no WAL flush per message (the import commits each message).
+            # Serving runs with the server's own setting (the RESET below).
+            db.set_database_option("synchronous_commit = off")
+            t1 = time.monotonic()
+            others = self.workdir / "import-users"
+            others.write_text("".join(line + "\n" for line in self.users_file.read_text()
+                                      .splitlines() if line and not line.startswith("big:")))
+            base = [sys.executable, "-m", "popbox", "import", "--config", str(config),
+                    "--quiet"]
+            # the large maildrop and everyone else side by side: one maildir is copied by
+            # one process (it holds the maildir's lock)
+            _run_all([[*base, "--maildir", str(self.mail_root / "big" / "Maildir"),
+                       "--user", "big"],
+                      [*base, "--passwd-file", str(others),
+                       "--mail-location", f"{self.mail_root}/{{user}}/Maildir"]],
+                     900, self.workdir / "import.log")
+            db.set_database_option(None)
+            steps["import"] = time.monotonic() - t1
+            t2 = time.monotonic()
+            # what autovacuum would do soon after a bulk load, done now rather than during
+            # a measurement; and the load's dirty pages written out before the first one
+            db.execute("VACUUM (ANALYZE)")
+            problem = db.try_execute("CHECKPOINT")
+            if problem:
+                log(f"  {self.label}: no CHECKPOINT after the import: {problem}")
+            steps["vacuum"] = time.monotonic() - t2
+            found = db.count("SELECT count(*) FROM messages")
+            if found != imported:
+                raise ServerError(f"{self.label}: {found} messages imported of {imported}"
+                                  f"; see {self.workdir / 'import.log'}")
+            log(f"  {self.label}: {found:,} messages imported in {steps['import']:.0f}s, "
+                f"VACUUM (ANALYZE) + CHECKPOINT {steps['vacuum']:.1f}s")
+        except PgError as exc:
+            raise ServerError(f"{self.label}: {exc}") from None
+        return steps
+
+    def db_snapshot(self) -> dict[int, int] | None:
+        try:
+            return self.database.cpu_snapshot()
+        except PgError:
+            return None
+
+    def db_cpu_since(self, before: dict[int, int] | None) -> float | None:
+        try:
+            return self.database.cpu_since(before)
+        except PgError:
+            return None
+
+    def cold(self, user: str) -> None:
+        """Nothing to forget: sizes and UIDLs are columns, fixed at import."""
+
+
+def _run_all(commands: list[list[str]], timeout: float, logfile: Path) -> None:
+    """Run the commands side by side, each in its own process group; all of them must
+    succeed within `timeout` seconds. Whatever is left at the end is killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        with logfile.open("ab") as out:
+            for argv in commands:
+                procs.append(subprocess.Popen(
+                    argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                    start_new_session=True, preexec_fn=child_setup))
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise ServerError(f"{' '.join(commands[procs.index(proc)][2:5])} took over "
+                                  f"{timeout:.0f}s; see {logfile}") from None
+            if proc.returncode != 0:
+                tail = logfile.read_text(errors="replace").splitlines()[-10:]
+                raise ServerError(f"{' '.join(commands[procs.index(proc)][2:5])} failed "
+                                  f"(status {proc.returncode}):\n" + "\n".join(tail))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
 
 
 class Dovecot(Server):

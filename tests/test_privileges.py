@@ -41,6 +41,25 @@ def test_serves_as_the_configured_user(env: MailEnv) -> None:
             assert sock.recv(100).startswith(b"+OK")
 
 
+def test_home_follows_the_user() -> None:
+    """Libraries that read $HOME (libpq's ~/.postgresql) must not look in root's."""
+    if os.geteuid() != 0:  # nothing to drop: the environment stays the user's own
+        home = os.environ.get("HOME")
+        old = os.umask(0o022)
+        try:
+            privileges.drop(None, None, allow_root=False)
+        finally:
+            os.umask(old)
+        assert os.environ.get("HOME") == home
+        return
+    script = ("import os; from popbox.server import privileges; "
+              "privileges.drop('nobody', None, False); print(os.environ['HOME'], os.getuid())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, check=True, env={**os.environ, "HOME": "/root"})
+    nobody = pwd.getpwnam("nobody")
+    assert result.stdout.split() == [nobody.pw_dir, str(nobody.pw_uid)]
+
+
 def test_refuses_to_serve_as_root_by_default(env: MailEnv) -> None:
     if os.geteuid() != 0:  # an unprivileged user simply serves as itself
         old = os.umask(0o022)

@@ -2,8 +2,8 @@
 
 Started as root, popbox binds its sockets, then becomes `server.user` (and its group, or
 `server.group`) with no supplementary groups other than that user's, before it serves a
-single client. Serving as root is refused unless `server.allow_root` is set. Files popbox
-creates are private to it (umask 077).
+single client, with HOME and USER set to that user's. Serving as root is refused unless
+`server.allow_root` is set. Files popbox creates are private to it (umask 077).
 """
 
 from __future__ import annotations
@@ -44,3 +44,7 @@ def drop(user: str | None, group: str | None, allow_root: bool) -> None:
     os.setuid(entry.pw_uid)
     if os.getuid() == 0 or os.geteuid() == 0:
         raise PrivilegeError("could not give up root")
+    # Libraries look in $HOME (e.g. libpq's ~/.postgresql/): make it the new user's, not
+    # root's, which the new user cannot read.
+    os.environ["HOME"] = entry.pw_dir
+    os.environ["USER"] = os.environ["LOGNAME"] = user
