@@ -7,6 +7,7 @@ the CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import tomllib
 from pathlib import Path
@@ -48,15 +49,22 @@ def check_networks(value: list[str]) -> list[str]:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 def in_networks(address: str, networks: list[str]) -> bool:
     """Whether an IP address (IPv4-mapped IPv6 included) is in one of `networks`."""
+    if not networks:
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+    return any(ip in net for net in _parsed(tuple(networks)))
 
 
 class ServerSection(_Section):
