@@ -24,6 +24,17 @@ from popbox.server.context import ServerContext
 from popbox.server.listener import Listener
 
 
+def crlf(message: bytes) -> bytes:
+    """A stored message as sent (before byte-stuffing): CRLF line ends, a final CRLF."""
+    data = message.replace(b"\n", b"\r\n")
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def lf_terminated(message: bytes) -> bytes:
+    """A stored message as LF tools (fetchmail's MDA, getmail) write it: a final LF."""
+    return message if message.endswith(b"\n") else message + b"\n"
+
+
 @dataclass
 class MailEnv:
     """A users file and a tree of Maildirs under `root` (Dovecot's layout)."""
@@ -162,51 +173,24 @@ class Client:
             await self.writer.wait_closed()
 
 
-class ServerProcess:
-    """`popbox serve` in a child process; stops it on exit (SIGTERM, then SIGKILL)."""
+class PopboxProcess:
+    """A `popbox` command in a child process, announcing itself on stdout; its log goes
+    to a file (a pipe nobody reads would fill up and block it). `stop()`: SIGTERM, then
+    SIGKILL; it returns the log."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        # The log goes to a file: a pipe nobody reads would fill up and block the server.
+    def __init__(self, *argv: str, env: dict[str, str] | None = None) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="popbox-log-", suffix=".txt")  # noqa: SIM115
         self.final_log = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
+            [sys.executable, "-m", "popbox", *argv],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
             env={**os.environ, **(env or {})},
         )
-        assert self.proc.stdout is not None
-        wants_tls = bool(tomllib.loads(config.read_text()).get("tls", {}).get("implicit"))
-        self.port = 0
-        self.tls_port: int | None = None
-        while True:
-            line = self.proc.stdout.readline()
-            match = re.search(r"listening on [\d.]+:(\d+)( \(TLS\))?", line)
-            if not match:
-                break
-            if match.group(2):
-                self.tls_port = int(match.group(1))
-            else:
-                self.port = int(match.group(1))
-            if self.port and (self.tls_port or not wants_tls):
-                break
-        if not self.port:
-            raise RuntimeError(f"server did not start: {line!r} {self.stop()}")
 
     def read_log(self) -> str:
         if self.log.closed:
             return self.final_log
         return Path(self.log.name).read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 10) -> bool:
-        """Poll the server's log (stderr) until it contains `text`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.read_log():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.read_log()
-            time.sleep(0.05)
-        return False
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -225,6 +209,41 @@ class ServerProcess:
             self.final_log = self.read_log()
             self.log.close()
         return self.final_log
+
+
+class ServerProcess(PopboxProcess):
+    """`popbox serve` in a child process: its POP3 port, and its POP3S port if any."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__("serve", "--config", str(config), env=env)
+        assert self.proc.stdout is not None
+        wants_tls = bool(tomllib.loads(config.read_text()).get("tls", {}).get("implicit"))
+        self.port = 0
+        self.tls_port: int | None = None
+        while True:
+            line = self.proc.stdout.readline()
+            match = re.search(r"listening on [\d.]+:(\d+)( \(TLS\))?", line)
+            if not match:
+                break
+            if match.group(2):
+                self.tls_port = int(match.group(1))
+            else:
+                self.port = int(match.group(1))
+            if self.port and (self.tls_port or not wants_tls):
+                break
+        if not self.port:
+            raise RuntimeError(f"server did not start: {line!r} {self.stop()}")
+
+    def wait_log(self, text: str, timeout: float = 10) -> bool:
+        """Poll the server's log (stderr) until it contains `text`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.read_log():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.read_log()
+            time.sleep(0.05)
+        return False
 
 
 @contextlib.contextmanager

@@ -25,10 +25,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from helpers import MailEnv
+from helpers import MailEnv, PopboxProcess
 from popbox.store import pg_schema
 
 T = TypeVar("T")
@@ -212,14 +210,11 @@ def pg_config(env: MailEnv, dsn: str, **sections: dict[str, Any]) -> Path:
     return env.config_file(**merged)
 
 
-class LmtpProcess:
+class LmtpProcess(PopboxProcess):
     """`popbox lmtp` in a child process: its TCP port (and Unix socket, if any)."""
 
     def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "popbox", "lmtp", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        super().__init__("lmtp", "--config", str(config))
         assert self.proc.stdout is not None
         self.port = 0
         self.socket: str | None = None
@@ -235,21 +230,6 @@ class LmtpProcess:
                 self.socket = match.group(1)
             else:
                 self.port = int(match.group(1).rpartition(":")[2])
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _out, err = self.proc.communicate()
-        return err
 
 
 def _lmtp_listeners(config: Path) -> int:

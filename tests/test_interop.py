@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MailEnv, ServerProcess, server_process
+from helpers import MailEnv, ServerProcess, crlf, lf_terminated, server_process
 
 TOOL_TIMEOUT = 60
 
@@ -44,14 +44,6 @@ MESSAGES = [
 ]
 
 
-def crlf(message: bytes) -> bytes:
-    """The message as sent on the wire (before stuffing): CRLF line ends, final CRLF."""
-    data = message.replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def lf_terminated(message: bytes) -> bytes:
-    return message if message.endswith(b"\n") else message + b"\n"
 
 
 def lines_of(message: bytes) -> list[bytes]:

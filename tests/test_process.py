@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Client, MailEnv, ServerProcess, server_process
+from helpers import Client, MailEnv, ServerProcess, crlf, server_process
 from popbox import __version__
 
 CLI_TIMEOUT = 30
@@ -25,10 +25,6 @@ MSG1 = b"From: a@example.org\nSubject: one\n\nbody one\n.dotted line\n"
 MSG2 = b"From: b@example.org\nSubject: two\n\nline 1\nline 2\n"
 MSG3 = b"Subject: three\n\nno final newline"
 
-
-def crlf(message: bytes) -> bytes:
-    data = message.replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def fill(env: MailEnv) -> None:

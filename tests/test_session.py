@@ -8,16 +8,12 @@ import base64
 import hashlib
 import re
 
-from helpers import Client, MailEnv, running_server
+from helpers import Client, MailEnv, crlf, running_server
 
 MSG1 = b"From: a@example.org\nSubject: one\n\nbody one\n.dotted line\n"
 MSG2 = b"From: b@example.org\nSubject: two\n\nline 1\nline 2\nline 3\n"
 MSG3 = b"Subject: three\n\nno final newline"
 
-
-def crlf(message: bytes) -> bytes:
-    data = message.replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def fill(env: MailEnv) -> None:

@@ -37,7 +37,7 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from helpers import MailEnv, ServerProcess, server_process
+from helpers import MailEnv, ServerProcess, crlf, lf_terminated, server_process
 
 TOOL_TIMEOUT = 60
 
@@ -51,15 +51,6 @@ MESSAGES = [
 ]
 
 
-def crlf(message: bytes) -> bytes:
-    """The message as curl writes it: CRLF line ends and a final CRLF."""
-    data = message.replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def lf_terminated(message: bytes) -> bytes:
-    """The message as fetchmail hands it to an MDA: LF line ends and a final LF."""
-    return message if message.endswith(b"\n") else message + b"\n"
 
 
 def require(tool: str) -> str:
