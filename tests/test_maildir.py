@@ -764,6 +764,30 @@ async def test_nul_bytes_and_a_megabyte_line_come_back_intact(maildir: Path) -> 
     await drop.release()
 
 
+@pytest.mark.parametrize("size", [70_000, 3 * 256 * 1024, 3 * 256 * 1024 + 1])
+async def test_large_files_read_whole_from_the_page_cache_or_the_disk(
+    maildir: Path, size: int
+) -> None:
+    """Large files are read on the loop only from the page cache (RWF_NOWAIT); pages the
+    kernel has dropped are read in a thread. Both give every byte, once, in order."""
+    store = MaildirStore()
+    line = b"0123456789" * 7 + b"\n"
+    header = b"Subject: big\n\n"
+    message = header + (line * (size // len(line) + 1))[: size - len(header)]
+    assert len(message) == size
+    assert await store.deliver(str(maildir), message) is None
+    drop = await opened(store, maildir)
+    assert await read_all(drop, 0) == message  # from the page cache
+    [path] = (maildir / "new").iterdir()
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # drop the cached pages
+    chunks = [chunk async for chunk in drop.read(0)]
+    assert b"".join(chunks) == message
+    assert all(len(chunk) <= 256 * 1024 for chunk in chunks)
+    await drop.release()
+
+
 # -- commit --------------------------------------------------------------------------------
 
 

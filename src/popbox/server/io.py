@@ -1,10 +1,16 @@
 """Transport glue between asyncio and one session: a `Protocol` that feeds the sans-IO
 core directly (no StreamReader copy), with flow control both ways.
 
-Input is pulled: after each `data_received` the transport stops reading until the session
-asks for more (`receive()`), so a client that pipelines megabytes of commands is held by
-TCP, not buffered here. Output is pushed with `write()`; `drain()` waits while the
+Input is pulled: bytes that arrive while the session is busy stop the transport from
+reading until the session asks for more (`receive()`), so a client that pipelines
+megabytes of commands is held by TCP, not buffered here. (While the session waits for
+input, reading goes on: a request-answer client never costs a pause and a resume, two
+system calls per command.) Output is pushed with `write()`; `drain()` waits while the
 transport's buffer is above its high-water mark, so a client that does not read is paused.
+
+`receive(deadline)` raises TimeoutError once the loop's clock passes `deadline`. One timer
+per session serves every wait: it is armed once and, when it fires early because the
+deadline has moved on since, re-armed for the new one (no timer per command).
 
 From `server.proxy_networks` the first bytes must be a PROXY protocol header (v1 or v2):
 the session starts only once it is parsed, and sees the client's real address; a missing,
@@ -43,8 +49,9 @@ class _ProxyWait:
 
 
 class SessionIO(asyncio.Protocol):
-    __slots__ = ("_closed", "_drain", "_input", "_paused", "_peer", "_proxied_tls", "_proxy",
-                 "_proxy_from", "_upgrading", "conn", "on_open", "transport")
+    __slots__ = ("_closed", "_deadline", "_drain", "_input", "_paused", "_peer", "_proxied_tls",
+                 "_proxy", "_proxy_from", "_reading", "_timer", "_upgrading", "conn", "loop",
+                 "on_open", "transport")
 
     def __init__(
         self, on_open: Callable[[SessionIO], None], proxy_networks: list[str] | None = None,
@@ -55,7 +62,11 @@ class SessionIO(asyncio.Protocol):
         self._peer = "local"
         self.conn = ServerConnection()
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self._input: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = False
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
         self._closed = False
@@ -70,10 +81,10 @@ class SessionIO(asyncio.Protocol):
         name = transport.get_extra_info("peername")
         self._peer = str(name[0]) if isinstance(name, tuple) else "local"
         if self._proxy_from is not None and in_networks(self._peer, self._proxy_from[0]):
-            timer = asyncio.get_running_loop().call_later(self._proxy_from[1], self._proxy_fail)
+            timer = self.loop.call_later(self._proxy_from[1], self._proxy_fail)
             self._proxy = _ProxyWait(b"", timer)
             return
-        self.transport.pause_reading()
+        self._stop_reading_now()
         self.on_open(self)
 
     def _proxy_fail(self, reason: str = "timeout") -> None:
@@ -96,7 +107,7 @@ class SessionIO(asyncio.Protocol):
         if result.source is not None:
             self._peer = result.source[0]
         self._proxied_tls = result.tls
-        self.transport.pause_reading()
+        self._stop_reading_now()
         self.on_open(self)
         if result.rest:
             self.data_received(result.rest)
@@ -106,10 +117,11 @@ class SessionIO(asyncio.Protocol):
             self._proxy_data(self._proxy, data)
             return
         self.conn.receive_data(data)
-        assert self.transport is not None
-        if not self._upgrading:  # during STLS, self.transport is the raw one underneath TLS
-            self.transport.pause_reading()
-        self._wake_input()
+        waiter = self._input
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif not self._upgrading:  # during STLS, self.transport is the raw one underneath TLS
+            self._stop_reading()
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -118,6 +130,8 @@ class SessionIO(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._proxy is not None:
             self._proxy.timer.cancel()
         self.conn.receive_data(b"")
@@ -146,17 +160,46 @@ class SessionIO(asyncio.Protocol):
         assert self.transport is not None
         return self._proxied_tls or self.transport.get_extra_info("sslcontext") is not None
 
-    async def receive(self) -> None:
-        """Wait until more bytes (or the end of input) have reached the core."""
+    async def receive(self, deadline: float) -> None:
+        """Wait until more bytes (or the end of input) have reached the core; raise
+        TimeoutError if none have by `deadline` (on the loop's clock)."""
         if self._closed:
             return
         assert self.transport is not None
-        self._input = asyncio.get_running_loop().create_future()
-        self.transport.resume_reading()
+        self._deadline = deadline
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        self._input = self.loop.create_future()
+        if not self._reading:
+            self._reading = True
+            self.transport.resume_reading()
         try:
             await self._input
         finally:
             self._input = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._input
+        if waiter is None or waiter.done():
+            return  # not waiting for input: the next receive() arms the timer again
+        if self.loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+
+    def _stop_reading_now(self) -> None:
+        """Until the session's first receive(): it starts reading (again) there."""
+        assert self.transport is not None
+        self._reading = False
+        self.transport.pause_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reading and self.transport is not None:
+            self._reading = False
+            self.transport.pause_reading()
 
     def _wake_input(self) -> None:
         if self._input is not None and not self._input.done():
@@ -176,7 +219,7 @@ class SessionIO(asyncio.Protocol):
             raise ConnectionResetError("connection lost")
         if not self._paused:
             return
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self.loop.create_future()
         try:
             await self._drain
         finally:
@@ -184,17 +227,16 @@ class SessionIO(asyncio.Protocol):
 
     async def start_tls(self, context: ssl.SSLContext, handshake_timeout: float) -> None:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
         self._upgrading = True
         try:
-            transport = await loop.start_tls(
+            transport = await self.loop.start_tls(
                 self.transport, self, context,
                 server_side=True, ssl_handshake_timeout=handshake_timeout,
             )
         finally:
             self._upgrading = False
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.pause_reading()
+        self._stop_reading_now()
 
     def close(self) -> None:
         if self.transport is not None:

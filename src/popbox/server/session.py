@@ -34,6 +34,8 @@ from popbox.store.base import Failure, MessageGone, StoreError
 
 log = logging.getLogger("popbox")
 
+FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is read
+
 
 class Session:
     __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "login_deadline",
@@ -52,8 +54,7 @@ class Session:
         self.retr_count = 0
         self.bytes_sent = 0
         self._out: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        self.login_deadline = loop.time() + ctx.config.limits.login_timeout
+        self.login_deadline = io.loop.time() + ctx.config.limits.login_timeout
 
     # --- the loop ---
 
@@ -102,8 +103,7 @@ class Session:
                     return self._close_reason(event)
             await self._flush()
             try:
-                async with asyncio.timeout_at(self._deadline()):
-                    await self.io.receive()
+                await self.io.receive(self._deadline())
             except TimeoutError:
                 self._emit(conn.send(replies.IDLE_TIMEOUT))
                 await self._flush()
@@ -123,7 +123,7 @@ class Session:
     def _deadline(self) -> float:
         """When the wait for the client's next bytes ends (on the loop's clock)."""
         if self.conn.state is State.TRANSACTION:
-            return asyncio.get_running_loop().time() + self.ctx.config.limits.idle_timeout
+            return self.io.loop.time() + self.ctx.config.limits.idle_timeout
         return self.login_deadline
 
     async def _end(self, reason: str) -> None:
@@ -312,18 +312,19 @@ class Session:
         try:
             while chunk is not None:
                 data = encoder.feed(limit.feed(chunk) if limit else chunk)
+                del chunk  # while the client is waited for, only the bytes sent are held
+                big = len(data) >= FLUSH_AT
                 if data:
                     self.bytes_sent += len(data)
                     self._emit(data)
                     del data
                 if limit is not None and limit.done:
                     break
-                chunk = await anext(chunks, None)
-                if chunk is not None:
-                    # More to come: send what we have and wait for the client if it lags.
-                    # The last piece waits for the terminator and the next replies, so a
-                    # small message goes out in one write with its +OK line.
+                if big:
+                    # Send it and wait for the client if it lags, before reading more. A
+                    # small message goes out in one write with its +OK line and terminator.
                     await self._flush()
+                chunk = await anext(chunks, None)
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
             log.error("message read failed mid-stream ip=%s index=%d", self.peer, index)
