@@ -27,10 +27,14 @@ codes of RFC 3463), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531), SIZE (RFC 1870).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_LINE = 4096  # command lines; RFC 5321 §4.5.3.1.4 requires at least 512
 MAX_ERRORS = 20
+
+_DOT_LINE = re.compile(rb"\n\.")
+_CRLF = re.compile(rb"\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +302,8 @@ class LmtpCore:
         ends_line = part.endswith(b"\n")
         if self._bol and part.startswith(b"."):
             part = part[1:]
-        self._parts.append(part.replace(b"\n.", b"\n").replace(b"\r\n", b"\n"))
+        # (Two-byte patterns go through `re`: see proto.wire on why.)
+        self._parts.append(_CRLF.sub(b"\n", _DOT_LINE.sub(b"\n", part)))
         self._bol = ends_line
 
     def _finish(self) -> Event:

@@ -28,8 +28,8 @@ import re
 
 TERMINATOR = b".\r\n"
 
-_CRLF = re.compile(b"\r\n")
-_DOT_LINE = re.compile(b"\n\\.")
+_CRLF = re.compile(rb"\r\n")
+_DOT_LINE = re.compile(rb"\n\.")
 
 
 def _crlf(data: bytes) -> bytes:
