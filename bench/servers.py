@@ -10,7 +10,8 @@
   mail processes as uid/gid 65534. Two modes: "default" (login process
   per connection, ``service_count = 1``) and "high-performance" (``service_count = 0``,
   ``process_min_avail = 2``). Process and client limits are raised so that the idle
-  session test fits; nothing else is tuned.
+  session test fits, and the auth cache is on (``auth_cache_size = 10M``), as popbox's
+  is by default; nothing else is tuned.
 
 * `PopboxPg`: the same popbox with ``[store] backend = "postgres"`` and ``[auth] backend =
   "postgres"`` on a throwaway database (bench.pg): `prepare` makes the database, its schema
@@ -436,6 +437,8 @@ ssl_cert = <{self.cert}
 ssl_key = <{self.key}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# the auth cache on, as popbox's is by default (auth.cache_ttl)
+auth_cache_size = 10M
 default_internal_user = dovecot
 default_login_user = dovenull
 mail_uid = {MAIL_UID}

@@ -142,6 +142,10 @@ class AuthSection(_Section):
     # salts derived for {PLAIN} users and the mock salts shown for unknown users
     # (RFC 5802 §5.1), so they stay the same across processes. Unset: random per process.
     secret_file: Path | None = None
+    # Seconds a successful verification of a slow hash (crypt, Argon2, SCRAM) is
+    # remembered, as Dovecot's auth cache: the same password for the same stored hash is
+    # then accepted without hashing again. Wrong passwords are never remembered. 0: off.
+    cache_ttl: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
     @field_validator("mechanisms")
     @classmethod

@@ -11,9 +11,10 @@ reported (`problems`, `check()`), never fatal.
 
 Reading: the parsed file is kept in memory and re-read when its inode, size or mtime
 changes, looked at (one `os.stat`, in a thread) at most once per `stat_interval`.
-Verifying: on the shared hashing pool of `schemes.verify_async`. An unknown user costs one
-verification against a fixed Argon2id hash, so the time taken does not tell whether the user
-exists; a missing or unreadable file is `Verdict.TEMPORARY`.
+Verifying: `auth.verifier.Verifier` (slow hashes on the shared hashing pool, the
+verified-login cache). An unknown user costs one verification against a fixed Argon2id
+hash, so the time taken does not tell whether the user exists; a missing or unreadable
+file is `Verdict.TEMPORARY`.
 
 Credentials for challenge-response SASL (`credentials()`): a `{CRAM-MD5}`/`{HMAC-MD5}`
 context or a `{SCRAM-SHA-1}`/`{SCRAM-SHA-256}` key set is given as stored. With `derive`,
@@ -46,12 +47,8 @@ from popbox.auth import schemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
+from popbox.auth.verifier import Verifier
 
-# The hash of a random password nobody knows, with Dovecot's default Argon2id cost.
-_DUMMY_HASH = (
-    "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$M5rx4mFmycVeRCm48Q+vmg"
-    "$IBLXZwkYFIV/V3bUiwBH+kSVEgLNhArTZLHW9OjMemo"
-)
 _FALSE = frozenset({"n", "no", "0", "false"})
 
 
@@ -166,6 +163,7 @@ class PasswdFile:
         derive: bool = False,
         secret: bytes | None = None,
         scram_iterations: int = schemes.DEFAULT_COST.scram_iterations,
+        cache_ttl: float = 0.0,
     ) -> None:
         self._path = os.fspath(path)
         self._template = mail_location
@@ -176,6 +174,7 @@ class PasswdFile:
             default_scheme=default_scheme, derive=derive, secret=secret,
             iterations=scram_iterations,
         )
+        self._verifier = Verifier(default_scheme=default_scheme, cache_ttl=cache_ttl)
         self._servable: tuple[Table, frozenset[str]] | None = None
         self._table: Table | None = None
         self._stamp: _Stamp | None = None
@@ -243,13 +242,8 @@ class PasswdFile:
         entry = self._find(table, user)
         if entry is not None and entry.flag("nopassword"):
             return Verdict.REJECTED if entry.flag("nologin") else Verdict.OK
-        if entry is None or not entry.password:
-            await schemes.verify_async(_DUMMY_HASH, password.value)
-            return Verdict.REJECTED
-        ok = await schemes.verify_async(
-            entry.password, password.value, default_scheme=self._default_scheme
-        )
-        return Verdict.OK if ok and not entry.flag("nologin") else Verdict.REJECTED
+        ok = await self._verifier.check(entry.password if entry else None, password)
+        return Verdict.OK if ok and entry and not entry.flag("nologin") else Verdict.REJECTED
 
     async def plaintext(self, user: str) -> Secret | Verdict | None:
         table = await self._current()

@@ -2,11 +2,12 @@
 
 One indexed query per request (``users`` by name, joined with its domain): ``password``
 is a ``{SCHEME}hash`` of any scheme popbox.auth.schemes knows (a Dovecot SQL passdb's
-values verify unchanged), verified on the shared hashing pool (`verify_async`), never
-on the event loop. A user is refused when ``enabled`` is false or the domain is
-disabled; an unknown user costs one verification against a fixed Argon2id hash, as a
-wrong password does, so timing does not tell whether a name exists. Database trouble
-is `Verdict.TEMPORARY` (`-ERR [SYS/TEMP]`), never a rejection.
+values verify unchanged), verified by `auth.verifier.Verifier` (slow hashes on the
+shared hashing pool, never on the event loop; the verified-login cache). A user is
+refused when ``enabled`` is false or the domain is disabled; an unknown user costs one
+verification against a fixed Argon2id hash, as a wrong password does, so timing does
+not tell whether a name exists. Database trouble is `Verdict.TEMPORARY`
+(`-ERR [SYS/TEMP]`), never a rejection.
 
 UserDB: the location is the row's ``mail`` or else the ``auth.mail_location`` template
 (for the postgres store, ``{user}``: the mailbox named after the user). Per-user
@@ -31,15 +32,10 @@ from popbox.auth import schemes as pwschemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, PassDB, Secret, UserDB, UserInfo, Verdict
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
+from popbox.auth.verifier import Verifier
 from popbox.store.pg_pool import DB_ERRORS, Database
 
 log = logging.getLogger("popbox")
-
-# The Argon2id hash (Dovecot's default cost) of a random password nobody knows.
-_DUMMY_HASH = (
-    "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$8+bp8ClJR1RYO1PBVXa7lA"
-    "$K+fbQYxEIxwy8n+XwnqAiePuMKN3oWXZfuuqqrD/lNg"
-)
 
 _USER_QUERY = """
 SELECT u.name, u.password, u.enabled AND coalesce(d.enabled, true) AS enabled,
@@ -79,6 +75,7 @@ class PostgresUsers:
         scram_iterations: int = pwschemes.DEFAULT_COST.scram_iterations,
         schemes_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        cache_ttl: float = 0.0,
     ) -> None:
         self._db = db
         self._template = mail_location
@@ -87,6 +84,7 @@ class PostgresUsers:
             default_scheme=default_scheme, derive=derive, secret=secret,
             iterations=scram_iterations,
         )
+        self._verifier = Verifier(default_scheme=default_scheme, cache_ttl=cache_ttl, clock=clock)
         self._ttl = schemes_ttl
         self._clock = clock
         self._servable: tuple[float, frozenset[str]] | None = None
@@ -110,13 +108,8 @@ class PostgresUsers:
         found = await self._user(user)
         if isinstance(found, Verdict):
             return found
-        if found is None or not found.password:
-            await pwschemes.verify_async(_DUMMY_HASH, password.value)
-            return Verdict.REJECTED
-        ok = await pwschemes.verify_async(
-            found.password, password.value, default_scheme=self._default_scheme
-        )
-        return Verdict.OK if ok and found.enabled else Verdict.REJECTED
+        ok = await self._verifier.check(found.password if found else None, password)
+        return Verdict.OK if ok and found and found.enabled else Verdict.REJECTED
 
     async def plaintext(self, user: str) -> Secret | Verdict | None:
         found = await self._user(user)

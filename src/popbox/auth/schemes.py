@@ -343,6 +343,16 @@ def scheme_of(stored: str, *, default_scheme: str = "CRYPT") -> str | None:
     return name if name in SCHEMES or name == "DES-CRYPT" else None
 
 
+def is_fast(stored: str, *, default_scheme: str = "CRYPT") -> bool:
+    """True for schemes checked with at most one hash (plaintext, digests, CRAM-MD5):
+    cheaper on the event loop than on the hashing pool. Unreadable: False."""
+    try:
+        name = _parse(stored, default_scheme).scheme
+    except ValueError:
+        return False
+    return name in _PLAIN or name in _DIGESTS or name in ("CRAM-MD5", "HMAC-MD5")
+
+
 def plaintext(stored: str, *, default_scheme: str = "CRYPT") -> Secret | None:
     """The password itself when the scheme keeps it (PLAIN, CLEAR, CLEARTEXT), else None."""
     try:

@@ -35,11 +35,13 @@ def build(config: Config) -> Backends:
         users = PostgresUsers(
             db, config.auth.mail_location,
             derive=config.auth.derive_credentials, secret=server_secret(config.auth.secret_file),
+            cache_ttl=config.auth.cache_ttl,
         )
     else:
         users = PasswdFile(
             config.auth.passwd_file, config.auth.mail_location,
             derive=config.auth.derive_credentials, secret=server_secret(config.auth.secret_file),
+            cache_ttl=config.auth.cache_ttl,
         )
     store: MailStore
     if db is not None and config.store.backend == "postgres":
