@@ -261,19 +261,19 @@ class Session:
                 self._reply(ev.Ok(f"{count} {size}"))
             case ev.List(None):
                 count, size = txn.stat()
-                lines = tuple(f"{n} {info.size}" for n, info in txn.live())
+                lines = txn.lines(list(map(str, txn.maildrop.messages.sizes)))
                 self._reply(ev.MultiLine(f"{count} messages ({size} octets)", lines))
             case ev.Uidl(None):
-                lines = tuple(f"{n} {info.uidl}" for n, info in txn.live())
+                lines = txn.lines(txn.maildrop.messages.uidls)
                 self._reply(ev.MultiLine("Unique-ID listing follows", lines))
             case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg) if msg is not None:
                 index = txn.index(msg)
                 if isinstance(index, ev.Err):
                     self._reply(index)
                 elif isinstance(event, ev.List):
-                    self._reply(ev.Ok(f"{msg} {txn.info(index).size}"))
+                    self._reply(ev.Ok(f"{msg} {txn.size(index)}"))
                 elif isinstance(event, ev.Uidl):
-                    self._reply(ev.Ok(f"{msg} {txn.info(index).uidl}"))
+                    self._reply(ev.Ok(f"{msg} {txn.uidl(index)}"))
                 else:
                     txn.deleted.add(index)
                     self._reply(ev.Ok(f"Message {msg} deleted."))
@@ -305,7 +305,7 @@ class Session:
         except StoreError as exc:
             self._reply(replies.failure(exc.failure))
             return
-        size = txn.info(index).size
+        size = txn.size(index)
         self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
         encoder = MessageEncoder(no_nuls="outlook-no-nuls" in self.ctx.config.server.workarounds)
         limit = TopFilter(top) if top is not None else None

@@ -7,10 +7,25 @@ them seen at commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from popbox.proto.events import Err
 from popbox.proto.types import MsgNo
 from popbox.server import replies
-from popbox.store.base import Maildrop, MessageInfo
+from popbox.store.base import Maildrop
+
+# "1", "2", ...: made once and shared by every session. Formatting the numbers of a
+# 100,000-message LIST or UIDL cost as much as the rest of the listing.
+_NUMBERS: list[str] = []
+_NUMBERS_KEPT = 1_000_000
+
+
+def _numbers(count: int) -> Sequence[str]:
+    if count > _NUMBERS_KEPT:
+        return list(map(str, range(1, count + 1)))
+    if count > len(_NUMBERS):
+        _NUMBERS.extend(map(str, range(len(_NUMBERS) + 1, count + 1)))
+    return _NUMBERS
 
 
 class Transaction:
@@ -30,22 +45,28 @@ class Transaction:
             return replies.ALREADY_DELETED
         return index
 
-    def info(self, index: int) -> MessageInfo:
-        return self.maildrop.messages[index]
+    def size(self, index: int) -> int:
+        return self.maildrop.messages.sizes[index]
 
-    def live(self) -> list[tuple[int, MessageInfo]]:
-        """(message number, info) of every message not marked deleted."""
+    def uidl(self, index: int) -> str:
+        return self.maildrop.messages.uidls[index]
+
+    def lines(self, column: Sequence[str]) -> tuple[str, ...]:
+        """"number value" for every message not marked deleted (LIST, UIDL)."""
+        numbers = _numbers(len(column))
+        if not self.deleted:
+            return tuple(map(" ".join, zip(numbers, column, strict=False)))  # numbers: longer
         deleted = self.deleted
-        return [
-            (i + 1, info) for i, info in enumerate(self.maildrop.messages) if i not in deleted
-        ]
+        return tuple(
+            f"{numbers[i]} {value}" for i, value in enumerate(column) if i not in deleted
+        )
 
     def stat(self) -> tuple[int, int]:
-        messages = self.maildrop.messages
+        sizes = self.maildrop.messages.sizes
         if not self.deleted:
-            return len(messages), sum(m.size for m in messages)
-        live = self.live()
-        return len(live), sum(info.size for _, info in live)
+            return len(sizes), sum(sizes)
+        deleted = self.deleted
+        return len(sizes) - len(deleted), sum(sizes) - sum(sizes[i] for i in deleted)
 
     def rset(self) -> None:
         self.deleted.clear()

@@ -13,9 +13,9 @@ Expected outcomes are values (`Failure`), not exceptions.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence, Set
+from collections.abc import AsyncGenerator, Iterator, Sequence, Set
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 from popbox.proto.types import Uidl
 
@@ -30,13 +30,41 @@ class Failure(enum.Enum):
 
 
 class MessageInfo(NamedTuple):
-    """One message of a snapshot: its unique-id and its size on the wire (proto.wire).
-
-    A named tuple, not a dataclass: a 100,000-message snapshot makes 100,000 of these, and
-    tuples of a str and an int are cheaper to build and are not tracked by the GC."""
+    """One message of a snapshot: its unique-id and its size on the wire (proto.wire)."""
 
     uidl: Uidl
     size: int
+
+
+class Snapshot(Sequence[MessageInfo]):
+    """A session's listing, kept as two columns: index 0 is message number 1.
+
+    Columns, not an object per message: a 100,000-message maildrop is two lists that a
+    store builds without a Python loop, and STAT, LIST and UIDL work on whole columns.
+    Indexing or iterating gives `MessageInfo` rows, made on the fly."""
+
+    __slots__ = ("sizes", "uidls")
+
+    def __init__(self, uidls: Sequence[Uidl], sizes: Sequence[int]) -> None:
+        if len(uidls) != len(sizes):
+            raise ValueError("a snapshot needs one size per unique-id")
+        self.uidls = uidls
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[MessageInfo]: ...
+    def __getitem__(self, index: int | slice) -> MessageInfo | Sequence[MessageInfo]:
+        if isinstance(index, slice):
+            return Snapshot(self.uidls[index], self.sizes[index])
+        return MessageInfo(self.uidls[index], self.sizes[index])
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        return map(MessageInfo, self.uidls, self.sizes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +80,7 @@ class Maildrop(Protocol):
     """A locked maildrop, opened for one session."""
 
     @property
-    def messages(self) -> Sequence[MessageInfo]:
+    def messages(self) -> Snapshot:
         """The snapshot: index 0 is message number 1."""
         ...
 

@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence, Set
+from collections.abc import AsyncGenerator, Callable, Set
 from typing import TYPE_CHECKING, Literal
 
 from popbox.proto.wire import wire_size
@@ -44,7 +44,7 @@ from popbox.store.base import (
     Maildrop,
     MailStore,
     MessageGone,
-    MessageInfo,
+    Snapshot,
     StoreError,
 )
 from popbox.store.lock import FileLock
@@ -240,13 +240,13 @@ class MaildirDrop:
         self._root = root
         self._lock = lock
         self._entries = EntryTable(listing)  # Entry objects made on first use
-        self._messages = tuple(map(MessageInfo, listing.uidls, listing.sizes))
+        self._messages = Snapshot(listing.uidls, listing.sizes)
         self._mark_seen = mark_seen
         self._chunk = chunk
         self._committing = False
 
     @property
-    def messages(self) -> Sequence[MessageInfo]:
+    def messages(self) -> Snapshot:
         return self._messages
 
     # -- reading -------------------------------------------------------------------

@@ -17,7 +17,7 @@ Nothing here blocks, so nothing goes to a thread. State lives in one process onl
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncGenerator, Sequence, Set
+from collections.abc import AsyncGenerator, Set
 from typing import TYPE_CHECKING
 
 from popbox.proto.types import Uidl, is_valid_uidl
@@ -28,7 +28,7 @@ from popbox.store.base import (
     Maildrop,
     MailStore,
     MessageGone,
-    MessageInfo,
+    Snapshot,
 )
 
 CHUNK_SIZE = 64 * 1024
@@ -105,15 +105,15 @@ class MemoryMaildrop:
     def __init__(self, store: MemoryStore, location: str, box: list[tuple[Uidl, bytes]]) -> None:
         self._store = store
         self._location = location
-        self._messages = tuple(MessageInfo(uidl, wire_size(data)) for uidl, data in box)
+        self._messages = Snapshot(tuple(u for u, _ in box), tuple(wire_size(d) for _, d in box))
         self._open = True
 
     @property
-    def messages(self) -> Sequence[MessageInfo]:
+    def messages(self) -> Snapshot:
         return self._messages
 
     async def read(self, index: int) -> AsyncGenerator[bytes, None]:
-        data = self._store._find(self._location, self._messages[index].uidl)
+        data = self._store._find(self._location, self._messages.uidls[index])
         if data is None:
             raise MessageGone()
         step = self._store.chunk_size
@@ -128,8 +128,9 @@ class MemoryMaildrop:
             raise IndexError("message index out of range")
         self._open = False
         try:
-            doomed = {self._messages[i].uidl for i in delete}
-            flag = {self._messages[i].uidl for i in seen} - doomed
+            uidls = self._messages.uidls
+            doomed = {uidls[i] for i in delete}
+            flag = {uidls[i] for i in seen} - doomed
             present = {u for u, _ in self._store.contents(self._location)}
             for uidl in doomed & present:
                 self._store.remove(self._location, uidl)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Sequence, Set
+from collections.abc import AsyncGenerator, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -43,7 +43,7 @@ from popbox.store.base import (
     Maildrop,
     MailStore,
     MessageGone,
-    MessageInfo,
+    Snapshot,
     StoreError,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
@@ -123,7 +123,7 @@ class PostgresStore:
         except BaseException:
             await self.locks.release(lease)
             raise
-        infos = tuple(MessageInfo(Uidl(r["uidl"]), r["size"]) for r in rows)
+        infos = Snapshot([Uidl(r["uidl"]) for r in rows], [r["size"] for r in rows])
         entries = tuple(_Row(r["id"], r["raw_size"]) for r in rows)
         return PostgresDrop(self, box, lease, infos, entries)
 
@@ -174,7 +174,7 @@ class PostgresDrop:
 
     def __init__(
         self, store: PostgresStore, box: int, lease: Lease,
-        infos: tuple[MessageInfo, ...], entries: tuple[_Row, ...],
+        infos: Snapshot, entries: tuple[_Row, ...],
     ) -> None:
         self._store = store
         self._box = box
@@ -184,7 +184,7 @@ class PostgresDrop:
         self._state = "open"  # "committing", "done"
 
     @property
-    def messages(self) -> Sequence[MessageInfo]:
+    def messages(self) -> Snapshot:
         return self._messages
 
     async def _chunk(self, row: int, offset: int) -> bytes | None:
