@@ -289,6 +289,9 @@ class MaildirDrop:
             raise IndexError("message index out of range")
         self._committing = True
         to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
+        if not delete and not to_flag:  # nothing to change: no trip to a thread
+            self._lock.release()
+            return CommitReport(deleted=0, missing=0, flagged=0)
         return await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
 
     def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
