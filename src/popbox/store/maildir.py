@@ -178,7 +178,8 @@ class MaildirStore:
 
     def _open(self, root: str) -> MaildirDrop | Failure:
         try:
-            ensure_maildir(root)
+            if not os.path.isdir(os.path.join(root, "tmp")):  # one stat for a whole maildir
+                ensure_maildir(root)
             lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
         except OSError as exc:
             log.warning("maildir %s unusable: %s", root, exc)
@@ -186,7 +187,11 @@ class MaildirStore:
         if lock is None:
             return Failure.IN_USE
         try:
-            listing = take(root, self.uidl_import, self.chunk_size)
+            try:
+                listing = take(root, self.uidl_import, self.chunk_size)
+            except FileNotFoundError:  # cur/ or new/ is missing
+                ensure_maildir(root)
+                listing = take(root, self.uidl_import, self.chunk_size)
         except OSError as exc:
             lock.release()
             log.warning("maildir %s not listed: %s", root, exc)
