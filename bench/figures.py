@@ -40,11 +40,15 @@ SIZES = (("r10k", "10 KB"), ("r1m", "1 MB"))
 def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
                 login_kinds: Mapping[str, tuple[str, ...]] | None = None,
                 db_servers: tuple[str, ...] = (),
-                big_idle_servers: tuple[str, ...] | None = None) -> list[Figure]:
+                big_idle_servers: tuple[str, ...] | None = None,
+                tls_idle: int = 0,
+                tls_idle_servers: tuple[str, ...] | None = None) -> list[Figure]:
     """The table's rows. `login_kinds`: server -> the login figures it runs ("plain",
     "crypt", "stls"; None: all of them everywhere); `db_servers`: the servers with a
     database, whose CPU gets a row of its own under each server-CPU row they measure;
-    `big_idle_servers`: those that run the largest idle count (when there are two)."""
+    `big_idle_servers`: those that run the largest idle count (when there are two);
+    `tls_idle`: the number of idle TLS (STLS) sessions (0: no such figure), measured by
+    `tls_idle_servers` (None: all of them)."""
     big = f"{big_msgs:,}-message maildrop"
     out: list[Figure] = []
 
@@ -102,6 +106,16 @@ def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
             Figure(f"idle.{n}.total", f"Server memory with {n:,} sessions (PSS)", "MiB",
                    False, 1, only),
             Figure(f"idle.{n}.per", f"Memory per idle session (PSS growth / {n:,})",
+                   "KiB", False, 1, only),
+        ]
+    if tls_idle:
+        n, only = tls_idle, tls_idle_servers
+        out += [
+            Figure(f"idle.tls.{n}.ok", f"Idle TLS sessions (STLS): logged in of {n:,}",
+                   "sessions", True, servers=only),
+            Figure(f"idle.tls.{n}.total", f"Server memory with {n:,} TLS sessions (PSS)",
+                   "MiB", False, 1, only),
+            Figure(f"idle.tls.{n}.per", f"Memory per idle TLS session (PSS growth / {n:,})",
                    "KiB", False, 1, only),
         ]
     out += [

@@ -28,6 +28,8 @@ Jobs::
     {"kind": "idle", "port": P, "users": [...], "concurrency": C, "seconds": S}
         log every user in (C at a time) and keep the sessions open; print
         {"event": "ready", "ok": n, ...}; on a stdin line, close them all.
+        With "stls": true and "cafile": PEM, every session starts with STLS and
+        stays in TLS while it is open.
     {"kind": "huge", "port": P, "users": [[user, pw, 1, octets]]}
         login + STAT, event "logged-in", wait; RETR 1, event "retrieved", wait; QUIT.
 """
@@ -365,17 +367,21 @@ async def job_idle(job: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + float(job["seconds"])
     tally = Tally()
     conns: list[_Conn] = []
+    tls = tls_context(job)
 
     async def one(s: Session) -> None:
         async with gate:
             if time.monotonic() > deadline:
                 tally.error(CheckError("not started: time bound reached"))
                 return
+            conn = None
             try:
-                conn = await login(port, s)
+                conn = await login(port, s, tls)
                 await check_stat(conn, s)
-            except (CheckError, OSError, TimeoutError) as exc:
+            except (CheckError, OSError, TimeoutError) as exc:  # ssl.SSLError: an OSError
                 tally.error(exc)
+                if conn is not None:  # a failed session holds nothing open
+                    conn.abort()
                 return
             conns.append(conn)
             tally.ok += 1

@@ -5,7 +5,8 @@ measured once on a few messages.
 Nothing here asserts speed. What is asserted: the run succeeds, every reply the load
 generator checked was right, and RESULTS.md has every figure row with a number for each
 server that measures it ("—" for the others: popbox (PostgreSQL) runs the {PLAIN} logins
-only, and only it has "PostgreSQL CPU" rows), and both ratio columns. Dovecot and
+only and no idle TLS sessions, and only it has "PostgreSQL CPU" rows), and both ratio
+columns. Dovecot and
 PostgreSQL (bench.pg: $POPBOX_BENCH_PG_DSN, else 127.0.0.1:5432) are required peers: if
 they cannot run, this test fails rather than skips. The bench database is dropped.
 """
@@ -65,9 +66,9 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
             for cells in lines[2:] if cells[1] in ("↑", "↓")}
     labels = data["servers"]
     assert list(labels.values()) == SERVERS
-    # 16 login, 12 RETR, 4 UIDL, 3 idle, 2 large message; and PostgreSQL's CPU: 3 login
-    # ({PLAIN}), 4 RETR, 2 UIDL
-    assert len(data["figures"]) == 37 + 9
+    # 16 login, 12 RETR, 4 UIDL, 3 idle, 3 idle TLS, 2 large message; and PostgreSQL's
+    # CPU: 3 login ({PLAIN}), 4 RETR, 2 UIDL
+    assert len(data["figures"]) == 40 + 9
     pg_rows = 0
     for figure in data["figures"]:
         title = f"{figure['title']} ({figure['unit']})"
@@ -85,8 +86,11 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
                 title, column, ratio)
         if figure["key"].endswith(".db"):  # PostgreSQL's own CPU: only its column
             assert figure["measured_by"] == ["popbox-pg"], figure
-    # every figure but the {SHA512-CRYPT} (6) and STLS (4) logins
-    assert pg_rows == len(data["figures"]) - 10
+    # every figure but the {SHA512-CRYPT} (6) and STLS (4) logins and the idle TLS
+    # sessions (3)
+    assert pg_rows == len(data["figures"]) - 13
+    tls = [f for f in data["figures"] if f["key"].startswith("idle.tls.")]
+    assert [f["measured_by"] for f in tls] == [["popbox", "dovecot", "dovecot-hp"]] * 3
     assert data["setup_seconds"]["popbox-pg"]["import"] > 0
     for fact in ("nproc:", "CPU:", "kernel:", "Python:", "Dovecot: 2.", "PostgreSQL: 1",
                  "python -m bench.run"):
