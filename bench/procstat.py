@@ -121,25 +121,43 @@ def tree_pss_kib(root: int) -> tuple[int, int]:
     return sum(pss_kib(st.pid) for st in procs), len(procs)
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_rows() -> list[list[str]]:
+    rows: list[list[str]] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            rows += [line.split() for line in Path(table).read_text().splitlines()[1:]]
+    return rows
+
+
+def serving(pids: list[int], port: int) -> list[int]:
+    """Those of `pids` holding an established TCP connection on local port `port`."""
+    established = {int(row[9]) for row in _tcp_rows()
+                   if row[3] == "01" and int(row[1].split(":")[1], 16) == port}  # 01: ESTAB
+    return [pid for pid in pids if _socket_inodes(pid) & established]
+
+
 def listening_addresses(pids: list[int]) -> list[tuple[str, int]]:
     """The TCP addresses (host, port) the given processes listen on."""
     inodes: set[int] = set()
     for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        inodes.add(int(target[8:-1]))
+        inodes |= _socket_inodes(pid)
     found: list[tuple[str, int]] = []
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] != "0A" or int(parts[9]) not in inodes:  # 0A: LISTEN
-                    continue
-                hexaddr, hexport = parts[1].split(":")
-                found.append((_decode_addr(hexaddr, v6), int(hexport, 16)))
+    for parts in _tcp_rows():
+        if parts[3] != "0A" or int(parts[9]) not in inodes:  # 0A: LISTEN
+            continue
+        hexaddr, hexport = parts[1].split(":")
+        found.append((_decode_addr(hexaddr, len(hexaddr) == 32), int(hexport, 16)))
     return found
 
 

@@ -199,6 +199,9 @@ class Popbox(Server):
     name = "popbox"
     label = "popbox"
     owner = MAIL_UID if os.geteuid() == 0 else None
+    # One worker process per core (`server.workers`), as a production configuration
+    # would have it: Dovecot's per-session processes use every core too.
+    workers = os.cpu_count() or 1
 
     def backend_text(self) -> str:
         return ("[auth]\n"
@@ -215,6 +218,7 @@ class Popbox(Server):
             "[server]\n"
             'listen = ["127.0.0.1:0"]\n'
             'hostname = "bench.example"\n'
+            f"workers = {self.workers}\n"
             f"{user}"
             f"{self.backend_text()}"
             "[tls]\n"
@@ -232,6 +236,16 @@ class Popbox(Server):
     @property
     def config(self) -> Path:
         return self.workdir / "popbox.toml"
+
+    def session_pid(self) -> int:
+        """The worker holding the (only) session's connection."""
+        if self.workers == 1:
+            return self.pid
+        workers = [st.pid for st in procstat.tree(self.pid) if st.pid != self.pid]
+        pids = procstat.serving(workers, self.port)
+        if len(pids) != 1:
+            raise ServerError(f"expected one popbox worker with a session, found {len(pids)}")
+        return pids[0]
 
     def write_config(self) -> Path:
         config = self.config
