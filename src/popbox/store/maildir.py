@@ -262,20 +262,23 @@ class MaildirDrop:
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
 
-    def _open_file(self, entry: Entry) -> int:
+    def _open_file(self, index: int) -> int:
+        path = os.path.join(self._root, *self._entries.where(index))
         for attempt in range(3):
             try:
-                return os.open(entry.path(self._root), os.O_RDONLY | os.O_CLOEXEC)
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                entry = self._entries[index]
                 if attempt == 2 or not self._relocate(entry):
                     raise MessageGone() from None
+                path = entry.path(self._root)
             except OSError as exc:
                 raise StoreError(Failure.TEMPORARY) from exc
         raise MessageGone()  # pragma: no cover - the loop always returns or raises
 
     async def read(self, index: int) -> AsyncGenerator[bytes, None]:
-        entry = self._entries[index]
-        reader = _FileReader(self._open_file(entry), self._chunk, small=entry.size <= INLINE_READ)
+        small = self._messages.sizes[index] <= INLINE_READ
+        reader = _FileReader(self._open_file(index), self._chunk, small=small)
         try:
             while not reader.done:
                 # Yielded straight from the expression: no local keeps the chunk alive while

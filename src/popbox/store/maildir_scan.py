@@ -272,6 +272,14 @@ class EntryTable:
     def __len__(self) -> int:
         return len(self._listing)
 
+    def where(self, index: int) -> tuple[str, str]:
+        """(subdirectory, file name) where message `index` was last seen, without making
+        its entry (a RETR needs no more: parsing the name cost as much as reading 10 KB)."""
+        entry = self._made.get(index)
+        if entry is not None:
+            return entry.sub, entry.name
+        return self._listing.sub(index), self._listing.names[index]
+
     def __getitem__(self, index: int) -> Entry:
         index = range(len(self._listing))[index]  # IndexError, negative indexes
         entry = self._made.get(index)
