@@ -1,4 +1,4 @@
-"""`popbox` command line: serve, check-config, demo, user, pw."""
+"""`popbox` command line: serve, check-config, demo, user, pw, fetch."""
 
 from __future__ import annotations
 
@@ -177,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, importer, lmtp  # db upgrade|status, lmtp, deliver, import
+    from popbox.cli import db, fetch, importer, lmtp  # db, lmtp, deliver, import, fetch
 
     db.add_commands(sub)
+    fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
     return parser

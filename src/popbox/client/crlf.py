@@ -1,0 +1,30 @@
+"""Line ends: POP3 delivers messages with CRLF (RFC 1939 §3); Maildir and mbox files keep
+LF, as MTAs write them. `to_lf` converts a whole message, `LfConverter` a stream of pieces
+(a CR at the end of one piece is held until the next shows whether LF follows)."""
+
+from __future__ import annotations
+
+
+def to_lf(data: bytes) -> bytes:
+    """CRLF line ends to LF; a CR not followed by LF is kept."""
+    return data.replace(b"\r\n", b"\n")
+
+
+class LfConverter:
+    __slots__ = ("_cr",)
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._cr = True
+        return chunk.replace(b"\r\n", b"\n")
+
+    def finish(self) -> bytes:
+        tail, self._cr = (b"\r" if self._cr else b""), False
+        return tail

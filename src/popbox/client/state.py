@@ -1,0 +1,202 @@
+"""`popbox fetch`'s memory: which messages (by UIDL) each account has delivered already.
+
+One JSON file holds every account (server, port, user) fetched with it:
+
+    {"version": 1, "accounts": [{"server": "pop.example.org", "port": 995, "user": "alice",
+      "delivered": ["uidl", ...], "pending": null}]}
+
+`pending` is set only while messages are being appended to an mbox (see
+`popbox.client.mbox`): where the append started, what it holds, and which UIDLs it
+delivers, so that a run after a crash can tell a finished append from a torn one.
+
+The file is replaced atomically: a temporary file in the same folder is
+written and fsynced, renamed over the old one, and the folder is fsynced. A run holds an
+exclusive `flock` on `<file>.lock` from start to end, so two runs never interleave; the
+lock dies with its holder, so a killed run leaves none behind. UIDLs the server no longer
+lists are forgotten at the start of a session (`forget_missing`), so the file does not grow
+without bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+
+
+class StateError(Exception):
+    """The state file cannot be read, written or locked."""
+
+
+class StateBusy(StateError):
+    """Another `popbox fetch` holds the state file."""
+
+
+@dataclass
+class Pending:
+    """An mbox append in progress: `length` octets (`prefix` then the spool files, in
+    order) written at `offset` of the mbox at `path`; they deliver `uidls`."""
+
+    path: str
+    offset: int
+    length: int
+    prefix: str
+    spool: list[str]
+    uidls: list[str]
+
+
+@dataclass
+class Account:
+    server: str
+    port: int
+    user: str
+    delivered: set[str] = field(default_factory=set)
+    pending: Pending | None = None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename over `path`, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+class StateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spool_dir = path.with_name(path.name + ".spool")
+        self._accounts: list[Account] = []
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Create the folder, take the lock (StateBusy if held), read the file."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateBusy(f"another popbox fetch is using {self.path}") from None
+        self._lock_fd = fd
+        try:
+            self._accounts = self._read()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _read(self) -> list[Account]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(raw)
+            if data.get("version") != VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            return [_account(item) for item in data["accounts"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"{self.path} is not a popbox fetch state file: {exc}") from None
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts)
+
+    def account(self, server: str, port: int, user: str) -> Account:
+        for account in self._accounts:
+            if (account.server, account.port, account.user) == (server, port, user):
+                return account
+        account = Account(server, port, user)
+        self._accounts.append(account)
+        return account
+
+    def save(self) -> None:
+        data = {"version": VERSION, "accounts": [_plain(a) for a in self._accounts]}
+        try:
+            write_atomically(self.path, json.dumps(data, indent=1).encode() + b"\n")
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+
+class Journal:
+    """One account's part of the state file: what the fetcher and destinations record."""
+
+    def __init__(self, state: StateFile, account: Account) -> None:
+        self.state = state
+        self.account = account
+
+    def delivered(self, uidl: str) -> bool:
+        return uidl in self.account.delivered
+
+    def forget_missing(self, present: set[str]) -> None:
+        """Drop UIDLs the server no longer lists (saved with the next change)."""
+        self.account.delivered &= present
+
+    def begin(self, pending: Pending) -> None:
+        """Durably note an mbox append before it starts."""
+        self.account.pending = pending
+        self.state.save()
+
+    def record(self, uidls: list[str]) -> None:
+        """Durably note `uidls` as delivered (and any pending append as finished)."""
+        self.account.delivered.update(uidls)
+        self.account.pending = None
+        self.state.save()
+
+    def abandon(self) -> None:
+        """The pending append was undone: forget it."""
+        self.account.pending = None
+        self.state.save()
+
+
+def _account(item: dict[str, Any]) -> Account:
+    pending = item.get("pending")
+    return Account(
+        server=str(item["server"]), port=int(item["port"]), user=str(item["user"]),
+        delivered={str(u) for u in item["delivered"]},
+        pending=None if pending is None else Pending(
+            path=str(pending["path"]), offset=int(pending["offset"]),
+            length=int(pending["length"]), prefix=str(pending["prefix"]),
+            spool=[str(s) for s in pending["spool"]], uidls=[str(u) for u in pending["uidls"]]),
+    )
+
+
+def _plain(account: Account) -> dict[str, Any]:
+    return {
+        "server": account.server, "port": account.port, "user": account.user,
+        "delivered": sorted(account.delivered),
+        "pending": None if account.pending is None else asdict(account.pending),
+    }

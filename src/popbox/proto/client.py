@@ -1,0 +1,393 @@
+"""The client side of a POP3 conversation, sans-IO.
+
+    conn = ClientConnection()
+    conn.receive_data(bytes_from_socket)      # b"" means the server closed
+    event = conn.next_event()                 # OkReply(command=None, ...): the greeting
+    out = conn.send(ev.User("alice"))         # bytes to write; the reply is now expected
+    out += conn.send(ev.Stat())               # pipelining: replies come back in order
+
+What a reply looks like comes from the shared command table (`commands.TABLE`, its
+`Shape`): CAPA, RETR and TOP are multi-line after +OK; LIST and UIDL are multi-line only
+without an argument; AUTH with a mechanism is a SASL exchange (`+ base64` challenges until
++OK or -ERR) and a bare AUTH is a multi-line listing. -ERR is always one line (RFC 2449
+§3). RETR and TOP bodies come out as `Data` pieces as they arrive (a 100 MB message is
+never held whole); listings as `Lines`.
+
+Framing (RFC 1939 §3): status and listing lines end with CRLF (a bare LF is accepted) and
+are at most `max_line` octets: a longer one is a `ProtocolError`, so an endless line costs
+at most that much memory. In a message body, a line starting with "." loses that octet,
+and "." CRLF at the start of a line ends the body; the terminator is found wherever the
+pieces split it, by holding back at most two octets ("." and "\\r" at a line start).
+
+Response codes (RFC 2449 §8, RFC 3206): `[IN-USE]`, `[AUTH]`, `[SYS/TEMP]`, ... at the
+start of the text are split off into `code`; unknown codes are kept as they are.
+
+State (RFC 1939 §3) follows the replies: +OK to PASS, APOP or a SASL exchange enters
+TRANSACTION; any reply to QUIT ends the conversation. A command not legal in the current
+state is refused locally (`LocalProtocolError`), unless a reply that may change the state
+is still outstanding. Data received after +OK to STLS, before TLS starts, is a protocol
+error (RFC 2595 §4: it could only have been injected by someone on the path).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import assert_never
+
+from popbox.proto import events as ev
+from popbox.proto import replies as rp
+from popbox.proto.commands import MAX_COMMAND_LINE, MAX_SASL_LINE, TABLE, Shape
+from popbox.proto.types import State
+
+MAX_LINE = MAX_SASL_LINE  # a status or listing line, CRLF included (RFC 2449 §4 says 512)
+
+_CODE = re.compile(rb"\[([\x21-\x2e\x30-\x5c\x5e-\x7e]+(?:/[\x21-\x2e\x30-\x5c\x5e-\x7e]+)*)\] ?")
+_TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
+_STATE_CHANGERS = (ev.Pass, ev.Apop, ev.Auth, ev.Quit)
+
+
+class LocalProtocolError(ValueError):
+    """We were asked to send something the protocol does not allow."""
+
+
+class _Kind(enum.Enum):
+    STATUS = "status"  # one line
+    LISTING = "listing"  # +OK, then lines
+    MESSAGE = "message"  # +OK, then a message body
+    SASL = "sasl"  # challenges until +OK/-ERR
+
+
+class _Mode(enum.Enum):
+    STATUS = "status"
+    LISTING = "listing"
+    MESSAGE = "message"
+
+
+@dataclass(slots=True)
+class _Expected:
+    command: ev.Command | None  # None: the greeting
+    kind: _Kind
+
+
+def apop_timestamp(greeting: str) -> str | None:
+    """The `<...@...>` timestamp an APOP-capable server puts in its greeting (RFC 1939 §7)."""
+    match = _TIMESTAMP.search(greeting)
+    return match.group() if match else None
+
+
+def split_code(text: bytes) -> tuple[str | None, str]:
+    """`[SYS/TEMP] text` -> ("SYS/TEMP", "text"); text without a code -> (None, text)."""
+    match = _CODE.match(text)
+    code = match.group(1).decode("ascii") if match else None
+    rest = text[match.end() :] if match else text
+    return code, rest.decode("utf-8", "replace")
+
+
+def _kind(command: ev.Command) -> _Kind:
+    match command:
+        case ev.Retr() | ev.Top():
+            return _Kind.MESSAGE
+        case ev.Auth(mechanism=None):
+            return _Kind.LISTING
+        case _:
+            pass
+    shape = TABLE[verb(command)].shape
+    match shape:
+        case Shape.SINGLE:
+            return _Kind.STATUS
+        case Shape.MULTI:
+            return _Kind.LISTING
+        case Shape.MULTI_WITHOUT_ARG:
+            assert isinstance(command, ev.List | ev.Uidl)
+            return _Kind.LISTING if command.msg is None else _Kind.STATUS
+        case Shape.SASL:
+            return _Kind.SASL
+        case _:
+            assert_never(shape)
+
+
+def verb(command: ev.Command) -> str:
+    """The table's verb: each command event class is named after its verb."""
+    match command:
+        case ev.SaslResponse() | ev.SaslCancel():
+            return "AUTH"
+        case _:
+            return type(command).__name__.upper()
+
+
+def _text(value: str, *, spaces: bool = False) -> bytes:
+    data = value.encode("utf-8")
+    if not data or any(c in data for c in (b"\r\n\0" if spaces else b"\r\n\0 ")):
+        raise LocalProtocolError(f"not a valid argument: {value!r}")
+    return data
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def encode(command: ev.Command) -> bytes:
+    """The command line for `command`, CRLF included."""
+    match command:
+        case ev.User(name):
+            line = b"USER " + _text(name, spaces=True)  # RFC 1939 §7: one argument
+        case ev.Pass(secret):
+            if not secret or any(c in secret for c in b"\r\n\0"):
+                raise LocalProtocolError("PASS: the password is empty or has CR, LF or NUL")
+            line = b"PASS " + secret
+        case ev.Apop(name, digest):
+            line = b"APOP " + _text(name) + b" " + _text(digest)
+        case ev.Auth(mechanism, initial):
+            line = b"AUTH"
+            if mechanism is not None:
+                line += b" " + _text(mechanism)
+                if initial is not None:  # RFC 5034 §4: "=" is an empty initial response
+                    line += b" " + (_b64(initial) if initial else b"=")
+        case ev.SaslResponse(data):
+            line = _b64(data)
+        case ev.SaslCancel():
+            line = b"*"
+        case ev.List(msg) | ev.Uidl(msg):
+            line = verb(command).encode() + (b"" if msg is None else b" %d" % msg)
+        case ev.Retr(msg) | ev.Dele(msg):
+            line = verb(command).encode() + b" %d" % msg
+        case ev.Top(msg, lines):
+            line = b"TOP %d %d" % (msg, lines)
+        case ev.Stat() | ev.Noop() | ev.Rset() | ev.Quit() | ev.Capa() | ev.Stls() | ev.Utf8():
+            line = verb(command).encode()
+        case _:
+            assert_never(command)
+    sasl = isinstance(command, ev.Auth | ev.SaslResponse)
+    if len(line) + 2 > (MAX_SASL_LINE if sasl else MAX_COMMAND_LINE):
+        raise LocalProtocolError(f"{verb(command)}: command line too long")
+    return line + b"\r\n"
+
+
+class ClientConnection:
+    __slots__ = ("_buffer", "_end_next", "_eof", "_error", "_expected", "_line_start",
+                 "_max_line", "_mode", "_sasl_waiting", "_state", "_tls_pending")
+
+    def __init__(self, *, max_line: int = MAX_LINE, greeting: bool = True) -> None:
+        """`greeting=False` when the greeting was already read by another core."""
+        self._max_line = max_line
+        self._state = State.AUTHORIZATION
+        self._buffer = bytearray()
+        self._expected: deque[_Expected] = deque()
+        if greeting:
+            self._expected.append(_Expected(None, _Kind.STATUS))
+        self._mode = _Mode.STATUS
+        self._line_start = True
+        self._end_next = False
+        self._sasl_waiting = False
+        self._tls_pending = False
+        self._eof = False
+        self._error: rp.ProtocolError | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def outstanding(self) -> int:
+        """Replies still expected (the greeting counts as one)."""
+        return len(self._expected)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    # --- output ---
+
+    def send(self, command: ev.Command) -> bytes:
+        """Bytes for `command`; its reply is expected after those already outstanding."""
+        if self._error is not None or self._state is State.CLOSED:
+            raise LocalProtocolError("the connection is closed")
+        if self._tls_pending:
+            raise LocalProtocolError("STLS was accepted: start TLS before anything else")
+        if isinstance(command, ev.SaslResponse | ev.SaslCancel):
+            if not self._sasl_waiting:
+                raise LocalProtocolError("no SASL challenge to answer")
+            data = encode(command)
+            self._sasl_waiting = False
+            return data
+        if self._sasl_waiting:
+            raise LocalProtocolError("a SASL challenge must be answered first")
+        for waiting in self._expected:
+            if waiting.kind is _Kind.SASL or isinstance(waiting.command, ev.Stls):
+                # RFC 5034 §4: our next line answers the exchange; RFC 2595 §4: nothing
+                # may follow STLS until TLS is up
+                raise LocalProtocolError("nothing may follow AUTH or STLS until answered")
+        settled = not any(isinstance(e.command, _STATE_CHANGERS) for e in self._expected)
+        if settled and self._state not in TABLE[verb(command)].states:
+            raise LocalProtocolError(f"{verb(command)} is not valid in {self._state.value}")
+        data = encode(command)
+        self._expected.append(_Expected(command, _kind(command)))
+        return data
+
+    # --- input ---
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+        elif self._state is not State.CLOSED and self._error is None:
+            self._buffer += data
+
+    def tls_started(self) -> None:
+        """The shell has completed the TLS handshake after +OK to STLS."""
+        self._tls_pending = False
+
+    def next_event(self) -> rp.ServerEvent | ev.Sentinel:
+        if self._error is not None:
+            return self._error
+        if self._tls_pending and self._buffer:
+            return self._fail("data received after +OK to STLS, before TLS")
+        match self._mode:
+            case _Mode.MESSAGE:
+                event = self._body()
+            case _Mode.LISTING:
+                event = self._listing()
+            case _Mode.STATUS:
+                event = self._status()
+            case _:
+                assert_never(self._mode)
+        if event is ev.NEED_DATA and self._eof:
+            clean = not self._expected and not self._buffer
+            return rp.Closed(clean or self._state is State.CLOSED)
+        return event
+
+    def _fail(self, reason: str) -> rp.ProtocolError:
+        self._error = rp.ProtocolError(reason)
+        self._buffer.clear()
+        return self._error
+
+    def _line(self) -> bytes | rp.ProtocolError | None:
+        """The next complete line without its line end; None if there is none yet."""
+        buf = self._buffer
+        nl = buf.find(b"\n", 0, self._max_line)
+        if nl < 0:
+            if len(buf) >= self._max_line:
+                return self._fail(f"line longer than {self._max_line} octets")
+            return None
+        end = nl - 1 if nl and buf[nl - 1] == 0x0D else nl
+        line = bytes(buf[:end])
+        del buf[: nl + 1]
+        return line
+
+    def _status(self) -> rp.ServerEvent | ev.Sentinel:
+        if self._state is State.CLOSED:
+            return ev.NEED_DATA
+        line = self._line()
+        if line is None:
+            return ev.NEED_DATA
+        if isinstance(line, rp.ProtocolError):
+            return line
+        head = line[:4].upper()
+        if head == b"+OK" or head.startswith(b"+OK "):
+            return self._ok(line[4:])
+        if head == b"-ERR" and line[4:5] in (b"", b" "):
+            return self._err(line[5:])
+        if line == b"+" or line.startswith(b"+ "):
+            return self._continuation(line[2:])
+        return self._fail(f"not a POP3 reply: {line[:40]!r}")
+
+    def _ok(self, text: bytes) -> rp.ServerEvent:
+        if not self._expected:
+            return self._fail("+OK with no command outstanding")
+        expected = self._expected[0]
+        command, kind = expected.command, expected.kind
+        code, decoded = split_code(text)
+        if command is not None and kind in (_Kind.LISTING, _Kind.MESSAGE):
+            self._mode = _Mode.LISTING if kind is _Kind.LISTING else _Mode.MESSAGE
+            self._line_start = True
+            return rp.OkReply(command, decoded, code, multiline=True)
+        self._expected.popleft()
+        self._sasl_waiting = False
+        match command:
+            case ev.Pass() | ev.Apop() | ev.Auth():
+                self._state = State.TRANSACTION
+            case ev.Quit():
+                self._state = State.CLOSED
+            case ev.Stls():
+                if self._buffer:
+                    return self._fail("data received after +OK to STLS, before TLS")
+                self._tls_pending = True
+            case _:
+                pass
+        return rp.OkReply(command, decoded, code)
+
+    def _err(self, text: bytes) -> rp.ServerEvent:
+        code, decoded = split_code(text)
+        if not self._expected:
+            return rp.ErrReply(None, decoded, code)  # e.g. an idle timeout notice
+        command = self._expected.popleft().command
+        self._sasl_waiting = False
+        if isinstance(command, ev.Quit):
+            self._state = State.CLOSED
+        return rp.ErrReply(command, decoded, code)
+
+    def _continuation(self, data: bytes) -> rp.ServerEvent:
+        expected = self._expected[0] if self._expected else None
+        if expected is None or expected.kind is not _Kind.SASL or self._sasl_waiting:
+            return self._fail("unexpected SASL challenge")
+        assert isinstance(expected.command, ev.Auth)
+        try:
+            decoded = base64.b64decode(data.strip(b" "), validate=True)
+        except (binascii.Error, ValueError):
+            return self._fail("SASL challenge is not base64")
+        self._sasl_waiting = True
+        return rp.Continuation(expected.command, decoded)
+
+    def _end(self) -> rp.End:
+        command = self._expected.popleft().command
+        assert command is not None
+        self._mode = _Mode.STATUS
+        return rp.End(command)
+
+    def _listing(self) -> rp.ServerEvent | ev.Sentinel:
+        if self._end_next:
+            self._end_next = False
+            return self._end()
+        lines: list[bytes] = []
+        while True:
+            line = self._line()
+            if isinstance(line, rp.ProtocolError):
+                return line
+            if line is None:
+                break
+            if line == b".":
+                if not lines:
+                    return self._end()
+                self._end_next = True  # the lines first, the end on the next call
+                break
+            lines.append(line[1:] if line[:1] == b"." else line)
+        return rp.Lines(tuple(lines)) if lines else ev.NEED_DATA
+
+    def _body(self) -> rp.ServerEvent | ev.Sentinel:
+        buf = self._buffer
+        if self._line_start and buf.startswith(b".\r\n"):
+            del buf[:3]
+            return self._end()
+        stop = buf.find(b"\n.\r\n")
+        if stop >= 0:
+            size = stop + 1  # up to and including the line end before the terminator
+        else:  # hold back a "." or ".\r" at a line start: it may begin the terminator
+            size = len(buf)
+            for tail in (b".\r", b"."):
+                if buf.endswith(tail):
+                    start = size - len(tail)
+                    if buf[start - 1 : start] == b"\n" or (start == 0 and self._line_start):
+                        size = start
+                    break
+        if size == 0:
+            return ev.NEED_DATA
+        chunk = bytes(buf[:size])
+        del buf[:size]
+        at_start, self._line_start = self._line_start, chunk[-1:] == b"\n"
+        if at_start and chunk[:1] == b".":
+            chunk = chunk[1:]
+        return rp.Data(chunk.replace(b"\n.", b"\n"))
