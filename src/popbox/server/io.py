@@ -66,7 +66,7 @@ class SessionIO(asyncio.Protocol):
         self._input: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._reading = False
+        self._reading = True  # a new transport reads until it is paused
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
         self._closed = False
@@ -84,7 +84,7 @@ class SessionIO(asyncio.Protocol):
             timer = self.loop.call_later(self._proxy_from[1], self._proxy_fail)
             self._proxy = _ProxyWait(b"", timer)
             return
-        self._stop_reading_now()
+        self._stop_reading()  # until the session's first receive()
         self.on_open(self)
 
     def _proxy_fail(self, reason: str = "timeout") -> None:
@@ -107,7 +107,7 @@ class SessionIO(asyncio.Protocol):
         if result.source is not None:
             self._peer = result.source[0]
         self._proxied_tls = result.tls
-        self._stop_reading_now()
+        self._stop_reading()
         self.on_open(self)
         if result.rest:
             self.data_received(result.rest)
@@ -190,12 +190,6 @@ class SessionIO(asyncio.Protocol):
         else:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
-    def _stop_reading_now(self) -> None:
-        """Until the session's first receive(): it starts reading (again) there."""
-        assert self.transport is not None
-        self._reading = False
-        self.transport.pause_reading()
-
     def _stop_reading(self) -> None:
         if self._reading and self.transport is not None:
             self._reading = False
@@ -236,7 +230,8 @@ class SessionIO(asyncio.Protocol):
         finally:
             self._upgrading = False
         self.transport = cast(asyncio.Transport, transport)
-        self._stop_reading_now()
+        self._reading = True
+        self._stop_reading()
 
     def close(self) -> None:
         if self.transport is not None:
