@@ -85,9 +85,9 @@ class Preset:
     retr_max: int  # sessions per worker at most
     warm_uidl: int  # later logins measured on the large maildrop, per round
     idle_counts: tuple[int, ...]
-    big_idle_rounds: int  # rounds that run the largest idle count (it is slow)
+    big_idle_rounds: int  # rounds that run the largest idle count and the TLS one (slow)
     big_idle_servers: tuple[str, ...]  # servers that run it
-    tls_idle: int  # idle sessions over TLS (STLS), every round, servers with `tls_idle`
+    tls_idle: int  # idle sessions over TLS (STLS), first rounds, servers with `tls_idle`
     idle_servers: tuple[str, ...]  # servers that run the idle figures at all
     budget_s: float  # no new round starts if it would end after this
 
@@ -96,7 +96,7 @@ PRESETS = {
     "full": Preset(
         "full", Scale(login_users=256, login_msgs=10, retr_users=8, r10k_msgs=300,
                       r1m_msgs=12, idle_users=10_000, big_msgs=100_000, huge_bytes=100 * MIB),
-        rounds=2, login_seconds=3, login_max=20_000, retr_seconds=3, retr_max=1000,
+        rounds=2, login_seconds=2, login_max=20_000, retr_seconds=2, retr_max=1000,
         warm_uidl=3, idle_counts=(1000, 10_000), big_idle_rounds=1,
         # Dovecot's two modes differ only in login processes, gone once a session is
         # logged in; 10,000 sessions take Dovecot's default mode over 3 minutes to open;
@@ -390,9 +390,8 @@ class Bench:
             log(f"  {server.name} {name} {n}: {ok} logged in, PSS {state.get('pss', 0) / 1024:.1f}"
                 f" MiB in {state.get('nproc', 0):.0f} processes (idle server: {base / 1024:.1f}"
                 f" MiB), {(state.get('pss', 0) - base) / max(ok, 1):.1f} KiB/session")
-            if not tls and len(self.preset.idle_counts) > 1 \
-                    and n == max(self.preset.idle_counts):
-                self.big_idle_s += time.monotonic() - t0
+            if tls or (len(self.preset.idle_counts) > 1 and n == max(self.preset.idle_counts)):
+                self.big_idle_s += time.monotonic() - t0  # first rounds only
 
     def round(self, server: Server, number: int, only: set[str]) -> None:
         log(f"round {number + 1}: {server.label}")
@@ -414,7 +413,8 @@ class Bench:
                                         or server.name not in self.preset.big_idle_servers):
                     counts = counts[:-1]
                 self.idle(server, counts)
-                if server.tls_idle and self.preset.tls_idle:
+                if server.tls_idle and self.preset.tls_idle \
+                        and number < self.preset.big_idle_rounds:
                     self.idle(server, (self.preset.tls_idle,), tls=True)
         finally:
             server.stop()
@@ -487,7 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help="comma-separated subset of: " + ",".join(ALL_SERVERS))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (corpus, logs)")
+    parser.add_argument("--popbox-workers", type=int, default=Popbox.workers,
+                        help=f"popbox's server.workers (default: {Popbox.workers}, the cores)")
     args = parser.parse_args(argv)
+    if args.popbox_workers < 1:
+        parser.error("--popbox-workers must be at least 1")
+    Popbox.workers = args.popbox_workers
     if args.smoke and not args.quick:
         parser.error("--smoke is a variant of --quick: give both")
     preset = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
