@@ -49,6 +49,9 @@ MAX_LINE = MAX_SASL_LINE  # a status or listing line, CRLF included (RFC 2449 §
 _CODE = re.compile(rb"\[([\x21-\x2e\x30-\x5c\x5e-\x7e]+(?:/[\x21-\x2e\x30-\x5c\x5e-\x7e]+)*)\] ?")
 _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 _STATE_CHANGERS = (ev.Pass, ev.Apop, ev.Auth, ev.Quit)
+# Multi-byte patterns through re: bytes.find/replace search them slowly in mail (proto.wire)
+_TERMINATOR = re.compile(rb"\n\.\r\n")
+_STUFFED = re.compile(rb"\n\.")
 
 
 class LocalProtocolError(ValueError):
@@ -372,9 +375,9 @@ class ClientConnection:
         if self._line_start and buf.startswith(b".\r\n"):
             del buf[:3]
             return self._end()
-        stop = buf.find(b"\n.\r\n")
-        if stop >= 0:
-            size = stop + 1  # up to and including the line end before the terminator
+        found = _TERMINATOR.search(buf)
+        if found is not None:
+            size = found.start() + 1  # up to and including the line end before it
         else:  # hold back a "." or ".\r" at a line start: it may begin the terminator
             size = len(buf)
             for tail in (b".\r", b"."):
@@ -390,4 +393,4 @@ class ClientConnection:
         at_start, self._line_start = self._line_start, chunk[-1:] == b"\n"
         if at_start and chunk[:1] == b".":
             chunk = chunk[1:]
-        return rp.Data(chunk.replace(b"\n.", b"\n"))
+        return rp.Data(_STUFFED.sub(b"\n", chunk))
