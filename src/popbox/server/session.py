@@ -158,7 +158,11 @@ class Session:
     # --- dispatch ---
 
     async def _handle(self, event: ev.Event) -> None:
-        match event:
+        match event:  # the commands of a logged-in session first: most events are these
+            case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
+                  | ev.Rset()):
+                assert self.txn is not None
+                await self._transaction(self.txn, event)
             case ev.ConnectionClosed():
                 pass
             case ev.Invalid(problem, verb):
@@ -181,10 +185,6 @@ class Session:
                 self._reply(reply)
                 if self.login.failures >= self.ctx.config.limits.max_auth_failures:
                     self.conn.close()  # enough guesses on one connection
-            case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
-                  | ev.Rset()):
-                assert self.txn is not None
-                await self._transaction(self.txn, event)
             case _:
                 assert_never(event)
 
