@@ -33,7 +33,7 @@ _DOT_LINE = re.compile(rb"\n\.")
 
 
 def _crlf(data: bytes) -> bytes:
-    if b"\r" in data:  # a quick scan saves a whole pass for LF-only stored mail
+    if data.find(b"\r") >= 0:  # a quick scan saves a whole pass for LF-only stored mail
         data = _CRLF.sub(b"\n", data)
     return data.replace(b"\n", b"\r\n")
 
@@ -65,7 +65,7 @@ class SizeCounter:
             chunk = chunk[:-1]
             self._pending_cr = True
         if chunk:
-            crlf = _CRLF.subn(b"", chunk)[1] if b"\r" in chunk else 0
+            crlf = _CRLF.subn(b"", chunk)[1] if chunk.find(b"\r") >= 0 else 0
             self._size += len(chunk) + chunk.count(b"\n") - crlf
             self._last = chunk[-1:]
 

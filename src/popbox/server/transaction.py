@@ -29,17 +29,18 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "maildrop", "retrieved")
 
     def __init__(self, maildrop: Maildrop) -> None:
         self.maildrop = maildrop
+        self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
 
     def index(self, msg: MsgNo) -> int | Err:
         """The snapshot index of `msg`, or the error for a missing or deleted message."""
         index = msg - 1
-        if not 0 <= index < len(self.maildrop.messages):
+        if not 0 <= index < self.count:
             return replies.NO_SUCH_MESSAGE
         if index in self.deleted:
             return replies.ALREADY_DELETED
