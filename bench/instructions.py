@@ -1,0 +1,171 @@
+"""Instructions per RETR: popbox's RETR path counted with callgrind, free of timing noise.
+
+    .venv/bin/python -m bench.instructions      # needs valgrind; about 2 minutes
+
+On a machine whose speed changes from minute to minute, a 5% change in CPU per RETR is
+lost in the benchmark's noise. Instructions are not: callgrind counts the same total for
+the same code and input whatever else the machine is doing. So this drives one real
+session (the core, the session loop, the Maildir store on a real maildir) over an
+in-memory transport, with no socket: USER, PASS, RETR every message of a maildrop of 300
+messages of about 10 KB (bench.corpus's text and headers), QUIT. It runs itself under
+`valgrind --tool=callgrind` twice, with 1 and with 3 such sessions after a warm-up one,
+and prints the difference per RETR: the user-space instructions one RETR costs, login
+and QUIT spread over 300 RETRs. The kernel's part (the socket write, epoll, the file's
+open and read) is not counted; it is the same for any server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MESSAGES = 300
+SCRIPT = [b"USER bench", b"PASS bench"] + [b"RETR %d" % i for i in range(1, MESSAGES + 1)]
+
+
+class _MemoryTransport:
+    """The part of asyncio.Transport a session uses; plays the client. Each time a reply
+    is complete it feeds the next command line, on the next turn of the loop."""
+
+    def __init__(self, protocol: Any, lines: list[bytes]) -> None:
+        self.protocol = protocol
+        self.lines = lines
+        self.sent = 0
+        self.reply = bytearray()
+        self.loop = asyncio.get_running_loop()
+        self.failed: bytes | None = None  # the first reply that was not +OK
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    abort = close
+
+    def write(self, data: bytes) -> None:
+        self.reply += data
+        multi = self.sent > 0 and self.lines[self.sent - 1].startswith(b"RETR")
+        if not self.reply.endswith(b"\r\n.\r\n" if multi else b"\r\n"):
+            return
+        if not self.reply.startswith(b"+OK"):
+            self.failed = bytes(self.reply[:80])
+            self.close()  # hang up: the session ends without waiting for a timeout
+            return
+        self.reply.clear()
+        if self.sent < len(self.lines):
+            self.sent += 1
+            self.loop.call_soon(self.protocol.data_received, self.lines[self.sent - 1] + b"\r\n")
+
+
+async def sessions(root: Path, count: int) -> None:
+    """A warm-up session, then `count` measured ones, on the maildir `maildir()` made."""
+    from popbox.config import from_dict
+    from popbox.server.backends import build
+    from popbox.server.context import ServerContext
+    from popbox.server.io import SessionIO
+    from popbox.server.session import Session
+
+    config = from_dict({"auth": {"passwd_file": str(root / "users"),
+                                 "mail_location": f"{root}/{{user}}/Maildir"}})
+    ctx = ServerContext.create(config, build(config))
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        done: asyncio.Future[None] = loop.create_future()
+
+        def start(io: SessionIO) -> None:
+            task = loop.create_task(Session(ctx, io).run())
+            task.add_done_callback(lambda _: done.set_result(None))
+
+        io = SessionIO(start)
+        client = _MemoryTransport(io, [*SCRIPT, b"QUIT"])
+        io.connection_made(client)  # type: ignore[arg-type]
+        await done
+        if client.failed is not None or client.sent < len(client.lines):
+            raise RuntimeError(f"session ended after {client.sent} commands: {client.failed!r}")
+
+    await one()  # warm-up: the first QUIT renames every message into cur/
+    gc.collect()
+    gc.freeze()
+    for _ in range(count):
+        await one()
+
+
+def maildir(root: Path) -> None:
+    """User "bench" (password "bench") with MESSAGES messages of about 10 KB under `root`."""
+    from bench.corpus import _Writer
+
+    writer = _Writer(root, random.Random(1939))
+    md = writer.maildir("bench")
+    for _ in range(MESSAGES):
+        writer.write(md, writer.message("bench", writer.rng.randint(9 * 1024, 11 * 1024)))
+    (root / "users").write_text("bench:{PLAIN}bench::::::\n")
+
+
+def _count(root: Path, sessions: int) -> int:
+    out = root / f"callgrind.{sessions}"
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         "-m", "bench.instructions", "--child", str(root), str(sessions)],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same set and dict layouts each run
+    )
+    match = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no instruction total in {out}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions")
+    parser.add_argument("--child", nargs=2, metavar=("DIR", "SESSIONS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        from popbox.cli.main import _reuse_big_buffers
+
+        _reuse_big_buffers()  # as `popbox serve` does
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(sessions(Path(args.child[0]), int(args.child[1])))
+        else:
+            uvloop.run(sessions(Path(args.child[0]), int(args.child[1])))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("bench.instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="popbox-instructions-") as tmp:
+        root = Path(tmp)
+        maildir(root)
+        one, three = _count(root, 1), _count(root, 3)
+    per_retr = (three - one) / (2 * MESSAGES)
+    print(f"{per_retr:,.0f} instructions per RETR of a ~10 KB message "
+          f"(user space; login and QUIT spread over {MESSAGES} RETRs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
