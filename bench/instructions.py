@@ -29,6 +29,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.corpus import _Writer
+from popbox.cli.main import _reuse_big_buffers
+from popbox.config import from_dict
+from popbox.server.backends import build
+from popbox.server.context import ServerContext
+from popbox.server.io import SessionIO
+from popbox.server.session import Session
+
 MESSAGES = 300
 SCRIPT = [b"USER bench", b"PASS bench"] + [b"RETR %d" % i for i in range(1, MESSAGES + 1)]
 
@@ -82,12 +90,6 @@ class _MemoryTransport:
 
 async def sessions(root: Path, count: int) -> None:
     """A warm-up session, then `count` measured ones, on the maildir `maildir()` made."""
-    from popbox.config import from_dict
-    from popbox.server.backends import build
-    from popbox.server.context import ServerContext
-    from popbox.server.io import SessionIO
-    from popbox.server.session import Session
-
     config = from_dict({"auth": {"passwd_file": str(root / "users"),
                                  "mail_location": f"{root}/{{user}}/Maildir"}})
     ctx = ServerContext.create(config, build(config))
@@ -116,8 +118,6 @@ async def sessions(root: Path, count: int) -> None:
 
 def maildir(root: Path) -> None:
     """User "bench" (password "bench") with MESSAGES messages of about 10 KB under `root`."""
-    from bench.corpus import _Writer
-
     writer = _Writer(root, random.Random(1939))
     md = writer.maildir("bench")
     for _ in range(MESSAGES):
@@ -144,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("DIR", "SESSIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        from popbox.cli.main import _reuse_big_buffers
-
         _reuse_big_buffers()  # as `popbox serve` does
         try:
             import uvloop

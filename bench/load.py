@@ -147,12 +147,12 @@ class _Conn(asyncio.Protocol):
         return await self.body()
 
     async def message_size(self, command: bytes) -> int:
-        """Send RETR (or TOP): the octets of its data once un-stuffed. The data is checked
+        """Send RETR: the octets of its data once un-stuffed. The data is checked
         where it lies in the buffer and dropped (see `unstuffed_size`)."""
         await self.ok(command)
         # Nothing is pipelined, so the reply is complete when the buffer ends with the
         # terminator. One that comes early (an unstuffed "." line) fails the check below.
-        while not (self.buf.endswith(TERM) or self.buf == TERM[2:]):
+        while not (self.buf.endswith(TERM) or self.buf == b".\r\n"):  # or: no data
             await self._more()
         size = unstuffed_size(self.buf, len(self.buf) - 3)
         self.buf.clear()
