@@ -26,9 +26,9 @@ from typing import NoReturn
 
 from popbox.client import errors as er
 from popbox.client.connection import Tls
-from popbox.client.fetcher import AUTH_METHODS, Destination, Fetcher, Options, Report, Source
-from popbox.client.maildir import Maildir
-from popbox.client.mbox import Mbox, MboxBusy
+from popbox.client.destinations import MaildirTarget, MboxTarget, Target, open_destination
+from popbox.client.fetcher import AUTH_METHODS, Fetcher, Options, Report, Source
+from popbox.client.mbox import MboxBusy
 from popbox.client.state import StateBusy, StateError, StateFile
 from popbox.proto.client import LocalProtocolError
 
@@ -169,8 +169,9 @@ def main(argv: list[str]) -> int:
     except _Usage as exc:
         return _fail(EX_USAGE, str(exc))
     state = StateFile(args.state or default_state())
-    destination: Destination = (Maildir(args.maildir) if args.maildir is not None
-                                else Mbox(args.mbox, state.spool_dir))
+    target: Target = (MaildirTarget(args.maildir) if args.maildir is not None
+                      else MboxTarget(args.mbox))
+    destination = open_destination(target, state, account=source.user, user=source.user)
     where = args.maildir or args.mbox
 
     def log(text: str) -> None:
