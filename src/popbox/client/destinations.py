@@ -16,6 +16,17 @@ from popbox.client.mbox import Mbox
 from popbox.client.state import StateFile
 
 
+class DeliveryDeferred(Exception):
+    """The destination could not take a message now (an MDA's exit status 75 or a signal,
+    an LMTP/SMTP 4xx reply): it was not delivered, and the run ends; the next run tries it
+    again."""
+
+
+class DeliveryFailed(Exception):
+    """The destination refused a message for good (another MDA exit status, a 5xx reply):
+    it is left on the server and reported; the run goes on with the next message."""
+
+
 @dataclass(frozen=True)
 class MaildirTarget:
     path: Path

@@ -59,6 +59,19 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
+class Progress(Protocol):
+    """What a display is told while an account is fetched."""
+
+    def begin(self, messages: int, octets: int) -> None:
+        """`messages` new messages (their LIST sizes add up to `octets`) will be fetched."""
+
+    def advance(self, octets: int) -> None:
+        """`octets` more of message data arrived."""
+
+    def done_message(self) -> None:
+        """One more message was delivered (or found delivered)."""
+
+
 class Destination(Protocol):
     def open(self) -> None: ...
 
@@ -91,11 +104,32 @@ class Options:
 
 @dataclass
 class Report:
+    new: int = 0  # messages on the server not delivered before this run
     delivered: int = 0  # fetched and delivered now
     found: int = 0  # delivered by an interrupted run, recorded now
     deleted: int = 0  # DELE'd (removed by the server at QUIT)
     left: int = 0  # new messages not fetched because of the limit
     duplicates: int = 0  # messages whose UIDL another message has too (left alone)
+    skipped: int = 0  # new messages left on the server on purpose (the limit included)
+    failed: int = 0  # messages the destination refused for good (left on the server)
+    octets: int = 0  # message data received
+    stopped: bool = False  # `stop()` ended the run early
+    notes: list[str] = field(default_factory=list)  # per-message problems, for the report
+
+
+class _Counting:
+    """Passes pieces on to a writer, counting them for the report and the display."""
+
+    def __init__(self, writer: Writer, report: Report, progress: Progress | None) -> None:
+        self._writer = writer
+        self._report = report
+        self._progress = progress
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        self._report.octets += len(data)
+        if self._progress is not None:
+            self._progress.advance(len(data))
 
 
 def message_key(server: str, port: int, user: str, uidl: str) -> str:
@@ -135,13 +169,16 @@ def _batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 class Fetcher:
     def __init__(self, source: Source, destination: Destination, state: StateFile,
-                 options: Options, log: Callable[[str], None] = lambda _: None) -> None:
+                 options: Options, log: Callable[[str], None] = lambda _: None,
+                 progress: Progress | None = None) -> None:
         self.source = source
         self.destination = destination
         self.state = state
         self.options = options
         self.log = log
+        self.progress = progress
         self.report = Report()
+        self._stopping = False
         account = state.account(source.server, source.port, source.user)
         self.journal = Journal(state, account)
 
@@ -155,6 +192,11 @@ class Fetcher:
                 self.log(f"interrupted delivery to {path}: {outcome}")
         self.destination.open()
 
+    def stop(self) -> None:
+        """End the run after the message in flight: it is delivered and recorded, what is
+        recorded is DELE'd (unless `keep`), and the session ends with QUIT."""
+        self._stopping = True
+
     async def run(self) -> Report:
         source = self.source
         async with await connect(source.server, source.port, tls=source.tls,
@@ -163,17 +205,27 @@ class Fetcher:
             await _login(pop, source)
             with contextlib.suppress(er.PopError):
                 await pop.capa()  # PIPELINING and friends, as they are after login
+            sizes = await pop.list()
             uidls = await _uidls(pop)
             if uidls is None:
                 if self.options.keep:
                     raise FetchRefused("the server has no UIDL, so old mail cannot be told "
                                        "from new: fetching with --keep is refused")
-                await self._without_uidl(pop)
+                await self._without_uidl(pop, sizes)
             else:
-                await self._with_uidl(pop, uidls)
+                await self._with_uidl(pop, uidls, sizes)
         return self.report
 
-    async def _with_uidl(self, pop: PopClient, uidls: dict[MsgNo, Uidl]) -> None:
+    def _begin(self, msgs: Sequence[MsgNo], sizes: dict[MsgNo, int]) -> None:
+        if self.progress is not None:
+            self.progress.begin(len(msgs), sum(sizes.get(msg, 0) for msg in msgs))
+
+    def _done_message(self) -> None:
+        if self.progress is not None:
+            self.progress.done_message()
+
+    async def _with_uidl(self, pop: PopClient, uidls: dict[MsgNo, Uidl],
+                         sizes: dict[MsgNo, int]) -> None:
         journal, keep = self.journal, self.options.keep
         before = len(journal.account.delivered)
         journal.forget_missing(set(uidls.values()))
@@ -193,17 +245,23 @@ class Fetcher:
                 old.append(msg)
             else:
                 new.append((msg, uidl))
+        self.report.new = len(new)
         if self.options.limit is not None and len(new) > self.options.limit:
             self.report.left = len(new) - self.options.limit
+            self.report.skipped += self.report.left
             new = new[: self.options.limit]
         if old and not keep:
             await pop.dele_many(old)
             self.report.deleted += len(old)
+        self._begin([msg for msg, _ in new], sizes)
         for batch in _batches(new, max(1, self.options.batch)):
             done = await self._fetch_batch(pop, batch)
             if not keep:
-                await pop.dele_many(msg for msg, _ in batch)
+                await pop.dele_many(msg for msg, _ in batch[: len(done)])
                 self.report.deleted += len(done)
+            if self._stopping:
+                self.report.stopped = True
+                break
 
     async def _fetch_batch(self, pop: PopClient, batch: Sequence[tuple[MsgNo, Uidl]]
                            ) -> list[str]:
@@ -211,6 +269,8 @@ class Fetcher:
         done: list[str] = []
         try:
             for msg, uidl in batch:
+                if self._stopping:
+                    break
                 key = message_key(source.server, source.port, source.user, uidl)
                 if self.destination.has(key):
                     self.log(f"message {msg} ({uidl}) was delivered by an interrupted run")
@@ -220,6 +280,7 @@ class Fetcher:
                     self.log(f"message {msg} ({uidl}) delivered")
                     self.report.delivered += 1
                 done.append(uidl)
+                self._done_message()
         finally:
             if done:
                 await asyncio.to_thread(self.destination.commit, done, self.journal)
@@ -228,27 +289,36 @@ class Fetcher:
     async def _deliver(self, pop: PopClient, msg: MsgNo, key: str) -> None:
         writer = self.destination.writer(key)
         try:
-            await pop.retr_to(msg, writer)
+            await pop.retr_to(msg, _Counting(writer, self.report, self.progress))
             writer.finish()
         except BaseException:
             writer.abort()
             raise
 
-    async def _without_uidl(self, pop: PopClient) -> None:
-        numbers = sorted(await pop.list())
+    async def _without_uidl(self, pop: PopClient, sizes: dict[MsgNo, int]) -> None:
+        numbers = sorted(sizes)
+        self.report.new = len(numbers)
         if self.options.limit is not None and len(numbers) > self.options.limit:
             self.report.left = len(numbers) - self.options.limit
+            self.report.skipped += self.report.left
             numbers = numbers[: self.options.limit]
+        self._begin(numbers, sizes)
         for batch in _batches(numbers, max(1, self.options.batch)):
             done: list[MsgNo] = []
             try:
                 for msg in batch:
+                    if self._stopping:
+                        break
                     await self._deliver(pop, msg, secrets.token_hex(16))
                     self.log(f"message {msg} delivered")
                     self.report.delivered += 1
                     done.append(msg)
+                    self._done_message()
             finally:
                 if done:
                     await asyncio.to_thread(self.destination.commit, [], self.journal)
             await pop.dele_many(done)
             self.report.deleted += len(done)
+            if self._stopping:
+                self.report.stopped = True
+                break
