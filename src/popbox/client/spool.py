@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from popbox.client.crlf import LfConverter
+from popbox.client.crlf import LfConverter, to_lf
 
 HEAD = 64 * 1024  # octets of a message read to find its headers
 
@@ -52,11 +52,7 @@ class SpoolWriter:
 
 def headers(file: BinaryIO) -> bytes:
     """The start of the message in `file` up to its first empty line (at most `HEAD`
-    octets); the file is put back at its start."""
-    head = file.read(HEAD)
+    octets), with LF line ends; the file is put back at its start."""
+    head = to_lf(file.read(HEAD))
     file.seek(0)
-    for end in (b"\r\n\r\n", b"\n\n"):
-        at = head.find(end)
-        if at >= 0:
-            return head[:at]
-    return head
+    return head.partition(b"\n\n")[0]
