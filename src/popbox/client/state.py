@@ -202,6 +202,7 @@ class Journal:
         for uidl in uidls:
             self.account.delivered_at.setdefault(uidl, now)
         self.account.delivered.update(uidls)
+        self.account.oversize_reported.difference_update(uidls)
         self.account.pending = None
         self.state.save()
 
