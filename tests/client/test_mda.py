@@ -151,3 +151,17 @@ async def test_missing_program_defers(env: MailEnv, tmp_path: Path) -> None:
         with pytest.raises(DeliveryDeferred, match=r"cannot run .*no-such-mda"):
             await fetch_once(port, mda, tmp_path / "state.json")
     assert len(env.messages("alice")) == 1
+
+
+async def test_a_program_that_reads_nothing(env: MailEnv, tmp_path: Path) -> None:
+    """The message is a file on the program's stdin, not a pipe: a program that exits
+    without reading it (true, false) is judged by its status alone."""
+    env.add_user("alice")
+    env.put("alice", b"Subject: big\n\n" + b"x" * 1_000_000 + b"\n")
+    async with running_server(env.config()) as (port, _):
+        report = await fetch(port, destination(tmp_path, "false"), tmp_path / "state.json")
+        assert (report.delivered, report.failed, report.deleted) == (0, 1, 0)
+        assert report.notes[-1].endswith("false exited with status 1")
+        report = await fetch(port, destination(tmp_path, "true"), tmp_path / "state.json")
+        assert (report.delivered, report.failed, report.deleted) == (1, 0, 1)
+    assert env.messages("alice") == []
