@@ -5,8 +5,11 @@ procmail, a script the test writes). RFC 1939 §6: only recorded messages are DE
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -165,3 +168,51 @@ async def test_a_program_that_reads_nothing(env: MailEnv, tmp_path: Path) -> Non
         report = await fetch(port, destination(tmp_path, "true"), tmp_path / "state.json")
         assert (report.delivered, report.failed, report.deleted) == (1, 0, 1)
     assert env.messages("alice") == []
+
+
+MEMORY_CHILD = '''
+import asyncio, json, sys
+from pathlib import Path
+from popbox.client.destinations import MdaTarget, open_destination
+from popbox.client.fetcher import Fetcher, Options, Source
+from popbox.client.state import StateFile
+
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+port, out, state_path = sys.argv[1:4]
+state = StateFile(Path(state_path))
+state.open()
+destination = open_destination(MdaTarget(("dd", f"of={out}", "status=none")), state,
+                               account="a", user="alice")
+source = Source(server="127.0.0.1", port=int(port), user="alice", password="secret",
+                tls="none", timeout=60.0)
+fetcher = Fetcher(source, destination, state, Options())
+fetcher.prepare()
+before = peak()
+report = asyncio.run(fetcher.run())
+print(json.dumps({"before": before, "after": peak(), "delivered": report.delivered}))
+'''
+
+
+async def test_a_large_message_in_bounded_memory(env: MailEnv, tmp_path: Path) -> None:
+    """A 40 MB message reaches the MDA whole while the fetching process's peak memory
+    (VmHWM, in a child process) grows by less than 8 MB."""
+    env.add_user("alice")
+    message = b"Subject: large\n\n" + (b"y" * 999 + b"\n") * 40_000
+    env.put("alice", message)
+    out = tmp_path / "delivered"
+    script = tmp_path / "child.py"
+    script.write_text(MEMORY_CHILD)
+    async with running_server(env.config()) as (port, _):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), str(port), str(out), str(tmp_path / "state.json"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()
+    result = json.loads(stdout)
+    assert result["delivered"] == 1
+    assert out.stat().st_size == len(message)
+    assert out.read_bytes() == message
+    assert result["after"] - result["before"] < 8 * 1024, result
