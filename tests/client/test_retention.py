@@ -17,8 +17,9 @@ import pytest
 from delivery_helpers import fetch
 from fetch_helpers import maildir_files
 from helpers import MailEnv, crlf, running_server
-from popbox.client.fetcher import DAY, Options, server_expire
+from popbox.client.fetcher import Options
 from popbox.client.maildir import Maildir
+from popbox.client.retention import DAY, server_expire
 
 T0 = 1_800_000_000.0
 

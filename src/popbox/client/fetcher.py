@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 import secrets
 import ssl
 import time
@@ -67,14 +66,12 @@ from typing import Literal, Protocol, TypeVar
 from popbox.client import errors as er
 from popbox.client import mbox
 from popbox.client.connection import PopClient, Tls, connect
+from popbox.client.retention import Retention, server_expire, stand_in
 from popbox.client.state import HEADERS, Journal, StateFile
 from popbox.proto.types import MsgNo, Uidl
 
 AUTH_METHODS = ("auto", "user", "apop", "plain", "login", "cram-md5", "scram-sha-1",
                 "scram-sha-256")
-
-
-DAY = 86400.0
 
 
 class FetchRefused(er.PopUnsupportedError):
@@ -233,34 +230,6 @@ def _batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def server_expire(capabilities: dict[str, list[str]] | None) -> int | None:
-    """Days after which the server removes retrieved mail (RFC 2449 §6.7: `EXPIRE n`, or
-    `EXPIRE n USER` before login), None for `NEVER`, no EXPIRE or a value not understood."""
-    args = (capabilities or {}).get("EXPIRE") or []
-    if args and args[0].isdigit():
-        return int(args[0])
-    return None
-
-
-_MIME_HEADER = re.compile(rb"(?im)^(content-[a-z-]*|mime-version):[^\n]*\n(?:[ \t][^\n]*\n)*")
-
-
-def stand_in(top: bytes, size: int, limit: int, server: str, uidl: str) -> bytes:
-    """What `oversize = "headers"` delivers: the message's headers (from `TOP n 0`, CRLF)
-    without its MIME structure, and a short plain-text note saying where the message is."""
-    head = top.replace(b"\r\n", b"\n")
-    end = head.find(b"\n\n")
-    head = head[: end + 1] if end >= 0 else (head if head.endswith(b"\n") else head + b"\n")
-    head = _MIME_HEADER.sub(b"", head)
-    note = (f"MIME-Version: 1.0\n"
-            f"Content-Type: text/plain; charset=us-ascii\n"
-            f"X-Popbox-Fetch: headers only; {size} octets left on the server\n\n"
-            f"This message is {size} octets, more than the {limit} that popbox fetch takes\n"
-            f"for this account (max_size), so only its headers are here. The whole\n"
-            f"message is still on {server} (UIDL {uidl}).\n")
-    return (head + note.encode("ascii", "replace")).replace(b"\n", b"\r\n")
-
-
 @dataclass(frozen=True)
 class _Item:
     """One delivery: message `msg` itself, or (`headers`) its stand-in."""
@@ -345,43 +314,20 @@ class Fetcher:
         if self.progress is not None:
             self.progress.done_message()
 
-    def _keep_for(self, pop: PopClient) -> float | None:
-        """Seconds a delivered message stays on the server (None: for ever)."""
-        options = self.options
-        expire = server_expire(pop.capabilities)
-        if options.keep:
-            if expire is not None:
-                self._note(f"the server removes retrieved mail after {expire} day(s) "
-                           f"(EXPIRE {expire}), whatever keep says")
-            return None
-        if options.keep_days is None:
-            return 0.0
-        if expire is not None and expire < options.keep_days:
-            self._note(f"the server keeps retrieved mail for {expire} day(s) (EXPIRE "
-                       f"{expire}), less than keep_days = {options.keep_days:g}: messages "
-                       f"are deleted after {expire} day(s)")
-            return expire * DAY
-        return options.keep_days * DAY
-
-    def _due(self, uidl: str, keep_for: float | None, now: float) -> bool:
-        if keep_for is None:
-            return False
-        if keep_for <= 0:
-            return True
-        at = self.journal.account.delivered_at.get(uidl)
-        return at is not None and now - at >= keep_for
-
     async def _with_uidl(self, pop: PopClient, uidls: dict[MsgNo, Uidl],
                          sizes: dict[MsgNo, int]) -> None:
         journal, options, report = self.journal, self.options, self.report
         account = journal.account
         changed = journal.forget_missing(set(uidls.values()))
-        keep_for = self._keep_for(pop)
+        rule, note = Retention.of(options.keep, options.keep_days, server_expire(pop.capabilities))
+        if note is not None:
+            self._note(note)
         now = options.clock()
-        if keep_for:  # records from before times were kept count from now
+        if rule.counts_days:  # records from before times were kept count from now
             for uidl in account.delivered - account.delivered_at.keys():
-                account.delivered_at[uidl] = now
-                changed = True
+                if not uidl.startswith(HEADERS):
+                    account.delivered_at[uidl] = now
+                    changed = True
         seen: set[str] = set()
         old: list[MsgNo] = []
         items: list[_Item] = []
@@ -394,7 +340,7 @@ class Fetcher:
                 continue
             seen.add(uidl)
             if journal.delivered(uidl):
-                if self._due(uidl, keep_for, now):
+                if rule.due(account.delivered_at.get(uidl), now):
                     old.append(msg)
                 continue
             report.new += 1
@@ -429,8 +375,8 @@ class Fetcher:
         self._begin([item.msg for item in items if not item.headers], sizes)
         for batch in _batches(items, max(1, options.batch)):
             done = await self._fetch_batch(pop, batch)
-            due = [item.msg for item in done
-                   if not item.headers and self._due(item.uidl, keep_for, options.clock())]
+            due = [item.msg for item in done if not item.headers
+                   and rule.due(account.delivered_at.get(item.uidl), options.clock())]
             if due:
                 await pop.dele_many(due)
                 report.deleted += len(due)
