@@ -10,10 +10,11 @@ line is added: procmail and maildrop write one themselves when they deliver into
 
 The program runs without a shell, from the argument list as given, in its own process
 group; in its arguments (never in the program's name) `%u` is the account's user, `%a`
-the account's name, `%i` the message's UIDL and `%%` a `%`. Its exit status follows
-sysexits(3), as MTAs read it:
+the account's name, `%i` the message's UIDL (empty from a server without UIDL) and `%%` a
+`%`. Its exit status follows sysexits(3), as MTAs read it:
 
-- 0: delivered. The fetcher records the message at once, then DELEs it;
+- 0: delivered. The fetcher records the message at once, then DELEs it (as the
+  retention rule says);
 - 75 (EX_TEMPFAIL), death by a signal, a timeout (the group is killed), a program that
   cannot be started: `DeliveryDeferred`, the message stays on the server, the run ends;
 - any other status: `DeliveryFailed`, with the last line the program wrote on stderr:
