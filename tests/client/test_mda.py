@@ -23,7 +23,7 @@ from popbox.client.destinations import (
     MdaTarget,
     open_destination,
 )
-from popbox.client.fetcher import Options
+from popbox.client.fetcher import FetchRefused, Options
 from popbox.client.mda import Mda, expand
 from popbox.client.state import StateFile
 
@@ -216,3 +216,31 @@ async def test_a_large_message_in_bounded_memory(env: MailEnv, tmp_path: Path) -
     assert out.stat().st_size == len(message)
     assert out.read_bytes() == message
     assert result["after"] - result["before"] < 8 * 1024, result
+
+
+async def test_a_server_without_uidl(tmp_path: Path) -> None:
+    """RFC 1939 §7: without UIDL, keep_days is refused (old mail could not be told from
+    new); a run delivers, reports a refusal per message, DELEs unread what is over
+    max_size with oversize = delete, and DELEs only what was delivered."""
+    from test_fetch import NoUidlServer
+
+    messages = [b"Subject: ok1\n\none\n", b"Subject: fail\n\ntwo\n",
+                b"Subject: big\n\n" + b"z" * 2000 + b"\n", b"Subject: ok2\n\nfour\n"]
+    fake = NoUidlServer(messages)
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    script = mda_script(tmp_path)
+    out = tmp_path / "out"
+    mda = destination(tmp_path, str(script), "[%i]", str(out))
+    try:
+        with pytest.raises(FetchRefused, match="no UIDL"):
+            await fetch(port, mda, tmp_path / "state.json", Options(keep_days=3))
+        report = await fetch(port, mda, tmp_path / "state.json",
+                             Options(max_size=500, oversize="delete"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (report.new, report.delivered, report.failed, report.deleted) == (4, 2, 1, 3)
+    assert fake.messages == {2: messages[1]}
+    delivered = [data for files in mda_deliveries(out).values() for data in files]
+    assert sorted(delivered) == sorted(b"['[]']\n" + m for m in (messages[0], messages[3]))
