@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from popbox.client.fetcher import Destination, Fetcher, Options, Report, Source
+from popbox.client.fetcher import Destination, Fetcher, Options, Progress, Report, Source
 from popbox.client.state import StateFile
 
 
@@ -17,13 +17,15 @@ def source(port: int, user: str = "alice") -> Source:
 
 
 async def fetch_once(port: int, destination: Destination, state_path: Path,
-                     options: Options | None = None) -> Fetcher:
+                     options: Options | None = None, progress: Progress | None = None
+                     ) -> Fetcher:
     """One run (the state file opened and closed around it); the fetcher, whose `report`
     holds the counts also when `run` raised."""
     state = StateFile(state_path)
     state.open()
     try:
-        fetcher = Fetcher(source(port), destination, state, options or Options())
+        fetcher = Fetcher(source(port), destination, state, options or Options(),
+                          progress=progress)
         fetcher.prepare()
         await fetcher.run()
         return fetcher
@@ -32,8 +34,8 @@ async def fetch_once(port: int, destination: Destination, state_path: Path,
 
 
 async def fetch(port: int, destination: Destination, state_path: Path,
-                options: Options | None = None) -> Report:
-    return (await fetch_once(port, destination, state_path, options)).report
+                options: Options | None = None, progress: Progress | None = None) -> Report:
+    return (await fetch_once(port, destination, state_path, options, progress)).report
 
 
 # The MDA: reads the message from stdin; by its Subject: "ok..." is delivered into OUT as
@@ -82,3 +84,21 @@ def mda_deliveries(out: Path) -> dict[str, list[bytes]]:
         if "." in path.name and not path.name.startswith("."):
             found.setdefault(path.name.rpartition(".")[0], []).append(path.read_bytes())
     return found
+
+
+class Recorder:
+    """A progress display that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.begun: list[tuple[int, int]] = []
+        self.octets = 0
+        self.messages = 0
+
+    def begin(self, messages: int, octets: int) -> None:
+        self.begun.append((messages, octets))
+
+    def advance(self, octets: int) -> None:
+        self.octets += octets
+
+    def done_message(self) -> None:
+        self.messages += 1

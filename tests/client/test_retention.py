@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from delivery_helpers import fetch
+from delivery_helpers import Recorder, fetch
 from fetch_helpers import maildir_files
 from helpers import MailEnv, crlf, running_server
 from popbox.client.fetcher import Options
@@ -220,9 +220,13 @@ async def test_oversize_delete(oversized: MailEnv, tmp_path: Path) -> None:
 async def test_oversize_headers(oversized: MailEnv, tmp_path: Path) -> None:
     maildir, state = tmp_path / "Maildir", tmp_path / "state.json"
     options = Options(max_size=1000, oversize="headers")
+    progress = Recorder()
     async with running_server(oversized.config()) as (port, _):
-        report = await fetch(port, Maildir(maildir), state, options)
+        report = await fetch(port, Maildir(maildir), state, options, progress)
         assert (report.delivered, report.skipped, report.deleted) == (1, 2, 1)
+        assert progress.begun == [(3, len(crlf(SMALL)))]  # a stand-in's size is not known
+        assert progress.messages == 3
+        assert progress.octets == report.octets > len(crlf(SMALL))
         files = delivered(maildir)
         assert len(files) == 3
         stand_ins = [f for f in files if f != SMALL]

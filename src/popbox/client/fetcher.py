@@ -306,9 +306,11 @@ class Fetcher:
             raise self._deferred
         return self.report
 
-    def _begin(self, msgs: Sequence[MsgNo], sizes: dict[MsgNo, int]) -> None:
+    def _begin(self, msgs: Sequence[MsgNo], sizes: dict[MsgNo, int], stand_ins: int = 0
+               ) -> None:
+        """Tell the display what is coming (a stand-in's octets are not known ahead)."""
         if self.progress is not None:
-            self.progress.begin(len(msgs), sum(sizes.get(msg, 0) for msg in msgs))
+            self.progress.begin(len(msgs) + stand_ins, sum(sizes.get(msg, 0) for msg in msgs))
 
     def _done_message(self) -> None:
         if self.progress is not None:
@@ -372,7 +374,8 @@ class Fetcher:
         if old or unread:
             await pop.dele_many(sorted(old + unread))
             report.deleted += len(old) + len(unread)
-        self._begin([item.msg for item in items if not item.headers], sizes)
+        self._begin([item.msg for item in items if not item.headers], sizes,
+                    sum(item.headers for item in items))
         for batch in _batches(items, max(1, options.batch)):
             done = await self._fetch_batch(pop, batch)
             due = [item.msg for item in done if not item.headers
@@ -435,6 +438,8 @@ class Fetcher:
             if item.headers:
                 top = await pop.top(item.msg, 0)
                 self.report.octets += len(top)
+                if self.progress is not None:
+                    self.progress.advance(len(top))
                 assert self.options.max_size is not None
                 writer.write(stand_in(top, self._sizes.get(item.msg, 0), self.options.max_size,
                                       self.source.server, item.uidl))
