@@ -205,3 +205,32 @@ async def test_old_schema_is_refused(pg_server: str) -> None:
         assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
         await store.close()
 
+
+
+async def test_messages_already_seen_get_no_update(store: PostgresStore, pg_dsn: str) -> None:
+    """RFC 1939 §6: a QUIT after retrieving messages that were already seen writes
+    nothing: no row gets a new version (its xmin, the transaction that wrote it, stays);
+    a message not seen yet among them is still marked."""
+    location = mailbox()
+    for _ in range(3):
+        assert await store.deliver(location, MESSAGE) is None
+
+    async def versions() -> list[tuple[str, bool]]:
+        rows = await fetch(pg_dsn, "SELECT m.xmin::text AS x, m.seen FROM messages m "
+                           "JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1 "
+                           "ORDER BY m.id", location)
+        return [(row["x"], row["seen"]) for row in rows]
+
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    marked = await versions()
+    assert [seen for _, seen in marked] == [True, True, False]
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    assert await versions() == marked
+    assert await lock_holders(pg_dsn, location) == []  # the lock is released all the same
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1, 2}) == CommitReport(deleted=0, missing=0, flagged=3)
+    after = await versions()
+    assert after[:2] == marked[:2]
+    assert after[2][1] and after[2][0] != marked[2][0]

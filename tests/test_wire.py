@@ -1,11 +1,26 @@
-"""The message on the wire: CRLF, byte-stuffing, terminator, sizes, TOP (RFC 1939 §3, §7)."""
+"""The message on the wire: CRLF, byte-stuffing, terminator, sizes, TOP (RFC 1939 §3, §7).
+
+Every test here runs twice, once with each kernel (the compiled `popbox.proto._speedups`
+and the Python `popbox.proto._native`); tests/test_wire_kernels.py checks that the two
+give the same bytes for any input cut into any chunks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from kernels import KERNELS, using
 from popbox.proto.wire import MessageEncoder, SizeCounter, TopFilter, wire_size
+
+
+@pytest.fixture(scope="module", params=sorted(KERNELS), autouse=True)
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    with using(KERNELS[request.param]):
+        yield request.param
 
 
 def encode(message: bytes, chunk: int | None = None, top: int | None = None) -> bytes:

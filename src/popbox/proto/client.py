@@ -41,6 +41,7 @@ from typing import assert_never
 
 from popbox.proto import events as ev
 from popbox.proto import replies as rp
+from popbox.proto import wire
 from popbox.proto.commands import MAX_COMMAND_LINE, MAX_SASL_LINE, TABLE, Shape
 from popbox.proto.types import State
 
@@ -51,7 +52,6 @@ _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 _STATE_CHANGERS = (ev.Pass, ev.Apop, ev.Auth, ev.Quit)
 # Multi-byte patterns through re: bytes.find/replace search them slowly in mail (proto.wire)
 _TERMINATOR = re.compile(rb"\n\.\r\n")
-_STUFFED = re.compile(rb"\n\.")
 
 
 class LocalProtocolError(ValueError):
@@ -391,6 +391,4 @@ class ClientConnection:
         chunk = bytes(buf[:size])
         del buf[:size]
         at_start, self._line_start = self._line_start, chunk[-1:] == b"\n"
-        if at_start and chunk[:1] == b".":
-            chunk = chunk[1:]
-        return rp.Data(_STUFFED.sub(b"\n", chunk))
+        return rp.Data(wire.kernel.unstuff(chunk, at_start))

@@ -17,6 +17,10 @@ Courier and qmail write them. The pieces:
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
   thread, so a cancelled commit still finishes before anyone else can open the maildrop.
+  A message read from ``cur/`` under a name with the ``S`` flag is remembered as seen
+  when it is opened, so it costs the commit nothing: a session that retrieved only such
+  messages and deleted none (a client that leaves mail on the server, at every poll)
+  commits with no system call but the lock's close and no trip to a thread.
 * deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
   fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
   ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -231,6 +236,10 @@ class MaildirStore:
         return None
 
 
+def _in_range(indexes: Set[int], count: int) -> bool:
+    return not indexes or (min(indexes) >= 0 and max(indexes) < count)
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -249,6 +258,8 @@ class MaildirDrop:
         self._mark_seen = mark_seen
         self._chunk = chunk
         self._committing = False
+        # Indexes opened from cur/ under a name with the S flag: nothing to flag at commit.
+        self._seen: set[int] = set()
 
     @property
     def messages(self) -> Snapshot:
@@ -267,7 +278,7 @@ class MaildirDrop:
         path = f"{self._root}/{sub}/{name}"  # (os.path.join: ten calls in Python)
         for attempt in range(3):
             try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 entry = self._entries[index]
                 if attempt == 2 or not self._relocate(entry):
@@ -275,6 +286,10 @@ class MaildirDrop:
                 path = entry.path(self._root)
             except OSError as exc:
                 raise StoreError(Failure.TEMPORARY) from exc
+            else:
+                if attempt == 0 and self._mark_seen and sub == "cur" and has_flag(name, "S"):
+                    self._seen.add(index)
+                return fd
         raise MessageGone()  # pragma: no cover - the loop always returns or raises
 
     async def read(self, index: int) -> AsyncGenerator[bytes, None]:
@@ -294,14 +309,20 @@ class MaildirDrop:
         if self._committing or not self._lock.held:
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
-        if any(not 0 <= i < count for i in (*delete, *seen)):
+        if not (_in_range(delete, count) and _in_range(seen, count)):
             raise IndexError("message index out of range")
         self._committing = True
         to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
+        already = len(to_flag & self._seen)
+        if already:
+            to_flag -= self._seen
         if not delete and not to_flag:  # nothing to change: no trip to a thread
             self._lock.release()
-            return CommitReport(deleted=0, missing=0, flagged=0)
-        return await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+            return CommitReport(deleted=0, missing=0, flagged=already)
+        report = await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+        if isinstance(report, Failure) or not already:
+            return report
+        return dataclasses.replace(report, flagged=report.flagged + already)
 
     def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
         try:
