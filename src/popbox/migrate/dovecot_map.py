@@ -1,0 +1,945 @@
+"""A Dovecot 2.3 or 2.4 configuration (a `dovecot_conf` tree) as popbox.toml settings.
+
+`convert(tree, host)` gives the popbox sections (plain data, ready for `popbox.config`)
+and a `Note` for every setting it could not carry over, each with its file and line.
+No I/O of its own: the files it must look into (a passdb's dovecot-sql.conf.ext) and the
+user names behind numeric ids come through `host`.
+
+What POP3 sees in Dovecot is the top level with ``protocol pop3 { }`` (and ``protocol
+!imap``-style blocks) on top; the settings of other protocols and services are reported
+once per block. The syntax is told by ``dovecot_config_version`` (2.4 requires it first;
+doc.dovecot.org "Upgrading Dovecot CE from 2.3 to 2.4" lists the renamed settings used
+here: ``ssl_server_cert_file``, ``auth_allow_cleartext``, ``mail_driver``/``mail_path``,
+``passwd_file_path``, named ``passdb``/``userdb`` blocks, ``%{user | domain}`` variables).
+
+UIDLs (RFC 1939 §7): popbox's own Maildir UIDL is a file name's unique part, up to the
+first ``,`` or ``:``. Dovecot's default ``pop3_uidl_format`` (``%08Xu%08Xv``; 2.4
+``%{uid | hex(8)}%{uidvalidity | hex(8)}``) is the IMAP uid and uidvalidity in hex, kept
+in each maildir's ``dovecot-uidlist``: then ``store.uidl_import = "dovecot"`` makes
+popbox list what Dovecot listed. ``%f``/``%g`` is the file name up to ``:`` (seen from
+Dovecot 2.3.19): the same as popbox's for names without ``,S=``, not for Dovecot's own
+deliveries. `popbox uidl audit` compares the two for real before the switch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import quote
+
+from popbox.config import StoreSection
+from popbox.migrate.dovecot_conf import ParseError, Section, Value, Where, parse
+from popbox.proto import sasl
+
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+DEFAULT_UIDL_FORMATS = frozenset({"%08Xu%08Xv", "%{uid|hex(8)}%{uidvalidity|hex(8)}"})
+FILENAME_UIDL_FORMATS = frozenset({"%f", "%g", "%{filename}", "%{guid}"})
+POP3_SERVICES = frozenset({"pop3", "pop3-login"})
+
+# Leftover settings: why they do not carry over, by name prefix (first match wins).
+_REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("imap", "submission", "lmtp", "lda_", "sieve", "managesieve", "quota", "acl",
+      "mail_plugins", "fts", "postmaster_address", "recipient_delimiter", "mailbox_",
+      "lazy_expunge", "mail_attribute", "push_notification", "doveadm", "replication",
+      "dsync", "director"), "not used by POP3"),
+    (("log_", "info_log", "debug_log", "syslog", "mail_debug", "auth_verbose",
+      "auth_debug", "verbose_", "login_log_format", "mail_log_prefix", "log_path"),
+     "popbox logs to standard error with fixed fields (README: Logs)"),
+    (("base_dir", "state_dir", "instance_name", "default_", "mail_privileged_group",
+      "first_valid", "last_valid", "dovecot_", "import_environment", "shutdown_clients",
+      "version_ignore", "login_plugin", "mail_cache", "mail_fsync", "mmap_", "lock_method",
+      "mail_nfs", "maildir_", "mbox_", "mail_temp", "mail_full_filesystem_access",
+      "valid_chroot_dirs", "mail_chroot", "mail_access_groups", "mail_attachment",
+      "mail_index", "stats", "metric", "event_"),
+     "Dovecot-internal; nothing to carry over"),
+    (("ssl_",), "popbox chooses its own TLS parameters (TLS 1.2 or later, forward-secret "
+     "AEAD ciphers; README: Security)"),
+)
+
+
+class Host(Protocol):
+    """What the conversion may ask of the machine."""
+
+    def read(self, path: str) -> bytes | None:
+        """A file's contents, None when it cannot be read."""
+        ...
+
+    def user_name(self, uid: int) -> str | None: ...
+
+    def group_name(self, gid: int) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A setting that did not carry over (or carried over with a difference)."""
+
+    where: Where | None
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}" if self.where is not None else self.text
+
+
+@dataclass(slots=True)
+class Result:
+    version: str  # "2.3" or "2.4"
+    sections: dict[str, dict[str, object]] = field(default_factory=dict)
+    origins: dict[tuple[str, str], Where] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
+    sql_copy: str | None = None  # a statement giving Dovecot's users in popbox's columns
+
+
+def mbox_store_available() -> bool:
+    """Whether this popbox has an mbox store (`store.backend = "mbox"`)."""
+    return "mbox" in typing.get_args(StoreSection.model_fields["backend"].annotation)
+
+
+def convert(tree: Section, host: Host) -> Result:
+    return _Converter(tree, host).run()
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[\s,]+", text) if w]
+
+
+def _yes(value: Value | None, default: bool) -> bool:
+    if value is None:
+        return default
+    return value.text.strip().lower() in ("yes", "y", "true", "1")
+
+
+def _seconds(text: str) -> float | None:
+    """A Dovecot time ("2 secs", "500ms", "1 min", "0") in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
+    if not match:
+        return None
+    number, unit = float(match.group(1)), match.group(2)
+    if unit in ("", "s", "sec", "secs", "second", "seconds"):
+        return number
+    if unit in ("ms", "msec", "msecs", "millisecond", "milliseconds"):
+        return number / 1000
+    if unit in ("m", "min", "mins", "minute", "minutes"):
+        return number * 60
+    return None
+
+
+_VARIABLES = {
+    "u": "{user}", "user": "{user}",
+    "n": "{local}", "username": "{local}", "user|username": "{local}",
+    "d": "{domain}", "domain": "{domain}", "user|domain": "{domain}",
+    "h": "{home}", "home": "{home}",
+}
+_VARIABLE = re.compile(r"%(?:\{([^}]*)\}|([A-Za-z]+))")
+
+
+def location_template(path: str) -> tuple[str | None, list[str]]:
+    """A Dovecot path with %variables as a popbox template (None: cannot be), with
+    remarks on what changes."""
+    remarks: list[str] = []
+    failed: list[str] = []
+
+    def put(found: re.Match[str]) -> str:
+        long, short = found.group(1), found.group(2)
+        if long is not None:
+            name = long.replace(" ", "")
+            if name.endswith("|lower"):
+                name = name.removesuffix("|lower")
+                remarks.append("lower-cased")
+        else:
+            name = short
+            if len(name) > 1 and name[0] == "L":  # %Lu: lower-cased
+                name = name[1:]
+                remarks.append("lower-cased")
+            if len(name) > 1:  # %un and the like: one letter, the rest is text
+                return put_one(name[0], found.group(0)) + name[1:]
+        return put_one(name, found.group(0))
+
+    def put_one(name: str, original: str) -> str:
+        if name in _VARIABLES:
+            return _VARIABLES[name]
+        failed.append(original)
+        return original
+
+    template = _VARIABLE.sub(put, path.replace("%%", "\0")).replace("\0", "%")
+    if failed:
+        return None, [f"popbox has no equivalent of {', '.join(failed)}"]
+    if remarks:
+        remarks = ["Dovecot lower-cased the name in the path; popbox lower-cases only "
+                   "the domain"]
+    return template, remarks
+
+
+def _address(host: str) -> str | None:
+    host = host.strip()
+    if host in ("*", "0.0.0.0"):
+        return "0.0.0.0"
+    if host in ("::", "[::]"):
+        return "[::]"
+    if host == "localhost":
+        return "localhost"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _networks(text: str) -> tuple[list[str], list[str]]:
+    good, bad = [], []
+    for word in _words(text):
+        try:
+            good.append(str(ipaddress.ip_network(word, strict=False)))
+        except ValueError:
+            bad.append(word)
+    return good, bad
+
+
+def _libpq_words(text: str) -> list[tuple[str, str]]:
+    """``key=value key='quoted value'`` as libpq connection strings write them."""
+    pairs, i = [], 0
+    while i < len(text):
+        match = re.compile(r"\s*([A-Za-z_]+)\s*=\s*").match(text, i)
+        if not match:
+            break
+        i = match.end()
+        if i < len(text) and text[i] == "'":
+            out, i = [], i + 1
+            while i < len(text) and text[i] != "'":
+                if text[i] == "\\" and i + 1 < len(text):
+                    i += 1
+                out.append(text[i])
+                i += 1
+            value, i = "".join(out), i + 1
+        else:
+            end = i
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            value, i = text[i:end], end
+        pairs.append((match.group(1), value))
+    return pairs
+
+
+def pgsql_dsn(connect: str | dict[str, str]) -> tuple[str, list[str]]:
+    """A libpq URI from Dovecot's ``connect = host=... dbname=...`` (or 2.4's
+    ``parameters``), with remarks."""
+    pairs = list(connect.items()) if isinstance(connect, dict) else _libpq_words(connect)
+    remarks = []
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key == "host" and "host" in params:
+            remarks.append(f"several hosts: popbox uses the first, {params['host']}")
+            continue
+        params.setdefault(key, value)
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    user = params.pop("user", "")
+    password = params.pop("password", "")
+    dbname = params.pop("dbname", "")
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    netloc = (auth + "@" if auth else "")
+    if host.startswith("/"):  # a socket directory goes in the query
+        params["host"] = host
+        host = ""
+    elif ":" in host:
+        host = f"[{host}]"
+    netloc += host + (":" + port if port else "")
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items())
+    return f"postgresql://{netloc}/{quote(dbname, safe='')}" + ("?" + query if query else ""), \
+        remarks
+
+
+_SELECT = re.compile(r"^\s*select\s+(?P<columns>.*?)\s+from\s+(?P<table>.*?)"
+                     r"(?:\s+where\s+.*)?$", re.IGNORECASE | re.DOTALL)
+# popbox users column -> the names a Dovecot query may give it (AS aliases)
+_COLUMNS = {
+    "password": ("password",),
+    "home": ("home", "userdb_home"),
+    "mail": ("mail", "userdb_mail"),
+    "uid": ("uid", "userdb_uid"),
+    "gid": ("gid", "userdb_gid"),
+}
+
+
+def _split_columns(text: str) -> list[str]:
+    out: list[str] = []
+    current: list[str] = []
+    depth, quote_char = 0, ""
+    for char in text:
+        if quote_char:
+            quote_char = "" if char == quote_char else quote_char
+        elif char in "'\"":
+            quote_char = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            out.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    if current:
+        out.append("".join(current).strip())
+    return out
+
+
+def _alias(column: str) -> tuple[str, str]:
+    match = re.match(r"^(.*?)\s+as\s+\"?([A-Za-z_][A-Za-z0-9_]*)\"?\s*$", column,
+                     re.IGNORECASE | re.DOTALL)
+    if match:
+        return match.group(1).strip(), match.group(2).lower()
+    name = column.strip().split(".")[-1].strip('"').lower()
+    return column.strip(), name
+
+
+def sql_copy(queries: Iterable[str]) -> tuple[str | None, str]:
+    """A SELECT giving the users of Dovecot's password/user queries in the columns of
+    popbox's ``users`` table, or None and why not."""
+    found: dict[str, str] = {}
+    tables: list[str] = []
+    for query in queries:
+        match = _SELECT.match(query.strip().rstrip(";"))
+        if not match:
+            return None, f"cannot read the query {query.strip()[:60]!r}"
+        tables.append(match.group("table").strip())
+        for column in _split_columns(match.group("columns")):
+            expression, alias = _alias(column)
+            found.setdefault(alias, expression)
+    if len(set(tables)) != 1:
+        return None, f"the queries read different tables ({', '.join(tables)})"
+    if "user" in found:
+        name = found["user"]
+    elif "username" in found and "domain" in found:
+        name = f"{found['username']} || '@' || {found['domain']}"
+    elif "username" in found:
+        name = found["username"]
+    else:
+        return None, "the queries give no user or username column"
+    if "password" not in found:
+        return None, "the password query gives no password column"
+    columns = [("name", name)]
+    for target, aliases in _COLUMNS.items():
+        for alias in aliases:
+            if alias in found:
+                columns.append((target, found[alias]))
+                break
+    select = ", ".join(f"{expression} AS {target}" for target, expression in columns)
+    # Text for the operator to read and run, made from their own queries.
+    statement = f"SELECT {select} FROM {tables[0]}"  # noqa: S608
+    return statement, ", ".join(t for t, _ in columns)
+
+
+class _Converter:
+    def __init__(self, tree: Section, host: Host) -> None:
+        self.tree = tree
+        self.host = host
+        self.used: set[tuple[int, str]] = set()
+        self.done_sections: set[int] = set()
+        version = tree.get("dovecot_config_version")
+        self.v24 = version is not None
+        self.result = Result("2.4" if self.v24 else "2.3")
+        self.scopes = [tree] + [
+            s for s in tree.children("protocol")
+            if s.name == "pop3" or ((s.name or "").startswith("!") and s.name != "!pop3")
+        ]
+
+    # --- reading settings ---
+
+    def take(self, *keys: str) -> Value | None:
+        """The value POP3 sees for the first of `keys` that is set (protocol pop3 wins
+        over the top level); every occurrence counts as carried over."""
+        for key in keys:
+            found = None
+            for scope in self.scopes:
+                value = scope.get(key)
+                if value is not None:
+                    self.used.add((id(scope), key))
+                    found = value
+            if found is not None:
+                return found
+        return None
+
+    def take_in(self, section: Section, *keys: str) -> Value | None:
+        for key in keys:
+            value = section.get(key)
+            if value is not None:
+                self.used.add((id(section), key))
+                return value
+        return None
+
+    def put(self, section: str, key: str, value: object, where: Where | None) -> None:
+        self.result.sections.setdefault(section, {})[key] = value
+        if where is not None:
+            self.result.origins[(section, key)] = where
+
+    def note(self, where: Where | None, text: str) -> None:
+        self.result.notes.append(Note(where, text))
+
+    # --- the conversion ---
+
+    def run(self) -> Result:
+        self.take("dovecot_config_version", "dovecot_storage_version")
+        self._protocols()
+        tls = self._tls()
+        self._listeners(tls)
+        self._auth(tls)
+        self._databases()
+        self._mail()
+        self._pop3()
+        self._leftovers()
+        return self.result
+
+    def _protocols(self) -> None:
+        value = self.take("protocols")
+        if value is not None and "pop3" not in _words(value.text):
+            self.note(value.where, f"protocols = {value.text}: Dovecot did not serve POP3 "
+                      "with this configuration")
+
+    def _tls(self) -> bool:
+        ssl = self.take("ssl")
+        mode = ssl.text.lower() if ssl is not None else "yes"
+        cert = self.take("ssl_server_cert_file", "ssl_cert")
+        key = self.take("ssl_server_key_file", "ssl_key")
+        if mode == "no":
+            return False
+        for value, what in ((cert, "certificate"), (key, "key")):
+            if value is not None and not value.from_file and value.where is not None and \
+                    not self.v24:
+                self.note(value.where, f"the TLS {what} is written inline; popbox needs "
+                          "it in a file")
+                return False
+        if cert is None or key is None:
+            self.note(ssl.where if ssl else None, "no TLS certificate and key: popbox "
+                      "offers no STLS and no POP3S")
+            return False
+        self.put("tls", "cert", cert.text, cert.where)
+        self.put("tls", "key", key.text, key.where)
+        password = self.take("ssl_server_key_password", "ssl_key_password")
+        if password is not None and password.text:
+            self.note(password.where, "the TLS key has a password: popbox needs an "
+                      "unencrypted key file (readable by root only)")
+        low = self.take("ssl_min_protocol")
+        if low is not None:
+            version = low.text.upper().removeprefix("TLSV")
+            if version in ("1.2", "1.3"):
+                self.put("tls", "min_version", version, low.where)
+            else:
+                self.note(low.where, f"ssl_min_protocol = {low.text}: popbox never "
+                          "speaks below TLS 1.2")
+        for section in self.tree.children("local_name"):
+            sni_cert = self.take_in(section, "ssl_server_cert_file", "ssl_cert")
+            sni_key = self.take_in(section, "ssl_server_key_file", "ssl_key")
+            if section.name and sni_cert and sni_key:
+                pairs = self.result.sections.setdefault("tls", {}).setdefault("sni", {})
+                assert isinstance(pairs, dict)
+                pairs[section.name.strip("\"")] = {"cert": sni_cert.text, "key": sni_key.text}
+        return True
+
+    def _listeners(self, tls: bool) -> None:
+        listen = self.take("listen")
+        hosts = _words(listen.text) if listen is not None else ["*", "::"]
+        service = self.tree.child("service", "pop3-login")
+        defined = {s.name: s for s in service.children("inet_listener")} if service else {}
+        plain: list[str] = []
+        implicit: list[str] = []
+        for name in dict.fromkeys(["pop3", "pop3s", *(n for n in defined if n)]):
+            listener = defined.get(name)
+            port_value = self.take_in(listener, "port") if listener else None
+            port_text = port_value.text if port_value else ("995" if name == "pop3s" else "110")
+            ssl_value = self.take_in(listener, "ssl") if listener else None
+            is_tls = _yes(ssl_value, name == "pop3s")
+            where = port_value.where if port_value else (listener.where if listener else None)
+            if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+                self.note(where, f"inet_listener {name}: port {port_text!r} is not a port")
+                continue
+            if int(port_text) == 0:
+                continue
+            address_value = self.take_in(listener, "address") if listener else None
+            addresses = _words(address_value.text) if address_value else hosts
+            if listener is not None:
+                haproxy = self.take_in(listener, "haproxy")
+                if _yes(haproxy, False):
+                    self.note(haproxy.where if haproxy else where, f"inet_listener {name} "
+                              "expects HAProxy's PROXY protocol: popbox requires it from "
+                              "server.proxy_networks (haproxy_trusted_networks)")
+            if is_tls and not tls:
+                self.note(where, f"inet_listener {name} (POP3S) dropped: no TLS certificate")
+                continue
+            for host in addresses:
+                address = _address(host)
+                if address is None:
+                    self.note(where, f"inet_listener {name}: address {host!r} is not an IP "
+                              "address")
+                    continue
+                (implicit if is_tls else plain).append(f"{address}:{port_text}")
+        self.put("server", "listen", plain, listen.where if listen else None)
+        if implicit:
+            self.put("tls", "implicit", implicit, None)
+        if service is not None:
+            self.done_sections.add(id(service))
+            for listener in service.children("inet_listener"):
+                self.done_sections.add(id(listener))
+
+    def _auth(self, tls: bool) -> None:
+        mechanisms = self.take("auth_mechanisms")
+        names = _words(mechanisms.text.upper()) if mechanisms else ["PLAIN"]
+        chosen: list[str] = []
+        for name in names:
+            if name == "APOP":
+                self.put("auth", "apop", True, mechanisms.where if mechanisms else None)
+            elif name in sasl.INFO:
+                chosen.append(name)
+            else:
+                self.note(mechanisms.where if mechanisms else None,
+                          f"auth_mechanisms: popbox has no {name}")
+        self.put("auth", "mechanisms", chosen, mechanisms.where if mechanisms else None)
+        if any(n.startswith(("SCRAM", "CRAM")) for n in chosen):
+            # Dovecot derives CRAM-MD5 and SCRAM from {PLAIN} passwords; so does popbox
+            # when asked to.
+            self.put("auth", "derive_credentials", True,
+                     mechanisms.where if mechanisms else None)
+        ssl = self.take("ssl")
+        if self.v24:
+            cleartext = self.take("auth_allow_cleartext")
+            allowed = _yes(cleartext, False)
+        else:
+            cleartext = self.take("disable_plaintext_auth")
+            allowed = not _yes(cleartext, True)
+        if ssl is not None and ssl.text.lower() == "required":
+            allowed = False
+            self.note(ssl.where, "ssl = required: popbox refuses plaintext passwords "
+                      "without TLS except from auth.local_networks, but allows SCRAM and "
+                      "CRAM-MD5 without TLS")
+        self.put("auth", "cleartext", "always" if allowed else "local",
+                 cleartext.where if cleartext else None)
+        trusted = self.take("login_trusted_networks")
+        if trusted is not None:
+            good, bad = _networks(trusted.text)
+            self.put("auth", "local_networks", LOOPBACK + good, trusted.where)
+            if bad:
+                self.note(trusted.where, f"login_trusted_networks: not networks: {bad}")
+        proxies = self.take("haproxy_trusted_networks")
+        if proxies is not None:
+            good, bad = _networks(proxies.text)
+            self.put("server", "proxy_networks", good, proxies.where)
+            if bad:
+                self.note(proxies.where, f"haproxy_trusted_networks: not networks: {bad}")
+        delay = self.take("auth_failure_delay")
+        if delay is not None:
+            seconds = _seconds(delay.text)
+            if seconds is None:
+                self.note(delay.where, f"auth_failure_delay = {delay.text}: not a time")
+            else:
+                self.put("limits", "penalty_initial", seconds, delay.where)
+        for key in ("auth_username_format", "auth_username_translation",
+                    "auth_default_realm", "auth_default_domain", "auth_realms"):
+            value = self.take(key)
+            if value is not None:
+                self.note(value.where, f"{key} = {value.text}: popbox looks users up by the "
+                          "name given, with the domain lower-cased")
+
+    # --- passdb and userdb ---
+
+    def _driver(self, section: Section) -> str:
+        value = self.take_in(section, "driver", f"{section.kind}_driver")
+        return (value.text if value else section.name or "").lower()
+
+    def _databases(self) -> None:
+        passdbs = [s for s in self.tree.children("passdb")]
+        userdbs = [s for s in self.tree.children("userdb")]
+        for section in passdbs + userdbs:
+            self.done_sections.add(id(section))
+        usable = []
+        for section in passdbs:
+            for flag in ("deny", "master", "passdb_deny", "passdb_master"):
+                value = self.take_in(section, flag)
+                if _yes(value, False):
+                    self.note(value.where if value else section.where,
+                              f"passdb {self._driver(section)} with {flag} = yes: popbox "
+                              "has no deny or master-user databases")
+                    break
+            else:
+                usable.append(section)
+        if not usable:
+            self.note(self.tree.where, "no passdb: popbox's default users file "
+                      "/etc/popbox/users is used")
+            return
+        first = usable[0]
+        for extra in usable[1:]:
+            self.note(extra.where, f"passdb {self._driver(extra)}: popbox reads one "
+                      "password database; this one is left out")
+        driver = self._driver(first)
+        if driver == "passwd-file":
+            self._passwd_file(first, userdbs)
+        elif driver == "sql":
+            self._sql(first, userdbs)
+        else:
+            self.note(first.where, _OTHER_DRIVERS.get(driver, f"passdb driver {driver}: "
+                      "popbox reads a passwd-file or PostgreSQL") +
+                      "; make a users file with `popbox user add`")
+        for section in passdbs + userdbs:
+            for key, value in section.settings.items():
+                if (id(section), key) not in self.used:
+                    self.note(value.where, f"{section.kind} {key} = {value.text}: popbox "
+                              "has no equivalent")
+                    self.used.add((id(section), key))
+
+    def _passwd_file_args(self, section: Section) -> tuple[str | None, dict[str, str],
+                                                           Where]:
+        args = self.take_in(section, "args")
+        options: dict[str, str] = {}
+        path = None
+        if args is not None:
+            for word in args.text.split():
+                key, sep, value = word.partition("=")
+                if sep and not word.startswith("/"):
+                    options[key] = value
+                else:
+                    path = word
+        named = self.take_in(section, "passwd_file_path", f"{section.kind}_passwd_file_path")
+        if named is not None:
+            path = named.text
+        for key in ("default_password_scheme", "passdb_default_password_scheme"):
+            scheme = self.take_in(section, key)
+            if scheme is not None:
+                options["scheme"] = scheme.text
+        where = args.where if args is not None else (named.where if named else section.where)
+        return path, options, where
+
+    def _passwd_file(self, passdb: Section, userdbs: list[Section]) -> None:
+        path, options, where = self._passwd_file_args(passdb)
+        if path is None:
+            self.note(where, "passdb passwd-file without a file name")
+            return
+        if "%" in path:
+            self.note(where, f"passwd-file {path}: popbox reads one users file, not one "
+                      "per user or domain")
+            return
+        self.put("auth", "backend", "passwd-file", where)
+        self.put("auth", "passwd_file", path, where)
+        scheme = options.pop("scheme", "CRYPT").upper()
+        if scheme != "CRYPT":
+            self.note(where, f"scheme={scheme}: popbox reads a password without a "
+                      "{SCHEME} prefix as a crypt(3) hash; write {" + scheme + "} before "
+                      "each such password")
+        fmt = options.pop("username_format", "%u")
+        if fmt not in ("%u", "%{user}", "%Lu"):
+            self.note(where, f"username_format={fmt}: popbox looks up the whole "
+                      "user@domain name in the file")
+        for key in options:
+            self.note(where, f"passwd-file option {key}: popbox has no equivalent")
+        for userdb in userdbs:
+            driver = self._driver(userdb)
+            if driver == "passwd-file":
+                other, _, uwhere = self._passwd_file_args(userdb)
+                if other not in (None, path):
+                    self.note(uwhere, f"userdb passwd-file {other}: popbox takes the users' "
+                              f"homes and mail from {path}, the passdb's file")
+            elif driver == "static":
+                self._static_userdb(userdb)
+            elif driver != "prefetch":
+                self.note(userdb.where, f"userdb {driver}: popbox takes the users' homes "
+                          f"and mail locations from {path}")
+
+    def _static_userdb(self, userdb: Section) -> None:
+        args = self.take_in(userdb, "args")
+        fields = dict(w.partition("=")[::2] for w in (args.text.split() if args else []))
+        for key, value in userdb.settings.items():
+            if key.startswith(("userdb_fields", "fields")):
+                self.used.add((id(userdb), key))
+            if key in ("home", "userdb_home", "mail_home"):
+                fields["home"] = value.text
+                self.used.add((id(userdb), key))
+        if "home" in fields:
+            self.static_home = (fields["home"], args.where if args else userdb.where)
+
+    static_home: tuple[str, Where] | None = None
+
+    def _sql(self, passdb: Section, userdbs: list[Section]) -> None:
+        queries: list[str] = []
+        connect: str | dict[str, str] | None = None
+        driver = "pgsql"
+        where = passdb.where
+        if self.v24:
+            query = self.take_in(passdb, "query", "sql_query", "passdb_sql_query")
+            if query is not None:
+                queries.append(query.text)
+            for userdb in userdbs:
+                uquery = self.take_in(userdb, "query", "sql_query", "userdb_sql_query")
+                if uquery is not None:
+                    queries.append(uquery.text)
+            drv = self.take("sql_driver")
+            driver = drv.text if drv else "pgsql"
+            for section in self.tree.children("pgsql"):
+                self.done_sections.add(id(section))
+                params: dict[str, str] = {"host": section.name or ""}
+                for sub in section.children("parameters"):
+                    self.done_sections.add(id(sub))
+                    for key, value in sub.settings.items():
+                        params[key] = value.text
+                        self.used.add((id(sub), key))
+                connect = connect or params
+        else:
+            args = self.take_in(passdb, "args")
+            if args is None:
+                self.note(passdb.where, "passdb sql without args (dovecot-sql.conf.ext)")
+                return
+            where = args.where
+            data = self.host.read(args.text)
+            if data is None:
+                self.note(args.where, f"cannot read {args.text}: the PostgreSQL DSN and "
+                          "the users' columns are not carried over")
+                return
+            try:
+                sql = parse(data, args.text)
+            except ParseError as exc:
+                self.note(args.where, f"{exc}")
+                return
+            driver = sql.text("driver", "")
+            connect = sql.text("connect", "")
+            for key in ("password_query", "user_query"):
+                if sql.get(key) is not None:
+                    queries.append(sql.text(key))
+        if driver != "pgsql":
+            self.note(where, f"SQL driver {driver!r}: popbox's database is PostgreSQL; "
+                      "move the users into popbox's `users` table (popbox db upgrade; "
+                      "popbox user add)")
+            return
+        if connect is not None:
+            dsn, remarks = pgsql_dsn(connect)
+            self.put("postgres", "dsn", dsn, where)
+            for remark in remarks:
+                self.note(where, remark)
+        self.put("auth", "backend", "postgres", where)
+        copy, columns = sql_copy(queries) if queries else (None, "no queries found")
+        if copy is None:
+            self.note(where, f"the users' columns could not be mapped ({columns}): popbox "
+                      "reads its own `users` table (name, password, home, mail, uid, gid; "
+                      "`popbox db upgrade` makes it)")
+            return
+        self.result.sql_copy = copy
+        self.note(where, f"popbox reads its own `users` table ({columns}; `popbox db "
+                  f"upgrade` makes it), not Dovecot's queries; this gives Dovecot's users "
+                  f"in those columns: {copy}")
+
+    # --- mail ---
+
+    def _mail(self) -> None:
+        home_value = self.take("mail_home")
+        home = (home_value.text, home_value.where) if home_value else self.static_home
+        if self.v24:
+            driver_value = self.take("mail_driver")
+            path_value = self.take("mail_path")
+            inbox_value = self.take("mail_inbox_path")
+            if driver_value is None:
+                self.note(None, "no mail_driver: Dovecot looked for the mail itself; "
+                          "popbox's default mail location is kept")
+                return
+            driver, where = driver_value.text.lower(), driver_value.where
+            path = path_value.text if path_value else ""
+            inbox = inbox_value.text if inbox_value else None
+            options: list[str] = []
+        else:
+            location = self.take("mail_location")
+            if location is None or not location.text:
+                self.note(None, "no mail_location: Dovecot looked for the mail itself; "
+                          "popbox's default mail location is kept")
+                return
+            where = location.where
+            driver, sep, rest = location.text.partition(":")
+            if not sep:
+                driver, rest = "", location.text
+            parts = rest.split(":")
+            path, options = parts[0], parts[1:]
+            inbox = None
+            for option in list(options):
+                if option.upper().startswith("INBOX="):
+                    inbox = option.partition("=")[2]
+                    options.remove(option)
+            driver = driver.lower()
+        for option in options:
+            self.note(where, f"mail location option {option}: not needed by popbox")
+        if driver == "maildir":
+            self._maildir(path, home, where)
+        elif driver == "mbox":
+            self._mbox(inbox, where)
+        else:
+            self.note(where, f"mail format {driver or '(unnamed)'}: popbox serves Maildir "
+                      "(and PostgreSQL); convert the mail first, e.g. `doveadm sync -u USER "
+                      "maildir:~/Maildir`")
+
+    def _maildir(self, path: str, home: tuple[str, Where] | None, where: Where) -> None:
+        if path.startswith("~") and home is not None:
+            path = home[0].rstrip("/") + path[1:]
+        template, remarks = location_template(path)
+        for remark in remarks:
+            self.note(where, f"mail location {path}: {remark}")
+        if template is None:
+            return
+        self.put("auth", "mail_location", template, where)
+        self.maildir = True
+
+    maildir = False
+
+    def _mbox(self, inbox: str | None, where: Where) -> None:
+        if inbox is None:
+            self.note(where, "mbox without an INBOX path: popbox cannot tell which file "
+                      "POP3 served")
+            return
+        template, remarks = location_template(inbox)
+        for remark in remarks:
+            self.note(where, f"mbox INBOX {inbox}: {remark}")
+        if template is None:
+            return
+        if mbox_store_available():
+            self.put("store", "backend", "mbox", where)
+            self.put("auth", "mail_location", "mbox:" + template, where)
+        else:
+            self.note(where, f"mbox INBOX {inbox}: this popbox has no mbox store; "
+                      "convert the spools to Maildir first")
+
+    # --- POP3 behaviour ---
+
+    def _pop3(self) -> None:
+        uidl = self.take("pop3_uidl_format")
+        fmt = uidl.text.replace(" ", "") if uidl else (
+            "%{uid|hex(8)}%{uidvalidity|hex(8)}" if self.v24 else "%08Xu%08Xv")
+        saved = self.take("pop3_save_uidl")
+        where = uidl.where if uidl else None
+        if self.maildir:
+            if fmt in DEFAULT_UIDL_FORMATS or _yes(saved, False):
+                self.put("store", "uidl_import", "dovecot", where)
+                said = f"pop3_uidl_format = {fmt}" if uidl else (
+                    f"pop3_uidl_format not set (Dovecot's default {fmt})")
+                self.note(where, f"{said}: popbox's own UIDLs would "
+                          "differ; store.uidl_import = \"dovecot\" makes popbox serve the "
+                          "UIDLs in each maildir's dovecot-uidlist, the ones clients have")
+            elif fmt in FILENAME_UIDL_FORMATS:
+                self.note(where, f"pop3_uidl_format = {fmt}: the file name up to ':'. "
+                          "popbox's UIDL stops at the first ',' as well: the same for mail "
+                          "delivered without ',S=' in its name, different for Dovecot's own "
+                          "deliveries. Check with `popbox uidl audit`")
+            else:
+                self.note(where, f"pop3_uidl_format = {fmt}: popbox cannot compute these "
+                          "UIDLs, so clients that keep mail on the server will download it "
+                          "again; with pop3_save_uidl = yes Dovecot records them in "
+                          "dovecot-uidlist for store.uidl_import = \"dovecot\"")
+        elif uidl is not None:
+            self.note(where, f"pop3_uidl_format = {fmt}: popbox's UIDLs depend on its store")
+        workarounds = self.take("pop3_client_workarounds")
+        if workarounds is not None:
+            names = _words(workarounds.text)
+            self.put("server", "workarounds", [n for n in names if n == "outlook-no-nuls"],
+                     workarounds.where)
+            for word in names:
+                if word != "outlook-no-nuls":
+                    self.note(workarounds.where, f"pop3_client_workarounds {word}: popbox "
+                              "has no such workaround")
+        greeting = self.take("login_greeting")
+        if greeting is not None:
+            self.put("server", "greeting", greeting.text, greeting.where)
+        hostname = self.take("hostname")
+        if hostname is not None:
+            self.put("server", "hostname", hostname.text, hostname.where)
+        per_ip = self.take("mail_max_userip_connections")
+        if per_ip is not None:
+            if per_ip.text.isdigit() and int(per_ip.text) >= 1:
+                self.put("limits", "max_connections_per_ip", int(per_ip.text), per_ip.where)
+                self.note(per_ip.where, "mail_max_userip_connections counted per user and "
+                          "address; limits.max_connections_per_ip counts per address (one "
+                          "session per maildrop always holds)")
+            else:
+                self.note(per_ip.where, f"mail_max_userip_connections = {per_ip.text}: not "
+                          "a positive number")
+        no_flags = self.take("pop3_no_flag_updates")
+        if _yes(no_flags, False):
+            self.put("store", "mark_seen", False, no_flags.where if no_flags else None)
+        lock = self.take("pop3_lock_session")
+        if lock is not None and not _yes(lock, False):
+            self.note(lock.where, "pop3_lock_session = no: popbox always locks the maildrop "
+                      "for the session (a second one gets -ERR [IN-USE])")
+        for key, user_or_group in (("mail_uid", "user"), ("mail_gid", "group")):
+            value = self.take(key)
+            if value is None:
+                continue
+            name: str | None = value.text
+            if value.text.isdigit():
+                number = int(value.text)
+                name = (self.host.user_name(number) if key == "mail_uid"
+                        else self.host.group_name(number))
+            if name:
+                self.put("server", user_or_group, name, value.where)
+            else:
+                self.note(value.where, f"{key} = {value.text}: no such {user_or_group} here")
+        logout = self.take("pop3_logout_format")
+        if logout is not None:
+            self.note(logout.where, "pop3_logout_format: popbox's logout line has fixed "
+                      "fields (retr, dele, bytes; README: Logs)")
+
+    # --- the rest ---
+
+    def _leftovers(self) -> None:
+        for section in self.tree.sections:
+            self._leftover_section(section)
+        for key, value in self.tree.settings.items():
+            if (id(self.tree), key) not in self.used:
+                self.note(value.where, f"{key} = {_short(value)}: {_reason(key)}")
+
+    def _leftover_section(self, section: Section) -> None:
+        label = section.kind + (f" {section.name}" if section.name else "")
+        relevant = (section.kind == "protocol" and section in self.scopes) or (
+            section.kind == "service" and section.name in POP3_SERVICES) or (
+            id(section) in self.done_sections) or section.kind in ("local_name",
+                                                                  "inet_listener")
+        if not relevant:
+            count = sum(len(s.settings) for s in section.walk())
+            if count:
+                why = ("not used by POP3" if section.kind in ("protocol", "service",
+                                                              "namespace", "plugin")
+                       else _reason(section.kind))
+                if section.kind in ("local", "remote"):
+                    why = "popbox has no per-address settings"
+                self.note(section.where, f"{label} {{ {count} setting(s) }}: {why}")
+            return
+        for key, value in section.settings.items():
+            if (id(section), key) not in self.used:
+                why = _reason(key)
+                if section.kind == "service":
+                    why = "popbox has no equivalent (one process serves every session; " \
+                          "see server.workers)"
+                elif section.kind == "local_name":
+                    why = f"only for TLS name {section.name}: popbox has per-name " \
+                          "certificates only (tls.sni)"
+                self.note(value.where, f"{label}: {key} = {_short(value)}: {why}")
+        for sub in section.sections:
+            self._leftover_section(sub)
+
+
+_OTHER_DRIVERS = {
+    "pam": "passdb pam (system passwords): popbox cannot check passwords through PAM",
+    "shadow": "passdb shadow (system passwords): popbox cannot read /etc/shadow",
+    "checkpassword": "passdb checkpassword: popbox cannot run a checkpassword program",
+    "ldap": "passdb ldap: popbox cannot ask an LDAP directory",
+    "dict": "passdb dict: popbox cannot read a Dovecot dict",
+    "lua": "passdb lua: popbox cannot run Lua",
+    "static": "passdb static: popbox has no static password",
+    "imap": "passdb imap: popbox cannot ask an IMAP server",
+    "oauth2": "passdb oauth2: set up [oauth] instead (README: Configuration reference)",
+    "bsdauth": "passdb bsdauth: popbox cannot use BSD authentication",
+}
+
+
+def _short(value: Value) -> str:
+    text = ("<" if value.from_file else "") + value.text
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _reason(key: str) -> str:
+    for prefixes, reason in _REASONS:
+        if key.startswith(prefixes):
+            return reason
+    return "popbox has no equivalent"
