@@ -402,6 +402,7 @@ class _Converter:
     def _tls(self) -> bool:
         ssl = self.take("ssl")
         mode = ssl.text.lower() if ssl is not None else "yes"
+        self.ssl_where = ssl.where if ssl is not None else None
         cert = self.take("ssl_server_cert_file", "ssl_cert")
         key = self.take("ssl_server_key_file", "ssl_key")
         if mode == "no":
@@ -467,7 +468,8 @@ class _Converter:
                               "expects HAProxy's PROXY protocol: popbox requires it from "
                               "server.proxy_networks (haproxy_trusted_networks)")
             if is_tls and not tls:
-                self.note(where, f"inet_listener {name} (POP3S) dropped: no TLS certificate")
+                self.note(where or self.ssl_where,
+                          f"inet_listener {name} (POP3S) dropped: no TLS certificate")
                 continue
             for host in addresses:
                 address = _address(host)
@@ -784,6 +786,7 @@ class _Converter:
         self.maildir = True
 
     maildir = False
+    ssl_where: Where | None = None
 
     def _mbox(self, inbox: str | None, where: Where) -> None:
         if inbox is None:

@@ -1,0 +1,329 @@
+"""`popbox migrate dovecot`: Dovecot 2.3 and 2.4 configurations in, a popbox.toml that
+popbox's own loader accepts out, and one line on standard error, with file and line, for
+every setting that did not carry over. Inputs: Debian's own /etc/dovecot (copied), 2.4
+configurations written from Dovecot 2.4's documentation ("Upgrading Dovecot CE from 2.3
+to 2.4", "Dovecot Config File Syntax"), and SQL passdbs (dovecot-sql.conf.ext) checked
+against a real PostgreSQL. UIDL formats as RFC 1939 §7 and Dovecot's pop3_uidl_format."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import stat
+import tomllib
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pg import fresh_database, migrate, run
+from popbox.auth.base import Secret, Verdict
+from popbox.auth.postgres import PostgresUsers
+from popbox.cli.main import main
+from popbox.config import from_dict
+from popbox.migrate.dovecot_map import mbox_store_available
+from popbox.store.pg_pool import Database
+
+pytest_plugins = ["pg"]
+# file:line: text, or file: text for a setting that is not set (Dovecot's default)
+NOTE = re.compile(r"^(/[^:]+)(?::(\d+))?: \S")
+
+
+def convert(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, object],
+                                                                       list[str]]:
+    status = main(["migrate", "dovecot", str(path)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    data = tomllib.loads(out)
+    from_dict(data)  # popbox's own checks
+    notes = err.splitlines()
+    for line in notes:
+        match = NOTE.match(line)
+        assert match, f"not file:line: {line!r}"
+        assert Path(match.group(1)).exists()
+    return data, notes
+
+
+def line_of(path: Path, text: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip() == text:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+DEBIAN = Path("/etc/dovecot")
+
+
+@pytest.mark.skipif(not (DEBIAN / "dovecot.conf").exists(), reason="no /etc/dovecot")
+def test_debian_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "dovecot"
+    shutil.copytree(DEBIAN, root)
+    data, notes = convert(root, capsys)
+    assert data["server"] == {"listen": ["0.0.0.0:110", "[::]:110"]}
+    assert data["tls"] == {"cert": "/etc/dovecot/private/dovecot.pem",
+                           "key": "/etc/dovecot/private/dovecot.key",
+                           "implicit": ["0.0.0.0:995", "[::]:995"]}
+    auth = data["auth"]
+    assert isinstance(auth, dict)
+    assert auth["mechanisms"] == ["PLAIN"] and auth["cleartext"] == "local"
+    system = root / "conf.d" / "auth-system.conf.ext"
+    pam = f"{system}:{line_of(system, 'passdb {')}: passdb pam"
+    assert any(n.startswith(pam) for n in notes), notes
+    mail = root / "conf.d" / "10-mail.conf"
+    where = f"{mail}:{line_of(mail, 'mail_location = mbox:~/mail:INBOX=/var/mail/%u')}:"
+    if not mbox_store_available():
+        assert any(n.startswith(where) and "no mbox store" in n for n in notes), notes
+    ssl = root / "conf.d" / "10-ssl.conf"
+    dh = f"{ssl}:{line_of(ssl, 'ssl_dh = </usr/share/dovecot/dh.pem')}: ssl_dh"
+    assert any(n.startswith(dh) for n in notes), notes
+    assert any("namespace inbox" in n and "not used by POP3" in n for n in notes)
+
+
+V24 = """\
+dovecot_config_version = 2.4.0
+dovecot_storage_version = 2.4.0
+protocols = pop3 imap
+listen = 192.0.2.10, 2001:db8::10
+hostname = mail.example.org
+login_greeting = Example mail ready.
+login_trusted_networks = 10.0.0.0/8
+haproxy_trusted_networks = 10.1.0.0/24
+ssl = yes
+ssl_server_cert_file = /etc/ssl/mail.pem
+ssl_server_key_file = /etc/ssl/mail.key
+ssl_min_protocol = TLSv1.3
+auth_allow_cleartext = yes
+auth_mechanisms = plain login scram-sha-256 gssapi
+mail_driver = maildir
+mail_home = /srv/vmail/%{user | domain}/%{user | username}
+mail_path = ~/Maildir
+mail_max_userip_connections = 4
+passdb passwd-file {
+  passwd_file_path = /etc/dovecot/users
+}
+userdb passwd-file {
+  passwd_file_path = /etc/dovecot/users
+}
+local_name other.example.org {
+  ssl_server_cert_file = /etc/ssl/other.pem
+  ssl_server_key_file = /etc/ssl/other.key
+}
+protocol pop3 {
+  pop3_uidl_format = %{uid | hex(8)}%{uidvalidity | hex(8)}
+  pop3_client_workarounds = outlook-no-nuls oe-ns-eoh
+  pop3_logout_format = top=%{top_count}, retr=%{retr_count}
+}
+protocol imap {
+  imap_idle_notify_interval = 2 mins
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = 110
+  }
+  inet_listener pop3s {
+    port = 995
+    ssl = yes
+  }
+  process_min_avail = 4
+}
+"""
+
+
+def test_dovecot_2_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(V24)
+    data, notes = convert(conf, capsys)
+    assert data["server"] == {
+        "listen": ["192.0.2.10:110", "[2001:db8::10]:110"],
+        "proxy_networks": ["10.1.0.0/24"],
+        "workarounds": ["outlook-no-nuls"],
+        "greeting": "Example mail ready.",
+        "hostname": "mail.example.org",
+    }
+    assert data["tls"] == {
+        "cert": "/etc/ssl/mail.pem", "key": "/etc/ssl/mail.key", "min_version": "1.3",
+        "sni": {"other.example.org": {"cert": "/etc/ssl/other.pem",
+                                      "key": "/etc/ssl/other.key"}},
+        "implicit": ["192.0.2.10:995", "[2001:db8::10]:995"],
+    }
+    assert data["auth"] == {
+        "mechanisms": ["PLAIN", "LOGIN", "SCRAM-SHA-256"],
+        "derive_credentials": True,
+        "cleartext": "always",
+        "local_networks": ["127.0.0.0/8", "::1/128", "10.0.0.0/8"],
+        "backend": "passwd-file",
+        "passwd_file": "/etc/dovecot/users",
+        "mail_location": "/srv/vmail/{domain}/{local}/Maildir",
+    }
+    assert data["store"] == {"uidl_import": "dovecot"}
+    assert data["limits"] == {"max_connections_per_ip": 4}
+    expect = {
+        "auth_mechanisms = ": "popbox has no GSSAPI",
+        "pop3_client_workarounds = ": "oe-ns-eoh",
+        "pop3_logout_format = ": "fixed fields",
+        "protocol imap {": "protocol imap { 1 setting(s) }: not used by POP3",
+        "process_min_avail = 4": "process_min_avail",
+    }
+    for text, note in expect.items():
+        number = next(n for n, line in enumerate(V24.splitlines(), 1)
+                      if line.strip().startswith(text))
+        assert any(n.startswith(f"{conf}:{number}:") and note in n for n in notes), (
+            text, notes)
+
+
+def test_plaintext_and_tls_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("ssl = required\nssl_cert = </c.pem\nssl_key = </k.pem\n"
+                    "disable_plaintext_auth = no\nprotocols = imap\n"
+                    "mail_location = maildir:/var/vmail/%d/%n:INDEX=/var/idx/%u\n"
+                    "pop3_uidl_format = %f\n")
+    data, notes = convert(conf, capsys)
+    auth = data["auth"]
+    assert isinstance(auth, dict)
+    assert auth["cleartext"] == "local"  # ssl = required wins over the no
+    assert auth["mail_location"] == "/var/vmail/{domain}/{local}"
+    assert "store" not in data  # %f: no import
+    assert any(n.startswith(f"{conf}:1:") and "ssl = required" in n for n in notes)
+    assert any(n.startswith(f"{conf}:5:") and "did not serve POP3" in n for n in notes)
+    assert any(n.startswith(f"{conf}:6:") and "INDEX=/var/idx/%u" in n for n in notes)
+    assert any(n.startswith(f"{conf}:7:") and "uidl audit" in n for n in notes)
+    conf.write_text("ssl = no\nmail_location = sdbox:~/mail\n")
+    data, notes = convert(conf, capsys)
+    assert "tls" not in data
+    assert data["server"] == {"listen": ["0.0.0.0:110", "[::]:110"]}
+    assert any("POP3S) dropped" in n for n in notes)
+    assert any(n.startswith(f"{conf}:2:") and "sdbox" in n for n in notes)
+
+
+def test_output_file_is_private_and_whole(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("mail_location = maildir:~/Maildir\n")
+    out = tmp_path / "popbox.toml"
+    out.write_text("old contents\n")
+    out.chmod(0o644)
+    assert main(["migrate", "dovecot", str(conf), "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    auth = tomllib.loads(out.read_text())["auth"]
+    assert auth["mail_location"] == "~/Maildir"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main(["migrate", "dovecot", str(tmp_path / "nothing")]) == 2
+    conf.write_text("service pop3 {\n")
+    assert main(["migrate", "dovecot", str(conf), "--output", str(out)]) == 2
+    assert f"{conf}:1:" in capsys.readouterr().err
+    assert tomllib.loads(out.read_text())["auth"]["mail_location"] == "~/Maildir"  # kept
+
+
+# --- SQL passdbs, against a real PostgreSQL ---
+
+DOVECOT_TABLE = """
+CREATE TABLE mailusers (userid text NOT NULL, domain text NOT NULL, password text NOT NULL,
+                        home text NOT NULL, uid integer NOT NULL, gid integer NOT NULL);
+INSERT INTO mailusers VALUES
+  ('alice', 'example.org', '{PLAIN}alice-pw', '/srv/vmail/example.org/alice', 5000, 5000),
+  ('bob', 'example.net', '{PLAIN}bob-pw', '/srv/vmail/example.net/bob', 5000, 5000);
+"""
+
+
+def _libpq_words(dsn: str) -> str:
+    """Dovecot's connect= string for a postgresql:// DSN."""
+    match = re.fullmatch(r"postgresql://([^@]+)@([^:/]+):(\d+)/(\w+)", dsn)
+    assert match, dsn
+    user, host, port, db = match.groups()
+    return f"host={host} port={port} dbname={db} user={user}"
+
+
+async def _copy_and_verify(dovecot_dsn: str, popbox_dsn: str, select: str) -> list[Verdict]:
+    old = await asyncpg.connect(dovecot_dsn)
+    try:
+        rows = await old.fetch(select)
+    finally:
+        await old.close()
+    new = await asyncpg.connect(popbox_dsn)
+    try:
+        for row in rows:
+            columns = list(row.keys())
+            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+            await new.execute(f"INSERT INTO users ({', '.join(columns)}) "  # noqa: S608
+                              f"VALUES ({marks})", *row.values())
+    finally:
+        await new.close()
+    db = Database(popbox_dsn, max_size=2)
+    users = PostgresUsers(db, "/srv/vmail/{domain}/{local}/Maildir", cache_ttl=0)
+    try:
+        return [
+            await users.verify("alice@example.org", Secret(b"alice-pw")),
+            await users.verify("bob@example.net", Secret(b"bob-pw")),
+            await users.verify("bob@example.net", Secret(b"alice-pw")),
+        ]
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("syntax", ["2.3", "2.4"])
+def test_sql_passdb(syntax: str, tmp_path: Path, pg_server: str,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The DSN from connect= (2.3) or pgsql { parameters } (2.4) reaches the database;
+    the SELECT made from the queries gives the users, which popbox then accepts."""
+    password_query = ("SELECT userid AS username, domain, password FROM mailusers "
+                      "WHERE userid = '%n' AND domain = '%d'")
+    user_query = "SELECT home, uid, gid FROM mailusers WHERE userid = '%n' AND domain = '%d'"
+    with fresh_database(pg_server) as dovecot_dsn, fresh_database(pg_server) as popbox_dsn:
+        run(_exec(dovecot_dsn, DOVECOT_TABLE))
+        run(migrate(popbox_dsn))
+        conf = tmp_path / "dovecot.conf"
+        connect = _libpq_words(dovecot_dsn)
+        if syntax == "2.3":
+            (tmp_path / "dovecot-sql.conf.ext").write_text(
+                f"driver = pgsql\nconnect = {connect}\n"
+                "password_query = " + password_query.replace(" FROM", " \\\n    FROM") + "\n"
+                f"user_query = {user_query}\n")
+            conf.write_text(f"passdb {{\n  driver = sql\n  args = {tmp_path}/"
+                            "dovecot-sql.conf.ext\n}\nuserdb {\n  driver = prefetch\n}\n"
+                            "mail_location = maildir:~/Maildir\n")
+        else:
+            params = "\n".join(f"    {w.replace('=', ' = ', 1)}" for w in connect.split()
+                               if not w.startswith("host="))
+            host = connect.split()[0].partition("=")[2]
+            conf.write_text(f"dovecot_config_version = 2.4.0\nsql_driver = pgsql\n"
+                            f"pgsql {host} {{\n  parameters {{\n{params}\n  }}\n}}\n"
+                            f"passdb sql {{\n  query = {password_query}\n}}\n"
+                            f"userdb sql {{\n  query = {user_query}\n}}\n"
+                            "mail_driver = maildir\nmail_path = ~/Maildir\n")
+        data, notes = convert(conf, capsys)
+        postgres, auth = data["postgres"], data["auth"]
+        assert isinstance(postgres, dict) and isinstance(auth, dict)
+        assert auth["backend"] == "postgres"
+        dsn = postgres["dsn"]
+        assert isinstance(dsn, str)
+        assert run(_exec(dsn, "SELECT 1")) is None  # the DSN reaches Dovecot's database
+        copy = [n for n in notes if "SELECT" in n]
+        assert len(copy) == 1, notes
+        select = copy[0][copy[0].index("SELECT"):]
+        assert select == ("SELECT userid || '@' || domain AS name, password AS password, "
+                          "home AS home, uid AS uid, gid AS gid FROM mailusers")
+        verdicts = run(_copy_and_verify(dovecot_dsn, popbox_dsn, select))
+        assert verdicts == [Verdict.OK, Verdict.OK, Verdict.REJECTED]
+
+
+async def _exec(dsn: str, sql: str) -> None:
+    conn = await asyncio.wait_for(asyncpg.connect(dsn), 10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def test_sql_other_drivers_and_unreadable_file(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "dovecot.conf"
+    (tmp_path / "sql.ext").write_text("driver = mysql\nconnect = host=db dbname=mail\n")
+    conf.write_text(f"passdb {{\n  driver = sql\n  args = {tmp_path}/sql.ext\n}}\n")
+    data, notes = convert(conf, capsys)
+    assert "postgres" not in data
+    assert any(n.startswith(f"{conf}:3:") and "'mysql'" in n for n in notes), notes
+    conf.write_text(f"passdb {{\n  driver = sql\n  args = {tmp_path}/none.ext\n}}\n")
+    data, notes = convert(conf, capsys)
+    assert any(n.startswith(f"{conf}:3:") and "cannot read" in n for n in notes), notes
