@@ -15,7 +15,9 @@ configured passdb whether it accepts the same password, and lists the UIDLs popb
 would serve U through the configured store. The store's maildrop lock is taken for the
 listing only and released at once, so a popbox session for U at that moment makes the
 audit fail with "in use" rather than wait. The old server is asked first, so mail it
-numbers during the audit is in its uidlist when popbox reads it. Exit status: 0 the
+numbers during the audit is in its uidlist when popbox reads it. Started as root with
+`server.user` set, the audit becomes that user first, as `popbox serve` does, so what
+the store writes into a maildir (its lock file, its size cache) is that user's. Exit status: 0 the
 same UIDLs and the password accepted, 1 they differ, 2 the comparison could not be made.
 """
 
@@ -30,7 +32,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from popbox.config import ConfigError, from_dict, load, parse_address
+from popbox.config import Config, ConfigError, from_dict, load, parse_address
 
 DEFAULT_DOVECOT = Path("/etc/dovecot")
 SECTION_ORDER = ("server", "tls", "auth", "store", "limits", "postgres")
@@ -173,12 +175,11 @@ class _Failed(Exception):
     """The comparison could not be made; the message says why."""
 
 
-async def _old_uidls(args: argparse.Namespace, host: str, port: int, password: str
-                     ) -> list[str]:
+async def _old_uidls(args: argparse.Namespace, host: str, port: int, password: str,
+                     context: ssl.SSLContext | None) -> list[str]:
     from popbox import client
 
     tls: client.Tls = args.tls or ("implicit" if port == 995 else "starttls")
-    context = None if tls == "none" else _context(args)
     try:
         async with await client.connect(host, port, tls=tls, ssl_context=context,
                                         timeout=args.timeout) as pop:
@@ -189,13 +190,13 @@ async def _old_uidls(args: argparse.Namespace, host: str, port: int, password: s
     return [str(listing[number]) for number in sorted(listing)]
 
 
-async def _popbox_uidls(args: argparse.Namespace, password: str) -> tuple[list[str], bool]:
+async def _popbox_uidls(args: argparse.Namespace, config: Config, password: str
+                        ) -> tuple[list[str], bool]:
     from popbox.auth.base import Secret, UserInfo, Verdict
     from popbox.cli.lmtp import close_backends
     from popbox.server.backends import build
     from popbox.store.base import Failure
 
-    config = load(args.config)
     backends = build(config)
     try:
         verdict = await backends.passdb.verify(args.user, Secret(password.encode()))
@@ -234,10 +235,25 @@ def _audit(args: argparse.Namespace) -> int:
     password = _password(args)
     if password is None:
         return _error("no password: use --password-file or $POPBOX_FETCH_PASSWORD")
+    config = load(args.config)
+    tls = args.tls or ("implicit" if port == 995 else "starttls")
+    try:
+        context = None if tls == "none" else _context(args)
+    except (OSError, ssl.SSLError) as exc:
+        return _error(f"cannot load {args.cafile}: {exc}")
+    if os.geteuid() == 0 and config.server.user is not None:
+        # Read the maildrops as `popbox serve` does: files the store makes there (its
+        # lock and size cache) must belong to the user popbox serves as, not to root.
+        from popbox.server import privileges
+
+        try:
+            privileges.drop(config.server.user, config.server.group, config.server.allow_root)
+        except privileges.PrivilegeError as exc:
+            return _error(str(exc))
 
     async def both() -> tuple[list[str], list[str], bool]:
-        old = await _old_uidls(args, host or "127.0.0.1", port, password)
-        mine, accepted = await _popbox_uidls(args, password)
+        old = await _old_uidls(args, host or "127.0.0.1", port, password, context)
+        mine, accepted = await _popbox_uidls(args, config, password)
         return old, mine, accepted
 
     try:

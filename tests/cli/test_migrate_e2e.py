@@ -1,0 +1,127 @@
+"""Switching from the private Dovecot 2.3 of dovecot_peer.py: `popbox migrate dovecot`
+on the configuration it runs with, `popbox check-config` on the result, `popbox uidl
+audit` against the running Dovecot, and popbox serving the same Maildirs side by side
+with it: the same users log in (and a wrong password fails on both), and every user
+sees the same UIDLs (RFC 1939 §7) from both servers, also for mail delivered after the
+first listing."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from dovecot_peer import Dovecot, unavailable
+from helpers import server_process
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+
+MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\n.dotted\nsecond\n",
+            b"Subject: three\n\n" + b"x" * 5000 + b"\n"]
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
+                     cert.private_key_pem.bytes())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def popbox(*argv: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if password is not None:
+        env["POPBOX_FETCH_PASSWORD"] = password
+    return subprocess.run([sys.executable, "-m", "popbox", *argv], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+
+
+def uidls(port: int, user: str, password: str = "secret") -> list[bytes]:
+    pop = poplib.POP3("127.0.0.1", port, timeout=20)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        return [line.split()[1] for line in pop.uidl()[1]]
+    finally:
+        pop.quit()
+
+
+@pytest.fixture(scope="module")
+def converted(dovecot: Dovecot, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("popbox") / "popbox.toml"
+    result = popbox("migrate", "dovecot", str(dovecot.root), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    for line in result.stderr.splitlines():
+        assert line.startswith(f"{dovecot.root}/dovecot.conf"), line
+    return out
+
+
+def test_generated_file_passes_check_config(converted: Path) -> None:
+    result = popbox("check-config", "--config", str(converted))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{converted}: OK\n"
+
+
+def test_uidl_audit_and_side_by_side(dovecot: Dovecot, converted: Path,
+                                     tmp_path: Path) -> None:
+    users = [dovecot.add_user(), dovecot.add_user()]
+    for user in users:
+        for message in MESSAGES:
+            dovecot.put(user, message)
+    for user in users:
+        result = popbox("uidl", "audit", "--config", str(converted), "--compare",
+                        f"127.0.0.1:{dovecot.port}", "--user", user, "--tls", "none",
+                        password="secret")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"same: {len(MESSAGES)}\nonly popbox: 0\nonly old: 0\n" in result.stdout
+    # popbox on other ports of the same machine, on the same Maildirs
+    text = converted.read_text()
+    text = re.sub(r"(?m)^listen = .*$", 'listen = ["127.0.0.1:0"]', text)
+    text = re.sub(r"(?m)^implicit = .*$", 'implicit = ["127.0.0.1:0"]', text)
+    config = tmp_path / "side-by-side.toml"
+    config.write_text(text)
+    dovecot.put(users[0], b"Subject: later\n\ndelivered after the audit\n")
+    with server_process(config) as server:
+        for user in users:
+            old = uidls(dovecot.port, user)  # Dovecot first: it numbers new mail
+            assert len(old) == len(MESSAGES) + (user == users[0])
+            assert uidls(server.port, user) == old
+        for port in (dovecot.port, server.port):
+            with pytest.raises(poplib.error_proto):
+                uidls(port, users[1], "wrong")
+
+
+def test_uidl_audit_tells_a_difference(dovecot: Dovecot, converted: Path,
+                                       tmp_path: Path) -> None:
+    """Without uidl_import popbox lists the Maildir names: every UIDL differs."""
+    user = dovecot.add_user()
+    for message in MESSAGES:
+        dovecot.put(user, message)
+    config = tmp_path / "no-import.toml"
+    config.write_text(converted.read_text().replace('uidl_import = "dovecot"', ""))
+    audit = ["uidl", "audit", "--config", str(config), "--compare",
+             f"127.0.0.1:{dovecot.port}", "--user", user, "--tls", "none"]
+    result = popbox(*audit, password="secret")
+    assert result.returncode == 1, result.stdout + result.stderr
+    count = len(MESSAGES)
+    assert f"same: 0\nonly popbox: {count}\n" in result.stdout
+    assert f"only old: {count}\n" in result.stdout
+    names = sorted(p.name.partition(":")[0] for p in (dovecot.maildir(user) / "cur").iterdir())
+    assert f"  only popbox: {names[0]}\n" in result.stdout
+    result = popbox(*audit, password="wrong")
+    assert result.returncode == 2
+    assert "popbox: 127.0.0.1:" in result.stderr
+    result = popbox(*audit)
+    assert result.returncode == 2 and "no password" in result.stderr
