@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from dovecot_peer import Dovecot
 from pg import fresh_database, migrate, run
 from popbox.auth.base import Secret, Verdict
 from popbox.auth.postgres import PostgresUsers
@@ -327,3 +328,76 @@ def test_sql_other_drivers_and_unreadable_file(tmp_path: Path,
     conf.write_text(f"passdb {{\n  driver = sql\n  args = {tmp_path}/none.ext\n}}\n")
     data, notes = convert(conf, capsys)
     assert any(n.startswith(f"{conf}:3:") and "cannot read" in n for n in notes), notes
+
+
+def peer_2_4(dovecot: Dovecot) -> str:
+    """The tests' Dovecot configuration (dovecot_peer.py, 2.3) in 2.4's syntax, written
+    from "Upgrading Dovecot CE from 2.3 to 2.4" and "Dovecot Config File Syntax"."""
+    root = dovecot.root
+    return f"""dovecot_config_version = 2.4.0
+dovecot_storage_version = 2.4.0
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+instance_name = popbox-test
+protocols = pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_server_cert_file = {dovecot.cert}
+ssl_server_key_file = {dovecot.key}
+auth_allow_cleartext = yes
+auth_failure_delay = 0
+auth_mechanisms = plain login cram-md5 scram-sha-1 scram-sha-256 apop
+default_internal_user = dovecot
+default_login_user = dovenull
+mail_uid = 65534
+mail_gid = 65534
+mail_driver = maildir
+mail_path = {dovecot.mail}/%{{user}}/Maildir
+pop3_lock_session = yes
+passdb passwd-file {{
+  passwd_file_path = {dovecot.users}
+}}
+userdb passwd-file {{
+  passwd_file_path = {dovecot.users}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    listen = 127.0.0.1
+    port = {dovecot.port}
+  }}
+  inet_listener pop3s {{
+    listen = 127.0.0.1
+    port = {dovecot.tls_port}
+    ssl = yes
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+def test_2_3_and_2_4_spellings_convert_alike(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    dovecot = Dovecot(b"cert", b"key")
+    try:
+        dovecot.port, dovecot.tls_port = 110, 995
+        old = tmp_path / "2.3" / "dovecot.conf"
+        new = tmp_path / "2.4" / "dovecot.conf"
+        for path, text in ((old, dovecot.config_text()), (new, peer_2_4(dovecot))):
+            path.parent.mkdir()
+            path.write_text(text)
+        converted_old, notes_old = convert(old, capsys)
+        converted_new, notes_new = convert(new, capsys)
+    finally:
+        dovecot.stop()
+    assert converted_new == converted_old
+    assert converted_old["server"] == {"listen": ["127.0.0.1:110"], "user": "nobody",
+                                       "group": "nogroup"}
+    assert len(notes_new) == len(notes_old) + 1  # dovecot_storage_version: Dovecot's own

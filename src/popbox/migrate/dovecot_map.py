@@ -23,16 +23,21 @@ deliveries. `popbox uidl audit` compares the two for real before the switch.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import quote
 
 from popbox.config import StoreSection
 from popbox.migrate.dovecot_conf import ParseError, Section, Value, Where, parse
+from popbox.migrate.dovecot_sql import pgsql_dsn, sql_copy
+from popbox.migrate.dovecot_values import (
+    address,
+    location_template,
+    networks,
+    seconds,
+    words,
+    yes,
+)
 from popbox.proto import sasl
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
@@ -102,237 +107,6 @@ def convert(tree: Section, host: Host) -> Result:
     return _Converter(tree, host).run()
 
 
-def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"[\s,]+", text) if w]
-
-
-def _yes(value: Value | None, default: bool) -> bool:
-    if value is None:
-        return default
-    return value.text.strip().lower() in ("yes", "y", "true", "1")
-
-
-def _seconds(text: str) -> float | None:
-    """A Dovecot time ("2 secs", "500ms", "1 min", "0") in seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
-    if not match:
-        return None
-    number, unit = float(match.group(1)), match.group(2)
-    if unit in ("", "s", "sec", "secs", "second", "seconds"):
-        return number
-    if unit in ("ms", "msec", "msecs", "millisecond", "milliseconds"):
-        return number / 1000
-    if unit in ("m", "min", "mins", "minute", "minutes"):
-        return number * 60
-    return None
-
-
-_VARIABLES = {
-    "u": "{user}", "user": "{user}",
-    "n": "{local}", "username": "{local}", "user|username": "{local}",
-    "d": "{domain}", "domain": "{domain}", "user|domain": "{domain}",
-    "h": "{home}", "home": "{home}",
-}
-_VARIABLE = re.compile(r"%(?:\{([^}]*)\}|([A-Za-z]+))")
-
-
-def location_template(path: str) -> tuple[str | None, list[str]]:
-    """A Dovecot path with %variables as a popbox template (None: cannot be), with
-    remarks on what changes."""
-    remarks: list[str] = []
-    failed: list[str] = []
-
-    def put(found: re.Match[str]) -> str:
-        long, short = found.group(1), found.group(2)
-        if long is not None:
-            name = long.replace(" ", "")
-            if name.endswith("|lower"):
-                name = name.removesuffix("|lower")
-                remarks.append("lower-cased")
-        else:
-            name = short
-            if len(name) > 1 and name[0] == "L":  # %Lu: lower-cased
-                name = name[1:]
-                remarks.append("lower-cased")
-            if len(name) > 1:  # %un and the like: one letter, the rest is text
-                return put_one(name[0], found.group(0)) + name[1:]
-        return put_one(name, found.group(0))
-
-    def put_one(name: str, original: str) -> str:
-        if name in _VARIABLES:
-            return _VARIABLES[name]
-        failed.append(original)
-        return original
-
-    template = _VARIABLE.sub(put, path.replace("%%", "\0")).replace("\0", "%")
-    if failed:
-        return None, [f"popbox has no equivalent of {', '.join(failed)}"]
-    if remarks:
-        remarks = ["Dovecot lower-cased the name in the path; popbox lower-cases only "
-                   "the domain"]
-    return template, remarks
-
-
-def _address(host: str) -> str | None:
-    host = host.strip()
-    if host in ("*", "0.0.0.0"):
-        return "0.0.0.0"
-    if host in ("::", "[::]"):
-        return "[::]"
-    if host == "localhost":
-        return "localhost"
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
-def _networks(text: str) -> tuple[list[str], list[str]]:
-    good, bad = [], []
-    for word in _words(text):
-        try:
-            good.append(str(ipaddress.ip_network(word, strict=False)))
-        except ValueError:
-            bad.append(word)
-    return good, bad
-
-
-def _libpq_words(text: str) -> list[tuple[str, str]]:
-    """``key=value key='quoted value'`` as libpq connection strings write them."""
-    pairs, i = [], 0
-    while i < len(text):
-        match = re.compile(r"\s*([A-Za-z_]+)\s*=\s*").match(text, i)
-        if not match:
-            break
-        i = match.end()
-        if i < len(text) and text[i] == "'":
-            out, i = [], i + 1
-            while i < len(text) and text[i] != "'":
-                if text[i] == "\\" and i + 1 < len(text):
-                    i += 1
-                out.append(text[i])
-                i += 1
-            value, i = "".join(out), i + 1
-        else:
-            end = i
-            while end < len(text) and not text[end].isspace():
-                end += 1
-            value, i = text[i:end], end
-        pairs.append((match.group(1), value))
-    return pairs
-
-
-def pgsql_dsn(connect: str | dict[str, str]) -> tuple[str, list[str]]:
-    """A libpq URI from Dovecot's ``connect = host=... dbname=...`` (or 2.4's
-    ``parameters``), with remarks."""
-    pairs = list(connect.items()) if isinstance(connect, dict) else _libpq_words(connect)
-    remarks = []
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        if key == "host" and "host" in params:
-            remarks.append(f"several hosts: popbox uses the first, {params['host']}")
-            continue
-        params.setdefault(key, value)
-    host = params.pop("host", "")
-    port = params.pop("port", "")
-    user = params.pop("user", "")
-    password = params.pop("password", "")
-    dbname = params.pop("dbname", "")
-    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-    netloc = (auth + "@" if auth else "")
-    if host.startswith("/"):  # a socket directory goes in the query
-        params["host"] = host
-        host = ""
-    elif ":" in host:
-        host = f"[{host}]"
-    netloc += host + (":" + port if port else "")
-    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items())
-    return f"postgresql://{netloc}/{quote(dbname, safe='')}" + ("?" + query if query else ""), \
-        remarks
-
-
-_SELECT = re.compile(r"^\s*select\s+(?P<columns>.*?)\s+from\s+(?P<table>.*?)"
-                     r"(?:\s+where\s+.*)?$", re.IGNORECASE | re.DOTALL)
-# popbox users column -> the names a Dovecot query may give it (AS aliases)
-_COLUMNS = {
-    "password": ("password",),
-    "home": ("home", "userdb_home"),
-    "mail": ("mail", "userdb_mail"),
-    "uid": ("uid", "userdb_uid"),
-    "gid": ("gid", "userdb_gid"),
-}
-
-
-def _split_columns(text: str) -> list[str]:
-    out: list[str] = []
-    current: list[str] = []
-    depth, quote_char = 0, ""
-    for char in text:
-        if quote_char:
-            quote_char = "" if char == quote_char else quote_char
-        elif char in "'\"":
-            quote_char = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "," and depth == 0:
-            out.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    if current:
-        out.append("".join(current).strip())
-    return out
-
-
-def _alias(column: str) -> tuple[str, str]:
-    match = re.match(r"^(.*?)\s+as\s+\"?([A-Za-z_][A-Za-z0-9_]*)\"?\s*$", column,
-                     re.IGNORECASE | re.DOTALL)
-    if match:
-        return match.group(1).strip(), match.group(2).lower()
-    name = column.strip().split(".")[-1].strip('"').lower()
-    return column.strip(), name
-
-
-def sql_copy(queries: Iterable[str]) -> tuple[str | None, str]:
-    """A SELECT giving the users of Dovecot's password/user queries in the columns of
-    popbox's ``users`` table, or None and why not."""
-    found: dict[str, str] = {}
-    tables: list[str] = []
-    for query in queries:
-        match = _SELECT.match(query.strip().rstrip(";"))
-        if not match:
-            return None, f"cannot read the query {query.strip()[:60]!r}"
-        tables.append(match.group("table").strip())
-        for column in _split_columns(match.group("columns")):
-            expression, alias = _alias(column)
-            found.setdefault(alias, expression)
-    if len(set(tables)) != 1:
-        return None, f"the queries read different tables ({', '.join(tables)})"
-    if "user" in found:
-        name = found["user"]
-    elif "username" in found and "domain" in found:
-        name = f"{found['username']} || '@' || {found['domain']}"
-    elif "username" in found:
-        name = found["username"]
-    else:
-        return None, "the queries give no user or username column"
-    if "password" not in found:
-        return None, "the password query gives no password column"
-    columns = [("name", name)]
-    for target, aliases in _COLUMNS.items():
-        for alias in aliases:
-            if alias in found:
-                columns.append((target, found[alias]))
-                break
-    select = ", ".join(f"{expression} AS {target}" for target, expression in columns)
-    # Text for the operator to read and run, made from their own queries.
-    statement = f"SELECT {select} FROM {tables[0]}"  # noqa: S608
-    return statement, ", ".join(t for t, _ in columns)
-
-
 class _Converter:
     def __init__(self, tree: Section, host: Host) -> None:
         self.tree = tree
@@ -395,7 +169,7 @@ class _Converter:
 
     def _protocols(self) -> None:
         value = self.take("protocols")
-        if value is not None and "pop3" not in _words(value.text):
+        if value is not None and "pop3" not in words(value.text):
             self.note(value.where, f"protocols = {value.text}: Dovecot did not serve POP3 "
                       "with this configuration")
 
@@ -441,29 +215,33 @@ class _Converter:
         return True
 
     def _listeners(self, tls: bool) -> None:
-        listen = self.take("listen")
-        hosts = _words(listen.text) if listen is not None else ["*", "::"]
+        listen = self.take("listen", "inet_listener_listen")
+        hosts = words(listen.text) if listen is not None else ["*", "::"]
         service = self.tree.child("service", "pop3-login")
         defined = {s.name: s for s in service.children("inet_listener")} if service else {}
         plain: list[str] = []
         implicit: list[str] = []
         for name in dict.fromkeys(["pop3", "pop3s", *(n for n in defined if n)]):
             listener = defined.get(name)
-            port_value = self.take_in(listener, "port") if listener else None
+            port_value = self.take_in(listener, "port", "inet_listener_port") if listener \
+                else None
             port_text = port_value.text if port_value else ("995" if name == "pop3s" else "110")
-            ssl_value = self.take_in(listener, "ssl") if listener else None
-            is_tls = _yes(ssl_value, name == "pop3s")
+            ssl_value = self.take_in(listener, "ssl", "inet_listener_ssl") if listener \
+                else None
+            is_tls = yes(ssl_value, name == "pop3s")
             where = port_value.where if port_value else (listener.where if listener else None)
             if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
                 self.note(where, f"inet_listener {name}: port {port_text!r} is not a port")
                 continue
             if int(port_text) == 0:
                 continue
-            address_value = self.take_in(listener, "address") if listener else None
-            addresses = _words(address_value.text) if address_value else hosts
+            # 2.3 "address"; 2.4 "listen" (inet_listener_listen), "address" kept as alias
+            address_value = self.take_in(listener, "address", "listen",
+                                         "inet_listener_listen") if listener else None
+            addresses = words(address_value.text) if address_value else hosts
             if listener is not None:
-                haproxy = self.take_in(listener, "haproxy")
-                if _yes(haproxy, False):
+                haproxy = self.take_in(listener, "haproxy", "inet_listener_haproxy")
+                if yes(haproxy, False):
                     self.note(haproxy.where if haproxy else where, f"inet_listener {name} "
                               "expects HAProxy's PROXY protocol: popbox requires it from "
                               "server.proxy_networks (haproxy_trusted_networks)")
@@ -472,12 +250,12 @@ class _Converter:
                           f"inet_listener {name} (POP3S) dropped: no TLS certificate")
                 continue
             for host in addresses:
-                address = _address(host)
-                if address is None:
+                where_to = address(host)
+                if where_to is None:
                     self.note(where, f"inet_listener {name}: address {host!r} is not an IP "
                               "address")
                     continue
-                (implicit if is_tls else plain).append(f"{address}:{port_text}")
+                (implicit if is_tls else plain).append(f"{where_to}:{port_text}")
         self.put("server", "listen", plain, listen.where if listen else None)
         if implicit:
             self.put("tls", "implicit", implicit, None)
@@ -488,7 +266,7 @@ class _Converter:
 
     def _auth(self, tls: bool) -> None:
         mechanisms = self.take("auth_mechanisms")
-        names = _words(mechanisms.text.upper()) if mechanisms else ["PLAIN"]
+        names = words(mechanisms.text.upper()) if mechanisms else ["PLAIN"]
         chosen: list[str] = []
         for name in names:
             if name == "APOP":
@@ -507,10 +285,10 @@ class _Converter:
         ssl = self.take("ssl")
         if self.v24:
             cleartext = self.take("auth_allow_cleartext")
-            allowed = _yes(cleartext, False)
+            allowed = yes(cleartext, False)
         else:
             cleartext = self.take("disable_plaintext_auth")
-            allowed = not _yes(cleartext, True)
+            allowed = not yes(cleartext, True)
         if ssl is not None and ssl.text.lower() == "required":
             allowed = False
             self.note(ssl.where, "ssl = required: popbox refuses plaintext passwords "
@@ -520,23 +298,23 @@ class _Converter:
                  cleartext.where if cleartext else None)
         trusted = self.take("login_trusted_networks")
         if trusted is not None:
-            good, bad = _networks(trusted.text)
+            good, bad = networks(trusted.text)
             self.put("auth", "local_networks", LOOPBACK + good, trusted.where)
             if bad:
                 self.note(trusted.where, f"login_trusted_networks: not networks: {bad}")
         proxies = self.take("haproxy_trusted_networks")
         if proxies is not None:
-            good, bad = _networks(proxies.text)
+            good, bad = networks(proxies.text)
             self.put("server", "proxy_networks", good, proxies.where)
             if bad:
                 self.note(proxies.where, f"haproxy_trusted_networks: not networks: {bad}")
         delay = self.take("auth_failure_delay")
         if delay is not None:
-            seconds = _seconds(delay.text)
-            if seconds is None:
+            delay_s = seconds(delay.text)
+            if delay_s is None:
                 self.note(delay.where, f"auth_failure_delay = {delay.text}: not a time")
             else:
-                self.put("limits", "penalty_initial", seconds, delay.where)
+                self.put("limits", "penalty_initial", delay_s, delay.where)
         for key in ("auth_username_format", "auth_username_translation",
                     "auth_default_realm", "auth_default_domain", "auth_realms"):
             value = self.take(key)
@@ -559,7 +337,7 @@ class _Converter:
         for section in passdbs:
             for flag in ("deny", "master", "passdb_deny", "passdb_master"):
                 value = self.take_in(section, flag)
-                if _yes(value, False):
+                if yes(value, False):
                     self.note(value.where if value else section.where,
                               f"passdb {self._driver(section)} with {flag} = yes: popbox "
                               "has no deny or master-user databases")
@@ -814,7 +592,7 @@ class _Converter:
         saved = self.take("pop3_save_uidl")
         where = uidl.where if uidl else None
         if self.maildir:
-            if fmt in DEFAULT_UIDL_FORMATS or _yes(saved, False):
+            if fmt in DEFAULT_UIDL_FORMATS or yes(saved, False):
                 self.put("store", "uidl_import", "dovecot", where)
                 said = f"pop3_uidl_format = {fmt}" if uidl else (
                     f"pop3_uidl_format not set (Dovecot's default {fmt})")
@@ -835,7 +613,7 @@ class _Converter:
             self.note(where, f"pop3_uidl_format = {fmt}: popbox's UIDLs depend on its store")
         workarounds = self.take("pop3_client_workarounds")
         if workarounds is not None:
-            names = _words(workarounds.text)
+            names = words(workarounds.text)
             self.put("server", "workarounds", [n for n in names if n == "outlook-no-nuls"],
                      workarounds.where)
             for word in names:
@@ -859,10 +637,10 @@ class _Converter:
                 self.note(per_ip.where, f"mail_max_userip_connections = {per_ip.text}: not "
                           "a positive number")
         no_flags = self.take("pop3_no_flag_updates")
-        if _yes(no_flags, False):
+        if yes(no_flags, False):
             self.put("store", "mark_seen", False, no_flags.where if no_flags else None)
         lock = self.take("pop3_lock_session")
-        if lock is not None and not _yes(lock, False):
+        if lock is not None and not yes(lock, False):
             self.note(lock.where, "pop3_lock_session = no: popbox always locks the maildrop "
                       "for the session (a second one gets -ERR [IN-USE])")
         for key, user_or_group in (("mail_uid", "user"), ("mail_gid", "group")):
