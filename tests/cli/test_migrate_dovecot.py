@@ -71,6 +71,8 @@ def test_debian_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     system = root / "conf.d" / "auth-system.conf.ext"
     pam = f"{system}:{line_of(system, 'passdb {')}: passdb pam"
     assert any(n.startswith(pam) for n in notes), notes
+    users = f"{system}:{line_of(system, 'userdb {')}: userdb passwd"
+    assert any(n.startswith(users) for n in notes), notes
     mail = root / "conf.d" / "10-mail.conf"
     where = f"{mail}:{line_of(mail, 'mail_location = mbox:~/mail:INBOX=/var/mail/%u')}:"
     if not mbox_store_available():
@@ -300,6 +302,7 @@ def test_sql_passdb(syntax: str, tmp_path: Path, pg_server: str,
         dsn = postgres["dsn"]
         assert isinstance(dsn, str)
         assert run(_exec(dsn, "SELECT 1")) is None  # the DSN reaches Dovecot's database
+        assert not [n for n in notes if "userdb" in n]  # prefetch, or the same queries
         copy = [n for n in notes if "SELECT" in n]
         assert len(copy) == 1, notes
         select = copy[0][copy[0].index("SELECT"):]

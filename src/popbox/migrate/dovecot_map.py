@@ -361,6 +361,11 @@ class _Converter:
             self.note(first.where, _OTHER_DRIVERS.get(driver, f"passdb driver {driver}: "
                       "popbox reads a passwd-file or PostgreSQL") +
                       "; make a users file with `popbox user add`")
+            for userdb in userdbs:
+                kind = self._driver(userdb)
+                self.note(userdb.where, f"userdb {kind}: popbox takes homes and mail "
+                          "locations from its users file (userdb_mail=, userdb_home=) or "
+                          "auth.mail_location")
         for section in passdbs + userdbs:
             for key, value in section.settings.items():
                 if (id(section), key) not in self.used:
@@ -469,6 +474,14 @@ class _Converter:
                 self.note(passdb.where, "passdb sql without args (dovecot-sql.conf.ext)")
                 return
             where = args.where
+            for userdb in userdbs:  # the same file's user_query, or the passdb's fields
+                kind = self._driver(userdb)
+                uargs = userdb.get("args")
+                if kind == "sql" and uargs is not None and uargs.text == args.text:
+                    self.take_in(userdb, "args")
+                elif kind != "prefetch":
+                    self.note(userdb.where, f"userdb {kind}: popbox reads homes and mail "
+                              f"locations from the users table")
             data = self.host.read(args.text)
             if data is None:
                 self.note(args.where, f"cannot read {args.text}: the PostgreSQL DSN and "
