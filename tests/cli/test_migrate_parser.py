@@ -82,6 +82,13 @@ def test_values_sections_and_places(data: str | bytes) -> None:
     assert port is not None and str(port.where) == "dovecot.conf:16"
 
 
+def test_file_values_are_relative_to_their_file() -> None:
+    tree = parse("ssl_cert = <private/cert.pem\nssl_key = <\"/abs/key.pem\"\n",
+                 "/etc/dovecot/conf.d/10-ssl.conf")
+    assert tree.text("ssl_cert") == "/etc/dovecot/conf.d/private/cert.pem"
+    assert tree.text("ssl_key") == "/abs/key.pem"
+
+
 def test_crlf_and_later_assignment_wins() -> None:
     tree = parse(b"ssl = yes\r\nssl = required\r\n", "x.conf")
     value = tree.get("ssl")

@@ -36,6 +36,7 @@ deep (a loop).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -255,6 +256,8 @@ class _Parser:
             path = text[1:].strip(" \t")
             if path[:1] in ("\"", "'"):
                 path, _ = _quoted(path, where)
+            if not posixpath.isabs(path):  # relative to the file it is written in
+                path = posixpath.join(posixpath.dirname(where.source), path)
             stack[-1].settings[key] = Value(path, where, from_file=True)
             return
         if "$" in text:

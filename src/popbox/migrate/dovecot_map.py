@@ -180,10 +180,13 @@ class _Converter:
         cert = self.take("ssl_server_cert_file", "ssl_cert")
         key = self.take("ssl_server_key_file", "ssl_key")
         if mode == "no":
+            for value in (cert, key):
+                if value is not None:
+                    self.note(value.where, "ssl = no: Dovecot did not use this file; "
+                              "popbox offers no TLS")
             return False
         for value, what in ((cert, "certificate"), (key, "key")):
-            if value is not None and not value.from_file and value.where is not None and \
-                    not self.v24:
+            if value is not None and not value.from_file and not self.v24:
                 self.note(value.where, f"the TLS {what} is written inline; popbox needs "
                           "it in a file")
                 return False
