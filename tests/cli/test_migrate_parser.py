@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from popbox.migrate import dovecot_files
 from popbox.migrate.dovecot_conf import IncludeError, Loader, ParseError, parse
@@ -239,3 +241,32 @@ def test_debian_configuration_reads_as_doveconf_reads_it(tmp_path: Path) -> None
         assert f"mail_location = {tree.text('mail_location')}" in shown
         assert f"ssl_cert = <{cert.text}" in shown
         assert f"mail_privileged_group = {tree.text('mail_privileged_group')}" in shown
+
+
+LINES = st.sampled_from([
+    "a = b", "a=", "key = \"q\\\"x\"", "k = 'x", "s {", "s name {", "}", "!include x.conf",
+    "!include_try *.conf", "# c", "", "x = $x y", "v = <file", "line \\", "{", "= v",
+    "s n { k = v }", "k = v # c", "\t k \t=\t v", "k = $SET:k", "k = $ENV:HOME",
+])
+
+
+@given(st.lists(LINES, max_size=30), st.booleans())
+def test_any_input_is_a_tree_or_a_parse_error(lines: list[str], as_bytes: bool) -> None:
+    """Hostile or broken files give a ParseError with a place, never another exception."""
+    text = "\n".join(lines)
+    files = {"x.conf": "k = 1\n", "y.conf": "s {\n"}
+    try:
+        tree = parse(text.encode() if as_bytes else text, "f.conf", loader(files))
+    except ParseError as exc:
+        assert exc.where.source in ("f.conf", "x.conf", "y.conf")
+        assert exc.where.line >= 1
+    else:
+        assert tree.kind == ""
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes(data: bytes) -> None:
+    try:
+        parse(data, "f.conf")
+    except ParseError as exc:
+        assert exc.where.line >= 1
