@@ -199,6 +199,33 @@ def test_plaintext_and_tls_rules(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert any(n.startswith(f"{conf}:2:") and "sdbox" in n for n in notes)
 
 
+@pytest.mark.parametrize("syntax", ["2.3", "2.4"])
+def test_passwd_file_with_a_static_userdb(syntax: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The usual virtual-user layout: passwords in a file, homes from a template."""
+    conf = tmp_path / "dovecot.conf"
+    if syntax == "2.3":
+        conf.write_text("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN "
+                        "username_format=%u /etc/dovecot/users\n}\nuserdb {\n  driver = static"
+                        "\n  args = uid=vmail gid=vmail home=/var/vmail/%d/%n\n}\n"
+                        "mail_location = maildir:~/Maildir\n")
+    else:
+        conf.write_text("dovecot_config_version = 2.4.0\npassdb passwd-file {\n"
+                        "  passwd_file_path = /etc/dovecot/users\n}\nuserdb static {\n"
+                        "  fields {\n    uid = vmail\n    home = /var/vmail/%{user | domain}/"
+                        "%{user | username}\n  }\n}\nmail_driver = maildir\n"
+                        "mail_path = ~/Maildir\n")
+    data, notes = convert(conf, capsys)
+    auth = data["auth"]
+    assert isinstance(auth, dict)
+    assert auth["passwd_file"] == "/etc/dovecot/users"
+    assert auth["mail_location"] == "/var/vmail/{domain}/{local}/Maildir"
+    scheme = [n for n in notes if "scheme=" in n]
+    assert len(scheme) == (syntax == "2.3"), notes  # PLAIN: write {PLAIN} before each
+    if syntax == "2.4":
+        assert any(n.startswith(f"{conf}:7:") and "userdb static uid" in n for n in notes)
+
+
 def test_output_file_is_private_and_whole(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "dovecot.conf"

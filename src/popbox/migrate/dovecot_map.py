@@ -24,12 +24,11 @@ deliveries. `popbox uidl audit` compares the two for real before the switch.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from popbox.config import StoreSection
-from popbox.migrate.dovecot_conf import ParseError, Section, Value, Where, parse
-from popbox.migrate.dovecot_sql import pgsql_dsn, sql_copy
+from popbox.migrate.dovecot_auth import DatabaseRules
+from popbox.migrate.dovecot_conf import Section, Value, Where
+from popbox.migrate.dovecot_context import Host, Result
 from popbox.migrate.dovecot_values import (
     address,
     location_template,
@@ -66,38 +65,6 @@ _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-class Host(Protocol):
-    """What the conversion may ask of the machine."""
-
-    def read(self, path: str) -> bytes | None:
-        """A file's contents, None when it cannot be read."""
-        ...
-
-    def user_name(self, uid: int) -> str | None: ...
-
-    def group_name(self, gid: int) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """A setting that did not carry over (or carried over with a difference)."""
-
-    where: Where | None
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.text}" if self.where is not None else self.text
-
-
-@dataclass(slots=True)
-class Result:
-    version: str  # "2.3" or "2.4"
-    sections: dict[str, dict[str, object]] = field(default_factory=dict)
-    origins: dict[tuple[str, str], Where] = field(default_factory=dict)
-    notes: list[Note] = field(default_factory=list)
-    sql_copy: str | None = None  # a statement giving Dovecot's users in popbox's columns
-
-
 def mbox_store_available() -> bool:
     """Whether this popbox has an mbox store (`store.backend = "mbox"`)."""
     return "mbox" in typing.get_args(StoreSection.model_fields["backend"].annotation)
@@ -107,52 +74,7 @@ def convert(tree: Section, host: Host) -> Result:
     return _Converter(tree, host).run()
 
 
-class _Converter:
-    def __init__(self, tree: Section, host: Host) -> None:
-        self.tree = tree
-        self.host = host
-        self.used: set[tuple[int, str]] = set()
-        self.done_sections: set[int] = set()
-        version = tree.get("dovecot_config_version")
-        self.v24 = version is not None
-        self.result = Result("2.4" if self.v24 else "2.3")
-        self.scopes = [tree] + [
-            s for s in tree.children("protocol")
-            if s.name == "pop3" or ((s.name or "").startswith("!") and s.name != "!pop3")
-        ]
-
-    # --- reading settings ---
-
-    def take(self, *keys: str) -> Value | None:
-        """The value POP3 sees for the first of `keys` that is set (protocol pop3 wins
-        over the top level); every occurrence counts as carried over."""
-        for key in keys:
-            found = None
-            for scope in self.scopes:
-                value = scope.get(key)
-                if value is not None:
-                    self.used.add((id(scope), key))
-                    found = value
-            if found is not None:
-                return found
-        return None
-
-    def take_in(self, section: Section, *keys: str) -> Value | None:
-        for key in keys:
-            value = section.get(key)
-            if value is not None:
-                self.used.add((id(section), key))
-                return value
-        return None
-
-    def put(self, section: str, key: str, value: object, where: Where | None) -> None:
-        self.result.sections.setdefault(section, {})[key] = value
-        if where is not None:
-            self.result.origins[(section, key)] = where
-
-    def note(self, where: Where | None, text: str) -> None:
-        self.result.notes.append(Note(where, text))
-
+class _Converter(DatabaseRules):
     # --- the conversion ---
 
     def run(self) -> Result:
@@ -324,203 +246,6 @@ class _Converter:
             if value is not None:
                 self.note(value.where, f"{key} = {value.text}: popbox looks users up by the "
                           "name given, with the domain lower-cased")
-
-    # --- passdb and userdb ---
-
-    def _driver(self, section: Section) -> str:
-        value = self.take_in(section, "driver", f"{section.kind}_driver")
-        return (value.text if value else section.name or "").lower()
-
-    def _databases(self) -> None:
-        passdbs = [s for s in self.tree.children("passdb")]
-        userdbs = [s for s in self.tree.children("userdb")]
-        for section in passdbs + userdbs:
-            self.done_sections.add(id(section))
-        usable = []
-        for section in passdbs:
-            for flag in ("deny", "master", "passdb_deny", "passdb_master"):
-                value = self.take_in(section, flag)
-                if yes(value, False):
-                    self.note(value.where if value else section.where,
-                              f"passdb {self._driver(section)} with {flag} = yes: popbox "
-                              "has no deny or master-user databases")
-                    break
-            else:
-                usable.append(section)
-        if not usable:
-            self.note(self.tree.where, "no passdb: popbox's default users file "
-                      "/etc/popbox/users is used")
-            return
-        first = usable[0]
-        for extra in usable[1:]:
-            self.note(extra.where, f"passdb {self._driver(extra)}: popbox reads one "
-                      "password database; this one is left out")
-        driver = self._driver(first)
-        if driver == "passwd-file":
-            self._passwd_file(first, userdbs)
-        elif driver == "sql":
-            self._sql(first, userdbs)
-        else:
-            self.note(first.where, _OTHER_DRIVERS.get(driver, f"passdb driver {driver}: "
-                      "popbox reads a passwd-file or PostgreSQL") +
-                      "; make a users file with `popbox user add`")
-            for userdb in userdbs:
-                kind = self._driver(userdb)
-                self.note(userdb.where, f"userdb {kind}: popbox takes homes and mail "
-                          "locations from its users file (userdb_mail=, userdb_home=) or "
-                          "auth.mail_location")
-        for section in passdbs + userdbs:
-            for key, value in section.settings.items():
-                if (id(section), key) not in self.used:
-                    self.note(value.where, f"{section.kind} {key} = {value.text}: popbox "
-                              "has no equivalent")
-                    self.used.add((id(section), key))
-
-    def _passwd_file_args(self, section: Section) -> tuple[str | None, dict[str, str],
-                                                           Where]:
-        args = self.take_in(section, "args")
-        options: dict[str, str] = {}
-        path = None
-        if args is not None:
-            for word in args.text.split():
-                key, sep, value = word.partition("=")
-                if sep and not word.startswith("/"):
-                    options[key] = value
-                else:
-                    path = word
-        named = self.take_in(section, "passwd_file_path", f"{section.kind}_passwd_file_path")
-        if named is not None:
-            path = named.text
-        for key in ("default_password_scheme", "passdb_default_password_scheme"):
-            scheme = self.take_in(section, key)
-            if scheme is not None:
-                options["scheme"] = scheme.text
-        where = args.where if args is not None else (named.where if named else section.where)
-        return path, options, where
-
-    def _passwd_file(self, passdb: Section, userdbs: list[Section]) -> None:
-        path, options, where = self._passwd_file_args(passdb)
-        if path is None:
-            self.note(where, "passdb passwd-file without a file name")
-            return
-        if "%" in path:
-            self.note(where, f"passwd-file {path}: popbox reads one users file, not one "
-                      "per user or domain")
-            return
-        self.put("auth", "backend", "passwd-file", where)
-        self.put("auth", "passwd_file", path, where)
-        scheme = options.pop("scheme", "CRYPT").upper()
-        if scheme != "CRYPT":
-            self.note(where, f"scheme={scheme}: popbox reads a password without a "
-                      "{SCHEME} prefix as a crypt(3) hash; write {" + scheme + "} before "
-                      "each such password")
-        fmt = options.pop("username_format", "%u")
-        if fmt not in ("%u", "%{user}", "%Lu"):
-            self.note(where, f"username_format={fmt}: popbox looks up the whole "
-                      "user@domain name in the file")
-        for key in options:
-            self.note(where, f"passwd-file option {key}: popbox has no equivalent")
-        for userdb in userdbs:
-            driver = self._driver(userdb)
-            if driver == "passwd-file":
-                other, _, uwhere = self._passwd_file_args(userdb)
-                if other not in (None, path):
-                    self.note(uwhere, f"userdb passwd-file {other}: popbox takes the users' "
-                              f"homes and mail from {path}, the passdb's file")
-            elif driver == "static":
-                self._static_userdb(userdb)
-            elif driver != "prefetch":
-                self.note(userdb.where, f"userdb {driver}: popbox takes the users' homes "
-                          f"and mail locations from {path}")
-
-    def _static_userdb(self, userdb: Section) -> None:
-        args = self.take_in(userdb, "args")
-        fields = dict(w.partition("=")[::2] for w in (args.text.split() if args else []))
-        for key, value in userdb.settings.items():
-            if key.startswith(("userdb_fields", "fields")):
-                self.used.add((id(userdb), key))
-            if key in ("home", "userdb_home", "mail_home"):
-                fields["home"] = value.text
-                self.used.add((id(userdb), key))
-        if "home" in fields:
-            self.static_home = (fields["home"], args.where if args else userdb.where)
-
-    static_home: tuple[str, Where] | None = None
-
-    def _sql(self, passdb: Section, userdbs: list[Section]) -> None:
-        queries: list[str] = []
-        connect: str | dict[str, str] | None = None
-        driver = "pgsql"
-        where = passdb.where
-        if self.v24:
-            query = self.take_in(passdb, "query", "sql_query", "passdb_sql_query")
-            if query is not None:
-                queries.append(query.text)
-            for userdb in userdbs:
-                uquery = self.take_in(userdb, "query", "sql_query", "userdb_sql_query")
-                if uquery is not None:
-                    queries.append(uquery.text)
-            drv = self.take("sql_driver")
-            driver = drv.text if drv else "pgsql"
-            for section in self.tree.children("pgsql"):
-                self.done_sections.add(id(section))
-                params: dict[str, str] = {"host": section.name or ""}
-                for sub in section.children("parameters"):
-                    self.done_sections.add(id(sub))
-                    for key, value in sub.settings.items():
-                        params[key] = value.text
-                        self.used.add((id(sub), key))
-                connect = connect or params
-        else:
-            args = self.take_in(passdb, "args")
-            if args is None:
-                self.note(passdb.where, "passdb sql without args (dovecot-sql.conf.ext)")
-                return
-            where = args.where
-            for userdb in userdbs:  # the same file's user_query, or the passdb's fields
-                kind = self._driver(userdb)
-                uargs = userdb.get("args")
-                if kind == "sql" and uargs is not None and uargs.text == args.text:
-                    self.take_in(userdb, "args")
-                elif kind != "prefetch":
-                    self.note(userdb.where, f"userdb {kind}: popbox reads homes and mail "
-                              f"locations from the users table")
-            data = self.host.read(args.text)
-            if data is None:
-                self.note(args.where, f"cannot read {args.text}: the PostgreSQL DSN and "
-                          "the users' columns are not carried over")
-                return
-            try:
-                sql = parse(data, args.text)
-            except ParseError as exc:
-                self.note(args.where, f"{exc}")
-                return
-            driver = sql.text("driver", "")
-            connect = sql.text("connect", "")
-            for key in ("password_query", "user_query"):
-                if sql.get(key) is not None:
-                    queries.append(sql.text(key))
-        if driver != "pgsql":
-            self.note(where, f"SQL driver {driver!r}: popbox's database is PostgreSQL; "
-                      "move the users into popbox's `users` table (popbox db upgrade; "
-                      "popbox user add)")
-            return
-        if connect is not None:
-            dsn, remarks = pgsql_dsn(connect)
-            self.put("postgres", "dsn", dsn, where)
-            for remark in remarks:
-                self.note(where, remark)
-        self.put("auth", "backend", "postgres", where)
-        copy, columns = sql_copy(queries) if queries else (None, "no queries found")
-        if copy is None:
-            self.note(where, f"the users' columns could not be mapped ({columns}): popbox "
-                      "reads its own `users` table (name, password, home, mail, uid, gid; "
-                      "`popbox db upgrade` makes it)")
-            return
-        self.result.sql_copy = copy
-        self.note(where, f"popbox reads its own `users` table ({columns}; `popbox db "
-                  f"upgrade` makes it), not Dovecot's queries; this gives Dovecot's users "
-                  f"in those columns: {copy}")
 
     # --- mail ---
 
@@ -714,20 +439,6 @@ class _Converter:
                 self.note(value.where, f"{label}: {key} = {_short(value)}: {why}")
         for sub in section.sections:
             self._leftover_section(sub)
-
-
-_OTHER_DRIVERS = {
-    "pam": "passdb pam (system passwords): popbox cannot check passwords through PAM",
-    "shadow": "passdb shadow (system passwords): popbox cannot read /etc/shadow",
-    "checkpassword": "passdb checkpassword: popbox cannot run a checkpassword program",
-    "ldap": "passdb ldap: popbox cannot ask an LDAP directory",
-    "dict": "passdb dict: popbox cannot read a Dovecot dict",
-    "lua": "passdb lua: popbox cannot run Lua",
-    "static": "passdb static: popbox has no static password",
-    "imap": "passdb imap: popbox cannot ask an IMAP server",
-    "oauth2": "passdb oauth2: set up [oauth] instead (README: Configuration reference)",
-    "bsdauth": "passdb bsdauth: popbox cannot use BSD authentication",
-}
 
 
 def _short(value: Value) -> str:
