@@ -28,8 +28,13 @@ MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\n.dotted\nsecond\n",
 
 
 @pytest.fixture(scope="module")
-def dovecot() -> Iterator[Dovecot]:
-    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def dovecot(ca: trustme.CA) -> Iterator[Dovecot]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
     server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
                      cert.private_key_pem.bytes())
     server.start()
@@ -74,7 +79,7 @@ def test_generated_file_passes_check_config(converted: Path) -> None:
     assert result.stdout == f"{converted}: OK\n"
 
 
-def test_uidl_audit_and_side_by_side(dovecot: Dovecot, converted: Path,
+def test_uidl_audit_and_side_by_side(dovecot: Dovecot, converted: Path, ca: trustme.CA,
                                      tmp_path: Path) -> None:
     users = [dovecot.add_user(), dovecot.add_user()]
     for user in users:
@@ -86,6 +91,12 @@ def test_uidl_audit_and_side_by_side(dovecot: Dovecot, converted: Path,
                         password="secret")
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"same: {len(MESSAGES)}\nonly popbox: 0\nonly old: 0\n" in result.stdout
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    result = popbox("uidl", "audit", "--config", str(converted), "--compare",
+                    f"127.0.0.1:{dovecot.tls_port}", "--user", users[0], "--tls", "implicit",
+                    "--cafile", str(cafile), password="secret")
+    assert result.returncode == 0, result.stdout + result.stderr
     # popbox on other ports of the same machine, on the same Maildirs
     text = converted.read_text()
     text = re.sub(r"(?m)^listen = .*$", 'listen = ["127.0.0.1:0"]', text)
