@@ -130,6 +130,9 @@ service pop3-login {
   }
   process_min_avail = 4
 }
+remote 203.0.113.0/24 {
+  auth_allow_cleartext = no
+}
 """
 
 
@@ -167,6 +170,7 @@ def test_dovecot_2_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         "pop3_logout_format = ": "fixed fields",
         "protocol imap {": "protocol imap { 1 setting(s) }: not used by POP3",
         "process_min_avail = 4": "process_min_avail",
+        "remote 203.0.113.0/24 {": "{ 1 setting(s) }: popbox has no per-address settings",
     }
     for text, note in expect.items():
         number = next(n for n, line in enumerate(V24.splitlines(), 1)

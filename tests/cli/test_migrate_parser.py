@@ -123,6 +123,29 @@ service pop3-login {
     assert [p.text("driver") for p in tree.children("passdb")] == ["passwd-file", "pam"]
 
 
+def test_2_4_groups_and_filters() -> None:
+    tree = parse("""dovecot_config_version = 2.4.0
+group @mysql default {
+  host = db.example.org
+}
+@mysql = default
+local 192.0.2.1 {
+  remote 10.0.0.0/8 {
+    protocol pop3 {
+      login_greeting = hi
+    }
+  }
+}
+""")
+    group = tree.child("group", "@mysql default")
+    assert group is not None and group.text("host") == "db.example.org"
+    assert tree.text("@mysql") == "default"
+    assert tree.to_dict()["local 192.0.2.1"] == {
+        "remote 10.0.0.0/8": {"protocol pop3": {"login_greeting": "hi"}}}
+    with pytest.raises(ParseError, match=r"expected '=' or '\{'"):
+        parse("group @a b c {\n}\n")
+
+
 def test_2_4_variables_and_environment() -> None:
     tree = parse("""dovecot_config_version = 2.4.0
 default_internal_user = vmail

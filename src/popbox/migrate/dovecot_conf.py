@@ -11,13 +11,15 @@ Syntax"; Dovecot's src/config/config-parser.c):
   spaces and ``#``. Outside quotes, ``#`` starts a comment (Dovecot warns when there is no
   space before it, and cuts the value there all the same).
 * ``key = <path``: the value is read from a file. The tree keeps the path
-  (`Value.from_file`), not the file's contents: a migration wants to know where a
+  (`Value.from_file`), made absolute from the folder of the file it is written in, as
+  Dovecot reads it; not the file's contents: a migration wants to know where a
   certificate is.
 * A line ending in ``\\`` goes on on the next line, joined by one space.
-* ``kind [name] {`` opens a section and ``}`` on a line of its own closes it; nothing may
-  follow the ``{``. Sections of the same kind and name are one section (Dovecot merges
-  them: ``service pop3-login`` may appear in several files), except the unnamed
-  ``passdb { }`` and ``userdb { }`` of 2.3, each a database of its own.
+* ``kind [name] {`` opens a section (2.4's ``group @label name {`` has a two-word name)
+  and ``}`` on a line of its own closes it; nothing may follow the ``{``. Sections of
+  the same kind and name are one section (Dovecot merges them: ``service pop3-login``
+  may appear in several files), except the unnamed ``passdb { }`` and ``userdb { }`` of
+  2.3, each a database of its own.
 * ``!include PATTERN`` and ``!include_try PATTERN`` put the files a glob pattern names
   (relative to the including file's folder) at that point, inside the section the line is
   in. A missing file is an error for ``!include`` (unless the pattern has wildcards),
@@ -219,11 +221,16 @@ class _Parser:
             if rest.startswith("="):
                 self._set(stack, key, rest[1:].strip(" \t"), where)
                 continue
-            name: str | None = None
-            if rest and rest[0] in "\"'":
-                name, rest = _quoted(rest, where)
-            elif rest and not rest.startswith("{"):
-                name, rest = _word(rest)
+            names: list[str] = []  # 2.4's "group @label name {" has two
+            while rest and not rest.startswith(("{", "#")) and len(names) < 2:
+                if rest[0] in "\"'":
+                    word, rest = _quoted(rest, where)
+                else:
+                    word, rest = _word(rest)
+                    if not word:
+                        break
+                names.append(word)
+            name = " ".join(names) if names else None
             if not rest.startswith("{"):
                 raise ParseError(where, f"expected '=' or '{{' after {key!r}")
             if _uncomment(rest[1:].strip(" \t")):
