@@ -435,3 +435,38 @@ def test_2_3_and_2_4_spellings_convert_alike(tmp_path: Path,
     assert converted_old["server"] == {"listen": ["127.0.0.1:110"], "user": "nobody",
                                        "group": "nogroup"}
     assert len(notes_new) == len(notes_old) + 1  # dovecot_storage_version: Dovecot's own
+
+
+@pytest.mark.parametrize("high_performance", [False, True])
+def test_benchmark_dovecot_configuration(high_performance: bool, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The other Dovecot configuration the project writes (bench/servers.py), in both of
+    its login modes: the file passes `popbox check-config`; the POP3S listener it turns
+    off (port 0) stays off; its process tuning is reported, one line per setting."""
+    from bench.servers import Dovecot as BenchDovecot
+
+    users = tmp_path / "users"
+    users.write_text("alice:{PLAIN}secret::::::\n")
+    server = BenchDovecot(tmp_path / "work", users, tmp_path / "mail", 100,
+                          (tmp_path / "cert.pem", tmp_path / "key.pem"),
+                          high_performance=high_performance)
+    server.port = 2110
+    server.conf.write_text(server.config_text())
+    data, notes = convert(server.conf, capsys)
+    assert data["server"] == {"listen": ["127.0.0.1:2110"], "user": "nobody",
+                              "group": "nogroup"}
+    assert data["tls"] == {"cert": str(tmp_path / "cert.pem"),
+                           "key": str(tmp_path / "key.pem")}
+    tuning = [n.split(": ", 1)[1] for n in notes if "one process serves" in n]
+    expected = ["service pop3-login: service_count", "service pop3: process_limit"]
+    if high_performance:
+        expected.insert(1, "service pop3-login: process_min_avail")
+    assert [t.split(" = ")[0] for t in tuning] == expected
+    auth = data["auth"]
+    assert isinstance(auth, dict)
+    assert auth["cache_ttl"] == 3600  # auth_cache_size = 10M, Dovecot's default TTL
+    config = tmp_path / "popbox.toml"
+    assert main(["migrate", "dovecot", str(server.conf), "--output", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"{config}: OK\n"

@@ -240,12 +240,31 @@ class _Converter(DatabaseRules):
                 self.note(delay.where, f"auth_failure_delay = {delay.text}: not a time")
             else:
                 self.put("limits", "penalty_initial", delay_s, delay.where)
+        self._auth_cache()
         for key in ("auth_username_format", "auth_username_translation",
                     "auth_default_realm", "auth_default_domain", "auth_realms"):
             value = self.take(key)
             if value is not None:
                 self.note(value.where, f"{key} = {value.text}: popbox looks users up by the "
                           "name given, with the domain lower-cased")
+
+    def _auth_cache(self) -> None:
+        """Dovecot's auth cache (off unless auth_cache_size is set) and popbox's, which
+        remembers verified slow-hash logins for auth.cache_ttl seconds."""
+        size = self.take("auth_cache_size")
+        ttl = self.take("auth_cache_ttl")
+        if size is None or size.text.strip() in ("0", ""):
+            if size is not None:
+                self.note(size.where, "auth_cache_size = 0: Dovecot cached no logins; "
+                          "popbox remembers verified slow-hash logins for auth.cache_ttl "
+                          "(300 s; 0 turns it off)")
+            return
+        ttl_s = seconds(ttl.text) if ttl is not None else 3600.0  # Dovecot's default: 1 hour
+        if ttl_s is None or not 0 <= ttl_s <= 86_400:
+            self.note(ttl.where if ttl else size.where, "auth_cache_ttl: popbox takes 0 to "
+                      "86400 seconds")
+            return
+        self.put("auth", "cache_ttl", ttl_s, ttl.where if ttl else size.where)
 
     # --- mail ---
 

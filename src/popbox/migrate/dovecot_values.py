@@ -33,6 +33,8 @@ def seconds(text: str) -> float | None:
         return number / 1000
     if unit in ("m", "min", "mins", "minute", "minutes"):
         return number * 60
+    if unit in ("h", "hour", "hours"):
+        return number * 3600
     return None
 
 
