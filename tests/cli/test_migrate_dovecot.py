@@ -183,7 +183,8 @@ def test_plaintext_and_tls_rules(tmp_path: Path, capsys: pytest.CaptureFixture[s
     conf = tmp_path / "dovecot.conf"
     conf.write_text("ssl = required\nssl_cert = </c.pem\nssl_key = </k.pem\n"
                     "disable_plaintext_auth = no\nprotocols = imap\n"
-                    "mail_location = maildir:/var/vmail/%d/%n:INDEX=/var/idx/%u\n"
+                    "mail_location = maildir:/var/vmail/%d/%n:INDEX=/var/idx/%u:"
+                    "CONTROL=/var/ctl/%u\n"
                     "pop3_uidl_format = %f\n")
     data, notes = convert(conf, capsys)
     auth = data["auth"]
@@ -194,6 +195,8 @@ def test_plaintext_and_tls_rules(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert any(n.startswith(f"{conf}:1:") and "ssl = required" in n for n in notes)
     assert any(n.startswith(f"{conf}:5:") and "did not serve POP3" in n for n in notes)
     assert any(n.startswith(f"{conf}:6:") and "INDEX=/var/idx/%u" in n for n in notes)
+    assert any(n.startswith(f"{conf}:6:") and "CONTROL=/var/ctl/%u" in n and
+               "copy it in" in n for n in notes)
     assert any(n.startswith(f"{conf}:7:") and "uidl audit" in n for n in notes)
     conf.write_text("ssl = no\nmail_location = sdbox:~/mail\n")
     data, notes = convert(conf, capsys)

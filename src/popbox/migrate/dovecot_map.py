@@ -280,9 +280,12 @@ class _Converter(DatabaseRules):
                           "popbox's default mail location is kept")
                 return
             driver, where = driver_value.text.lower(), driver_value.where
-            path = path_value.text if path_value else ""
+            path = path_value.text if path_value else "~/Maildir"  # 2.4's maildir default
             inbox = inbox_value.text if inbox_value else None
             options: list[str] = []
+            control = self.take("mail_control_path")
+            if control is not None:
+                options.append(f"CONTROL={control.text}")
         else:
             location = self.take("mail_location")
             if location is None or not location.text:
@@ -302,7 +305,13 @@ class _Converter(DatabaseRules):
                     options.remove(option)
             driver = driver.lower()
         for option in options:
-            self.note(where, f"mail location option {option}: not needed by popbox")
+            if option.upper().startswith("CONTROL="):
+                self.note(where, f"mail location option {option}: Dovecot keeps "
+                          "dovecot-uidlist there, and popbox's store.uidl_import reads it "
+                          "from the maildir itself: copy it in before the switch (popbox "
+                          "uidl audit shows the difference)")
+            else:
+                self.note(where, f"mail location option {option}: not needed by popbox")
         if driver == "maildir":
             self._maildir(path, home, where)
         elif driver == "mbox":
