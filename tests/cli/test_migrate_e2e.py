@@ -136,3 +136,26 @@ def test_uidl_audit_tells_a_difference(dovecot: Dovecot, converted: Path,
     assert "popbox: 127.0.0.1:" in result.stderr
     result = popbox(*audit)
     assert result.returncode == 2 and "no password" in result.stderr
+
+
+def test_uidl_audit_checks_the_password_and_the_user(dovecot: Dovecot, converted: Path,
+                                                     tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    dovecot.put(user, MESSAGES[0])
+    users = dovecot.root / "other-users"  # readable by server.user, as the audit reads it
+    users.write_text(f"{user}:{{PLAIN}}not-the-same::::::\n")
+    users.chmod(0o644)
+    config = tmp_path / "other-passwords.toml"
+    config.write_text(re.sub(r"(?m)^passwd_file = .*$", f'passwd_file = "{users}"',
+                             converted.read_text()))
+    audit = ["uidl", "audit", "--config", str(config), "--compare",
+             f"127.0.0.1:{dovecot.port}", "--tls", "none"]
+    result = popbox(*audit, "--user", user, password="secret")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "same: 1\n" in result.stdout
+    assert f"popbox does not accept the password 127.0.0.1:{dovecot.port} accepted" in \
+        result.stdout
+    other = dovecot.add_user()  # known to Dovecot, not to this users file
+    result = popbox(*audit, "--user", other, password="secret")
+    assert result.returncode == 2
+    assert f"popbox's user database does not know {other}" in result.stderr

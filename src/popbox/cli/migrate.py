@@ -201,7 +201,8 @@ async def _popbox_uidls(args: argparse.Namespace, config: Config, password: str
     try:
         verdict = await backends.passdb.verify(args.user, Secret(password.encode()))
         if verdict is Verdict.TEMPORARY:
-            raise _Failed("popbox's password database cannot be read now")
+            who = f" by {config.server.user}" if config.server.user else ""
+            raise _Failed(f"popbox's password database cannot be read{who} now")
         info = await backends.userdb.lookup(args.user)
         if not isinstance(info, UserInfo):
             raise _Failed(f"popbox's user database does not know {args.user}")
