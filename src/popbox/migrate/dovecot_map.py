@@ -3,7 +3,8 @@
 `convert(tree, host)` gives the popbox sections (plain data, ready for `popbox.config`)
 and a `Note` for every setting it could not carry over, each with its file and line.
 No I/O of its own: the files it must look into (a passdb's dovecot-sql.conf.ext) and the
-user names behind numeric ids come through `host`.
+user names behind numeric ids come through `host`. The passdb and userdb rules are in
+`popbox.migrate.dovecot_auth`.
 
 What POP3 sees in Dovecot is the top level with ``protocol pop3 { }`` (and ``protocol
 !imap``-style blocks) on top; the settings of other protocols and services are reported
@@ -14,7 +15,8 @@ here: ``ssl_server_cert_file``, ``auth_allow_cleartext``, ``mail_driver``/``mail
 
 UIDLs (RFC 1939 §7): popbox's own Maildir UIDL is a file name's unique part, up to the
 first ``,`` or ``:``. Dovecot's default ``pop3_uidl_format`` (``%08Xu%08Xv``; 2.4
-``%{uid | hex(8)}%{uidvalidity | hex(8)}``) is the IMAP uid and uidvalidity in hex, kept
+``%{uid | hex(8)}%{uidvalidity | hex(8)}``) is the IMAP uid and uidvalidity in hex (lower
+case, as Dovecot prints them), kept
 in each maildir's ``dovecot-uidlist``: then ``store.uidl_import = "dovecot"`` makes
 popbox list what Dovecot listed. ``%f``/``%g`` is the file name up to ``:`` (seen from
 Dovecot 2.3.19): the same as popbox's for names without ``,S=``, not for Dovecot's own
