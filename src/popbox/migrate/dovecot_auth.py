@@ -13,6 +13,9 @@ CRYPT_SCHEMES = frozenset({"CRYPT", "MD5-CRYPT", "SHA256-CRYPT", "SHA512-CRYPT",
 
 
 class DatabaseRules(Context):
+    """The first passdb that is neither a deny nor a master database decides
+    `auth.backend`; its userdbs are checked against it."""
+
     def _driver(self, section: Section) -> str:
         value = self.take_in(section, "driver", f"{section.kind}_driver")
         return (value.text if value else section.name or "").lower()
@@ -34,7 +37,7 @@ class DatabaseRules(Context):
             else:
                 usable.append(section)
         if not usable:
-            self.note(self.tree.where, "no passdb: popbox's default users file "
+            self.note(None, "no passdb: popbox's default users file "
                       "/etc/popbox/users is used")
             return
         first = usable[0]
