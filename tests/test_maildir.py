@@ -593,17 +593,17 @@ async def test_the_listing_follows_the_uidl_import_setting_and_file(maildir: Pat
     dovecot = MaildirStore(uidl_import="dovecot")
     size = wire_size(MSG_A)
     for _ in range(2):
-        assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+        assert await listing(maildir, dovecot) == [("000000074c0907b0", size)]
         assert await listing(maildir) == [(POSTFIX, size)]
-    assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000074c0907b0", size)]
     uidlist.write_bytes(f"1 1275660208 9\n8 {POSTFIX}:2,\n".encode())
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     then = time.time_ns() - 3_600_000_000_000
     os.utime(uidlist, ns=(then, then))
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     assert stored(maildir)[0].trusted
     listing_id = file_id(maildir / LISTING)
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     assert file_id(maildir / LISTING) == listing_id  # served from the cache
     uidlist.unlink()
     assert await listing(maildir, dovecot) == [(POSTFIX, size)]
@@ -619,7 +619,7 @@ async def test_an_imported_uidl_file_changed_within_two_seconds_is_read_again(
     put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
     age(maildir)
     dovecot = MaildirStore(uidl_import="dovecot")
-    correct = [("000000074C0907B0", wire_size(MSG_A))]
+    correct = [("000000074c0907b0", wire_size(MSG_A))]
     assert await listing(maildir, dovecot) == correct
     state, complete = stored(maildir)
     mtime = state.stats[10]  # the imported-UIDL file: (inode, size, mtime, ctime)
@@ -861,7 +861,7 @@ async def test_dovecot_uidlist_import(maildir: Path) -> None:
         + b"garbage line\n",
     )
     imported = await listing(maildir, MaildirStore(uidl_import="dovecot"))
-    assert [u for u, _ in imported] == ["from-the-old-server", "000000194C0907B0", COURIER]
+    assert [u for u, _ in imported] == ["from-the-old-server", "000000194c0907b0", COURIER]
     assert [u for u, _ in await listing(maildir)] == [POSTFIX, DOVECOT, COURIER]
 
 
@@ -869,7 +869,7 @@ async def test_dovecot_uidlist_version_1(maildir: Path) -> None:
     put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
     put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
     assert await listing(maildir, MaildirStore(uidl_import="dovecot")) == [
-        ("000000074C0907B0", wire_size(MSG_A))
+        ("000000074c0907b0", wire_size(MSG_A))
     ]
 
 

@@ -1,4 +1,4 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch."""
+"""`popbox` command line: serve, check-config, demo, user, pw, fetch, migrate, uidl."""
 
 from __future__ import annotations
 
@@ -177,12 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp  # db, lmtp, deliver, import, fetch
+    from popbox.cli import db, fetch, importer, lmtp, migrate  # db, lmtp, deliver, import, fetch
 
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
+    migrate.add_commands(sub)  # migrate dovecot, uidl audit
     return parser
 
 
