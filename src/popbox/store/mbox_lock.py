@@ -1,0 +1,188 @@
+"""Locking an mbox spool the way the other programs that touch it do.
+
+On Debian, Postfix `local` (``mailbox_delivery_lock = fcntl, dotlock``), procmail and
+mutt all lock ``/var/mail/user`` with a *dotlock* (the file ``/var/mail/user.lock``,
+created with ``O_EXCL``) and an ``fcntl`` lock on the spool itself; some programs use
+``flock`` instead. A writer that honours either lock excludes popbox while it holds it, so
+popbox takes every configured lock, in the configured order (default: dotlock, then fcntl,
+as Dovecot's ``mbox_write_locks``), and gives them up in reverse order.
+
+* dotlock: ``O_CREAT|O_EXCL`` of ``<spool>.lock`` holding ``<pid>\\n`` (liblockfile's
+  format). A dotlock outlives a killed holder, so one is *stale*, and removed, when its
+  content names a process of this host that no longer exists (liblockfile's rule), or
+  when neither it nor the spool has changed for `stale_after` seconds (Dovecot's
+  ``mbox_dotlock_change_timeout``; liblockfile and Postfix also give up on a lock some
+  minutes old). Creating it needs write access to the spool's folder (``/var/mail`` is
+  group ``mail``, mode 2775 or 1777 on Debian): EACCES is an error, never a silent skip.
+* fcntl: an open-file-description lock (``F_OFD_SETLK``, Linux >= 3.15), a write lock over
+  the whole file. OFD locks conflict with the classic POSIX locks other programs take, and
+  unlike those they are not dropped when some other descriptor of the file is closed.
+* flock: ``flock(LOCK_EX)``.
+
+Every lock is tried without blocking and retried with growing pauses until `timeout`
+(dotlocks can only be polled; the others are polled so that one deadline covers all).
+This runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+LockMethod = Literal["dotlock", "fcntl", "flock"]
+METHODS: tuple[LockMethod, ...] = ("dotlock", "fcntl", "flock")
+_BUSY = frozenset({errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK})
+_FIRST_PAUSE = 0.01
+_MAX_PAUSE = 0.5
+
+
+class LockTimeout(Exception):
+    """Another program held one of the spool's locks for longer than the timeout."""
+
+
+def dotlock_path(spool: str) -> str:
+    return spool + ".lock"
+
+
+def _ofd_lock(fd: int, kind: int) -> None:
+    # struct flock {short l_type; short l_whence; off_t l_start; off_t l_len; pid_t l_pid}:
+    # l_len 0 = to the end of the file; l_pid must be 0 for OFD locks.
+    arg = struct.pack("hhqqi", kind, os.SEEK_SET, 0, 0, 0).ljust(64, b"\0")
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dotlock_is_stale(lock: str, spool: str, stale_after: float) -> os.stat_result | None:
+    """The lock's stat if it may be removed, else None."""
+    try:
+        st = os.stat(lock, follow_symlinks=False)
+        with open(lock, "rb") as f:
+            content = f.read(32)
+    except FileNotFoundError:
+        return None
+    text = content.split(b"\0")[0].strip()
+    if text.isdigit() and 0 < int(text) < 2**31 and not _pid_alive(int(text)):
+        return st
+    now = time.time()
+    try:
+        spool_changed = max(os.stat(spool).st_mtime, os.stat(spool).st_ctime)
+    except FileNotFoundError:
+        spool_changed = 0.0
+    if now - max(st.st_mtime, st.st_ctime) > stale_after and now - spool_changed > stale_after:
+        return st
+    return None
+
+
+class Dotlock:
+    """A held ``<spool>.lock``."""
+
+    __slots__ = ("_ino", "path")
+
+    def __init__(self, path: str, ino: int) -> None:
+        self.path = path
+        self._ino = ino
+
+    @classmethod
+    def try_acquire(cls, spool: str, stale_after: float) -> Dotlock | None:
+        path = dotlock_path(spool)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            st = _dotlock_is_stale(path, spool, stale_after)
+            if st is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    now = os.stat(path, follow_symlinks=False)
+                    if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                        os.unlink(path)
+            return None
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+            ino = os.fstat(fd).st_ino
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(fd)
+        return cls(path, ino)
+
+    def release(self) -> None:
+        """Remove the lock file if it is still ours."""
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path, follow_symlinks=False).st_ino == self._ino:
+                os.unlink(self.path)
+
+
+class SpoolLocks:
+    """The spool's locks, held: `acquire` takes them all or none."""
+
+    def __init__(self, spool: str, fd: int, methods: Sequence[LockMethod], *,
+                 timeout: float, stale_after: float) -> None:
+        self.spool = spool
+        self.fd = fd
+        self._methods = tuple(methods)
+        self._timeout = timeout
+        self._stale_after = stale_after
+        self._dotlock: Dotlock | None = None
+        self._held: list[LockMethod] = []
+
+    def acquire(self) -> None:
+        """Take every lock in order; LockTimeout (holding none) if one stays busy.
+        OSError other than "busy" propagates, also holding none."""
+        deadline = time.monotonic() + self._timeout
+        try:
+            for method in self._methods:
+                pause = _FIRST_PAUSE
+                while not self._try(method):
+                    if time.monotonic() + pause > deadline:
+                        raise LockTimeout(f"{self.spool}: {method} lock busy")
+                    time.sleep(pause)  # a dotlock cannot be waited for: it is polled
+                    pause = min(pause * 2, _MAX_PAUSE)
+                self._held.append(method)
+        except BaseException:
+            self.release()
+            raise
+
+    def _try(self, method: LockMethod) -> bool:
+        if method == "dotlock":
+            self._dotlock = Dotlock.try_acquire(self.spool, self._stale_after)
+            return self._dotlock is not None
+        try:
+            if method == "fcntl":
+                _ofd_lock(self.fd, fcntl.F_WRLCK)
+            else:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _BUSY:
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        """Give up the locks held, in reverse order. Idempotent."""
+        while self._held:
+            method = self._held.pop()
+            with contextlib.suppress(OSError):
+                if method == "dotlock" and self._dotlock is not None:
+                    self._dotlock.release()
+                    self._dotlock = None
+                elif method == "fcntl":
+                    _ofd_lock(self.fd, fcntl.F_UNLCK)
+                elif method == "flock":
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
