@@ -80,10 +80,10 @@ def _dotlock_is_stale(lock: str, spool: str, stale_after: float) -> os.stat_resu
         return st
     now = time.time()
     try:
-        spool_changed = max(os.stat(spool).st_mtime, os.stat(spool).st_ctime)
+        spool_changed = os.stat(spool).st_mtime
     except FileNotFoundError:
         spool_changed = 0.0
-    if now - max(st.st_mtime, st.st_ctime) > stale_after and now - spool_changed > stale_after:
+    if now - st.st_mtime > stale_after and now - spool_changed > stale_after:
         return st
     return None
 
