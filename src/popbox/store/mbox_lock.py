@@ -7,8 +7,9 @@ created with ``O_EXCL``) and an ``fcntl`` lock on the spool itself; some program
 popbox takes every configured lock, in the configured order (default: dotlock, then fcntl,
 as Dovecot's ``mbox_write_locks``), and gives them up in reverse order.
 
-* dotlock: ``O_CREAT|O_EXCL`` of ``<spool>.lock`` holding ``<pid>\\n`` (liblockfile's
-  format). A dotlock outlives a killed holder, so one is *stale*, and removed, when its
+* dotlock: ``<spool>.lock`` holding ``<pid>\\n`` (liblockfile's format), made by
+  writing a uniquely named file and link(2)ing it to the lock name (atomic, also on
+  NFS). A dotlock outlives a killed holder, so one is *stale*, and removed, when its
   content names a process of this host that no longer exists (liblockfile's rule), or
   when neither it nor the spool has changed for `stale_after` seconds (Dovecot's
   ``mbox_dotlock_change_timeout``; liblockfile and Postfix also give up on a lock some
@@ -99,27 +100,33 @@ class Dotlock:
 
     @classmethod
     def try_acquire(cls, spool: str, stale_after: float) -> Dotlock | None:
+        """Create the lock holding our pid, or None when another holds it (a stale one
+        is removed first, for the next try). The lock is written under a unique name and
+        link(2)ed into place, as liblockfile and procmail do, so it never exists without
+        its pid (a holder killed at any moment leaves a lock that can be judged)."""
         path = dotlock_path(spool)
+        tmp = f"{path}.popbox.{os.getpid()}.{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            st = _dotlock_is_stale(path, spool, stale_after)
-            if st is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    now = os.stat(path, follow_symlinks=False)
-                    if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
-                        os.unlink(path)
-            return None
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-            ino = os.fstat(fd).st_ino
-        except BaseException:
-            os.close(fd)
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+                ino = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                st = _dotlock_is_stale(path, spool, stale_after)
+                if st is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        now = os.stat(path, follow_symlinks=False)
+                        if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                            os.unlink(path)
+                return None
+        finally:
             with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        os.close(fd)
+                os.unlink(tmp)
         return cls(path, ino)
 
     def release(self) -> None:
