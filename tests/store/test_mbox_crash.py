@@ -2,7 +2,8 @@
 file-changing system call of the commit, before it or halfway through a write, and with
 new mail appended by another program before popbox sees the spool again. Afterwards the
 next open finishes the rewrite: no message is lost, the deleted ones are either all
-there or all gone, the appended one is kept, and the spool parses as an mbox (RFC 4155).
+there or all gone, the appended one is kept, and the spool parses as an mbox (RFC 4155)
+for Python's mailbox and for GNU mailutils.
 
 A child process runs the session; for each crash point it forks a grandchild that opens
 the maildrop and commits, counting its calls to os.write, os.pwrite, os.fsync,
@@ -79,12 +80,18 @@ def _points(root: Path, template: Path, points: list[tuple[int, bool]]) -> list[
 
 
 def _parse(spool: Path) -> int:
-    """How many messages Python's mailbox module (an independent reader) finds."""
+    """How many messages two independent readers find (Python's mailbox module and GNU
+    mailutils' `messages`, which also wants the empty line before each From line); they
+    must agree."""
     box = mailbox.mbox(str(spool), create=False)
     try:
-        return len(box)
+        count = len(box)
     finally:
         box.close()
+    out = subprocess.run(["messages", str(spool)], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    assert out.strip().endswith(f": {count}"), out
+    return count
 
 
 @pytest.mark.timeout(300)
