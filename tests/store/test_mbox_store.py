@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,31 @@ async def test_configured_index_folder(spool: Path, tmp_path: Path) -> None:
     assert await contents(store, str(other)) == [MESSAGES[1]]
     assert len(list(index_dir.glob("alice-*.uidlist"))) == 2
     assert not (spool.parent / ".popbox").exists()
+
+
+async def test_a_100_mb_message_streams_in_bounded_memory(spool: Path) -> None:
+    """Indexing and reading a 100 MB message never holds more than a few chunks: the
+    peak of Python allocations stays far below the message's size."""
+    line = b"0123456789" * 10 + b"\n"
+    block = line * 10_000
+    blocks = 100 * 1024 * 1024 // len(block)
+    head = b"Subject: big\n\n"
+    with spool.open("wb") as f:
+        f.write(LINE + head)
+        for _ in range(blocks):
+            f.write(block)
+        f.write(b"\n")  # the empty line after the message
+    length = len(head) + blocks * len(block)
+    tracemalloc.start()
+    try:
+        drop = await open_drop(MboxStore(), str(spool))
+        total = 0
+        async for chunk in drop.read(0):
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    await drop.release()
+    assert total == length
+    assert list(drop.messages.sizes) == [length + 2 + blocks * 10_000]  # CRLF octets
+    assert peak < 16 * 1024 * 1024, peak
