@@ -1,9 +1,11 @@
 """Removing messages from an mbox spool, crash-safely, in place.
 
-Why in place: ``/var/mail/user`` must keep its inode, owner, group and mode. Postfix
-`local` opens the spool *before* it takes the locks, so a spool replaced by rename could
-take a delivery into the unlinked old inode (lost mail); a new file would also need
-``chown`` (root) to keep its owner. Dovecot and mutt rewrite in place too. Doing it in
+Why in place: ``/var/mail/user`` must keep its inode, owner, group and mode. An fcntl or
+flock lock is taken on an *open* file: a writer (Postfix `local`, procmail) that opened
+the spool and waits for that lock would, after a replace by rename, append to the
+unlinked old inode (lost mail) - only the dotlock, taken before the open, would keep it
+out, and the lock methods are configurable. A new file would also need ``chown`` (root)
+to keep its owner. Dovecot and mutt rewrite in place too. Doing it in
 place safely needs a redo journal, so the journal is the "new spool": only the part of it
 that changes.
 
