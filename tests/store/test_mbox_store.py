@@ -6,6 +6,7 @@ characters) and §8 (one session per maildrop; here the MTA may still deliver)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -126,6 +127,54 @@ async def test_dotlock_rules(spool: Path) -> None:
     lock.write_text(f"{os.getppid()}\n")  # alive, fresh: respected
     assert await store.open(str(spool)) is Failure.IN_USE
     lock.unlink()
+
+
+REVERSE_ORDER_WRITER = """
+import fcntl, os, sys, time
+spool = sys.argv[1]
+f = open(spool, "ab")
+fcntl.lockf(f, fcntl.LOCK_EX)  # fcntl first, as Debian's policy says, then the dotlock
+print("held", flush=True)
+sys.stdin.readline()
+deadline = time.monotonic() + 20
+while True:
+    try:
+        os.close(os.open(spool + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        break
+    except FileExistsError:
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.01)
+f.write(sys.argv[2].encode() + b"Subject: reverse\\n\\nbody\\n\\n")
+f.flush()
+os.unlink(spool + ".lock")
+"""
+
+
+async def test_no_deadlock_with_a_writer_locking_in_the_other_order(spool: Path) -> None:
+    """A writer that holds the fcntl lock and then waits for the dotlock (the order
+    Debian's policy §11.6 prescribes) gets both while popbox waits: popbox gives its
+    dotlock up whenever the fcntl lock is busy. Then popbox opens and sees the mail."""
+    spool.write_bytes(LINE + MESSAGES[1] + b"\n")
+    child = subprocess.Popen([sys.executable, "-c", REVERSE_ORDER_WRITER, str(spool),
+                              LINE.decode()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        store = MboxStore(lock_timeout=30)
+        opening = asyncio.ensure_future(store.open(str(spool)))
+        await asyncio.sleep(0)  # popbox is at its locks first
+        child.stdin.write("go\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+        drop = await opening
+        assert child.wait(30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not isinstance(drop, Failure), drop
+    assert await read_all(drop) == [MESSAGES[1], b"Subject: reverse\n\nbody\n"]
+    await drop.release()
 
 
 QPOPPER = [

@@ -1,11 +1,14 @@
 """Locking an mbox spool the way the other programs that touch it do.
 
 On Debian, Postfix `local` (``mailbox_delivery_lock = fcntl, dotlock``), procmail and
-mutt all lock ``/var/mail/user`` with a *dotlock* (the file ``/var/mail/user.lock``,
-created with ``O_EXCL``) and an ``fcntl`` lock on the spool itself; some programs use
-``flock`` instead. A writer that honours either lock excludes popbox while it holds it, so
-popbox takes every configured lock, in the configured order (default: dotlock, then fcntl,
-as Dovecot's ``mbox_write_locks``), and gives them up in reverse order.
+mutt all lock ``/var/mail/user`` with a *dotlock* (the file ``/var/mail/user.lock``) and
+an ``fcntl`` lock on the spool itself; some programs use ``flock`` instead. A writer that
+honours either lock excludes popbox while it holds it, so popbox takes every configured
+lock, in the configured order (default: dotlock, then fcntl, as procmail and Dovecot's
+``mbox_write_locks``), and gives them up in reverse order. Debian's policy (§11.6) asks
+for fcntl first, "or alternatively [the] two locking methods in a non blocking way": popbox
+takes each lock without blocking, and when one is busy gives up those it holds before
+it tries again, so no order of the other programs can deadlock with it.
 
 * dotlock: ``<spool>.lock`` holding ``<pid>\\n`` (liblockfile's format), made by
   writing a uniquely named file and link(2)ing it to the lock name (atomic, also on
@@ -20,9 +23,9 @@ as Dovecot's ``mbox_write_locks``), and gives them up in reverse order.
   unlike those they are not dropped when some other descriptor of the file is closed.
 * flock: ``flock(LOCK_EX)``.
 
-Every lock is tried without blocking and retried with growing pauses until `timeout`
-(dotlocks can only be polled; the others are polled so that one deadline covers all).
-This runs in a worker thread, never on the event loop.
+Rounds are retried with growing pauses until `timeout` (dotlocks can only be polled; the
+others are polled so that one deadline covers all). This runs in a worker thread, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -150,18 +153,26 @@ class SpoolLocks:
         self._held: list[LockMethod] = []
 
     def acquire(self) -> None:
-        """Take every lock in order; LockTimeout (holding none) if one stays busy.
+        """Take every lock in order; LockTimeout (holding none) if they cannot all be had
+        before the timeout. When one is busy, the ones already taken are given up before
+        the pause and the round starts again, so that a program taking the same locks in
+        another order (Debian's policy says fcntl first) can never deadlock with popbox.
         OSError other than "busy" propagates, also holding none."""
         deadline = time.monotonic() + self._timeout
+        pause = _FIRST_PAUSE
         try:
-            for method in self._methods:
-                pause = _FIRST_PAUSE
-                while not self._try(method):
-                    if time.monotonic() + pause > deadline:
-                        raise LockTimeout(f"{self.spool}: {method} lock busy")
-                    time.sleep(pause)  # a dotlock cannot be waited for: it is polled
-                    pause = min(pause * 2, _MAX_PAUSE)
-                self._held.append(method)
+            while True:
+                for method in self._methods:
+                    if not self._try(method):
+                        break
+                    self._held.append(method)
+                else:
+                    return
+                self.release()
+                if time.monotonic() + pause > deadline:
+                    raise LockTimeout(f"{self.spool}: {method} lock busy")
+                time.sleep(pause)  # a dotlock cannot be waited for: it is polled
+                pause = min(pause * 2, _MAX_PAUSE)
         except BaseException:
             self.release()
             raise
