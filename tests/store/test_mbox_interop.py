@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,20 @@ def test_getmail_keep_then_delete(
     assert result.returncode == 0, result.stdout + result.stderr
     assert delivered == [EXTRA]
     assert spool_subjects(spool) == []
+
+
+def test_popbox_deliver_appends_to_the_spool(mbox_env: MailEnv, spool: Path) -> None:
+    """`popbox deliver -f SENDER USER` into an mbox user: the From line carries the
+    envelope sender (from the Return-Path it adds), body "From " lines are quoted as the
+    configured format writes them, and mailutils reads the spool with both programs'
+    messages in order."""
+    config = mbox_env.config_file()
+    result = subprocess.run([sys.executable, "-m", "popbox", "deliver", "--config",
+                             str(config), "-f", "s@example.org", "alice"],
+                            input=b"Subject: via popbox\n\nFrom me\n", capture_output=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    tail = spool.read_bytes().rsplit(b"\n\nFrom ", 1)[1]
+    assert tail.startswith(b"s@example.org ")
+    assert tail.endswith(b"\nSubject: via popbox\n\n>From me\n\n")
+    assert spool_subjects(spool) == ["plain", "dots", "last", "via popbox"]

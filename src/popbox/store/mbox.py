@@ -267,7 +267,9 @@ class MboxDrop:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _open_message(self, entry: Entry) -> int:
+    def _open_message(self, entry: Entry, size: int) -> tuple[int, bytes]:
+        """The spool opened, the message's key checked, and its first chunk read: one
+        trip to a worker thread for most messages."""
         try:
             fd = os.open(self._paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -277,27 +279,30 @@ class MboxDrop:
         try:
             if mbox_index.key_at(fd, entry) != entry.key:
                 raise MessageGone()
+            return fd, os.pread(fd, size, entry.body)
         except OSError as exc:
             os.close(fd)
             raise StoreError(Failure.TEMPORARY) from exc
         except BaseException:
             os.close(fd)
             raise
-        return fd
 
     async def read(self, index: int) -> AsyncGenerator[bytes, None]:
         entry = self._entries[index]
-        fd = await asyncio.to_thread(self._open_message, entry)
-        unquote = Unquoter(self._store.fmt)
         step = self._store.chunk_size
+        first = min(step, entry.cend - entry.body)
+        fd, chunk = await asyncio.to_thread(self._open_message, entry, first)
+        unquote = Unquoter(self._store.fmt)
         try:
             pos = entry.body
             while pos < entry.cend:
-                chunk = await asyncio.to_thread(_pread, fd, min(step, entry.cend - pos), pos)
+                if pos > entry.body:
+                    chunk = await asyncio.to_thread(_pread, fd, min(step, entry.cend - pos), pos)
                 if not chunk:
                     raise StoreError(Failure.TEMPORARY)  # the spool was cut short
                 pos += len(chunk)
                 out = unquote.feed(chunk)
+                del chunk  # not kept alive while the session waits for a slow client
                 if out:
                     yield out
             rest = unquote.finish()
