@@ -13,9 +13,10 @@ Let o be the start of the first deleted message and S the spool's size (under th
 The new spool is the old one up to o, then the kept octets of [o, S) (length L <= S - o).
 
 1. Write the journal ``<name>.rewrite.tmp`` beside the index file: a header (the spool's
-   inode, o, S, L, and the SHA-256 of the old octets [o+L, S), the *stale tail* that step
-   3 cuts off), then the L octets. fsync it, rename it to ``<name>.rewrite``, fsync the
-   folder. A crash before the rename leaves the spool untouched (the .tmp is removed).
+   inode, o, S, L, and a fingerprint of the old octets [o+L, S), the *stale tail* that
+   step 3 cuts off: its length and the SHA-256 of its first 64 KB), then the L octets.
+   fsync it, rename it to ``<name>.rewrite``, fsync the folder. A crash before the
+   rename leaves the spool untouched (the .tmp is removed).
 2. Write the L octets at o, fsync the spool.
 3. Truncate the spool to o+L, fsync. Then the caller saves the new index and removes the
    journal.
@@ -24,8 +25,8 @@ After a crash anywhere in 2-3 the spool may be half rewritten (data is never *lo
 journal has every kept octet). The next open, commit or delivery, under the spool's locks,
 finds the journal and redoes 2-3; redoing is idempotent. Mail may have been appended
 meanwhile (a killed process leaves its dotlock, which other programs break when stale):
-if the spool is at least S long and [o+L, S) still has the stale tail's hash, step 3 had
-not happened and the new mail is [S, end); otherwise it had, and the new mail is
+if the spool is at least S long and [o+L, S) still has the stale tail's fingerprint, step
+3 had not happened and the new mail is [S, end); otherwise it had, and the new mail is
 [o+L, end). The journal is then first extended with that mail (a new journal, written and
 renamed as in 1), so the redo keeps it. Cost: the journal needs free space for L octets
 (a client that deletes everything it fetched makes L the size of the mail that arrived
@@ -40,6 +41,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 COPY_CHUNK = 1 << 20
+STALE_SAMPLE = 64 * 1024  # octets of the stale tail that its fingerprint covers
 _MAGIC = b"popbox-mbox-rewrite 1"
 
 
@@ -72,6 +74,13 @@ def _hash_range(fd: int, start: int, end: int) -> str:
     return digest.hexdigest()
 
 
+def _stale_hash(fd: int, start: int, end: int) -> str:
+    """The stale tail's fingerprint: its length and the hash of its first octets (it
+    starts where the kept octets end, so new mail written there after a truncation
+    begins with a From line of its own, and differs within those octets)."""
+    return f"{end - start}-{_hash_range(fd, start, min(end, start + STALE_SAMPLE))}"
+
+
 def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
     view = memoryview(data)
     while view:
@@ -87,7 +96,7 @@ def _write_journal(path: str, spool: int, ino: int, o: int, s: int,
     """Step 1: the journal for keeping `pieces` (ranges of the spool) of [o, s), then
     `extra`, atomically in place at `path`."""
     length = sum(b - a for a, b in pieces) + extra_len
-    stale = _hash_range(spool, min(o + length, s), s)
+    stale = _stale_hash(spool, min(o + length, s), s)
     header = b"%s %d %d %d %d %s\n" % (_MAGIC, ino, o, s, length, stale.encode())
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -138,7 +147,7 @@ def redo(spool: int, journal: str) -> int:
         if st.st_ino != ino or os.fstat(jfd).st_size != skip + length:
             raise JournalError(f"{journal}: written for another spool, or torn")
         end = st.st_size
-        if end >= s and _hash_range(spool, o + length, s) == stale:
+        if end >= s and _stale_hash(spool, o + length, s) == stale:
             appended = (s, end)  # not truncated yet
         else:
             appended = (o + length, max(end, o + length))
