@@ -29,7 +29,9 @@ that know nothing of popbox: the MTA appends to it at any time (Postfix `local`,
 
 The index folder is ``.popbox`` beside the spool (``/var/mail/.popbox/alice.uidlist``)
 unless `index_dir` names one; it needs write access to the spool's folder, which the
-dotlock needs anyway. A missing spool is an empty maildrop.
+dotlock needs anyway. It is made mode 1770 (its group is the spool folder's, ``mail`` on
+Debian), and popbox trusts only index and journal files its own user owns, created with
+``O_EXCL``. A missing spool is an empty maildrop.
 
 Error mapping: access denied, a spool that is not a regular file, a folder that cannot
 be written -> Failure.PERMANENT; a spool lock busy beyond the timeout -> Failure.IN_USE;
@@ -95,10 +97,17 @@ class _Paths:
         self.journal = base + ".rewrite"
 
     def ensure_folder(self) -> None:
-        if not os.path.isdir(self.folder):
-            with contextlib.suppress(FileExistsError):
-                # sticky: in a shared /var/mail every user removes only their own files
-                os.mkdir(self.folder, 0o1777 if self.folder.endswith(INDEX_FOLDER) else 0o700)
+        if os.path.isdir(self.folder):
+            return
+        shared = self.folder.endswith(INDEX_FOLDER)
+        try:
+            os.mkdir(self.folder, 0o700)
+        except FileExistsError:
+            return
+        if shared:
+            # Beside /var/mail/user: writable by the spool folder's group (mail, inherited
+            # from its setgid bit) and sticky, so each user removes only their own files.
+            os.chmod(self.folder, 0o1770)  # noqa: S103 - shared with group mail, as /var/mail
 
 
 class MboxStore:

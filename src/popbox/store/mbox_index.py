@@ -199,7 +199,9 @@ def save(path: str, index: Index) -> None:
     lines.extend(f"{e.start} {e.body} {e.cend} {e.end} {e.size} {e.key} {int(e.seen)} {e.uidl}\n"
                  for e in index.entries)
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a killed process of the same pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write("".join(lines).encode("ascii"))

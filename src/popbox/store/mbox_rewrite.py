@@ -99,7 +99,8 @@ def _write_journal(path: str, spool: int, ino: int, o: int, s: int,
     stale = _stale_hash(spool, min(o + length, s), s)
     header = b"%s %d %d %d %d %s\n" % (_MAGIC, ino, o, s, length, stale.encode())
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    discard_torn(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, header)
         for a, b in pieces:
@@ -144,7 +145,10 @@ def redo(spool: int, journal: str) -> int:
         except ValueError as exc:
             raise JournalError(f"{journal}: unreadable header") from exc
         st = os.fstat(spool)
-        if st.st_ino != ino or os.fstat(jfd).st_size != skip + length:
+        jst = os.fstat(jfd)
+        if jst.st_uid != os.geteuid():
+            raise JournalError(f"{journal}: not written by this user")
+        if st.st_ino != ino or jst.st_size != skip + length:
             raise JournalError(f"{journal}: written for another spool, or torn")
         end = st.st_size
         if end >= s and _stale_hash(spool, o + length, s) == stale:
