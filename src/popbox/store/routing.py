@@ -33,7 +33,13 @@ class LocationRouter:
         return await store.deliver(path, message)
 
 
+def default_store(store: MailStore) -> MailStore:
+    """The store behind a router that serves locations without a type prefix."""
+    return store.default if isinstance(store, LocationRouter) else store
+
+
 if TYPE_CHECKING:  # mypy proves the class implements the contract
 
     def _conforms(router: LocationRouter) -> MailStore:
         return router
+
