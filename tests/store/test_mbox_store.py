@@ -316,6 +316,18 @@ async def test_huge_line_nuls_and_crlf_stream_in_bounded_chunks(spool: Path) -> 
     await drop.release()
 
 
+async def test_a_spool_written_with_crlf(spool: Path) -> None:
+    """A spool some program wrote with CRLF line ends: its From lines still separate
+    messages, and the CRLF empty line before each is not part of the message."""
+    spool.write_bytes(LINE.replace(b"\n", b"\r\n") + b"Subject: a\r\n\r\none\r\n\r\n"
+                      + LINE.replace(b"\n", b"\r\n") + b"Subject: b\r\n\r\ntwo\r\n\r\n")
+    drop = await open_drop(MboxStore(), str(spool))
+    assert await read_all(drop) == [b"Subject: a\r\n\r\none\r\n", b"Subject: b\r\n\r\ntwo\r\n"]
+    assert list(drop.messages.sizes) == [len(b"Subject: a\r\n\r\none\r\n"),
+                                         len(b"Subject: b\r\n\r\ntwo\r\n")]
+    await drop.release()
+
+
 async def test_unusable_spools(spool: Path, tmp_path: Path) -> None:
     """A directory or a symlink where the spool should be is a permanent failure; a
     missing spool is an empty maildrop."""

@@ -104,8 +104,12 @@ def _measure(fd: int, start: int, end: int, fmt: MboxFormat) -> tuple[int, int, 
     head = os.pread(fd, min(end - start, FROM_LINE_MAX + HEADER_LIMIT), start)
     line = FROM_LINE.match(head)
     body = start + (line.end() if line else 0)
-    tail = os.pread(fd, 2, max(body, end - 2))
-    cend = end - 1 if end - body >= 2 and tail == b"\n\n" else end
+    tail = os.pread(fd, 3, max(body, end - 3))
+    cend = end  # the empty line before the next From line is not the message's:
+    if tail.endswith(b"\n\n"):
+        cend = end - 1
+    elif tail.endswith(b"\n\r\n"):  # a spool written with CRLF line ends
+        cend = end - 2
     unquote = Unquoter(fmt)
     counter = SizeCounter()
     pos = body

@@ -17,7 +17,7 @@ it tries again, so no order of the other programs can deadlock with it.
   when neither it nor the spool has changed for `stale_after` seconds (Dovecot's
   ``mbox_dotlock_change_timeout``; liblockfile and Postfix also give up on a lock some
   minutes old). Creating it needs write access to the spool's folder (``/var/mail`` is
-  group ``mail``, mode 2775 or 1777 on Debian): EACCES is an error, never a silent skip.
+  group ``mail``, mode 2775, on Debian): EACCES is an error, never a silent skip.
 * fcntl: an open-file-description lock (``F_OFD_SETLK``, Linux >= 3.15), a write lock over
   the whole file. OFD locks conflict with the classic POSIX locks other programs take, and
   unlike those they are not dropped when some other descriptor of the file is closed.
