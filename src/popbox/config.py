@@ -411,4 +411,5 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         key: fix(getattr(config.oauth, key))
         for key in ("jwks_file", "public_key_file", "client_secret_file", "ca_file")
     })
-    return config.model_copy(update={"tls": tls, "auth": auth, "oauth": oauth})
+    store = config.store.model_copy(update={"mbox_index_dir": fix(config.store.mbox_index_dir)})
+    return config.model_copy(update={"tls": tls, "auth": auth, "oauth": oauth, "store": store})

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from helpers import Client, MailEnv, crlf, running_server
+from popbox.config import ConfigError, load
 from popbox.proto.wire import wire_size
+from popbox.server.backends import mbox_store
 from popbox.store.maildir import MaildirStore
 from popbox.store.mbox import MboxStore
 from popbox.store.memory import MemoryStore
@@ -54,3 +58,23 @@ async def test_userdb_mail_mbox_next_to_maildir_users(env: MailEnv, tmp_path: Pa
         await alice.close()
     assert spool.read_bytes() == b""
     assert len(env.messages("alice")) == 1
+
+
+def test_mbox_settings_are_checked_and_resolved(tmp_path: Path) -> None:
+    """The store.mbox_* keys: a lock method listed twice or an unknown one is a
+    configuration error; a relative index folder is relative to the file's folder."""
+    good = tmp_path / "popbox.toml"
+    good.write_text('[store]\nmbox_format = "mboxo"\nmbox_lock = ["fcntl", "dotlock"]\n'
+                    'mbox_index_dir = "index"\n')
+    config = load(good)
+    assert config.store.mbox_lock == ["fcntl", "dotlock"]
+    assert config.store.mbox_index_dir == tmp_path / "index"
+    store = mbox_store(config)
+    assert (store.fmt, store.locks, store.index_dir) == ("mboxo", ("fcntl", "dotlock"),
+                                                         str(tmp_path / "index"))
+    for bad in ('mbox_lock = ["fcntl", "fcntl"]', 'mbox_lock = ["lockf"]',
+                'mbox_format = "mboxcl"', "mbox_lock_timeout = 0"):
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[store]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"store\.mbox_"):
+            load(path)
