@@ -280,13 +280,14 @@ class MboxDrop:
         """The spool opened, the message's key checked, and its first chunk read: one
         trip to a worker thread for most messages."""
         try:
-            fd = os.open(self._paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self._paths.spool,
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise MessageGone() from None
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
         try:
-            if mbox_index.key_at(fd, entry) != entry.key:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or mbox_index.key_at(fd, entry) != entry.key:
                 raise MessageGone()
             return fd, os.pread(fd, size, entry.body)
         except OSError as exc:

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import struct
 import time
 from collections.abc import Sequence
@@ -74,11 +75,16 @@ def _pid_alive(pid: int) -> bool:
 def _dotlock_is_stale(lock: str, spool: str, stale_after: float) -> os.stat_result | None:
     """The lock's stat if it may be removed, else None."""
     try:
-        st = os.stat(lock, follow_symlinks=False)
-        with open(lock, "rb") as f:
-            content = f.read(32)
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError:  # a symlink or worse: not a lock file of anyone's, never removed
+        return None
+    try:
+        st = os.fstat(fd)
+        content = os.read(fd, 32) if stat.S_ISREG(st.st_mode) else b""
+    finally:
+        os.close(fd)
     text = content.split(b"\0")[0].strip()
     if text.isdigit() and 0 < int(text) < 2**31 and not _pid_alive(int(text)):
         return st
