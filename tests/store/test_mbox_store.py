@@ -403,3 +403,22 @@ async def test_a_100_mb_message_streams_in_bounded_memory(spool: Path) -> None:
     assert total == length
     assert list(drop.messages.sizes) == [length + 2 + blocks * 10_000]  # CRLF octets
     assert peak < 16 * 1024 * 1024, peak
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a file owned by another user")
+async def test_a_journal_of_another_user_is_never_replayed(spool: Path) -> None:
+    """A rewrite journal planted in the shared index folder by another user would let
+    them write into this spool: it is set aside, and the spool is served untouched."""
+    original = LINE + MESSAGES[1] + b"\n"
+    spool.write_bytes(original)
+    store = MboxStore()
+    assert await contents(store, str(spool)) == [MESSAGES[1]]  # makes the index folder
+    evil = LINE + b"Subject: planted\n\nx\n\n"
+    journal = spool.parent / ".popbox" / "alice.rewrite"
+    journal.write_bytes(b"popbox-mbox-rewrite 1 %d 0 %d %d 0-x\n" % (
+        spool.stat().st_ino, len(original), len(evil)) + evil)
+    os.chown(journal, 65534, 65534)
+    assert await contents(store, str(spool)) == [MESSAGES[1]]
+    assert spool.read_bytes() == original
+    assert not journal.exists()
+    assert len(list(journal.parent.glob("alice.rewrite.orphaned-*"))) == 1
