@@ -104,7 +104,7 @@ def _measure(fd: int, start: int, end: int, fmt: MboxFormat) -> tuple[int, int, 
     head = os.pread(fd, min(end - start, FROM_LINE_MAX + HEADER_LIMIT), start)
     line = FROM_LINE.match(head)
     body = start + (line.end() if line else 0)
-    tail = os.pread(fd, 3, max(body, end - 3))
+    tail = os.pread(fd, min(3, end - body), max(body, end - 3))
     cend = end  # the empty line before the next From line is not the message's:
     if tail.endswith(b"\n\n"):
         cend = end - 1
