@@ -66,3 +66,39 @@ def test_delivered_messages_read_back(messages: list[bytes]) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         asyncio.run(run(str(Path(folder) / "alice")))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(data.filter(lambda m: not m.endswith(b"\r")), st.booleans(),
+                          st.booleans()), min_size=1, max_size=6))
+def test_incremental_index_deletes_and_full_rescan_agree(plan: list[tuple[bytes, bool, bool]]
+                                                         ) -> None:
+    """Messages delivered one by one with a login after each (so the index grows by
+    tail scans), some deleted at a QUIT: the spool then holds exactly the others, and
+    the listing from the index equals the one a full rescan (index removed) makes."""
+
+    async def run(folder: Path) -> None:
+        spool = str(folder / "alice")
+        store = MboxStore()
+        for message, login, _ in plan:
+            assert await store.deliver(spool, message) is None
+            if login:
+                await (await open_drop(store, spool)).release()
+        drop = await open_drop(store, spool)
+        doomed = {i for i, (_, _, delete) in enumerate(plan) if delete}
+        kept_uidls = [u for i, u in enumerate(drop.messages.uidls) if i not in doomed]
+        await drop.commit(doomed, set())
+        kept = [_lf_terminated(m) for i, (m, _, _) in enumerate(plan) if i not in doomed]
+        assert await contents(store, spool) == kept
+        indexed = await open_drop(store, spool)
+        listing = list(indexed.messages)
+        await indexed.release()
+        assert [m.uidl for m in listing] == kept_uidls
+        for index in (folder / ".popbox").glob("*.uidlist"):
+            index.unlink()
+        rescanned = await open_drop(store, spool)
+        assert [m.size for m in rescanned.messages] == [m.size for m in listing]
+        await rescanned.release()
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(run(Path(folder)))
