@@ -2,7 +2,7 @@
 Postfix local does), by qpopper (X-UIDL headers), by nobody careful (hostile spools).
 
 RFC 4155 §2 (the format), RFC 1939 §7 (UIDLs stable across sessions, 1-70 printable
-characters) and §8 (one session per maildrop; here the MTA may still deliver)."""
+characters) and §4 (the exclusive-access lock; here the MTA may still deliver)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ that know nothing of popbox: the MTA appends to it at any time (Postfix `local`,
 ``popbox deliver``) and mail readers (mutt) may rewrite it. The pieces:
 
 * Two kinds of lock. The *session* lock (popbox.store.lock: an OFD lock on
-  ``<name>.lock`` in the index folder) is held for the whole session and gives the one
-  session per maildrop (RFC 1939 §8: ``[IN-USE]`` at once). The *spool* locks
-  (popbox.store.mbox_lock: dotlock, then fcntl, as Debian's Postfix, procmail and mutt
-  take them) are held only while the index is brought up to date at open, and during
+  ``<name>.lock`` in the index folder) is held for the whole session: RFC 1939 §4's
+  exclusive-access lock, ``[IN-USE]`` at once. The *spool* locks
+  (popbox.store.mbox_lock: dotlock, then fcntl, as procmail takes them; Postfix and mutt
+  take the same two) are held only while the index is brought up to date at open, and during
   the commit, so the MTA can deliver during a session.
 * open: take the session lock; under the spool locks, finish an interrupted rewrite
   (popbox.store.mbox_rewrite), bring the index up to date (popbox.store.mbox_index: only
@@ -34,8 +34,8 @@ Debian), and popbox trusts only index and journal files its own user owns, creat
 ``O_EXCL``. A missing spool is an empty maildrop.
 
 Error mapping: access denied, a spool that is not a regular file, a folder that cannot
-be written -> Failure.PERMANENT; a spool lock busy beyond the timeout -> Failure.IN_USE;
-other OSError -> Failure.TEMPORARY.
+be written -> Failure.PERMANENT; a spool lock busy beyond the timeout -> Failure.IN_USE
+at open (Failure.TEMPORARY for commit and delivery); other OSError -> Failure.TEMPORARY.
 """
 
 from __future__ import annotations
