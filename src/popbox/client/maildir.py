@@ -82,6 +82,8 @@ class MaildirWriter:
 
 
 class Maildir:
+    records_each = False  # recorded per batch, after `commit` made the batch durable
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._keys: set[str] = set()
@@ -108,10 +110,13 @@ class Maildir:
     def has(self, key: str) -> bool:
         return key in self._keys
 
-    def writer(self, key: str) -> MaildirWriter:
+    def writer(self, key: str, uidl: str = "") -> MaildirWriter:
         return MaildirWriter(self.path, key, self._keys.add)
 
     def commit(self, uidls: Sequence[str], journal: Journal) -> None:
         """The batch's links are durable, then its UIDLs are recorded."""
         fsync_dir(self.path / "new")
         journal.record(list(uidls))
+
+    def close(self) -> None:
+        pass

@@ -137,6 +137,8 @@ def _pieces(prefix: bytes, spooled: Sequence[Path]) -> Iterator[bytes]:
 
 
 class Mbox:
+    records_each = False  # recorded per batch, after `commit` made the batch durable
+
     def __init__(self, path: Path, spool_dir: Path) -> None:
         self.path = path
         self.spool_dir = spool_dir
@@ -154,7 +156,7 @@ class Mbox:
     def has(self, key: str) -> bool:
         return False  # an mbox has no per-message names: the state file decides
 
-    def writer(self, key: str) -> MboxWriter:
+    def writer(self, key: str, uidl: str = "") -> MboxWriter:
         return MboxWriter(self.spool_dir / key, self._batch.append)
 
     def commit(self, uidls: Sequence[str], journal: Journal) -> None:
@@ -184,6 +186,9 @@ class Mbox:
         for path in spooled:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+    def close(self) -> None:
+        pass
 
 
 def recover(journal: Journal, spool_dir: Path) -> str:

@@ -3,7 +3,15 @@
 One JSON file holds every account (server, port, user) fetched with it:
 
     {"version": 1, "accounts": [{"server": "pop.example.org", "port": 995, "user": "alice",
-      "delivered": ["uidl", ...], "pending": null}]}
+      "delivered": ["uidl", ...], "delivered_at": {"uidl": 1767225600.0, ...},
+      "oversize_reported": ["uidl", ...], "pending": null}]}
+
+`delivered_at` is when each UIDL was first recorded as delivered (wall-clock seconds; what
+`keep_days` counts from); `oversize_reported` lists messages over `max_size` that a run
+has reported already, so each is reported once. Both are optional: files written before
+them read as empty. A message over `max_size` whose headers were delivered in its place is
+recorded in `delivered` as `"headers " + UIDL` (a space never occurs in a UIDL, RFC 1939
+§7), so the stand-in is not delivered twice and the message itself is still new.
 
 `pending` is set only while messages are being appended to an mbox (see
 `popbox.client.mbox`): where the append started, what it holds, and which UIDLs it
@@ -23,11 +31,14 @@ import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 VERSION = 1
+HEADERS = "headers "  # the record of a headers-only stand-in: HEADERS + UIDL
 
 
 class StateError(Exception):
@@ -58,6 +69,8 @@ class Account:
     user: str
     delivered: set[str] = field(default_factory=set)
     pending: Pending | None = None
+    delivered_at: dict[str, float] = field(default_factory=dict)
+    oversize_reported: set[str] = field(default_factory=set)
 
 
 def fsync_dir(path: Path) -> None:
@@ -154,16 +167,28 @@ class StateFile:
 class Journal:
     """One account's part of the state file: what the fetcher and destinations record."""
 
-    def __init__(self, state: StateFile, account: Account) -> None:
+    def __init__(self, state: StateFile, account: Account,
+                 clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.account = account
+        self.clock = clock
 
     def delivered(self, uidl: str) -> bool:
         return uidl in self.account.delivered
 
-    def forget_missing(self, present: set[str]) -> None:
-        """Drop UIDLs the server no longer lists (saved with the next change)."""
-        self.account.delivered &= present
+    def forget_missing(self, present: set[str]) -> bool:
+        """Drop UIDLs the server no longer lists (saved with the next change); True if
+        anything was dropped."""
+        account = self.account
+        before = (len(account.delivered), len(account.delivered_at),
+                  len(account.oversize_reported))
+        account.delivered = {u for u in account.delivered
+                             if u.removeprefix(HEADERS) in present}
+        account.delivered_at = {u: t for u, t in account.delivered_at.items()
+                                if u in account.delivered}
+        account.oversize_reported &= present
+        return before != (len(account.delivered), len(account.delivered_at),
+                          len(account.oversize_reported))
 
     def begin(self, pending: Pending) -> None:
         """Durably note an mbox append before it starts."""
@@ -171,8 +196,13 @@ class Journal:
         self.state.save()
 
     def record(self, uidls: list[str]) -> None:
-        """Durably note `uidls` as delivered (and any pending append as finished)."""
+        """Durably note `uidls` as delivered (and any pending append as finished), and
+        when, for those not delivered before."""
+        now = self.clock()
+        for uidl in uidls:
+            self.account.delivered_at.setdefault(uidl, now)
         self.account.delivered.update(uidls)
+        self.account.oversize_reported.difference_update(uidls)
         self.account.pending = None
         self.state.save()
 
@@ -191,6 +221,8 @@ def _account(item: dict[str, Any]) -> Account:
             path=str(pending["path"]), offset=int(pending["offset"]),
             length=int(pending["length"]), prefix=str(pending["prefix"]),
             spool=[str(s) for s in pending["spool"]], uidls=[str(u) for u in pending["uidls"]]),
+        delivered_at={str(u): float(t) for u, t in item.get("delivered_at", {}).items()},
+        oversize_reported={str(u) for u in item.get("oversize_reported", [])},
     )
 
 
@@ -198,5 +230,7 @@ def _plain(account: Account) -> dict[str, Any]:
     return {
         "server": account.server, "port": account.port, "user": account.user,
         "delivered": sorted(account.delivered),
+        "delivered_at": dict(sorted(account.delivered_at.items())),
+        "oversize_reported": sorted(account.oversize_reported),
         "pending": None if account.pending is None else asdict(account.pending),
     }
