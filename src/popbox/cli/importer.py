@@ -77,9 +77,10 @@ async def _import(args: argparse.Namespace, config: Config, console: Console) ->
     from popbox.cli.lmtp import close_backends
     from popbox.server.backends import build
     from popbox.store.postgres import PostgresStore
+    from popbox.store.routing import default_store
 
     backends = build(config)
-    store = backends.store
+    store = default_store(backends.store)
     assert isinstance(store, PostgresStore)
     found = await _sources(args, config, backends.userdb)
     if isinstance(found, str):

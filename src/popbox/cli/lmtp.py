@@ -45,9 +45,11 @@ async def close_backends(backends: Backends) -> None:
     """Close the database pools and lock connection a configuration opened."""
     from popbox.auth.postgres import PostgresUsers
     from popbox.store.postgres import PostgresStore
+    from popbox.store.routing import default_store
 
-    if isinstance(backends.store, PostgresStore):
-        await backends.store.close()
+    store = default_store(backends.store)
+    if isinstance(store, PostgresStore):
+        await store.close()
     if isinstance(backends.userdb, PostgresUsers):
         await backends.userdb.db.close()
 

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbox.client.fetcher import DeliveryDeferred, DeliveryFailed
-from popbox.client.mbox_format import envelope_sender
 from popbox.client.spool import SpoolWriter, headers
 from popbox.client.state import Journal
 from popbox.proto.wire import MessageEncoder
+from popbox.store.mbox_format import envelope_sender
 
 TIMEOUT = 300.0  # seconds per command and reply (RFC 5321 §4.5.3.2 asks for minutes)
 PIECE = 1 << 16

@@ -14,8 +14,10 @@ from popbox.server.context import Backends
 from popbox.server.mechanisms import server_secret
 from popbox.store.base import MailStore
 from popbox.store.maildir import MaildirStore
+from popbox.store.mbox import MboxStore
 from popbox.store.pg_pool import Database
 from popbox.store.postgres import PostgresStore
+from popbox.store.routing import LocationRouter
 
 
 def database(config: Config) -> Database:
@@ -43,14 +45,23 @@ def build(config: Config) -> Backends:
             derive=config.auth.derive_credentials, secret=server_secret(config.auth.secret_file),
             cache_ttl=config.auth.cache_ttl,
         )
-    store: MailStore
+    default: MailStore
     if db is not None and config.store.backend == "postgres":
-        store = PostgresStore(db, mark_seen=config.store.mark_seen,
-                              chunk_size=config.postgres.chunk_size)
+        default = PostgresStore(db, mark_seen=config.store.mark_seen,
+                                chunk_size=config.postgres.chunk_size)
     else:
-        store = MaildirStore(mark_seen=config.store.mark_seen,
-                             uidl_import=config.store.uidl_import)
+        default = MaildirStore(mark_seen=config.store.mark_seen,
+                               uidl_import=config.store.uidl_import)
+    store = LocationRouter(default, {"mbox": mbox_store(config), **(
+        {"maildir": default} if isinstance(default, MaildirStore) else {})})
     return Backends(passdb=users, userdb=users, store=store, tokens=token_validator(config.oauth))
+
+
+def mbox_store(config: Config) -> MboxStore:
+    s = config.store
+    return MboxStore(fmt=s.mbox_format, locks=s.mbox_lock, lock_timeout=s.mbox_lock_timeout,
+                     dotlock_stale=s.mbox_dotlock_stale, mark_seen=s.mark_seen,
+                     index_dir=None if s.mbox_index_dir is None else str(s.mbox_index_dir))
 
 
 def token_validator(oauth: OAuthSection) -> TokenValidator | None:
