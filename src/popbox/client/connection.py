@@ -26,8 +26,8 @@ from typing import Literal, Protocol, overload
 from popbox.client import errors as er
 from popbox.proto import apop as apop_digest
 from popbox.proto import events as ev
-from popbox.proto import replies as rp
-from popbox.proto.client import ClientConnection, apop_timestamp, verb
+from popbox.proto.client import ClientConnection, apop_timestamp
+from popbox.proto.commands import verb
 from popbox.proto.sasl_client import MECHANISMS, ClientMechanism, SaslClientError, mechanism
 from popbox.proto.types import MsgNo, Uidl
 
@@ -159,43 +159,43 @@ class PopClient:
             raise self._broken(er.PopConnectionError(
                 f"connection lost: {exc.strerror or exc}")) from None
 
-    async def _event(self) -> rp.ServerEvent:
+    async def _event(self) -> ev.ServerEvent:
         while True:
             event = self._core.next_event()
             if isinstance(event, ev.Sentinel):
                 self._core.receive_data(await self._read())
                 continue
             match event:
-                case rp.ProtocolError(reason):
+                case ev.ProtocolError(reason):
                     raise self._broken(er.PopProtocolError(reason))
-                case rp.Closed():
+                case ev.Closed():
                     raise self._broken(er.PopConnectionError(
                         "the server closed the connection"))
                 case _:
                     return event
 
-    def _unexpected(self, event: rp.ServerEvent) -> er.PopClientError:
+    def _unexpected(self, event: ev.ServerEvent) -> er.PopClientError:
         return self._broken(er.PopProtocolError(f"unexpected {type(event).__name__}"))
 
-    async def _status(self) -> rp.OkReply:
+    async def _status(self) -> ev.Ok:
         event = await self._event()
         match event:
-            case rp.OkReply():
+            case ev.Ok():
                 return event
-            case rp.ErrReply(command=command):
+            case ev.Err(command=command):
                 raise er.error_for(event, _verb(command))
             case _:
                 raise self._unexpected(event)
 
-    async def _lines(self) -> list[bytes]:
+    async def _lines(self) -> list[str]:
         """The lines of a multi-line listing, after its +OK."""
-        lines: list[bytes] = []
+        lines: list[str] = []
         while True:
             event = await self._event()
             match event:
-                case rp.Lines(more):
+                case ev.Lines(more):
                     lines.extend(more)
-                case rp.End():
+                case ev.End():
                     return lines
                 case _:
                     raise self._unexpected(event)
@@ -209,16 +209,16 @@ class PopClient:
         async with self._lock:
             await self._send(command)
             await self._status()
-            return [line.decode("utf-8", "replace") for line in await self._lines()]
+            return await self._lines()
 
     # --- greeting, TLS, capabilities ---
 
     async def _read_greeting(self) -> None:
         event = await self._event()
         match event:
-            case rp.OkReply(text=text):
+            case ev.Ok(text=text):
                 self.greeting = text
-            case rp.ErrReply():
+            case ev.Err():
                 error = er.error_for(event, "greeting")
                 self.close()
                 raise error
@@ -308,7 +308,7 @@ class PopClient:
         while True:
             event = await self._event()
             match event:
-                case rp.Continuation(data=challenge):
+                case ev.Continuation(data=challenge):
                     try:
                         response = mech.respond(challenge)
                     except SaslClientError as exc:
@@ -317,13 +317,13 @@ class PopClient:
                             await self._status()
                         raise er.PopProtocolError(str(exc)) from None
                     await self._send(ev.SaslResponse(response))
-                case rp.OkReply(text=text):
+                case ev.Ok(text=text):
                     try:
                         mech.finish()
                     except SaslClientError as exc:
                         raise self._broken(er.PopProtocolError(str(exc))) from None
                     return text
-                case rp.ErrReply():
+                case ev.Err():
                     raise er.error_for(event, "AUTH")
                 case _:
                     raise self._unexpected(event)
@@ -391,7 +391,7 @@ class PopClient:
             return await self.list(), await self.uidl()
         async with self._lock:
             await self._send(ev.List(None), ev.Uidl(None))
-            results: list[list[bytes] | er.PopError] = []
+            results: list[list[str] | er.PopError] = []
             for _ in range(2):
                 try:
                     await self._status()
@@ -402,8 +402,7 @@ class PopClient:
             if isinstance(result, er.PopError):
                 raise result
         sizes, uidls = (r for r in results if not isinstance(r, er.PopError))
-        return (self._scan(line.decode("utf-8", "replace") for line in sizes),
-                dict(_uidl_line(line.decode("utf-8", "replace")) for line in uidls))
+        return self._scan(sizes), dict(map(_uidl_line, uidls))
 
     async def retr_iter(self, msg: int) -> AsyncGenerator[bytes, None]:
         """RETR as it arrives: pieces of the message, un-stuffed, CRLF line ends. Leaving
@@ -422,10 +421,10 @@ class PopClient:
             while True:
                 event = await self._event()
                 match event:
-                    case rp.Data(data):
+                    case ev.Data(data):
                         if data:
                             yield data
-                    case rp.End():
+                    case ev.End():
                         done = True
                         return
                     case _:

@@ -10,7 +10,6 @@ login is a `PopAuthError`. `PopProtocolError`: the server broke the protocol.
 from __future__ import annotations
 
 from popbox.proto import events as ev
-from popbox.proto import replies as rp
 
 
 class PopClientError(Exception):
@@ -82,7 +81,7 @@ _BY_CODE: dict[str, type[PopError]] = {
 _LOGIN = (ev.User, ev.Pass, ev.Apop, ev.Auth, ev.SaslResponse, ev.SaslCancel)
 
 
-def error_for(reply: rp.ErrReply, verb: str = "") -> PopError:
+def error_for(reply: ev.Err, verb: str = "") -> PopError:
     """The exception for an -ERR reply. Codes are hierarchical (RFC 2449 §8): `SYS/TEMP/X`
     is a `SYS/TEMP`."""
     kind: type[PopError] = PopAuthError if isinstance(reply.command, _LOGIN) else PopError

@@ -25,8 +25,9 @@ class State(enum.Enum):
     CLOSED = "CLOSED"
 
 
-class RespCode(enum.Enum):
-    """Extended response codes: RFC 2449 §8, RFC 3206, RFC 6856."""
+class RespCode(enum.StrEnum):
+    """Extended response codes: RFC 2449 §8, RFC 3206, RFC 6856. Strings, so a code the
+    server sends and one a client reads compare equal."""
 
     IN_USE = "IN-USE"
     LOGIN_DELAY = "LOGIN-DELAY"

@@ -38,6 +38,7 @@ from popbox.store.base import Failure
 log = logging.getLogger("popbox")
 
 Check = Callable[[], Awaitable[Verdict]]
+Answer = ev.Ok | ev.Err | ev.Continuation | replies.Listing | Transaction
 
 
 async def _accepted() -> Verdict:
@@ -89,7 +90,7 @@ class Login:
             bearer=self.ctx.backends.tokens is not None,
         )
 
-    async def handle(self, event: ev.Command) -> ev.Reply | Transaction:
+    async def handle(self, event: ev.Command) -> Answer:
         result = await self._handle(event)
         if result is replies.AUTH_FAILED:
             await self._penalize()
@@ -113,7 +114,7 @@ class Login:
                      self.peer, delay)
             await asyncio.sleep(delay)
 
-    async def _handle(self, event: ev.Command) -> ev.Reply | Transaction:
+    async def _handle(self, event: ev.Command) -> Answer:
         match event:
             case ev.User(name):
                 if not self.cleartext_allowed:
@@ -129,7 +130,7 @@ class Login:
             case ev.Apop(name, digest):
                 return await self._apop(name, digest)
             case ev.Auth(None):
-                return ev.MultiLine("Mechanisms follow", await self.mechanisms())
+                return replies.Listing("Mechanisms follow", await self.mechanisms())
             case ev.Auth(mechanism, initial):
                 assert mechanism is not None
                 return await self._auth(mechanism, initial)
@@ -142,7 +143,7 @@ class Login:
             case _:
                 raise AssertionError(f"not a login command: {event!r}")
 
-    async def _auth(self, name: str, initial: bytes | None) -> ev.Reply | Transaction:
+    async def _auth(self, name: str, initial: bytes | None) -> Answer:
         info = sasl.INFO.get(name)
         if info is None or name not in mechanisms.enabled(self.ctx.config):
             return replies.UNKNOWN_MECHANISM
@@ -158,7 +159,7 @@ class Login:
         self._mechanism_name = name
         return await self._sasl_step(mech.start(initial))
 
-    async def _sasl_step(self, step: sasl.Step) -> ev.Reply | Transaction:
+    async def _sasl_step(self, step: sasl.Step) -> Answer:
         """Run the mechanism until it needs the client again or is done."""
         name = self._mechanism_name
         while True:
@@ -166,7 +167,7 @@ class Login:
             assert mech is not None
             match step:
                 case sasl.Challenge(data):
-                    return ev.Challenge(data)
+                    return ev.Continuation(data)
                 case sasl.NeedCredential(user, scheme):
                     found = await self._credential(user, scheme)
                     if found is Verdict.TEMPORARY:
@@ -192,7 +193,7 @@ class Login:
                         return replies.AUTH_FAILED
                     return await self._verify(authcid, Secret(password))
 
-    async def _verify(self, user: str, password: Secret) -> ev.Reply | Transaction:
+    async def _verify(self, user: str, password: Secret) -> Answer:
         passdb = self.ctx.backends.passdb
         return await self._login(
             user, self._mechanism_name, lambda: passdb.verify(user, password)
@@ -219,7 +220,7 @@ class Login:
         self._log_failure(user, self._mechanism_name, Verdict.TEMPORARY.value)
         return replies.verdict(Verdict.TEMPORARY)
 
-    async def _apop(self, name: str, digest: str) -> ev.Reply | Transaction:
+    async def _apop(self, name: str, digest: str) -> Answer:
         """RFC 1939 §7: digest = MD5(timestamp + shared secret), in lowercase hex."""
         if not self.ctx.config.auth.apop:
             return replies.APOP_DISABLED
@@ -233,7 +234,7 @@ class Login:
 
         return await self._login(name, "APOP", check)
 
-    async def _login(self, user: str, mechanism: str, check: Check) -> ev.Reply | Transaction:
+    async def _login(self, user: str, mechanism: str, check: Check) -> Answer:
         verdict = await check() if valid_username(user) else Verdict.REJECTED
         if verdict is not Verdict.OK:
             self._log_failure(user, mechanism, verdict.value)

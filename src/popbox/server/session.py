@@ -21,9 +21,11 @@ import ssl
 from typing import assert_never
 
 from popbox import __version__
+from popbox.proto import commands
 from popbox.proto import events as ev
+from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
-from popbox.proto.wire import MessageEncoder, TopFilter
+from popbox.proto.wire import TopFilter
 from popbox.server import replies
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
@@ -44,7 +46,9 @@ class Session:
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
         self.io = io
-        self.conn = io.conn
+        no_nuls = "outlook-no-nuls" in ctx.config.server.workarounds
+        self.conn = ServerConnection(no_nuls=no_nuls)
+        io.received = self.conn.receive_data
         self.peer = io.peer
         self.login = Login(ctx, self.peer, secure=io.secure)
         if io.secure:
@@ -80,7 +84,10 @@ class Session:
             reason = await self._serve()
         except asyncio.CancelledError:
             reason = "shutdown"
-            self._emit(self.conn.send(replies.SHUTTING_DOWN))
+            if self.conn.replying:  # in the middle of a message: nothing more can be said
+                self.conn.close()
+            else:
+                self._emit(self.conn.send(replies.SHUTTING_DOWN))
             self.io.write(b"".join(self._out))
             raise
         except (TimeoutError, ConnectionError) as exc:
@@ -143,8 +150,14 @@ class Session:
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
 
-    def _reply(self, reply: ev.Reply) -> None:
-        self._emit(self.conn.send(reply))
+    def _reply(self, reply: ev.Ok | ev.Err | ev.Continuation | replies.Listing) -> None:
+        conn = self.conn
+        if isinstance(reply, replies.Listing):
+            self._emit(conn.send(ev.Ok(reply.text)))
+            self._emit(conn.send(ev.Lines(reply.lines)))
+            self._emit(conn.send(ev.END))
+        else:
+            self._emit(conn.send(reply))
 
     async def _flush(self) -> None:
         if self._out:
@@ -168,7 +181,7 @@ class Session:
             case ev.Invalid(problem, verb):
                 self._invalid(problem, verb)
             case ev.Capa():
-                self._reply(ev.MultiLine("Capability list follows", await self._capabilities()))
+                self._reply(replies.Listing("Capability list follows", await self._capabilities()))
             case ev.Quit():
                 await self._quit()
             case ev.Utf8():
@@ -222,16 +235,23 @@ class Session:
         return found if isinstance(found, ssl.SSLObject) else None
 
     async def _capabilities(self) -> tuple[str, ...]:
-        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
-        if self.conn.state is State.AUTHORIZATION:
+        """RFC 2449 §5: the capabilities of the table's commands this connection may use
+        (`commands.capabilities`), then the server's properties."""
+        state = self.conn.state
+        offered = {"TOP": "", "UIDL": "", "UTF8": "USER"}
+        if state is State.AUTHORIZATION:
             if self.ctx.tls is not None and not self.login.secure:
-                caps.append("STLS")
+                offered["STLS"] = ""
             if self.login.cleartext_allowed:
-                caps.append("USER")
+                offered["USER"] = ""
             sasl_mechanisms = await self.login.mechanisms()
             if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
-                caps.append("SASL " + " ".join(sasl_mechanisms))
+                offered["SASL"] = " ".join(sasl_mechanisms)
+        caps = commands.capabilities(state, offered)
         caps += [
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
             "EXPIRE NEVER",
             # RFC 2449 §6.8: the global value before login, the user's own after it.
             f"LOGIN-DELAY {self.login.login_delay}",
@@ -262,10 +282,10 @@ class Session:
             case ev.List(None):
                 count, size = txn.stat()
                 lines = txn.lines(list(map(str, txn.maildrop.messages.sizes)))
-                self._reply(ev.MultiLine(f"{count} messages ({size} octets)", lines))
+                self._reply(replies.Listing(f"{count} messages ({size} octets)", lines))
             case ev.Uidl(None):
                 lines = txn.lines(txn.maildrop.messages.uidls)
-                self._reply(ev.MultiLine("Unique-ID listing follows", lines))
+                self._reply(replies.Listing("Unique-ID listing follows", lines))
             case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg) if msg is not None:
                 index = txn.index(msg)
                 if isinstance(index, ev.Err):
@@ -306,12 +326,12 @@ class Session:
             self._reply(replies.failure(exc.failure))
             return
         size = txn.size(index)
+        conn = self.conn
         self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
-        encoder = MessageEncoder(no_nuls="outlook-no-nuls" in self.ctx.config.server.workarounds)
         limit = TopFilter(top) if top is not None else None
         try:
             while chunk is not None:
-                data = encoder.feed(limit.feed(chunk) if limit else chunk)
+                data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
                 if data:
@@ -331,7 +351,7 @@ class Session:
             raise ConnectionError("store failed while streaming") from None
         finally:
             await chunks.aclose()
-        self._emit(encoder.finish())
+        self._emit(conn.send(ev.END))
         if top is None:
             txn.retrieved.add(index)
             self.retr_count += 1
