@@ -1,18 +1,40 @@
-"""The TRANSACTION state's bookkeeping (RFC 1939 §5).
+"""The TRANSACTION state's policy (RFC 1939 §5) and the UPDATE state (§6).
 
-Message numbers are fixed for the session; DELE only marks, RSET unmarks, and nothing
-reaches the store until QUIT. Retrieved messages are remembered so the store can mark
-them seen at commit.
+`handle()` answers every TRANSACTION command: STAT, LIST, UIDL, DELE, NOOP and RSET with a
+reply, RETR and TOP with a `Body` (the +OK line and the opened message) that the session
+streams through the core. Message numbers are fixed for the session; DELE only marks,
+RSET unmarks, and nothing reaches the store until `quit()` commits once. Retrieved
+messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
+are remembered so the store can mark them seen at commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import assert_never
 
+from popbox.proto import events as ev
 from popbox.proto.events import Err
 from popbox.proto.types import MsgNo
+from popbox.proto.wire import TopFilter
 from popbox.server import replies
-from popbox.store.base import Maildrop
+from popbox.store.base import Failure, Maildrop, MessageGone, StoreError
+
+Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
+
+
+@dataclass(slots=True)
+class Body:
+    """The answer to RETR or TOP: `ok`, then `first` and the rest of `chunks`, each through
+    `limit` (TOP's, else None), then the end of the reply."""
+
+    ok: ev.Ok
+    index: int
+    first: bytes
+    chunks: AsyncGenerator[bytes, None]
+    limit: TopFilter | None
 
 # "1", "2", ...: made once and shared by every session. Formatting the numbers of a
 # 100,000-message LIST or UIDL cost as much as the rest of the listing.
@@ -71,3 +93,69 @@ class Transaction:
 
     def rset(self) -> None:
         self.deleted.clear()
+
+    async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
+        """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
+        match event:
+            case ev.Stat():
+                count, size = self.stat()
+                return ev.Ok(f"{count} {size}")
+            case ev.List(None):
+                count, size = self.stat()
+                lines = self.lines(list(map(str, self.maildrop.messages.sizes)))
+                return replies.Listing(f"{count} messages ({size} octets)", lines)
+            case ev.Uidl(None):
+                lines = self.lines(self.maildrop.messages.uidls)
+                return replies.Listing("Unique-ID listing follows", lines)
+            case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg):
+                assert msg is not None
+                index = self.index(msg)
+                if isinstance(index, Err):
+                    return index
+                if isinstance(event, ev.List):
+                    return ev.Ok(f"{msg} {self.size(index)}")
+                if isinstance(event, ev.Uidl):
+                    return ev.Ok(f"{msg} {self.uidl(index)}")
+                self.deleted.add(index)
+                return ev.Ok(f"Message {msg} deleted.")
+            case ev.Retr(msg):
+                return await self._open(msg, None)
+            case ev.Top(msg, lines):
+                return await self._open(msg, lines)
+            case ev.Noop():
+                return ev.Ok()
+            case ev.Rset():
+                self.rset()
+                count, size = self.stat()
+                return ev.Ok(f"Maildrop has {count} messages ({size} octets).")
+            case _:
+                assert_never(event)
+
+    async def _open(self, msg: MsgNo, top: int | None) -> Body | Err:
+        index = self.index(msg)
+        if isinstance(index, Err):
+            return index
+        chunks = self.maildrop.read(index)
+        try:
+            first = await anext(chunks, b"")
+        except MessageGone:
+            return replies.MESSAGE_GONE
+        except StoreError as exc:
+            return replies.failure(exc.failure)
+        if top is None:
+            return Body(ev.Ok(f"{self.size(index)} octets"), index, first, chunks, None)
+        return Body(ev.Ok("Top of message follows"), index, first, chunks, TopFilter(top))
+
+    def sent(self, body: Body) -> None:
+        """`body` went out to its end: a RETR marks the message seen at commit."""
+        if body.limit is None:
+            self.retrieved.add(body.index)
+
+    async def quit(self) -> ev.Ok | Err:
+        """RFC 1939 §6, the UPDATE state: commit the deletions and the seen marks once.
+        Shielded: a shutdown must not cut a commit in half."""
+        seen = self.retrieved - self.deleted
+        result = await asyncio.shield(self.maildrop.commit(self.deleted, seen))
+        if isinstance(result, Failure):
+            return replies.failure(result)
+        return ev.Ok(f"Logging out, {result.deleted} messages deleted.")
