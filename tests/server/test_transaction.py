@@ -28,8 +28,9 @@ def stored(store: MemoryStore) -> list[bytes]:
 
 async def body_bytes(txn: Transaction, body: Body) -> bytes:
     data = body.first
-    async for chunk in body.chunks:
-        data += chunk
+    while not body.reader.done:
+        data += await body.reader.next()
+    body.reader.close()
     txn.sent(body)
     return data
 

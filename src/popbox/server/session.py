@@ -255,10 +255,10 @@ class Session:
         """RETR / TOP: +OK, the message (or its top) through the core, the end."""
         conn = self.conn
         self._emit(conn.send(body.ok))
-        chunks, limit = body.chunks, body.limit
-        chunk: bytes | None = body.first
+        reader, limit = body.reader, body.limit
+        chunk, body.first = body.first, b""  # held only here: dropped once it is sent
         try:
-            while chunk is not None:
+            while True:
                 data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
@@ -266,19 +266,19 @@ class Session:
                     self.bytes_sent += len(data)
                     self._emit(data)
                     del data
-                if limit is not None and limit.done:
+                if reader.done or (limit is not None and limit.done):
                     break
                 if big:
                     # Send it and wait for the client if it lags, before reading more. A
                     # small message goes out in one write with its +OK line and terminator.
                     await self._flush()
-                chunk = await anext(chunks, None)
+                chunk = await reader.next()
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
             log.error("message read failed mid-stream ip=%s index=%d", self.peer, body.index)
             raise ConnectionError("store failed while streaming") from None
         finally:
-            await chunks.aclose()
+            reader.close()
         self._emit(conn.send(ev.END))
         txn.sent(body)
         if limit is None:

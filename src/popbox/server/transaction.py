@@ -11,29 +11,29 @@ are remembered so the store can mark them seen at commit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
 from popbox.proto import events as ev
 from popbox.proto.events import Err
-from popbox.proto.types import MsgNo
+from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter
 from popbox.server import replies
-from popbox.store.base import Failure, Maildrop, MessageGone, StoreError
+from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
 
 Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
 
 
 @dataclass(slots=True)
 class Body:
-    """The answer to RETR or TOP: `ok`, then `first` and the rest of `chunks`, each through
-    `limit` (TOP's, else None), then the end of the reply."""
+    """The answer to RETR or TOP: `ok`, then `first` and the rest of `reader`, each through
+    `limit` (TOP's, else None), then the end of the reply. The session closes `reader`."""
 
     ok: ev.Ok
-    index: int
+    index: Index
     first: bytes
-    chunks: AsyncGenerator[bytes, None]
+    reader: Reader
     limit: TopFilter | None
 
 # "1", "2", ...: made once and shared by every session. Formatting the numbers of a
@@ -56,22 +56,22 @@ class Transaction:
     def __init__(self, maildrop: Maildrop) -> None:
         self.maildrop = maildrop
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
-        self.deleted: set[int] = set()
-        self.retrieved: set[int] = set()
+        self.deleted: set[Index] = set()
+        self.retrieved: set[Index] = set()
 
-    def index(self, msg: MsgNo) -> int | Err:
+    def index(self, msg: MsgNo) -> Index | Err:
         """The snapshot index of `msg`, or the error for a missing or deleted message."""
-        index = msg - 1
+        index = to_index(msg)
         if not 0 <= index < self.count:
             return replies.NO_SUCH_MESSAGE
         if index in self.deleted:
             return replies.ALREADY_DELETED
         return index
 
-    def size(self, index: int) -> int:
+    def size(self, index: Index) -> int:
         return self.maildrop.messages.sizes[index]
 
-    def uidl(self, index: int) -> str:
+    def uidl(self, index: Index) -> Uidl:
         return self.maildrop.messages.uidls[index]
 
     def lines(self, column: Sequence[str]) -> tuple[str, ...]:
@@ -135,16 +135,20 @@ class Transaction:
         index = self.index(msg)
         if isinstance(index, Err):
             return index
-        chunks = self.maildrop.read(index)
         try:
-            first = await anext(chunks, b"")
-        except MessageGone:
-            return replies.MESSAGE_GONE
+            reader = await self.maildrop.open_message(index)
         except StoreError as exc:
             return replies.failure(exc.failure)
+        if isinstance(reader, Gone):
+            return replies.MESSAGE_GONE
+        try:
+            first = await reader.next()
+        except StoreError as exc:
+            reader.close()
+            return replies.failure(exc.failure)
         if top is None:
-            return Body(ev.Ok(f"{self.size(index)} octets"), index, first, chunks, None)
-        return Body(ev.Ok("Top of message follows"), index, first, chunks, TopFilter(top))
+            return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
+        return Body(ev.Ok("Top of message follows"), index, first, reader, TopFilter(top))
 
     def sent(self, body: Body) -> None:
         """`body` went out to its end: a RETR marks the message seen at commit."""
