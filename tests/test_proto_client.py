@@ -598,3 +598,44 @@ def test_plain_and_login() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         mechanism("GSSAPI", "u", "p")
     assert "pw" not in repr(login) and "xipj3plmq" not in repr(Plain("K", "xipj3plmq"))
+
+
+# --- what the replies say, bytes in ---------------------------------------------------
+
+
+def replies_to(command: ev.Command, wire: bytes) -> list[Event]:
+    conn = logged_in(command)
+    return merged(feed(conn, wire))
+
+
+def test_stat_and_list_replies_parsed_from_the_wire() -> None:
+    """RFC 1939 §5: STAT is "+OK count octets", LIST n "+OK n octets", a LIST listing one
+    "n octets" line per message; text after the numbers is allowed and ignored."""
+    from popbox.proto.client import listing, numbers
+
+    (ok,) = replies_to(ev.Stat(), b"+OK 2 320 and more\r\n")
+    assert isinstance(ok, ev.Ok) and numbers(ok.text) == (2, 320)
+    ok, lines, end = replies_to(ev.List(None), b"+OK\r\n1 120\r\n2 200 x\r\n.\r\n")
+    assert isinstance(lines, ev.Lines) and end == ev.End(ev.List(None))
+    assert listing(list(lines.lines)) == {MsgNo(1): 120, MsgNo(2): 200}
+    for bad in ("", "2", "two 300", "2 -3", "2 3x"):
+        assert numbers(bad) is None, bad
+    assert listing(["1 120", "oops"]) is None
+
+
+def test_uidl_and_capa_replies_parsed_from_the_wire() -> None:
+    """RFC 1939 §7 UIDL lines "n unique-id"; RFC 2449 §5 CAPA: tag and arguments."""
+    from popbox.proto.client import capabilities, uidl_line, uidl_listing
+
+    _, lines, _ = replies_to(ev.Uidl(None), b"+OK\r\n1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdP\r\n.\r\n")
+    assert isinstance(lines, ev.Lines)
+    assert uidl_listing(list(lines.lines)) == {MsgNo(1): "whqtswO00WBw418f9t5JxYwZ",
+                                               MsgNo(2): "QhdP"}
+    (ok,) = replies_to(ev.Uidl(MsgNo(2)), b"+OK 2 QhdP\r\n")
+    assert isinstance(ok, ev.Ok) and uidl_line(ok.text) == (MsgNo(2), "QhdP")
+    assert uidl_line("2") is None and uidl_listing(["x y"]) is None
+    conn = ClientConnection(greeting=False)
+    conn.send(ev.Capa())
+    _, caps, _ = merged(feed(conn, b"+OK\r\ntop\r\nSASL PLAIN SCRAM-SHA-256\r\n\r\n.\r\n"))
+    assert isinstance(caps, ev.Lines)
+    assert capabilities(list(caps.lines)) == {"TOP": [], "SASL": ["PLAIN", "SCRAM-SHA-256"]}

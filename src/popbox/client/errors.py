@@ -5,6 +5,8 @@ RFC 3206 response code (None when the server sent none) and `text` the rest of t
 The subclass comes from the code when there is one, else from the command: a refused
 login is a `PopAuthError`. `PopProtocolError`: the server broke the protocol.
 `PopConnectionError`: the network failed (refused, reset, closed, timed out, TLS).
+`PopUsageError`: the command could not be sent at all (a user name with a line break, a
+command not valid in the current state); nothing went to the server.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class PopTimeoutError(PopConnectionError):
 
 class PopTlsError(PopConnectionError):
     """TLS could not be set up: handshake, certificate, or STLS refused."""
+
+
+class PopUsageError(PopClientError):
+    """The protocol does not allow what was asked; nothing was sent."""
 
 
 class PopPlaintextRefused(PopClientError):

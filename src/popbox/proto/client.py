@@ -51,10 +51,10 @@ from popbox.proto.commands import (
 )
 from popbox.proto.events import LocalProtocolError
 from popbox.proto.state import STATE_CHANGERS, after_reply
-from popbox.proto.types import State
+from popbox.proto.types import MsgNo, State, Uidl
 
-__all__ = ["ClientConnection", "LocalProtocolError", "apop_timestamp", "encode", "split_code",
-           "verb"]
+__all__ = ["ClientConnection", "LocalProtocolError", "apop_timestamp", "capabilities", "encode",
+           "listing", "numbers", "split_code", "uidl_line", "uidl_listing", "verb"]
 
 MAX_LINE = MAX_SASL_LINE  # a status or listing line, CRLF included (RFC 2449 §4 says 512)
 
@@ -83,6 +83,58 @@ def split_code(text: bytes) -> tuple[str | None, str]:
     code = match.group(1).decode("ascii") if match else None
     rest = text[match.end() :] if match else text
     return code, rest.decode("utf-8", "replace")
+
+
+# --- what the replies say (RFC 1939 §§5, 7; RFC 2449 §5) ---
+
+
+def numbers(text: str) -> tuple[int, int] | None:
+    """The two numbers that open a STAT reply ("count octets") or a LIST line ("msg
+    octets"); anything after them is ignored (RFC 1939 §5); None when malformed."""
+    parts = text.split(None, 2)
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def listing(lines: list[str]) -> dict[MsgNo, int] | None:
+    """A LIST listing: message number -> octets; None if any line is malformed."""
+    sizes: dict[MsgNo, int] = {}
+    for line in lines:
+        pair = numbers(line)
+        if pair is None:
+            return None
+        sizes[MsgNo(pair[0])] = pair[1]
+    return sizes
+
+
+def uidl_line(text: str) -> tuple[MsgNo, Uidl] | None:
+    """A UIDL line or reply, "msg unique-id" (RFC 1939 §7); None when malformed."""
+    parts = text.split()
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    return MsgNo(int(parts[0])), Uidl(parts[1])
+
+
+def uidl_listing(lines: list[str]) -> dict[MsgNo, Uidl] | None:
+    """A UIDL listing: message number -> unique-id; None if any line is malformed."""
+    uidls: dict[MsgNo, Uidl] = {}
+    for line in lines:
+        pair = uidl_line(line)
+        if pair is None:
+            return None
+        uidls[pair[0]] = pair[1]
+    return uidls
+
+
+def capabilities(lines: list[str]) -> dict[str, list[str]]:
+    """A CAPA listing (RFC 2449 §5): capability name, upper-cased -> its arguments."""
+    caps: dict[str, list[str]] = {}
+    for line in lines:
+        name, *args = line.split() or [""]
+        if name:
+            caps[name.upper()] = args
+    return caps
 
 
 def _text(value: str, *, spaces: bool = False) -> bytes:

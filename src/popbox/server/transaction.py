@@ -96,7 +96,9 @@ class Transaction:
 
     async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
         """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
-        match event:
+        match event:  # RETR first: most commands of a session are RETR
+            case ev.Retr(msg):
+                return await self._open(msg, None)
             case ev.Stat():
                 count, size = self.stat()
                 return ev.Ok(f"{count} {size}")
@@ -118,8 +120,6 @@ class Transaction:
                     return ev.Ok(f"{msg} {self.uidl(index)}")
                 self.deleted.add(index)
                 return ev.Ok(f"Message {msg} deleted.")
-            case ev.Retr(msg):
-                return await self._open(msg, None)
             case ev.Top(msg, lines):
                 return await self._open(msg, lines)
             case ev.Noop():
