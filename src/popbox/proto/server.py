@@ -165,7 +165,10 @@ class ServerConnection:
         pending = self._pending
         match reply:
             case ev.Ok(text):
-                shape = _shape(pending)
+                shape = _MULTI.get(type(pending), Shape.SINGLE)  # (inline: a call per reply)
+                if shape is None:
+                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth)
+                    shape = _reply_shape(pending)
                 if shape is Shape.MESSAGE:
                     self._encoder = MessageEncoder(no_nuls=self._no_nuls)
                 elif shape is Shape.LISTING:
@@ -216,14 +219,6 @@ _MULTI: dict[type, Shape | None] = {
     spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
 }
 _MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = None  # it depends on the argument
-
-
-def _shape(pending: ev.Event | None) -> Shape:
-    shape = _MULTI.get(type(pending), Shape.SINGLE)
-    if shape is None:
-        assert isinstance(pending, ev.List | ev.Uidl | ev.Auth)
-        return _reply_shape(pending)
-    return shape
 
 
 def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:

@@ -37,7 +37,7 @@ CHUNK_SIZE = 64 * 1024
 
 
 class MemoryStore:
-    """Maildrops in memory. `chunk_size`: how `read` splits a message (tests use it to
+    """Maildrops in memory. `chunk_size`: how a `MemoryReader` splits a message (tests use it to
     exercise streaming)."""
 
     def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
