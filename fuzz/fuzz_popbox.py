@@ -19,6 +19,7 @@ import atheris
 with atheris.instrument_imports():
     from popbox.proto import _native, proxy, sasl, wire
     from popbox.proto import events as ev
+    from popbox.proto.commands import Shape, reply_shape
     from popbox.proto.sasl_cram import CramMd5
     from popbox.proto.sasl_oauth import OAuthBearer, XOAuth2
     from popbox.proto.sasl_scram import Scram
@@ -39,9 +40,14 @@ def server_core(fdp: atheris.FuzzedDataProvider) -> None:
         while (event := conn.next_event()) is not ev.NEED_DATA:
             assert event is not ev.PAUSED
             if isinstance(event, ev.Auth) and event.mechanism and fdp.ConsumeBool():
-                conn.send(ev.Challenge(b""))
+                conn.send(ev.Continuation(b""))
+            elif fdp.ConsumeBool():
+                conn.send(ev.Err("no"))
             else:
-                conn.send(ev.Err("no") if fdp.ConsumeBool() else ev.Ok())
+                conn.send(ev.Ok())
+                multi = (Shape.LISTING, Shape.MESSAGE)
+                if isinstance(event, ev.Command) and reply_shape(event) in multi:
+                    conn.send(ev.End())
             if conn.state is State.CLOSED:
                 return
 

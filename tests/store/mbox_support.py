@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from popbox.store.base import Failure, Maildrop, MailStore
+from popbox.proto.types import Index
+from popbox.store.base import Failure, Gone, Maildrop, MailStore
 
 LINE = b"From alice@example.org  Wed Dec  2 02:02:40 2026\n"
 
@@ -47,11 +48,25 @@ async def open_drop(store: MailStore, location: str) -> Maildrop:
     return drop
 
 
-async def read_all(drop: Maildrop) -> list[bytes]:
-    out = []
+async def chunks(drop: Maildrop, index: int) -> list[bytes] | Gone:
+    """Message `index` as the store hands it out, chunk by chunk."""
+    reader = await drop.open_message(Index(index))
+    if isinstance(reader, Gone):
+        return reader
+    try:
+        out = [await reader.next()]
+        while not reader.done:
+            out.append(await reader.next())
+    finally:
+        reader.close()
+    return out
+
+
+async def read_all(drop: Maildrop) -> list[bytes | Gone]:
+    out: list[bytes | Gone] = []
     for i in range(len(drop.messages)):
-        stream: AsyncIterator[bytes] = drop.read(i)
-        out.append(b"".join([chunk async for chunk in stream]))
+        got = await chunks(drop, i)
+        out.append(got if isinstance(got, Gone) else b"".join(got))
     return out
 
 

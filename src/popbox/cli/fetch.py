@@ -30,7 +30,6 @@ from popbox.client.destinations import MaildirTarget, MboxTarget, Target, open_d
 from popbox.client.fetcher import AUTH_METHODS, Fetcher, Options, Report, Source
 from popbox.client.mbox import MboxBusy
 from popbox.client.state import StateBusy, StateError, StateFile
-from popbox.proto.client import LocalProtocolError
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_IOERR, EX_TEMPFAIL = 0, 64, 69, 74, 75
 EX_PROTOCOL, EX_NOPERM, EX_CONFIG = 76, 77, 78
@@ -215,7 +214,7 @@ def _status(exc: BaseException) -> int | None:
             return EX_PROTOCOL
         case StateError() | OSError():
             return EX_IOERR
-        case LocalProtocolError():  # e.g. a user name with a line break
+        case er.PopUsageError():  # e.g. a user name with a line break
             return EX_USAGE
         case _:
             return None

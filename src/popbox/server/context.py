@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from popbox.auth.base import PassDB, UserDB
 from popbox.auth.oauth import TokenValidator
 from popbox.config import Config
+from popbox.server.clock import SYSTEM, Clock
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
 from popbox.store.base import MailStore
@@ -41,17 +42,18 @@ class ServerContext:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
+    clock: Clock = SYSTEM
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
-    def create(cls, config: Config, backends: Backends) -> ServerContext:
+    def create(cls, config: Config, backends: Backends, clock: Clock = SYSTEM) -> ServerContext:
         tls = TlsContexts(config.tls) if config.tls.enabled else None
         limits = config.limits
         penalties = PenaltyBook(
             initial=limits.penalty_initial, cap=limits.penalty_cap,
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
-        return cls(config, backends, tls, penalties=penalties)
+        return cls(config, backends, tls, penalties=penalties, clock=clock)
 
     def reload_tls(self) -> None:
         if self.tls is None:

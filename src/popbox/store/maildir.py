@@ -39,16 +39,19 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Set
+from collections.abc import Callable, Set
 from typing import TYPE_CHECKING, Literal
 
+from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
+    Reader,
     Snapshot,
     StoreError,
 )
@@ -259,7 +262,7 @@ class MaildirDrop:
         self._chunk = chunk
         self._committing = False
         # Indexes opened from cur/ under a name with the S flag: nothing to flag at commit.
-        self._seen: set[int] = set()
+        self._seen: set[Index] = set()
 
     @property
     def messages(self) -> Snapshot:
@@ -273,7 +276,7 @@ class MaildirDrop:
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
 
-    def _open_file(self, index: int) -> int:
+    def _open_file(self, index: Index) -> int | Gone:
         sub, name = self._entries.where(index)
         path = f"{self._root}/{sub}/{name}"  # (os.path.join: ten calls in Python)
         for attempt in range(3):
@@ -282,7 +285,7 @@ class MaildirDrop:
             except FileNotFoundError:
                 entry = self._entries[index]
                 if attempt == 2 or not self._relocate(entry):
-                    raise MessageGone() from None
+                    return GONE
                 path = entry.path(self._root)
             except OSError as exc:
                 raise StoreError(Failure.TEMPORARY) from exc
@@ -290,22 +293,17 @@ class MaildirDrop:
                 if attempt == 0 and self._mark_seen and sub == "cur" and has_flag(name, "S"):
                     self._seen.add(index)
                 return fd
-        raise MessageGone()  # pragma: no cover - the loop always returns or raises
+        return GONE  # pragma: no cover - the loop always returns or raises
 
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
-        small = self._messages.sizes[index] <= INLINE_READ
-        reader = _FileReader(self._open_file(index), self._chunk, small=small)
-        try:
-            while not reader.done:
-                # Yielded straight from the expression: no local keeps the chunk alive while
-                # the session waits for a slow client (memory per stalled session).
-                yield await reader.next()
-        finally:
-            reader.close()
+    async def open_message(self, index: Index) -> _FileReader | Gone:
+        fd = self._open_file(index)
+        if isinstance(fd, Gone):
+            return fd
+        return _FileReader(fd, self._chunk, small=self._messages.sizes[index] <= INLINE_READ)
 
     # -- the UPDATE state ----------------------------------------------------------
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._committing or not self._lock.held:
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
@@ -400,5 +398,7 @@ class MaildirDrop:
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
-    def _conforms(store: MaildirStore, drop: MaildirDrop) -> tuple[MailStore, Maildrop]:
-        return store, drop
+    def _conforms(
+        store: MaildirStore, drop: MaildirDrop, reader: _FileReader
+    ) -> tuple[MailStore, Maildrop, Reader]:
+        return store, drop, reader

@@ -48,23 +48,25 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence, Set
+from collections.abc import Iterator, Sequence, Set
 from typing import TYPE_CHECKING
 
-from popbox.proto.types import Uidl
+from popbox.proto.types import Index, Uidl
 from popbox.store import mbox_index, mbox_rewrite
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
     Snapshot,
     StoreError,
 )
 from popbox.store.lock import FileLock
 from popbox.store.mbox_format import MboxFormat, Unquoter, envelope_sender, from_line, quote
-from popbox.store.mbox_index import Entry, Index
+from popbox.store.mbox_index import Entry
+from popbox.store.mbox_index import Index as SpoolIndex
 from popbox.store.mbox_lock import LockMethod, LockTimeout, SpoolLocks
 
 CHUNK_SIZE = 256 * 1024
@@ -182,14 +184,14 @@ class MboxStore:
             return
         mbox_rewrite.finish(paths.journal)
 
-    def _refresh(self, fd: int, paths: _Paths) -> Index:
+    def _refresh(self, fd: int, paths: _Paths) -> SpoolIndex:
         old = mbox_index.load(paths.index)
         index, changed = mbox_index.refresh(fd, old, self.fmt)
         if changed:
             self._save(paths, index)
         return index
 
-    def _save(self, paths: _Paths, index: Index) -> None:
+    def _save(self, paths: _Paths, index: SpoolIndex) -> None:
         try:
             mbox_index.save(paths.index, index)
         except OSError as exc:  # only the next login's speed depends on it
@@ -257,6 +259,45 @@ class MboxStore:
         return None
 
 
+class _SpoolReader:
+    """One message of the spool in chunks, unquoted (popbox.store.base.Reader). The first
+    chunk was read when the message was opened."""
+
+    __slots__ = ("_end", "_fd", "_first", "_pos", "_step", "_unquote", "done")
+
+    def __init__(self, fd: int, entry: Entry, first: bytes, step: int,
+                 unquote: Unquoter) -> None:
+        self._fd = fd
+        self._pos = entry.body
+        self._end = entry.cend
+        self._first: bytes | None = first
+        self._step = step
+        self._unquote = unquote
+        self.done = False
+
+    async def next(self) -> bytes:
+        out = b""
+        while not out and self._pos < self._end:
+            chunk, self._first = self._first, None
+            if chunk is None:
+                chunk = await asyncio.to_thread(
+                    _pread, self._fd, min(self._step, self._end - self._pos), self._pos)
+            if not chunk:
+                raise StoreError(Failure.TEMPORARY)  # the spool was cut short
+            self._pos += len(chunk)
+            out = self._unquote.feed(chunk)
+        if self._pos >= self._end and not self.done:
+            out += self._unquote.finish()
+            self.done = True
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.done = True
+
+
 class MboxDrop:
     """One session's view of an mbox spool (popbox.store.base.Maildrop)."""
 
@@ -276,19 +317,20 @@ class MboxDrop:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _open_message(self, entry: Entry, size: int) -> tuple[int, bytes]:
+    def _open_message(self, entry: Entry, size: int) -> tuple[int, bytes] | Gone:
         """The spool opened, the message's key checked, and its first chunk read: one
         trip to a worker thread for most messages."""
         try:
             fd = os.open(self._paths.spool,
                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise MessageGone() from None
+            return GONE
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode) or mbox_index.key_at(fd, entry) != entry.key:
-                raise MessageGone()
+                os.close(fd)
+                return GONE
             return fd, os.pread(fd, size, entry.body)
         except OSError as exc:
             os.close(fd)
@@ -297,33 +339,18 @@ class MboxDrop:
             os.close(fd)
             raise
 
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+    async def open_message(self, index: Index) -> _SpoolReader | Gone:
         entry = self._entries[index]
-        step = self._store.chunk_size
-        first = min(step, entry.cend - entry.body)
-        fd, chunk = await asyncio.to_thread(self._open_message, entry, first)
-        unquote = Unquoter(self._store.fmt)
-        try:
-            pos = entry.body
-            while pos < entry.cend:
-                if pos > entry.body:
-                    chunk = await asyncio.to_thread(_pread, fd, min(step, entry.cend - pos), pos)
-                if not chunk:
-                    raise StoreError(Failure.TEMPORARY)  # the spool was cut short
-                pos += len(chunk)
-                out = unquote.feed(chunk)
-                del chunk  # not kept alive while the session waits for a slow client
-                if out:
-                    yield out
-            rest = unquote.finish()
-            if rest:
-                yield rest
-        finally:
-            os.close(fd)
+        first = min(self._store.chunk_size, entry.cend - entry.body)
+        opened = await asyncio.to_thread(self._open_message, entry, first)
+        if isinstance(opened, Gone):
+            return opened
+        fd, chunk = opened
+        return _SpoolReader(fd, entry, chunk, self._store.chunk_size, Unquoter(self._store.fmt))
 
     # -- the UPDATE state -------------------------------------------------------------
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._committing or not self._session.held:
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
@@ -386,7 +413,7 @@ class MboxDrop:
                 entry.cend -= shift
                 entry.end -= shift
             kept.append(entry)
-        store._save(paths, Index(index.ino, size, kept))
+        store._save(paths, SpoolIndex(index.ino, size, kept))
         mbox_rewrite.finish(paths.journal)
         return report
 

@@ -10,7 +10,8 @@ user name). The tables are popbox.store.pg_schema's. The pieces:
   never reads a message body.
 * read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
   message is never in memory at once, and a slow client holds no connection between
-  chunks. A row gone before the first chunk is MessageGone.
+  chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
+  first chunk, so the answer is known before +OK.
 * commit (after QUIT only): ONE transaction proves the lease still holds (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
   deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
@@ -33,18 +34,20 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Set
+from collections.abc import Set
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from popbox.proto.types import Uidl
+from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
+    Reader,
     Snapshot,
     StoreError,
 )
@@ -160,16 +163,44 @@ class PostgresStore:
             log.warning("postgres: delivery to %r failed: %s", location, exc)
             return Failure.TEMPORARY
 
-    async def uidls(self, location: str) -> set[str]:
+    async def uidls(self, location: str) -> set[Uidl]:
         """The UIDLs of a mailbox now (for import). Raises DB_ERRORS."""
         rows = await self.db.run(lambda conn: conn.fetch(
             "SELECT m.uidl FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
             "WHERE b.name = $1", location))
-        return {r["uidl"] for r in rows}
+        return {Uidl(r["uidl"]) for r in rows}
 
     async def close(self) -> None:
         await self.locks.close()
         await self.db.close()
+
+
+class _RowReader:
+    """A message row read a chunk per query (popbox.store.base.Reader); the first chunk
+    was fetched by `open_message`."""
+
+    __slots__ = ("_drop", "_entry", "_first", "_offset", "done")
+
+    def __init__(self, drop: PostgresDrop, entry: _Row, first: bytes) -> None:
+        self._drop = drop
+        self._entry = entry
+        self._first: bytes | None = first
+        self._offset = 0
+        self.done = False
+
+    async def next(self) -> bytes:
+        chunk = self._first
+        self._first = None
+        if chunk is None:
+            chunk = await self._drop._chunk(self._entry.id, self._offset)
+            if chunk is None:  # deleted while being read
+                raise StoreError(Failure.GONE)
+        self._offset += len(chunk)
+        self.done = not chunk or self._offset >= self._entry.raw_size
+        return chunk
+
+    def close(self) -> None:
+        self.done = True
 
 
 class PostgresDrop:
@@ -201,19 +232,12 @@ class PostgresDrop:
             raise StoreError(Failure.TEMPORARY) from exc
         return chunk
 
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+    async def open_message(self, index: Index) -> _RowReader | Gone:
         entry = self._entries[index]
-        offset = 0
-        while offset < entry.raw_size or offset == 0:
-            chunk = await self._chunk(entry.id, offset)
-            if chunk is None:
-                raise MessageGone()
-            if not chunk:
-                return
-            yield chunk
-            offset += len(chunk)
+        first = await self._chunk(entry.id, 0)
+        return GONE if first is None else _RowReader(self, entry, first)
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._state != "open":
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
@@ -281,5 +305,7 @@ class PostgresDrop:
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
-    def _conforms(store: PostgresStore, drop: PostgresDrop) -> tuple[MailStore, Maildrop]:
-        return store, drop
+    def _conforms(
+        store: PostgresStore, drop: PostgresDrop, reader: _RowReader
+    ) -> tuple[MailStore, Maildrop, Reader]:
+        return store, drop, reader
