@@ -39,7 +39,7 @@ from typing import Protocol, TypeVar
 
 from popbox.client import errors as er
 from popbox.client import mbox
-from popbox.client.connection import PopClient, Tls, connect
+from popbox.client.connection import Capabilities, PopClient, Tls, connect
 from popbox.client.state import Journal, StateFile
 from popbox.proto.types import MsgNo, Uidl
 
@@ -179,6 +179,7 @@ class Fetcher:
         self.progress = progress
         self.report = Report()
         self._stopping = False
+        self.capabilities: Capabilities | None = None  # the server's, after login
         account = state.account(source.server, source.port, source.user)
         self.journal = Journal(state, account)
 
@@ -205,6 +206,7 @@ class Fetcher:
             await _login(pop, source)
             with contextlib.suppress(er.PopError):
                 await pop.capa()  # PIPELINING and friends, as they are after login
+            self.capabilities = pop.capabilities
             sizes = await pop.list()
             uidls = await _uidls(pop)
             if uidls is None:

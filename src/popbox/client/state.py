@@ -5,6 +5,10 @@ One JSON file holds every account (server, port, user) fetched with it:
     {"version": 1, "accounts": [{"server": "pop.example.org", "port": 995, "user": "alice",
       "delivered": ["uidl", ...], "pending": null}]}
 
+`last_run` (absent in older files) is what the latest run of the account did:
+`{"time": 1764640800.0, "result": "ok" or the error, "status": 0, "delivered": 3,
+"deleted": 3}`, for `popbox fetch --list`.
+
 `pending` is set only while messages are being appended to an mbox (see
 `popbox.client.mbox`): where the append started, what it holds, and which UIDLs it
 delivers, so that a run after a crash can tell a finished append from a torn one.
@@ -52,12 +56,25 @@ class Pending:
 
 
 @dataclass
+class LastRun:
+    """How the latest run of an account ended: when (Unix time), its exit status and
+    result ("ok" or the error), and what it did."""
+
+    time: float
+    status: int
+    result: str
+    delivered: int = 0
+    deleted: int = 0
+
+
+@dataclass
 class Account:
     server: str
     port: int
     user: str
     delivered: set[str] = field(default_factory=set)
     pending: Pending | None = None
+    last_run: LastRun | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -132,6 +149,11 @@ class StateFile:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(f"{self.path} is not a popbox fetch state file: {exc}") from None
 
+    def peek(self) -> list[Account]:
+        """The accounts as the file has them now, without the lock (the file is only
+        ever replaced whole, so what is read is one consistent version)."""
+        return self._read()
+
     def accounts(self) -> list[Account]:
         return list(self._accounts)
 
@@ -184,6 +206,7 @@ class Journal:
 
 def _account(item: dict[str, Any]) -> Account:
     pending = item.get("pending")
+    last = item.get("last_run")
     return Account(
         server=str(item["server"]), port=int(item["port"]), user=str(item["user"]),
         delivered={str(u) for u in item["delivered"]},
@@ -191,6 +214,9 @@ def _account(item: dict[str, Any]) -> Account:
             path=str(pending["path"]), offset=int(pending["offset"]),
             length=int(pending["length"]), prefix=str(pending["prefix"]),
             spool=[str(s) for s in pending["spool"]], uidls=[str(u) for u in pending["uidls"]]),
+        last_run=None if last is None else LastRun(
+            time=float(last["time"]), status=int(last["status"]), result=str(last["result"]),
+            delivered=int(last["delivered"]), deleted=int(last["deleted"])),
     )
 
 
@@ -199,4 +225,5 @@ def _plain(account: Account) -> dict[str, Any]:
         "server": account.server, "port": account.port, "user": account.user,
         "delivered": sorted(account.delivered),
         "pending": None if account.pending is None else asdict(account.pending),
+        "last_run": None if account.last_run is None else asdict(account.last_run),
     }
