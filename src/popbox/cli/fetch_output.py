@@ -50,6 +50,10 @@ def summary(outcome: Outcome) -> str:
     return text
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def _named(account: ac.Account, text: str) -> str:
     return f"{PREFIX}{account.name}: {text}" if account.name is not None else PREFIX + text
 
@@ -84,7 +88,7 @@ class Output:
     def outcome(self, outcome: Outcome, next_delay: float | None = None) -> None:
         if self.as_json:
             self.line(json.dumps(outcome.as_json()))
-        after = f"; next poll in {next_delay:.0f} s" if next_delay is not None else ""
+        after = "" if next_delay is None else f"; next poll in {_seconds(next_delay)} s"
         if outcome.error is not None:
             self.line(_named(outcome.account, outcome.error + after), error=True)
         elif not self.as_json and not self.quiet:
