@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import sys
@@ -207,6 +208,8 @@ def _daemon(args: argparse.Namespace, chosen: list[ac.Account], parallel: int,
     def done(outcome: Outcome, delay: float, repeated: bool) -> None:
         if not repeated:
             output.outcome(outcome, delay)
+        elif output.as_json:  # the refusal is not said again, but the run is reported
+            output.line(json.dumps(outcome.as_json()))
 
     def note(text: str) -> None:
         output.line(PREFIX + text, error=True)

@@ -7,23 +7,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, Any, TextIO
 
 from popbox.client import accounts as ac
 from popbox.client.agent import NAMES, Outcome, last_run
 from popbox.client.destinations import describe
 from popbox.client.state import LastRun
+
+if TYPE_CHECKING:  # rich is imported only when a display is drawn: it is slow to import
+    from rich.progress import Progress, TaskID
 
 PREFIX = "popbox fetch: "
 
@@ -148,6 +140,16 @@ class Display:
     """A live display of every running account (rows stay when a run ends)."""
 
     def __init__(self, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.console = Console(file=stream)
         self.progress = Progress(
             TextColumn("{task.description}"), TextColumn("{task.fields[messages]} msgs"),

@@ -279,6 +279,7 @@ class Daemon:
         self._places = asyncio.Semaphore(ac.DEFAULT_PARALLEL)
         self._parallel = ac.DEFAULT_PARALLEL
         self._stop = asyncio.Event()
+        self._applied = False
 
     async def run(self, initial: ac.Accounts) -> int:
         loop = asyncio.get_running_loop()
@@ -326,8 +327,9 @@ class Daemon:
                 self._slots[name] = self._start(account)
         parts = [f"{what} {', '.join(names)}" for what, names in
                  (("added", added), ("removed", removed), ("changed", changed)) if names]
+        first, self._applied = not self._applied, True
         self._log(f"polling {len(self._slots)} account(s)" +
-                  (f": {'; '.join(parts)}" if parts else ""))
+                  (f": {'; '.join(parts)}" if parts and not first else ""))
 
     def _start(self, account: ac.Account) -> _Slot:
         slot = _Slot(account)
