@@ -140,6 +140,7 @@ class Control:
     """A handle on one run, so that it can be told to stop before or while it runs."""
 
     stopped: bool = False
+    running: bool = False
     fetcher: Fetcher | None = None
 
     def stop(self) -> None:
@@ -166,10 +167,21 @@ class Runner:
         self._env_password = env_password
         self._locks: dict[Path, asyncio.Lock] = {}
 
-    async def run(self, account: ac.Account, control: Control | None = None) -> Outcome:
+    async def run(self, account: ac.Account, control: Control | None = None,
+                  places: asyncio.Semaphore | None = None) -> Outcome | None:
+        """Run `account` once its state file is free and then one of `places` (so that a
+        run waiting for the file holds no place); None if `control` was stopped first."""
+        control = control or Control()
         lock = self._locks.setdefault(account.state.absolute(), asyncio.Lock())
-        async with lock:
-            return await self._run(account, control or Control())
+        async with lock, places or contextlib.nullcontext():
+            if control.stopped:
+                return None
+            control.running = True
+            try:
+                return await self._run(account, control)
+            finally:
+                control.running = False
+                control.fetcher = None
 
     async def _run(self, account: ac.Account, control: Control) -> Outcome:
         outcome = Outcome(account, Report(), started=time.time())
@@ -243,8 +255,8 @@ async def run_all(runner: Runner, accounts: Sequence[ac.Account], max_parallel: 
     places = asyncio.Semaphore(max_parallel)
 
     async def one(account: ac.Account) -> Outcome:
-        async with places:
-            outcome = await runner.run(account)
+        outcome = await runner.run(account, places=places)
+        assert outcome is not None  # nothing stops these runs
         done(outcome)
         return outcome
 
@@ -256,7 +268,6 @@ class _Slot:
     account: ac.Account
     control: Control = field(default_factory=Control)
     task: asyncio.Task[None] | None = None
-    running: bool = False
     failures: int = 0
     login_delay: float = 0.0
     last_error: str | None = None
@@ -338,7 +349,7 @@ class Daemon:
 
     def _retire(self, slot: _Slot) -> None:
         slot.control.stop()
-        if not slot.running and slot.task is not None:
+        if not slot.control.running and slot.task is not None:
             slot.task.cancel()
 
     async def _poll(self, slot: _Slot) -> None:
@@ -346,15 +357,9 @@ class Daemon:
         delay = interval * self._rng.uniform(0, JITTER)  # spread the first polls a little
         while True:
             await asyncio.sleep(delay)
-            async with self._places:
-                if slot.control.stopped:
-                    return
-                slot.running = True
-                try:
-                    outcome = await self._runner.run(slot.account, slot.control)
-                finally:
-                    slot.running = False
-                    slot.control.fetcher = None
+            outcome = await self._runner.run(slot.account, slot.control, self._places)
+            if outcome is None:
+                return
             delay = self._next_delay(slot, outcome)
             repeated = outcome.status == EX_NOPERM and outcome.error == slot.last_error
             slot.last_error = outcome.error
