@@ -82,3 +82,17 @@ async def test_a_failed_run_is_remembered(env: MailEnv, tmp_path: Path) -> None:
     assert run is not None and run.status == 77 and run.result == outcome.error
     assert outcome.as_json()["error"] == {"status": 77, "class": "EX_NOPERM",
                                           "message": outcome.error}
+
+
+async def test_a_destination_this_version_lacks_is_69(env: MailEnv, tmp_path: Path) -> None:
+    """Until MDA delivery exists, such an account fails with 69 and leaves the mail."""
+    env.add_user("alice")
+    env.put("alice", b"Subject: stays\n\nx\n")
+    async with running_server(env.config()) as (port, _):
+        mda = ac.Account("mda", ac.AccountConfig.model_validate({
+            "server": "127.0.0.1", "port": port, "tls": "none", "user": "alice",
+            "password": "secret", "mda": ["/bin/cat"]}), tmp_path / "mda.json")
+        outcome = await Runner().run(mda)
+    assert outcome is not None and outcome.status == 69
+    assert outcome.error == "delivery to mda /bin/cat is not available yet"
+    assert env.messages("alice") == [b"Subject: stays\n\nx\n"]

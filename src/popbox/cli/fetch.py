@@ -34,6 +34,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -192,7 +193,8 @@ def main(argv: list[str]) -> int:
 
 
 def _daemon(args: argparse.Namespace, chosen: list[ac.Account], parallel: int,
-            output: Output, log: Any, env_password: str | None) -> int:
+            output: Output, log: Callable[[ac.Account, str], None],
+            env_password: str | None) -> int:
     names = set(args.names)
     path = args.config or ac.default_config()
 

@@ -55,6 +55,10 @@ JITTER = 0.1
 STOP_GRACE = 8.0
 
 
+class Unavailable(Exception):
+    """The account's destination is one this version cannot deliver to."""
+
+
 def overall(statuses: Iterable[int]) -> int:
     """The exit status of a run of several accounts: 0, or the most severe of theirs."""
     found = set(statuses) - {EX_OK}
@@ -86,7 +90,7 @@ def classify(exc: BaseException) -> int | None:
             return EX_TEMPFAIL
         case ac.PasswordError():
             return EX_USAGE
-        case ValueError():  # a destination this build cannot deliver to
+        case Unavailable():
             return EX_UNAVAILABLE
         case _:
             return None
@@ -191,8 +195,12 @@ class Runner:
         try:
             secret = await ac.password(account, self._env_password)
             source = ac.source(account, secret, ac.context(account))
-            destination = open_destination(account.target, state, account=account.label,
-                                           user=account.config.user)
+            try:
+                destination = open_destination(account.target, state,
+                                               account=account.label,
+                                               user=account.config.user)
+            except ValueError as exc:
+                raise Unavailable(str(exc)) from None
             state.open()
             opened = True
             fetcher = Fetcher(source, destination, state, ac.options(account),
