@@ -169,6 +169,70 @@ async def test_sigterm_mid_retr_of_20_mb(env: MailEnv, server: tuple[int, Server
     assert env.messages("alice") == []
 
 
+@contextlib.asynccontextmanager
+async def watching(target: int, after: int) -> AsyncIterator[tuple[asyncio.Event, int]]:
+    """A pass-through proxy to `target` that sets its event once `after` octets have
+    come from the server (and goes on forwarding)."""
+    seen = asyncio.Event()
+    count = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   counted: bool) -> None:
+        nonlocal count
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if counted:
+                    count += len(data)
+                    if count >= after:
+                        seen.set()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        for job in (pump(reader, up_writer, False), pump(up_reader, writer, True)):
+            task = asyncio.ensure_future(job)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    proxy = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield seen, proxy.sockets[0].getsockname()[1]
+    finally:
+        proxy.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await proxy.wait_closed()
+
+
+async def test_sigterm_finishes_the_message_in_flight(
+    env: MailEnv, server: tuple[int, ServerContext], tmp_path: Path
+) -> None:
+    """SIGTERM while a 20 MB message streams from a server that goes on answering: that
+    message is delivered and recorded, DELE'd and removed at QUIT (RFC 1939 §6); the
+    next message is left for later; exit 0 within 10 s."""
+    port, ctx = server
+    line = b"a line of a very big message ..........................................\n"
+    big = b"Subject: big\n\n" + line * (20_000_000 // len(line))
+    env.put("alice", big)
+    env.put("alice", b"Subject: small\n\nsmall\n")
+    async with watching(port, 2_000_000) as (seen, proxy_port):
+        config = write_accounts(tmp_path / "fetch.toml", {
+            "work": popbox_account(proxy_port, "alice", maildir="M", interval=60)})
+        async with daemon(tmp_path, config) as d:
+            await asyncio.wait_for(seen.wait(), 60)
+            status, seconds = await d.stop()
+    assert status == 0 and seconds < 10, (status, seconds, d.lines)
+    assert any("work: 1 new message(s)" in x and "stopped early" in x for x in d.lines), d.lines
+    if ctx.sessions:
+        await asyncio.wait(set(ctx.sessions))
+    assert list(maildir_files(tmp_path / "M").values()) == [wire(big)]
+    assert env.messages("alice") == [b"Subject: small\n\nsmall\n"]
+
+
 async def test_backoff_on_in_use_and_auth_said_once(
     env: MailEnv, server: tuple[int, ServerContext], tmp_path: Path
 ) -> None:
