@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
             output.log(account, text)
 
     if args.daemon:
-        return _daemon(args, chosen, parallel, output, log, env_password)
+        return _daemon(args, chosen, parallel, loaded is None, output, log, env_password)
     display = Display(sys.stdout) if sys.stdout.isatty() and not args.json else None
 
     def progress(account: ac.Account) -> Progress | None:
@@ -193,13 +193,13 @@ def main(argv: list[str]) -> int:
 
 
 def _daemon(args: argparse.Namespace, chosen: list[ac.Account], parallel: int,
-            output: Output, log: Callable[[ac.Account, str], None],
+            one_off: bool, output: Output, log: Callable[[ac.Account, str], None],
             env_password: str | None) -> int:
     names = set(args.names)
     path = args.config or ac.default_config()
 
     def load() -> ac.Accounts:
-        if args.server is not None:  # a one-off account has no file to re-read
+        if one_off:  # a one-off account has no file to re-read
             return ac.Accounts({chosen[0].label: chosen[0]}, parallel)
         loaded = ac.load(path)
         if names:

@@ -222,9 +222,12 @@ class Runner:
             outcome.status, outcome.error = status, explain(exc, account)
         outcome.seconds = time.monotonic() - clock
         try:
-            if not opened:  # a run that never started is remembered too
-                state.open()
-            _remember(state, outcome)
+            # A run that never started is remembered too; one whose state file or
+            # destination failed is not (its state in memory may be ahead of the file).
+            if outcome.status != EX_IOERR:
+                if not opened:
+                    state.open()
+                _remember(state, outcome)
         except StateError:
             pass
         finally:
