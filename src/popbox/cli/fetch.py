@@ -46,7 +46,7 @@ from popbox.client.fetcher import AUTH_METHODS, Progress
 PASSWORD_ENV = "POPBOX_FETCH_PASSWORD"  # noqa: S105 - the variable's name
 ONE_OFF = ("server", "port", "tls", "user", "password_file", "maildir", "mbox", "mda", "lmtp",
            "smtp", "recipient", "keep", "keep_days", "max_size", "oversize", "limit", "state",
-           "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch")
+           "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch", "interval")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--timeout", type=float,
                      help="seconds to wait for the server at each step (default: 60)")
     one.add_argument("--batch", type=int, help="messages per state update (default: 32)")
+    one.add_argument("--interval", type=float,
+                     help="with --daemon: seconds between polls (default: 300)")
     parser.add_argument("-v", "--verbose", action="store_true", help="report each message")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     return parser
