@@ -1,10 +1,12 @@
 """Helpers for the tests of `popbox fetch` with an accounts file: the command as a child
-process with its own XDG folders, accounts files written from dicts, and mail put into a
-popbox Maildir the way an MTA does (tmp/, then a rename into new/)."""
+process with its own XDG folders (or forked from a process that imported it once),
+accounts files written from dicts, and mail put into a popbox Maildir the way an MTA does
+(tmp/, then a rename into new/)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -64,3 +66,71 @@ def deliver(env: MailEnv, user: str, message: bytes) -> None:
     tmp = env.maildir(user) / "tmp" / name
     tmp.write_bytes(message)
     tmp.rename(env.maildir(user) / "new" / name)
+
+
+FORKER = """
+import json, os, signal, sys
+from popbox.cli import fetch  # imported once; every child starts with it
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+for line in sys.stdin:
+    fifo, env, argv = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.environ.update(env)
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(fifo, os.O_WRONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.closerange(3, 1024)
+        code = 70
+        try:
+            code = fetch.main(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(pid, flush=True)
+"""
+
+
+class Forker:
+    """Starts `popbox fetch` (its `main`, in a process of its own) by forking a process
+    that has imported popbox once, so that a test can start a hundred of them on a busy
+    machine. A child's stdout and stderr come back through a FIFO, which reaches its end
+    when the child is gone."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._proc: asyncio.subprocess.Process | None = None
+        self._count = 0
+        self._lock = asyncio.Lock()  # one request, one pid line
+
+    async def __aenter__(self) -> Forker:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", FORKER, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=agent_env(self.root))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.close()
+        await asyncio.wait_for(self._proc.wait(), 30)
+
+    async def spawn(self, argv: list[str]) -> tuple[int, asyncio.StreamReader]:
+        """The child's pid and a reader of its output."""
+        assert self._proc is not None and self._proc.stdin and self._proc.stdout
+        self._count += 1
+        fifo = self.root / f"child-{self._count}.fifo"
+        os.mkfifo(fifo)
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(fd, "rb"))
+        async with self._lock:
+            self._proc.stdin.write(json.dumps([str(fifo), {}, argv]).encode() + b"\n")
+            await self._proc.stdin.drain()
+            pid = int(await asyncio.wait_for(self._proc.stdout.readline(), 30))
+        return pid, reader
