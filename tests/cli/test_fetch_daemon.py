@@ -111,7 +111,8 @@ async def test_new_mail_within_an_interval_sighup_and_sigterm(
 ) -> None:
     """Mail put after a poll is delivered by the next one (interval + 10 % jitter); SIGHUP
     with an added account starts it; SIGHUP with a broken file keeps the accounts and
-    says so in one line; SIGTERM: exit 0 at once."""
+    says so in one line; SIGHUP with one account removed and one changed applies both;
+    SIGTERM: exit 0 at once."""
     port, _ = server
     interval = 1.5
     config = tmp_path / "fetch.toml"
@@ -143,6 +144,13 @@ async def test_new_mail_within_an_interval_sighup_and_sigterm(
         mark = await d.wait_line(r"the accounts file was not reloaded: fetch\.toml: not valid")
         await d.wait_line(r"work: no new mail", after=mark)
         await d.wait_line(r"home: no new mail", after=mark)
+
+        write_accounts(config, {"home": {**home, "interval": 0.5}})
+        d.proc.send_signal(signal.SIGHUP)
+        mark = await d.wait_line(r"polling 1 account\(s\): removed work; changed home$")
+        polls = [await d.wait_line(r"home: no new mail.*next poll in 0\.5\d s$", after=mark)]
+        polls.append(await d.wait_line(r"home: no new mail", after=polls[0] + 1))
+        assert polls[1] == polls[0] + 1  # nothing of work after its last run
         status, seconds = await d.stop()
     assert status == 0 and seconds < 10
     assert d.lines[-1] == "popbox fetch: stopped"
