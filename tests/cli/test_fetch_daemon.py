@@ -367,7 +367,8 @@ async def test_sigkill_at_random_moments_delivers_every_message_once(
 
 async def test_never_more_often_than_login_delay(env: MailEnv, tmp_path: Path) -> None:
     """A server announcing LOGIN-DELAY 1 (RFC 2449 §6.8) is polled every second at the
-    soonest, though the account asks for 0.2 s, so it never answers [LOGIN-DELAY]."""
+    soonest, though the account asks for 0.2 s, so it never answers [LOGIN-DELAY].
+    SIGINT stops the daemon as SIGTERM does."""
     env.add_user("alice")
     async with running_server(env.config(limits={"login_delay": 1})) as (port, _):
         config = write_accounts(tmp_path / "fetch.toml", {
@@ -376,9 +377,9 @@ async def test_never_more_often_than_login_delay(env: MailEnv, tmp_path: Path) -
             at = 0
             for _ in range(3):
                 at = await d.wait_line(r"work: ", after=at) + 1
-            status, _ = await d.stop()
+            status, seconds = await d.stop(signal.SIGINT)
     polls = [line for line in d.lines if "work: " in line]
     assert all("no new mail" in line for line in polls), polls
     delays = [float(re.findall(r"next poll in ([\d.]+) s$", line)[0]) for line in polls]
     assert all(1.0 <= delay <= 1.11 for delay in delays), delays
-    assert status == 0
+    assert status == 0 and seconds < 10 and d.lines[-1] == "popbox fetch: stopped"
