@@ -13,6 +13,10 @@ them read as empty. A message over `max_size` whose headers were delivered in it
 recorded in `delivered` as `"headers " + UIDL` (a space never occurs in a UIDL, RFC 1939
 §7), so the stand-in is not delivered twice and the message itself is still new.
 
+`last_run` (absent in older files) is what the latest run of the account did:
+`{"time": 1764640800.0, "result": "ok" or the error, "status": 0, "delivered": 3,
+"deleted": 3}`, for `popbox fetch --list`.
+
 `pending` is set only while messages are being appended to an mbox (see
 `popbox.client.mbox`): where the append started, what it holds, and which UIDLs it
 delivers, so that a run after a crash can tell a finished append from a torn one.
@@ -63,6 +67,18 @@ class Pending:
 
 
 @dataclass
+class LastRun:
+    """How the latest run of an account ended: when (Unix time), its exit status and
+    result ("ok" or the error), and what it did."""
+
+    time: float
+    status: int
+    result: str
+    delivered: int = 0
+    deleted: int = 0
+
+
+@dataclass
 class Account:
     server: str
     port: int
@@ -71,6 +87,7 @@ class Account:
     pending: Pending | None = None
     delivered_at: dict[str, float] = field(default_factory=dict)
     oversize_reported: set[str] = field(default_factory=set)
+    last_run: LastRun | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -145,6 +162,11 @@ class StateFile:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(f"{self.path} is not a popbox fetch state file: {exc}") from None
 
+    def peek(self) -> list[Account]:
+        """The accounts as the file has them now, without the lock (the file is only
+        ever replaced whole, so what is read is one consistent version)."""
+        return self._read()
+
     def accounts(self) -> list[Account]:
         return list(self._accounts)
 
@@ -214,6 +236,7 @@ class Journal:
 
 def _account(item: dict[str, Any]) -> Account:
     pending = item.get("pending")
+    last = item.get("last_run")
     return Account(
         server=str(item["server"]), port=int(item["port"]), user=str(item["user"]),
         delivered={str(u) for u in item["delivered"]},
@@ -223,6 +246,9 @@ def _account(item: dict[str, Any]) -> Account:
             spool=[str(s) for s in pending["spool"]], uidls=[str(u) for u in pending["uidls"]]),
         delivered_at={str(u): float(t) for u, t in item.get("delivered_at", {}).items()},
         oversize_reported={str(u) for u in item.get("oversize_reported", [])},
+        last_run=None if last is None else LastRun(
+            time=float(last["time"]), status=int(last["status"]), result=str(last["result"]),
+            delivered=int(last["delivered"]), deleted=int(last["deleted"])),
     )
 
 
@@ -233,4 +259,5 @@ def _plain(account: Account) -> dict[str, Any]:
         "delivered_at": dict(sorted(account.delivered_at.items())),
         "oversize_reported": sorted(account.oversize_reported),
         "pending": None if account.pending is None else asdict(account.pending),
+        "last_run": None if account.last_run is None else asdict(account.last_run),
     }
