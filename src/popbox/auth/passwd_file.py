@@ -38,7 +38,6 @@ import contextlib
 import enum
 import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.auth.verifier import Verifier
+from popbox.fsutil import write_atomic
 
 _FALSE = frozenset({"n", "no", "0", "false"})
 
@@ -335,30 +335,6 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_atomic(path: str, data: bytes, like: os.stat_result | None) -> None:
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), like.st_mode & 0o7777 if like is not None else 0o600)
-            if like is not None and (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(f.fileno(), like.st_uid, like.st_gid)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _edit(path: str | os.PathLike[str], change: Callable[[list[str]], list[str] | Edit]) -> Edit:
     """Run `change` on the file's lines (with their endings) under the lock; write its result."""
     target = os.path.realpath(os.fspath(path))
@@ -372,7 +348,13 @@ def _edit(path: str | os.PathLike[str], change: Callable[[list[str]], list[str] 
         result = change(lines)
         if isinstance(result, Edit):
             return result
-        _write_atomic(target, "".join(result).encode("utf-8", "surrogateescape"), like)
+        # The users file is the only copy of the passwords: durable before `popbox user` returns.
+        write_atomic(
+            target,
+            "".join(result).encode("utf-8", "surrogateescape"),
+            mode=like.st_mode & 0o7777 if like is not None else 0o600,
+            owner=(like.st_uid, like.st_gid) if like is not None else None,
+        )
         return Edit.DONE
 
 

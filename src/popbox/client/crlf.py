@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from popbox.proto.wire import CrCarry
+
 # bytes.replace with a two-byte pattern is slow on mail (see proto.wire): re is faster
 _CRLF = re.compile(rb"\r\n")
 
@@ -16,20 +18,14 @@ def to_lf(data: bytes) -> bytes:
 
 
 class LfConverter:
-    __slots__ = ("_cr",)
+    __slots__ = ("_carry",)
 
     def __init__(self) -> None:
-        self._cr = False
+        self._carry = CrCarry()
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._cr:
-            chunk = b"\r" + chunk
-            self._cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._cr = True
-        return _CRLF.sub(b"\n", chunk)
+        return _CRLF.sub(b"\n", self._carry.feed(chunk))
 
     def finish(self) -> bytes:
-        tail, self._cr = (b"\r" if self._cr else b""), False
+        tail, self._carry.held = (b"\r" if self._carry.held else b""), False
         return tail

@@ -31,7 +31,8 @@ from typing import BinaryIO
 
 from popbox.client.crlf import LfConverter
 from popbox.client.mbox_format import HEADER_LIMIT, MboxrdQuoter, envelope_sender, from_line
-from popbox.client.state import Journal, Pending, StateError, fsync_dir
+from popbox.client.state import Journal, Pending, StateError
+from popbox.fsutil import fsync_dir
 
 PIECE = 1 << 20
 LOCK_WAIT = 60.0  # seconds to wait for a mail reader's lock

@@ -17,9 +17,10 @@ Courier and qmail write them. The pieces:
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
   thread, so a cancelled commit still finishes before anyone else can open the maildrop.
-* deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
-  fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
-  ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
+* deliver: the Maildir protocol: write a new file in ``tmp/``, fsync, rename into
+  ``new/``, fsync ``new/`` (popbox.fsutil.write_atomic). The name is Dovecot's
+  ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus ``,S=<file size>,W=<CRLF size>`` so that no
+  reader ever has to open it to list it.
 
 Error mapping: the path is a file, or access is denied -> Failure.PERMANENT; other
 OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
@@ -28,7 +29,6 @@ OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Set
 from typing import TYPE_CHECKING, Literal
 
+from popbox.fsutil import fsync_dir, write_atomic
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
     CommitReport,
@@ -126,14 +127,6 @@ def _failure(exc: OSError) -> Failure:
     return Failure.PERMANENT if exc.errno in _PERMANENT_ERRNOS else Failure.TEMPORARY
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def ensure_maildir(root: str) -> None:
     """Create the maildir and its subdirectories (0700) where missing. OSError propagates;
     a path that exists and is not a directory raises NotADirectoryError."""
@@ -213,27 +206,15 @@ class MaildirStore:
             ensure_maildir(root)
             unique = unique_name(time.time_ns(), self.hostname)
             name = f"{unique},S={len(message)},W={wire_size(message)}"
-            tmp = os.path.join(root, "tmp", name)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(message)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.rename(tmp, os.path.join(root, "new", name))
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            _fsync_dir(os.path.join(root, "new"))
+            # Accepted mail must survive a power cut (RFC 5321 §6.1): the file is flushed
+            # before it appears in new/, and new/ after it.
+            write_atomic(
+                os.path.join(root, "new", name), message, staging=os.path.join(root, "tmp")
+            )
         except OSError as exc:
             log.warning("delivery to %s failed: %s", root, exc)
             return _failure(exc)
         return None
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 class MaildirDrop:
@@ -347,7 +328,7 @@ class MaildirDrop:
                 missing += len(retry)
         for sub in changed:
             try:
-                _fsync_dir(os.path.join(self._root, sub))
+                fsync_dir(os.path.join(self._root, sub))
             except OSError as exc:
                 log.warning("maildir %s: fsync of %s failed: %s", self._root, sub, exc)
         if failed:
