@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pg import fetch
+from popbox.pg.pool import Database
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
@@ -29,7 +30,6 @@ from popbox.store.base import (
 from popbox.store.maildir import MaildirStore
 from popbox.store.maildir_names import base_of
 from popbox.store.memory import MemoryStore
-from popbox.store.pg_pool import Database
 from popbox.store.postgres import PostgresStore
 
 pytest_plugins = ["pg"]
@@ -40,7 +40,6 @@ class Backend:
     store: MailStore
     location: str
     vanish: Callable[[Uidl], Awaitable[None]]
-    close: Callable[[], Awaitable[None]] | None = None
 
 
 def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
@@ -79,7 +78,7 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
             "(SELECT id FROM mailboxes WHERE name = $2) RETURNING id", uidl, location)
         assert len(gone) == 1
 
-    return Backend(store, location, vanish, store.close)
+    return Backend(store, location, vanish)
 
 
 FACTORIES = {"memory": _memory, "maildir": _maildir, "postgres": _postgres}
@@ -93,8 +92,8 @@ def made(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 @pytest.fixture
 async def backend(made: Backend) -> AsyncIterator[Backend]:
     yield made
-    if made.close is not None:
-        await made.close()
+    await made.store.aclose()  # every store can be closed, and a second close is harmless
+    await made.store.aclose()
 
 
 MESSAGES = [

@@ -278,6 +278,9 @@ class PasswdFile:
             return await self._credentials.lookup(None, scheme, user)
         return await self._credentials.lookup(entry.password, scheme, entry.name)
 
+    async def aclose(self) -> None:
+        """Nothing to release: the file is opened and closed at each read."""
+
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()
         if table is None:

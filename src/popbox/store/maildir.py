@@ -198,6 +198,9 @@ class MaildirStore:
             lock.release()
             raise
 
+    async def aclose(self) -> None:
+        """Nothing to release: each maildrop's lock goes with its session."""
+
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
 
