@@ -109,7 +109,8 @@ def _postgres_users(config: Config, shared: Shared) -> UserBackend:
 
 def _maildir(config: Config, shared: Shared) -> MailStore:
     store = config.store
-    return MaildirStore(mark_seen=store.mark_seen, uidl_import=store.uidl_import)
+    return MaildirStore(mark_seen=store.mark_seen, uidl_import=store.uidl_import,
+                        follow_symlinks=store.follow_symlinks)
 
 
 def _postgres_store(config: Config, shared: Shared) -> MailStore:

@@ -171,6 +171,9 @@ class StoreSection(_Section):
     backend: Literal["maildir", "postgres"] = "maildir"
     mark_seen: bool = True
     uidl_import: Literal["dovecot", "courier"] | None = None
+    # A maildir (or its cur/, new/, tmp/) that is a symlink is refused unless this is set;
+    # message files that are symlinks are never served.
+    follow_symlinks: bool = False
 
 
 class CertPair(_Section):
@@ -187,6 +190,7 @@ class TlsSection(_Section):
     sni: dict[str, CertPair] = Field(default_factory=dict)
     min_version: Literal["1.2", "1.3"] = "1.2"
     handshake_timeout: Annotated[float, Field(gt=0)] = 30.0
+    follow_symlinks: bool = False  # certificate or key files that are symlinks are refused
 
     @field_validator("implicit")
     @classmethod

@@ -75,16 +75,19 @@ def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> 
     return fd
 
 
-def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
-    """Up to `limit` octets of the regular file at `path` (rules of `open_regular`): open,
-    fstat, one read for a file that does not grow meanwhile, close."""
+def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The regular file at `path` (rules of `open_regular`), or its first `limit` octets:
+    open, fstat, one read for a file that does not grow meanwhile, close."""
     fd = open_regular(path)
     try:
-        want = min(os.fstat(fd).st_size + 1, limit)
-        data = os.read(fd, want)
-        if len(data) == want and want < limit:  # it grew meanwhile: read the rest
-            data += os.read(fd, limit - want)
-        return data
+        if limit is not None:
+            want = min(os.fstat(fd).st_size + 1, limit)
+            data = os.read(fd, want)
+            if len(data) == want and want < limit:  # it grew meanwhile: read the rest
+                data += os.read(fd, limit - want)
+            return data
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
     finally:
         os.close(fd)
 

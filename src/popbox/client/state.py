@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from popbox.fsutil import write_atomic
+from popbox.fsutil import read_regular, write_atomic
 
 VERSION = 1
 
@@ -73,7 +73,7 @@ class StateFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
@@ -95,7 +95,7 @@ class StateFile:
 
     def _read(self) -> list[Account]:
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self.path)
         except FileNotFoundError:
             return []
         except OSError as exc:

@@ -9,10 +9,16 @@ Courier and qmail write them. The pieces:
   sizes without reading files, UIDLs from file names or imported from Dovecot/Courier;
   a maildir unchanged since its last listing is served from the listing cache,
   popbox.store.maildir_listing, without reading its directories).
-* read: the file may have been renamed by another agent since the snapshot (new->cur,
-  flag changes); it is found again by its base. Streamed in large chunks, each read in a
-  worker thread (``asyncio.to_thread``), so the event loop never waits on the disk;
-  opening the file and reading the first chunk share one thread hop.
+* read: the file is opened on the event loop with ``O_NOFOLLOW | O_NONBLOCK`` and checked
+  with fstat(2) to be a regular file (popbox.fsutil.open_regular): no symlink is followed
+  and no FIFO can hold the open. A message that cannot be opened (EACCES, EIO, not a
+  regular file) is logged and its RETR/TOP fails alone; the session goes on. If the file
+  was renamed by another agent since the snapshot (new->cur, flag changes), it is found
+  again by its base in a worker thread, since that lists ``cur/`` and ``new/``. The bytes
+  are read on the loop when the page cache holds them (`_FileReader`), else in a thread.
+* symlinks: the maildir and its ``cur/``, ``new/`` and ``tmp/`` must be real directories,
+  unless `follow_symlinks` is set; message files that are symlinks are never listed
+  (popbox.store.maildir_scan).
 * commit (after QUIT only): unlink the deleted files; rename the retrieved ones into
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
@@ -37,7 +43,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Set
 from typing import TYPE_CHECKING, Literal
 
-from popbox.fsutil import fsync_dir, write_atomic
+from popbox.fsutil import NotRegularFile, fsync_dir, open_regular, write_atomic
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
     CommitReport,
@@ -147,6 +153,7 @@ class MaildirStore:
     with the ``S`` flag, as Dovecot and Courier do. `uidl_import`: "dovecot" or
     "courier" to list the UIDLs that server gave out (migration), None (default) for
     popbox's own. `hostname`: used in delivered file names (default: this host).
+    `follow_symlinks`: accept a maildir (or its cur/, new/, tmp/) that is a symlink.
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class MaildirStore:
         uidl_import: UidlImport | None = None,
         chunk_size: int = CHUNK_SIZE,
         hostname: str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         if uidl_import not in (None, "dovecot", "courier"):
             raise ValueError(f"unknown uidl_import {uidl_import!r}")
@@ -165,12 +173,23 @@ class MaildirStore:
         self.uidl_import: UidlImport | None = uidl_import
         self.chunk_size = chunk_size
         self.hostname = hostname or socket.gethostname()
+        self.follow_symlinks = follow_symlinks
+
+    def _refuse_symlinks(self, root: str) -> None:
+        """OSError(ELOOP) if the maildir or one of its directories is a symlink (and that is
+        not allowed); missing ones are fine (they are created as real directories)."""
+        if self.follow_symlinks:
+            return
+        for path in (root, *(os.path.join(root, sub) for sub in ("cur", "new", "tmp"))):
+            if os.path.islink(path):
+                raise OSError(errno.ELOOP, "a symlink (store.follow_symlinks is off)", path)
 
     async def open(self, location: str) -> MaildirDrop | Failure:
         return await asyncio.to_thread(self._open, location)
 
     def _open(self, root: str) -> MaildirDrop | Failure:
         try:
+            self._refuse_symlinks(root)
             if not os.path.isdir(os.path.join(root, "tmp")):  # one stat for a whole maildir
                 ensure_maildir(root)
             lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
@@ -206,6 +225,7 @@ class MaildirStore:
 
     def _deliver(self, root: str, message: bytes) -> Failure | None:
         try:
+            self._refuse_symlinks(root)
             ensure_maildir(root)
             unique = unique_name(time.time_ns(), self.hostname)
             name = f"{unique},S={len(message)},W={wire_size(message)}"
@@ -246,24 +266,44 @@ class MaildirDrop:
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
 
-    def _open_file(self, index: int) -> int:
+    def _open_file(self, index: int) -> int | None:
+        """The message's file where the snapshot saw it (on the loop: one open, one
+        fstat); None if it is not there any more."""
         sub, name = self._entries.where(index)
         path = f"{self._root}/{sub}/{name}"  # (os.path.join: ten calls in Python)
-        for attempt in range(3):
+        try:
+            return open_regular(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._unreadable(path, exc) from exc
+
+    def _open_moved(self, index: int) -> int:
+        """Find the renamed file again and open it (in a worker thread: it lists cur/ and
+        new/). MessageGone if it was removed."""
+        entry = self._entries[index]
+        for _ in range(2):
+            if not self._relocate(entry):
+                break
+            path = entry.path(self._root)
             try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                return open_regular(path)
             except FileNotFoundError:
-                entry = self._entries[index]
-                if attempt == 2 or not self._relocate(entry):
-                    raise MessageGone() from None
-                path = entry.path(self._root)
+                continue  # renamed again meanwhile
             except OSError as exc:
-                raise StoreError(Failure.TEMPORARY) from exc
-        raise MessageGone()  # pragma: no cover - the loop always returns or raises
+                raise self._unreadable(path, exc) from exc
+        raise MessageGone()
+
+    def _unreadable(self, path: str, exc: OSError) -> StoreError:
+        log.warning("maildir %s: message %s cannot be read: %s", self._root, path, exc)
+        return StoreError(Failure.PERMANENT if isinstance(exc, NotRegularFile) else _failure(exc))
 
     async def read(self, index: int) -> AsyncGenerator[bytes, None]:
         small = self._messages.sizes[index] <= INLINE_READ
-        reader = _FileReader(self._open_file(index), self._chunk, small=small)
+        fd = self._open_file(index)
+        if fd is None:
+            fd = await asyncio.to_thread(self._open_moved, index)
+        reader = _FileReader(fd, self._chunk, small=small)
         try:
             while not reader.done:
                 # Yielded straight from the expression: no local keeps the chunk alive while

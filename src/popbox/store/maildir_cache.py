@@ -47,7 +47,7 @@ import struct
 import sys
 from array import array
 
-from popbox.fsutil import unlink_quietly, write_atomic
+from popbox.fsutil import read_regular, unlink_quietly, write_atomic
 
 CACHE_NAME = "popbox-sizes"
 MAGIC = b"popbox-sizes\n"
@@ -149,8 +149,7 @@ def load(root: str) -> tuple[Sizes, bool]:
     whether the file is current (of this version: else it should be saved again)."""
     path = os.path.join(root, CACHE_NAME)
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_BYTES + 1)
+        data = read_regular(path, _MAX_BYTES + 1)  # never through a planted symlink
     except FileNotFoundError:
         return {}, True
     except OSError as exc:

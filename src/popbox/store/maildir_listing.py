@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import cast
 
-from popbox.fsutil import write_atomic
+from popbox.fsutil import read_regular, write_atomic
 from popbox.proto.types import Uidl
 from popbox.store.maildir_cache import remove_orphans
 from popbox.store.maildir_import import COURIER_SIZELIST, DOVECOT_UIDLIST, UidlImport
@@ -292,26 +292,12 @@ def _listing(
     return Listing(subs, text, sizes, uidls, inos)
 
 
-def _read_file(path: str, limit: int) -> bytes:
-    """Up to `limit` octets of the file: open, fstat, one read, close (a buffered
-    `open()` makes twice the system calls, and every login reads this file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        want = min(os.fstat(fd).st_size + 1, limit)
-        data = os.read(fd, want)
-        if len(data) == want and want < limit:  # it grew meanwhile: read the rest
-            data += os.read(fd, limit - want)
-        return data
-    finally:
-        os.close(fd)
-
-
 def load(root: str) -> tuple[Watch, Listing] | None:
     """The maildir's stored listing and the state it derives from, if it has an intact
     one (a corrupt one is logged and ignored)."""
     path = os.path.join(root, LISTING_NAME)
     try:
-        data = _read_file(path, _MAX_BYTES + 1)
+        data = read_regular(path, _MAX_BYTES + 1)  # never through a planted symlink
     except FileNotFoundError:
         return None
     except OSError as exc:
