@@ -21,8 +21,8 @@ recorded in `delivered` as `"headers " + UIDL` (a space never occurs in a UIDL, 
 `popbox.client.mbox`): where the append started, what it holds, and which UIDLs it
 delivers, so that a run after a crash can tell a finished append from a torn one.
 
-The file is replaced atomically: a temporary file in the same folder is
-written and fsynced, renamed over the old one, and the folder is fsynced. A run holds an
+The file is replaced atomically and durably (popbox.fsutil.write_atomic: a temporary file
+in the same folder, fsynced, renamed over the old one, the folder fsynced). A run holds an
 exclusive `flock` on `<file>.lock` from start to end, so two runs never interleave; the
 lock dies with its holder, so a killed run leaves none behind. UIDLs the server no longer
 lists are forgotten at the start of a session (`forget_missing`), so the file does not grow
@@ -31,7 +31,6 @@ without bound.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from popbox.fsutil import read_regular, write_atomic
 
 VERSION = 1
 HEADERS = "headers "  # the record of a headers-only stand-in: HEADERS + UIDL
@@ -90,31 +91,6 @@ class Account:
     last_run: LastRun | None = None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename over `path`, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -127,7 +103,7 @@ class StateFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
@@ -149,7 +125,7 @@ class StateFile:
 
     def _read(self) -> list[Account]:
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self.path)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -181,7 +157,8 @@ class StateFile:
     def save(self) -> None:
         data = {"version": VERSION, "accounts": [_plain(a) for a in self._accounts]}
         try:
-            write_atomically(self.path, json.dumps(data, indent=1).encode() + b"\n")
+            # what was delivered must stay recorded after a power cut, or it is fetched again
+            write_atomic(self.path, json.dumps(data, indent=1).encode() + b"\n")
         except OSError as exc:
             raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
