@@ -1,4 +1,4 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch."""
+"""`popbox` command line: serve, check-config, demo, user, pw, fetch, probe."""
 
 from __future__ import annotations
 
@@ -177,12 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp  # db, lmtp, deliver, import, fetch
+    from popbox.cli import db, fetch, importer, lmtp, probe  # db, lmtp, deliver, import, fetch
 
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
+    probe.add_commands(sub)
     return parser
 
 
