@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["fetch", "import-state"]:
+        from popbox.cli import fetch_import
+
+        return fetch_import.main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

@@ -217,7 +217,7 @@ async def probe(target: Target) -> Observations:
     obs = Observations(target.host, target.port, top_lines=target.top_lines)
     try:
         await _probe(target, obs)
-    except ProbeError as exc:
+    except (ProbeError, er.PopClientError) as exc:
         obs.problems.append(str(exc))
     return obs
 
