@@ -178,9 +178,10 @@ BROKEN = [
 
 class BrokenServer:
     """A POP3 server with every fault the probe looks for: STAT's sum off by 7, LIST sizes
-    counting LF line ends, no dot-stuffing, bare LF, UIDLs that repeat, change between
-    sessions and contain a space, `LIST n` without the number, message 0 accepted, TOP
-    that ignores its line count, a second login refused without [IN-USE], no RESP-CODES,
+    counting LF line ends, no dot-stuffing, bare LF (even after the final "."), UIDLs that
+    repeat, change between sessions and contain a space, `LIST n` without the number,
+    message 0 accepted, TOP that ignores its line count, a second login refused without
+    [IN-USE], no RESP-CODES,
     a malformed EXPIRE."""
 
     def __init__(self) -> None:
@@ -232,7 +233,8 @@ class BrokenServer:
                 elif verb == "UIDL":
                     out(b"+OK", *(b"%d %s" % (n, self.uid(n)) for n in size), b".")
                 elif verb in ("RETR", "TOP"):
-                    writer.write(b"+OK\r\n" + BROKEN[int(args[0]) - 1] + b".\r\n")
+                    n = int(args[0])
+                    writer.write(b"+OK\r\n" + BROKEN[n - 1] + (b".\n" if n == 2 else b".\r\n"))
                 elif verb in ("RSET", "NOOP"):
                     out(b"+OK")
                 elif verb == "QUIT":
@@ -272,7 +274,7 @@ async def test_broken_server_every_deviation_found() -> None:
                           "expire-syntax"}, found
     assert "octets" in found["stat-list"].summary and "+OK 5 " in found["stat-list"].evidence[0]
     assert "LF line ends" in found["list-size"].summary
-    assert found["crlf"].evidence == ("Subject: b\\n",)
+    assert found["crlf"].evidence == ("Subject: b\\n", ".\\n")  # and "." LF at the end
     assert found["dot-stuffing"].evidence == (".dot line\\r\\n",)
     assert "k ignored" in found["top"].summary
     lf_size = len(BROKEN[0].replace(b"\r\n", b"\n"))
@@ -321,21 +323,27 @@ def dovecot(ca: trustme.CA) -> Iterator[Dovecot]:
 
 
 async def test_dovecot_passes_every_check(dovecot: Dovecot, ca: trustme.CA) -> None:
-    """Dovecot over STLS and implicit TLS: no deviation, [IN-USE] on a second login
-    (pop3_lock_session), and nothing deleted. The test configuration allows cleartext
-    logins before STLS (disable_plaintext_auth = no), which the probe warns about."""
+    """Dovecot over STLS with a login: no deviation, [IN-USE] on a second login
+    (pop3_lock_session; Dovecot answers it after waiting for the lock), nothing deleted.
+    The test configuration allows cleartext logins before STLS (disable_plaintext_auth =
+    no), which the probe warns about. Over implicit TLS without a login: the TLS checks."""
     user = dovecot.add_user()
     for message in MESSAGES:
         dovecot.put(user, message)
-    for where, tls in ((dovecot.port, "starttls"), (dovecot.tls_port, "implicit")):
-        obs = await probe(Target("127.0.0.1", where, tls, user=user,  # type: ignore[arg-type]
-                                 password="secret", ssl_context=context(ca), timeout=TIMEOUT))
-        checks = evaluate(obs)
-        assert deviations(checks) == {}, checks
-        named = by_name(checks)
-        for name in ("stat-list", "uidl", "uidl-stable", "crlf", "dot-stuffing", "list-size",
-                     "top", "list-n", "uidl-n", "bad-numbers", "in-use"):
-            assert named[name].verdict is Verdict.PASS, named[name]
-        if tls == "starttls":
-            assert named["cleartext"].verdict is Verdict.WARNING
+    obs = await probe(Target("127.0.0.1", dovecot.port, "starttls", user=user,
+                             password="secret", ssl_context=context(ca), timeout=TIMEOUT))
+    checks = evaluate(obs)
+    assert deviations(checks) == {}, checks
+    named = by_name(checks)
+    for name in ("stls", "stat-list", "uidl", "uidl-stable", "crlf", "dot-stuffing",
+                 "list-size", "top", "list-n", "uidl-n", "bad-numbers", "in-use"):
+        assert named[name].verdict is Verdict.PASS, named[name]
+    assert named["cleartext"].verdict is Verdict.WARNING
+    assert "[IN-USE]" in (obs.concurrent or "")
     assert dovecot.count(user) == len(MESSAGES)
+    obs = await probe(Target("127.0.0.1", dovecot.tls_port, "implicit",
+                             ssl_context=context(ca), timeout=TIMEOUT))
+    named = by_name(evaluate(obs))
+    assert deviations(list(named.values())) == {}
+    assert named["tls"].verdict is named["certificate"].verdict is Verdict.PASS
+    assert obs.tls is not None and obs.tls.fingerprint.startswith("sha256:")

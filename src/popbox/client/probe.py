@@ -73,6 +73,7 @@ class Reply:
 
     status: str
     lines: list[bytes] | None = None
+    bare_end: bool = False  # the terminator was "." and a bare LF
 
     @property
     def ok(self) -> bool:
@@ -299,6 +300,13 @@ def _policy(obs: Observations, caps: dict[str, list[str]]) -> list[Check]:
     for name in ("IMPLEMENTATION", "LOGIN-DELAY", "EXPIRE"):
         if name in caps:
             checks.append(Check(name.lower(), Verdict.INFO, f"{name} {' '.join(caps[name])}"))
+    days = capabilities(obs.capa_trans).get("EXPIRE", [""])[0]
+    if days.isdigit():
+        checks.append(Check("expire-after-login", Verdict.INFO,
+                            f"the server removes retrieved mail after {days} day(s)",
+                            (f"EXPIRE {days}",),
+                            f"popbox fetch's keep_days is cut to {days}; keep cannot hold "
+                            "mail longer"))
     checks += _expire(obs, caps)
     return checks
 
@@ -406,7 +414,7 @@ def _stability(obs: Observations) -> Check:
     if obs.uidl_again is None or not obs.uidl_again.ok:
         return Check("uidl-stable", Verdict.SKIPPED, "no second session's UIDL to compare")
     first, again = uidls(obs.uidl_all), uidls(obs.uidl_again)
-    changed = [f"message {n}: {first[n]!r} then {again[n]!r}"
+    changed = [f"message {n}: {_text(first[n])} then {_text(again[n])}"
                for n in sorted(first.keys() & again.keys()) if first[n] != again[n]]
     return _check("uidl-stable", ["UIDLs change between sessions (RFC 1939 §7)"] if changed
                   else [], f"the same {len(first.keys() & again.keys())} UIDLs in another session",
@@ -448,6 +456,10 @@ def _samples(obs: Observations) -> list[Check]:
         if bare:
             crlf.append(f"message {s.msg} has lines not ending CRLF (RFC 1939 §3)")
             ev["crlf"].append(_shown(bare[0]))
+        if s.retr.bare_end:
+            crlf.append(f"message {s.msg} ends with \".\" and a bare LF: popbox fetch waits "
+                        "for \".\" CRLF and times out")
+            ev["crlf"].append(".\\n")
         for line in lines:
             if line.startswith(b"."):
                 dotted += 1
@@ -495,8 +507,8 @@ def _samples(obs: Observations) -> list[Check]:
     n = len(obs.samples)
     checks = [
         _check("crlf", crlf, f"{n} messages: every line ends CRLF", evidence=ev["crlf"],
-               workaround="popbox fetch accepts bare LF and writes the line ends its "
-                          "destination wants"),
+               workaround="popbox fetch takes lines ending in a bare LF as they come "
+                          "(Maildir and mbox get LF line ends either way)"),
         Check("dot-stuffing", Verdict.SKIPPED, f"none of the {n} messages read has a line "
                                                "starting \".\"")
         if not dotted and not dots else

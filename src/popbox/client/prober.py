@@ -84,7 +84,7 @@ class _Raw:
         while True:
             line = await self._line()
             if line in (b".\r\n", b".\n"):
-                return Reply(status, lines)
+                return Reply(status, lines, bare_end=line == b".\n")
             total += len(line)
             if total > limit:
                 raise ProbeError(f"{command}: more than {limit} octets without an end")
