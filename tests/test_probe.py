@@ -181,8 +181,7 @@ class BrokenServer:
     counting LF line ends, no dot-stuffing, bare LF (even after the final "."), UIDLs that
     repeat, change between sessions and contain a space, `LIST n` without the number,
     message 0 accepted, TOP that ignores its line count, a second login refused without
-    [IN-USE], no RESP-CODES,
-    a malformed EXPIRE."""
+    [IN-USE], no RESP-CODES, a malformed EXPIRE."""
 
     def __init__(self) -> None:
         self.sessions = 0
@@ -347,3 +346,25 @@ async def test_dovecot_passes_every_check(dovecot: Dovecot, ca: trustme.CA) -> N
     assert deviations(list(named.values())) == {}
     assert named["tls"].verdict is named["certificate"].verdict is Verdict.PASS
     assert obs.tls is not None and obs.tls.fingerprint.startswith("sha256:")
+
+
+def test_evaluate_tls_and_stls_rules() -> None:
+    """From given replies: TLS 1.1 is a deviation (RFC 8314 §4.1); STLS still offered
+    after TLS started is one (RFC 2595 §4); EXPIRE with USER after login is malformed
+    (RFC 2449 §6.7); a message with no blank line is its own TOP n 0 (RFC 1939 §7)."""
+    from popbox.client.probe import Reply, Sample, TlsInfo
+
+    caps = Reply("+OK", [b"STLS\r\n", b"RESP-CODES\r\n", b"UIDL\r\n"])
+    body = Reply("+OK", [b"Subject: no body\r\n"])
+    obs = Observations(
+        "h", 110, greeting="+OK hi", stls="+OK", capa_clear=caps, capa_auth=caps,
+        tls=TlsInfo("starttls", "TLSv1.1", "AES128-SHA", 128, "sha256:00", (), None),
+        logged_in=True, login="PLAIN", capa_trans=Reply("+OK", [b"EXPIRE 3 USER\r\n"]),
+        stat="+OK 1 18", list_all=Reply("+OK", [b"1 18\r\n"]),
+        uidl_all=Reply("+OK", [b"1 a\r\n"]),
+        samples=[Sample(1, 18, body, top0=body, topk=body, list_n="+OK 1 18",
+                        uidl_n="+OK 1 a")])
+    found = deviations(evaluate(obs))
+    assert set(found) == {"tls", "stls", "expire-syntax"}, found
+    assert found["expire-syntax"].evidence == ("after login: EXPIRE 3 USER",)
+    assert "after TLS started" in found["stls"].summary

@@ -144,11 +144,6 @@ def capabilities(reply: Reply | None) -> dict[str, list[str]]:
     return caps
 
 
-def unstuff(lines: Iterable[bytes]) -> bytes:
-    """The message as a client keeps it: leading "." removed (RFC 1939 §3)."""
-    return b"".join(line[1:] if line.startswith(b".") else line for line in lines)
-
-
 def _crlf(lines: Iterable[bytes]) -> bytes:
     return b"".join(line.rstrip(b"\r\n") + b"\r\n" for line in lines)
 
@@ -423,13 +418,21 @@ def _stability(obs: Observations) -> Check:
                              "mail and deliver it again")
 
 
-def _headers(message_lines: list[bytes], k: int) -> bytes:
+def _unstuffed(reply: Reply) -> list[bytes]:
+    return [line[1:] if line.startswith(b".") else line for line in reply.lines or []]
+
+
+def _top_expected(lines: list[bytes], k: int) -> list[bytes]:
     """What TOP n k should send, from the message's lines: the headers, the blank line,
     and k lines of the body (RFC 1939 §7)."""
-    for i, line in enumerate(message_lines):
+    for i, line in enumerate(lines):
         if line in (b"\r\n", b"\n"):
-            return b"".join(message_lines[: i + 1 + k])
-    return b"".join(message_lines)
+            return lines[: i + 1 + k]
+    return lines
+
+
+def _read(obs: Observations) -> list[Sample]:
+    return [s for s in obs.samples if s.retr.ok]
 
 
 def _samples(obs: Observations) -> list[Check]:
@@ -437,102 +440,111 @@ def _samples(obs: Observations) -> list[Check]:
         reason = "the maildrop is empty" if not sizes(obs.list_all) else "no message small enough"
         return [Check(name, Verdict.SKIPPED, reason)
                 for name in ("crlf", "dot-stuffing", "list-size", "top", "list-n", "uidl-n")]
-    crlf: list[str] = []
-    dots: list[str] = []
-    size: list[str] = []
-    top: list[str] = []
-    list_n: list[str] = []
-    uidl_n: list[str] = []
-    ev: dict[str, list[str]] = {k: [] for k in ("crlf", "dots", "size", "top", "list", "uidl")}
-    dotted = 0
-    names = uidls(obs.uidl_all)
-    for s in obs.samples:
-        if not s.retr.ok:
-            size.append(f"RETR {s.msg} failed")
-            ev["size"].append(s.retr.status)
-            continue
-        lines = s.retr.lines or []
-        bare = [line for line in lines if not line.endswith(b"\r\n")]
+    return [_line_ends(obs), _stuffing(obs), _sizes(obs), _top(obs), *_forms(obs)]
+
+
+def _line_ends(obs: Observations) -> Check:
+    problems, evidence = [], []
+    for s in _read(obs):
+        bare = [line for line in s.retr.lines or [] if not line.endswith(b"\r\n")]
         if bare:
-            crlf.append(f"message {s.msg} has lines not ending CRLF (RFC 1939 §3)")
-            ev["crlf"].append(_shown(bare[0]))
+            problems.append(f"message {s.msg} has lines not ending CRLF (RFC 1939 §3)")
+            evidence.append(_shown(bare[0]))
         if s.retr.bare_end:
-            crlf.append(f"message {s.msg} ends with \".\" and a bare LF: popbox fetch waits "
-                        "for \".\" CRLF and times out")
-            ev["crlf"].append(".\\n")
-        for line in lines:
+            problems.append(f"message {s.msg} ends with \".\" and a bare LF: popbox fetch "
+                            "waits for \".\" CRLF and times out")
+            evidence.append(".\\n")
+    return _check("crlf", problems, f"{len(obs.samples)} messages: every line ends CRLF",
+                  evidence=evidence,
+                  workaround="popbox fetch takes lines ending in a bare LF as they come "
+                             "(Maildir and mbox get LF line ends either way)")
+
+
+def _stuffing(obs: Observations) -> Check:
+    problems, evidence = [], []
+    dotted = 0
+    for s in _read(obs):
+        for line in s.retr.lines or []:
             if line.startswith(b"."):
                 dotted += 1
                 if not line.startswith(b".."):
-                    dots.append(f"message {s.msg} has a line starting \".\" not stuffed "
-                                "(RFC 1939 §3)")
-                    ev["dots"].append(_shown(line))
+                    problems.append(f"message {s.msg} has a line starting \".\" not stuffed "
+                                    "(RFC 1939 §3)")
+                    evidence.append(_shown(line))
                     break
-        sent = len(unstuff(lines))
-        if s.size != sent:
-            lf = len(unstuff(lines).replace(b"\r\n", b"\n"))
-            why = " (it counts LF line ends)" if s.size == lf else ""
-            size.append(f"message {s.msg}: LIST says {s.size} octets, RETR sent {sent}{why} "
-                        "(RFC 1939 §11)")
-            ev["size"].append(f"LIST {s.msg}: {s.size}")
-        plain = [line[1:] if line.startswith(b".") else line for line in lines]
-        message = _crlf(plain)
+    if not dotted:
+        return Check("dot-stuffing", Verdict.SKIPPED,
+                     f"none of the {len(obs.samples)} messages read has a line starting \".\"")
+    return _check("dot-stuffing", problems, f"{dotted} lines starting \".\" are stuffed",
+                  evidence=evidence,
+                  workaround="none: popbox fetch drops the first \".\" of such a line, and a "
+                             "line of a single \".\" would end the message early")
+
+
+def _sizes(obs: Observations) -> Check:
+    problems, evidence = [], []
+    for s in obs.samples:
+        if not s.retr.ok:
+            problems.append(f"RETR {s.msg} failed")
+            evidence.append(s.retr.status)
+            continue
+        message = b"".join(_unstuffed(s.retr))
+        if s.size != len(message):
+            why = (" (it counts LF line ends)"
+                   if s.size == len(message.replace(b"\r\n", b"\n")) else "")
+            problems.append(f"message {s.msg}: LIST says {s.size} octets, RETR sent "
+                            f"{len(message)}{why} (RFC 1939 §11)")
+            evidence.append(f"LIST {s.msg}: {s.size}")
+    return _check("list-size", problems,
+                  f"{len(obs.samples)} messages: LIST sizes are the octets RETR sends",
+                  evidence=evidence,
+                  workaround="popbox fetch reads each message to its end; only max_size and "
+                             "the progress display use LIST sizes")
+
+
+def _top(obs: Observations) -> Check:
+    problems, evidence = [], []
+    for s in _read(obs):
+        message = _crlf(_unstuffed(s.retr))
         for reply, k in ((s.top0, 0), (s.topk, obs.top_lines)):
             if reply is None:
                 continue
             if not reply.ok:
-                top.append(f"TOP {s.msg} {k} refused")
-                ev["top"].append(reply.status)
+                problems.append(f"TOP {s.msg} {k} refused")
+                evidence.append(reply.status)
                 continue
-            got = _crlf([line[1:] if line.startswith(b".") else line for line in reply.lines or []])
-            want = _crlf(_split(_headers(plain, k)))
+            got = _crlf(_unstuffed(reply))
+            want = _crlf(_top_expected(_unstuffed(s.retr), k))
             if got != want:
-                whole = got == message and want != message
-                top.append(f"TOP {s.msg} {k} sent {len(got)} octets, the headers and {k} "
-                           f"lines are {len(want)}" + (" (the whole message: k ignored)"
-                                                       if whole else "") + " (RFC 1939 §7)")
-                ev["top"].append(f"TOP {s.msg} {k}: {len(reply.lines or [])} lines")
-        want_list = f"+OK {s.msg} {s.size}"
-        if s.list_n.split()[:3] != want_list.split():
-            list_n.append(f"LIST {s.msg} is not \"+OK {s.msg} size\" matching the listing "
-                          "(RFC 1939 §5)")
-            ev["list"].append(s.list_n)
-        if s.msg in names:
-            words = s.uidl_n.split(" ")
-            if len(words) < 3 or words[:2] != ["+OK", str(s.msg)] or \
-                    words[2].encode() != names[s.msg]:
-                uidl_n.append(f"UIDL {s.msg} is not \"+OK {s.msg} uid\" matching the listing "
-                              "(RFC 1939 §7)")
-                ev["uidl"].append(s.uidl_n)
-    n = len(obs.samples)
-    checks = [
-        _check("crlf", crlf, f"{n} messages: every line ends CRLF", evidence=ev["crlf"],
-               workaround="popbox fetch takes lines ending in a bare LF as they come "
-                          "(Maildir and mbox get LF line ends either way)"),
-        Check("dot-stuffing", Verdict.SKIPPED, f"none of the {n} messages read has a line "
-                                               "starting \".\"")
-        if not dotted and not dots else
-        _check("dot-stuffing", dots, f"{dotted} lines starting \".\" are stuffed",
-               evidence=ev["dots"],
-               workaround="none: popbox fetch drops the first \".\" of such a line, and a "
-                          "line of a single \".\" would end the message early"),
-        _check("list-size", size, f"{n} messages: LIST sizes are the octets RETR sends",
-               evidence=ev["size"],
-               workaround="popbox fetch reads each message to its end; only max_size and "
-                          "the progress display use LIST sizes"),
-        _check("top", top, f"TOP n 0 and TOP n {obs.top_lines} agree with RETR",
-               evidence=ev["top"],
-               workaround="popbox fetch uses TOP only for oversize = \"headers\""),
-        _check("list-n", list_n, "LIST n answers \"+OK n size\"", evidence=ev["list"],
-               workaround="popbox fetch lists the whole maildrop instead"),
-        _check("uidl-n", uidl_n, "UIDL n answers \"+OK n uid\"", evidence=ev["uidl"],
-               workaround="popbox fetch lists the whole maildrop instead"),
-    ]
-    return checks
+                whole = " (the whole message: k ignored)" if got == message != want else ""
+                problems.append(f"TOP {s.msg} {k} sent {len(got)} octets, the headers and {k} "
+                                f"lines are {len(want)}{whole} (RFC 1939 §7)")
+                evidence.append(f"TOP {s.msg} {k}: {len(reply.lines or [])} lines")
+    return _check("top", problems, f"TOP n 0 and TOP n {obs.top_lines} agree with RETR",
+                  evidence=evidence,
+                  workaround="popbox fetch uses TOP only for oversize = \"headers\"")
 
 
-def _split(data: bytes) -> list[bytes]:
-    return data.splitlines(keepends=True)
+def _forms(obs: Observations) -> list[Check]:
+    names = uidls(obs.uidl_all)
+    list_problems, list_evidence, uidl_problems, uidl_evidence = [], [], [], []
+    for s in obs.samples:
+        if s.list_n.split()[:3] != ["+OK", str(s.msg), str(s.size)]:
+            list_problems.append(f"LIST {s.msg} is not \"+OK {s.msg} size\" matching the "
+                                 "listing (RFC 1939 §5)")
+            list_evidence.append(s.list_n)
+        words = s.uidl_n.split(" ")
+        if s.msg in names and (words[:2] != ["+OK", str(s.msg)]
+                               or " ".join(words[2:]).encode() != names[s.msg]):
+            uidl_problems.append(f"UIDL {s.msg} is not \"+OK {s.msg} uid\" matching the "
+                                 "listing (RFC 1939 §7)")
+            uidl_evidence.append(s.uidl_n)
+    return [_check("list-n", list_problems, "LIST n answers \"+OK n size\"",
+                   evidence=list_evidence,
+                   workaround="popbox fetch lists the whole maildrop instead"),
+            _check("uidl-n", uidl_problems, "UIDL n answers \"+OK n uid\"",
+                   evidence=uidl_evidence,
+                   workaround="popbox fetch lists the whole maildrop instead")]
 
 
 def _edges(obs: Observations) -> Check:

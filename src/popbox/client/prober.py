@@ -23,7 +23,15 @@ from dataclasses import dataclass
 
 from popbox.client import errors as er
 from popbox.client.connection import PopClient, Tls, open_streams
-from popbox.client.probe import Certificate, Observations, Reply, Sample, TlsInfo, fingerprint
+from popbox.client.probe import (
+    Certificate,
+    Observations,
+    Reply,
+    Sample,
+    TlsInfo,
+    fingerprint,
+    sizes,
+)
 
 LINE_LIMIT = 65536  # a longer line ends the probe (RFC 2449 §4 allows 512)
 
@@ -51,9 +59,9 @@ class ProbeError(Exception):
 class _Raw:
     """Commands whose replies the probe needs as sent."""
 
-    def __init__(self, pop: PopClient, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, timeout: float) -> None:
-        self.pop, self.reader, self.writer, self.timeout = pop, reader, writer, timeout
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float) -> None:
+        self.reader, self.writer, self.timeout = reader, writer, timeout
 
     async def _line(self) -> bytes:
         try:
@@ -181,7 +189,7 @@ async def _open(target: Target, context: ssl.SSLContext | None, obs: Observation
     except er.PopClientError as exc:
         writer.transport.abort()
         raise ProbeError(f"no greeting: {exc}") from None
-    session = _Session(pop, _Raw(pop, reader, writer, target.timeout), writer)
+    session = _Session(pop, _Raw(reader, writer, target.timeout), writer)
     if obs is not None:
         obs.greeting = "+OK " + pop.greeting if pop.greeting else "+OK"
     if tls == "starttls":
@@ -281,8 +289,6 @@ async def _transaction(session: _Session, target: Target, obs: Observations) -> 
     obs.stat = await raw.status("STAT")
     obs.list_all = await raw.reply("LIST", target.max_octets)
     obs.uidl_all = await raw.reply("UIDL", target.max_octets)
-    from popbox.client.probe import sizes
-
     listed = sizes(obs.list_all)
     small = sorted((size, msg) for msg, size in listed.items() if size <= target.max_octets)
     for size, msg in small[: target.max_messages]:
