@@ -368,3 +368,16 @@ def test_evaluate_tls_and_stls_rules() -> None:
     assert set(found) == {"tls", "stls", "expire-syntax"}, found
     assert found["expire-syntax"].evidence == ("after login: EXPIRE 3 USER",)
     assert "after TLS started" in found["stls"].summary
+
+
+def test_cli_usage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                   ) -> None:
+    """--user without a password anywhere, and --cafile without TLS: exit 64 with the
+    reason, before any connection."""
+    from popbox.cli.probe import main
+
+    monkeypatch.delenv("POPBOX_FETCH_PASSWORD", raising=False)
+    assert main(["127.0.0.1", "--port", "1", "--user", "alice"]) == 64
+    assert "needs a password" in capsys.readouterr().err
+    assert main(["127.0.0.1", "--tls", "none", "--cafile", "/nonexistent"]) == 64
+    assert "need TLS" in capsys.readouterr().err

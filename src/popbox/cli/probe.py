@@ -28,6 +28,10 @@ EX_USAGE = 64
 PASSWORD_ENV = "POPBOX_FETCH_PASSWORD"  # noqa: S105 - the variable's name
 
 
+class _Usage(Exception):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -71,18 +75,13 @@ def _password(args: argparse.Namespace) -> str | None:
         try:
             text = args.password_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(_usage(f"cannot read {args.password_file}: {exc}")) from None
+            raise _Usage(f"cannot read {args.password_file}: {exc}") from None
         password = text.splitlines()[0] if text else ""
     else:
         password = os.environ.get(PASSWORD_ENV, "")
     if not password:
-        raise SystemExit(_usage(f"--user needs a password: --password-file or ${PASSWORD_ENV}"))
+        raise _Usage(f"--user needs a password: --password-file or ${PASSWORD_ENV}")
     return password
-
-
-def _usage(message: str) -> int:
-    print(f"popbox probe: {message}", file=sys.stderr)
-    return EX_USAGE
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -92,11 +91,11 @@ def _target(args: argparse.Namespace) -> Target:
         try:
             context = ssl.create_default_context(cafile=args.cafile)
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit(_usage(f"cannot load {args.cafile}: {exc}")) from None
+            raise _Usage(f"cannot load {args.cafile}: {exc}") from None
     elif args.cafile or args.insecure:
-        raise SystemExit(_usage("--cafile and --insecure need TLS"))
+        raise _Usage("--cafile and --insecure need TLS")
     if args.max_messages < 0 or args.max_size < 0 or args.timeout <= 0:
-        raise SystemExit(_usage("--max-messages, --max-size and --timeout must be positive"))
+        raise _Usage("--max-messages, --max-size and --timeout must be positive")
     return Target(host=args.host, port=args.port or (995 if tls == "implicit" else 110),
                   tls=tls, user=args.user, password=_password(args), ssl_context=context,
                   insecure=args.insecure, allow_plaintext=args.allow_plaintext,
@@ -108,8 +107,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         target = _target(args)
-    except SystemExit as exc:
-        return int(exc.code or EX_USAGE)
+    except _Usage as exc:
+        print(f"popbox probe: {exc}", file=sys.stderr)
+        return EX_USAGE
     observations = asyncio.run(probe(target))
     checks = evaluate(observations)
     if args.json:
