@@ -57,6 +57,8 @@ def test_same_answers_as_poplib(server: ServerProcess) -> None:
         pop.rset()  # undoes the DELE
         assert pop.list(1) == len(crlf(MESSAGES[0]))
     assert pop.closed
+    with pytest.raises(client.PopConnectionError, match="closed"):
+        pop.stat()
 
 
 def test_dele_committed_by_quit_not_by_an_exception(server: ServerProcess, env: MailEnv

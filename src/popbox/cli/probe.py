@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from popbox.client.connection import Tls
+from popbox.client import Tls
 from popbox.client.probe import Verdict, evaluate, to_json, to_text
 from popbox.client.prober import Target, probe
 

@@ -21,8 +21,8 @@ import contextlib
 import ssl
 from dataclasses import dataclass
 
+from popbox.client import PopClient, Tls, open_streams
 from popbox.client import errors as er
-from popbox.client.connection import PopClient, Tls, open_streams
 from popbox.client.probe import (
     Certificate,
     Observations,

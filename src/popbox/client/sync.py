@@ -27,8 +27,9 @@ from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from popbox.client import connection
-from popbox.client.connection import Capabilities, Sink, Tls
+from popbox import client as aio
+from popbox.client import Capabilities, Sink, Tls
+from popbox.client import errors as er
 from popbox.proto.types import MsgNo, Uidl
 
 T = TypeVar("T")
@@ -50,13 +51,20 @@ def _refuse_in_loop() -> None:
 class PopClient:
     """One POP3 session, blocking. Made by `connect`."""
 
-    def __init__(self, runner: asyncio.Runner, pop: connection.PopClient) -> None:
+    def __init__(self, runner: asyncio.Runner, pop: aio.PopClient) -> None:
         self._runner = runner
         self._pop = pop
         self._ended = False
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        _refuse_in_loop()
+        if self._ended:
+            coro.close()
+            raise er.PopConnectionError("the connection is closed")
+        try:
+            _refuse_in_loop()
+        except SyncInLoopError:
+            coro.close()
+            raise
         return self._runner.run(coro)
 
     # --- what the session knows ---
@@ -204,10 +212,13 @@ def connect(host: str, port: int | None = None, *, tls: Tls = "implicit",
             server_hostname: str | None = None) -> PopClient:
     """As `popbox.client.connect`, blocking: connect, read the greeting, STLS if asked."""
     _refuse_in_loop()
+    async def session() -> aio.PopClient:
+        return await aio.connect(host, port, tls=tls, ssl_context=ssl_context,
+                                 timeout=timeout, server_hostname=server_hostname)
+
     runner = asyncio.Runner()
     try:
-        pop = runner.run(connection.connect(host, port, tls=tls, ssl_context=ssl_context,
-                                            timeout=timeout, server_hostname=server_hostname))
+        pop = runner.run(session())
     except BaseException:
         runner.close()
         raise
