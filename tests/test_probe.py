@@ -146,7 +146,7 @@ async def test_without_login(env: MailEnv) -> None:
 async def test_cli_json(tls_env: tuple[MailEnv, bytes], ca: trustme.CA, tmp_path: Path
                         ) -> None:
     """`popbox probe --json` with the password from the environment: parsed, exit 0; the
-    password is not on the command line."""
+    password is not on the command line. A refused login: exit 1, the -ERR shown."""
     env, der = tls_env
     cafile = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
@@ -157,6 +157,14 @@ async def test_cli_json(tls_env: tuple[MailEnv, bytes], ca: trustme.CA, tmp_path
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "POPBOX_FETCH_PASSWORD": "secret"})
         out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT * 3)
+        refused = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "popbox", "probe", "127.0.0.1", "--port", str(tls_port),
+            "--tls", "implicit", "--user", "alice", "--cafile", str(cafile),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "POPBOX_FETCH_PASSWORD": "wrong"})
+        refused_out, _ = await asyncio.wait_for(refused.communicate(), TIMEOUT * 3)
+    assert refused.returncode == 1  # no deviation, but the probe could not log in
+    assert b"the login failed: -ERR [AUTH]" in refused_out
     assert proc.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["deviations"] == 0

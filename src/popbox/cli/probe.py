@@ -5,8 +5,8 @@ Without `--user` only what a client sees before login is checked; with it (the p
 from `--password-file` or POPBOX_FETCH_PASSWORD, never from the command line) the probe
 logs in and reads a few small messages. It never deletes anything.
 
-Exit statuses: 0 no deviation; 1 deviations found (or the probe could not finish);
-64 usage.
+Exit statuses: 0 no deviation; 1 deviations found, or the probe could not finish (no
+connection, or with --user no login); 64 usage.
 """
 
 from __future__ import annotations
@@ -116,4 +116,5 @@ def main(argv: list[str]) -> int:
         print(json.dumps(to_json(observations, checks), indent=1))
     else:
         print(to_text(observations, checks))
-    return 1 if any(c.verdict is Verdict.DEVIATION for c in checks) else 0
+    unfinished = target.user is not None and not observations.logged_in
+    return 1 if unfinished or any(c.verdict is Verdict.DEVIATION for c in checks) else 0
