@@ -389,3 +389,22 @@ def test_cli_usage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     assert "needs a password" in capsys.readouterr().err
     assert main(["127.0.0.1", "--tls", "none", "--cafile", "/nonexistent"]) == 64
     assert "need TLS" in capsys.readouterr().err
+
+
+def test_evaluate_top_counting_header_lines() -> None:
+    """A TOP that counts header lines instead of body lines, and cuts fetchmail's
+    `TOP n 99999999` short: deviations for k = 2 and k = 99999999 (RFC 1939 §7)."""
+    from popbox.client.probe import Reply, Sample
+
+    lines = [b"A: 1\r\n", b"B: 2\r\n", b"\r\n", b"one\r\n", b"two\r\n", b"three\r\n"]
+    size = len(b"".join(lines))
+    obs = Observations(
+        "h", 110, greeting="+OK", logged_in=True, login="USER", stat=f"+OK 1 {size}",
+        list_all=Reply("+OK", [b"1 %d\r\n" % size]), uidl_all=Reply("+OK", [b"1 a\r\n"]),
+        samples=[Sample(1, size, Reply("+OK", lines), top0=Reply("+OK", lines[:3]),
+                        topk=Reply("+OK", lines[:2]), top_all=Reply("+OK", lines[:5]),
+                        list_n=f"+OK 1 {size}", uidl_n="+OK 1 a")])
+    found = deviations(evaluate(obs))
+    assert set(found) == {"top"}, found
+    assert "TOP 1 2 sent" in found["top"].summary and "TOP 1 99999999 sent" in found["top"].summary
+    assert "TOP 1 0" not in found["top"].summary

@@ -14,7 +14,8 @@ policy), information, or skipped (nothing to judge it by). The checks:
 - STAT against LIST: the count and the sum of the sizes (RFC 1939 §5);
 - each sampled message: every line ends CRLF, lines starting "." are stuffed (§3), the LIST
   size is the octets RETR sent once un-stuffed (§11: sizes count CRLF line ends), TOP n 0
-  and TOP n k give the headers, the blank line and k body lines (§7), the `LIST n` and
+  and TOP n k give the headers, the blank line and k body lines, TOP n 99999999 the
+  whole message, as fetchmail reads it (§7), the `LIST n` and
   `UIDL n` forms are "+OK n size" and "+OK n uid" (§5, §7);
 - UIDL (§7): 1 to 70 characters 0x21-0x7E, unique, the same in another session;
 - message 0 and a number past the last one get -ERR (§5);
@@ -89,6 +90,7 @@ class Sample:
     retr: Reply
     top0: Reply | None = None
     topk: Reply | None = None
+    top_all: Reply | None = None  # TOP n 99999999, fetchmail's way to read without marking
     list_n: str = ""
     uidl_n: str = ""
 
@@ -119,6 +121,7 @@ class Observations:
 
 # --- helpers ---
 
+TOP_ALL = 99999999  # the line count fetchmail sends to read a whole message with TOP
 _UIDL_CHARS = re.compile(rb"[\x21-\x7e]{1,70}")
 
 
@@ -506,7 +509,7 @@ def _top(obs: Observations) -> Check:
     problems, evidence = [], []
     for s in _read(obs):
         message = _crlf(_unstuffed(s.retr))
-        for reply, k in ((s.top0, 0), (s.topk, obs.top_lines)):
+        for reply, k in ((s.top0, 0), (s.topk, obs.top_lines), (s.top_all, TOP_ALL)):
             if reply is None:
                 continue
             if not reply.ok:
@@ -520,7 +523,8 @@ def _top(obs: Observations) -> Check:
                 problems.append(f"TOP {s.msg} {k} sent {len(got)} octets, the headers and {k} "
                                 f"lines are {len(want)}{whole} (RFC 1939 §7)")
                 evidence.append(f"TOP {s.msg} {k}: {len(reply.lines or [])} lines")
-    return _check("top", problems, f"TOP n 0 and TOP n {obs.top_lines} agree with RETR",
+    return _check("top", problems,
+                  f"TOP n 0, TOP n {obs.top_lines} and TOP n {TOP_ALL} agree with RETR",
                   evidence=evidence,
                   workaround="popbox fetch uses TOP only for oversize = \"headers\"")
 

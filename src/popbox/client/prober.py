@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from popbox.client import PopClient, Tls, open_streams
 from popbox.client import errors as er
 from popbox.client.probe import (
+    TOP_ALL,
     Certificate,
     Observations,
     Reply,
@@ -291,12 +292,12 @@ async def _transaction(session: _Session, target: Target, obs: Observations) -> 
     obs.uidl_all = await raw.reply("UIDL", target.max_octets)
     listed = sizes(obs.list_all)
     small = sorted((size, msg) for msg, size in listed.items() if size <= target.max_octets)
+    limit = 2 * target.max_octets + LINE_LIMIT  # a reply this long is not the message
     for size, msg in small[: target.max_messages]:
-        sample = Sample(msg, size, await raw.reply(f"RETR {msg}", 2 * target.max_octets
-                                                   + LINE_LIMIT))
-        sample.top0 = await raw.reply(f"TOP {msg} 0", 2 * target.max_octets + LINE_LIMIT)
-        sample.topk = await raw.reply(f"TOP {msg} {target.top_lines}",
-                                      2 * target.max_octets + LINE_LIMIT)
+        sample = Sample(msg, size, await raw.reply(f"RETR {msg}", limit))
+        sample.top0 = await raw.reply(f"TOP {msg} 0", limit)
+        sample.topk = await raw.reply(f"TOP {msg} {target.top_lines}", limit)
+        sample.top_all = await raw.reply(f"TOP {msg} {TOP_ALL}", limit)
         sample.list_n = await raw.status(f"LIST {msg}")
         sample.uidl_n = await raw.status(f"UIDL {msg}")
         obs.samples.append(sample)
