@@ -389,19 +389,21 @@ def _uidl_syntax(obs: Observations) -> Check:
                      "popbox fetch fetches and deletes; keep and keep_days are refused")
     problems: list[str] = []
     evidence: list[str] = []
+    malformed: list[str] = []
     seen: dict[bytes, int] = {}
     for line in reply.lines or []:
         words = line.rstrip(b"\r\n").split(b" ")
         if len(words) != 2 or not words[0].isdigit() or not _UIDL_CHARS.fullmatch(words[1]):
-            if "syntax" not in " ".join(problems):
-                problems.append("a UIDL line is not \"n uid\" with 1-70 characters "
-                                "0x21-0x7E (RFC 1939 §7) (syntax)")
-            evidence.append(_shown(line))
+            malformed.append(_shown(line))
             continue
         if words[1] in seen:
             problems.append(f"messages {seen[words[1]]} and {int(words[0])} share a UIDL")
             evidence.append(_shown(line))
         seen.setdefault(words[1], int(words[0]))
+    if malformed:
+        problems.append(f"{len(malformed)} UIDL lines are not \"n uid\" with 1-70 characters "
+                        "0x21-0x7E (RFC 1939 §7 syntax)")
+        evidence += malformed
     return _check("uidl", problems, f"{len(seen)} UIDLs, well formed and unique",
                   evidence=evidence[:6],
                   workaround="popbox fetch leaves a message whose UIDL repeats an earlier one "
