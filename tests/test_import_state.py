@@ -161,6 +161,13 @@ def test_parsers_take_only_the_account_asked_for() -> None:
     assert import_state.getmail("u1\x001700000000\nu2\x00soon\n").uidls == {"u1": 1.7e9}
 
 
+def test_getmail_file_name_for_an_ipv6_server(tmp_path: Path) -> None:
+    """getmail6 writes ":" in a server's name as "-": that file is the account's."""
+    path = tmp_path / "oldmail---1-110-alice"
+    path.write_bytes(b"u1\x001700000000\n")
+    assert import_state.read("getmail", path, "::1", 110, "alice").uidls == {"u1": 1.7e9}
+
+
 def test_bad_files_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file with no UIDL for the account, a torn mpop file, another account's getmail
     file, binary garbage, a missing file: exit 65 or 64 with a reason, and no state file

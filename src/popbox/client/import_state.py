@@ -6,7 +6,8 @@ The three files, as those programs write them:
 
 - fetchmail's `~/.fetchids`: one line per message, `user@host UIDL` (the user may itself
   contain "@"; the host is the poll name, no port).
-- getmail6's `oldmail-HOST-PORT-USER` (in its getmail directory): one line per message,
+- getmail6's `oldmail-HOST-PORT-USER` (in its getmail directory; "/" and ":" in the name
+  become "-"): one line per message,
   `UIDL` NUL `seconds since 1970` (when getmail first saw it).
 - mpop's uidls file (`~/.mpop_uidls`, or `uidls_file`): `#` comments, then for each
   account a line ` COUNT HOST USER` (starting with a space) followed by COUNT UIDLs.
@@ -131,7 +132,8 @@ def read(tool: Tool, path: Path, server: str, port: int, user: str) -> Found:
         case "mpop":
             found = mpop(text, server, user)
         case "getmail":
-            expected = f"oldmail-{server}-{port}-{user}"
+            # getmail6 makes the name so, then turns "/" and ":" into "-"
+            expected = f"oldmail-{server}-{port}-{user}".replace("/", "-").replace(":", "-")
             if path.name.startswith("oldmail-") and path.name != expected:
                 raise ImportStateError(f"{path.name} is getmail's record of another account "
                                        f"(this one's is {expected})")
