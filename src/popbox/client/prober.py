@@ -1,13 +1,14 @@
 """`popbox probe`'s conversation with a server: collects the `Observations` that
 `popbox.client.probe.evaluate` judges. Read-only: it never sends DELE, sends RSET before
-every QUIT (RFC 1939 §5), reads at most `max_messages` messages (the smallest first, none
+a logged-in session's QUIT (RFC 1939 §5), reads at most `max_messages` messages (the smallest first, none
 over `max_octets`), and stops reading a reply that runs past its bound.
 
-The session runs on `popbox.client` (`open_streams`, `capa`, `stls`, `login`, `stat`,
-`rset`, `quit`). What the probe must see as it came off the wire (a listing's lines with
-their line ends, a body before it is un-stuffed, the exact status line of `LIST n`, of
-message 0 or of a number past the last) goes through `_Raw`, a few lines over the same
-streams, between the library's commands.
+The sessions run on `popbox.client` (`open_streams` reads the greeting; `stls`, `login`
+with the strongest method CAPA offers, `rset`, `quit`). What the probe must see as it came
+off the wire (CAPA, STAT, the LIST and UIDL listings with their line ends, message bodies
+before they are un-stuffed, the status lines of `LIST n`, of message 0 and of a number past
+the last) goes through `_Raw`: a few lines over the same streams, between the library's
+commands, when the library has no reply outstanding.
 
 The sessions: the first one does everything; while it is logged in a second login shows
 whether the server locks the maildrop ([IN-USE], RFC 2449 §8.1.1); a third session, or the
