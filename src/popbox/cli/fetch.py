@@ -156,7 +156,22 @@ def _choose(args: argparse.Namespace) -> tuple[list[ac.Account], int, ac.Account
     return chosen, loaded.max_parallel, loaded
 
 
+def _find_account(name: str, config: Path | None) -> tuple[str, int, str, Path]:
+    """An account of the accounts file, for import-state: KeyError when there is no such
+    account, LookupError when the file cannot be used."""
+    try:
+        loaded = ac.load(config or ac.default_config())
+    except ac.AccountsError as exc:
+        raise LookupError(str(exc)) from None
+    account = loaded.accounts[name]
+    return account.config.server.lower(), account.port, account.config.user, account.state
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["import-state"]:
+        from popbox.cli import fetch_import
+
+        return fetch_import.main(argv[1:], _find_account)
     args = build_parser().parse_args(argv)
     output = Output(as_json=args.json, quiet=args.quiet)
     try:

@@ -1,7 +1,8 @@
 """The `popbox` command: `serve` (the POP3 server, here), `check-config` and `demo`, and
 the subcommands other modules add: `user` and `pw` (popbox.cli.user), `db`
 (popbox.cli.db), `fetch` (popbox.cli.fetch), `lmtp` and `deliver` (popbox.cli.lmtp),
-`import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate)."""
+`import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate), `probe`
+(popbox.cli.probe)."""
 
 from __future__ import annotations
 
@@ -166,17 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp, migrate  # db, lmtp, deliver, import, fetch
+    from popbox.cli import db, fetch, importer, lmtp, migrate, probe
 
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
     migrate.add_commands(sub)  # migrate dovecot, uidl audit
+    probe.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
