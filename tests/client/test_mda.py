@@ -222,7 +222,7 @@ async def test_a_server_without_uidl(tmp_path: Path) -> None:
     """RFC 1939 §7: without UIDL, keep_days is refused (old mail could not be told from
     new); a run delivers, reports a refusal per message, DELEs unread what is over
     max_size with oversize = delete, and DELEs only what was delivered."""
-    from test_fetch import NoUidlServer
+    from fetch_helpers import NoUidlServer
 
     messages = [b"Subject: ok1\n\none\n", b"Subject: fail\n\ntwo\n",
                 b"Subject: big\n\n" + b"z" * 2000 + b"\n", b"Subject: ok2\n\nfour\n"]

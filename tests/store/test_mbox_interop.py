@@ -1,6 +1,6 @@
 """End to end: `popbox serve` with `mail_location = "mbox:..."` serving spools that
 procmail delivers (mboxo, as Debian's Postfix local writes them), fetched by fetchmail and
-getmail6 (driven as in tests/test_interop.py), the spool checked afterwards with GNU
+getmail6 (driven as in tests/interop/test_interop.py), the spool checked afterwards with GNU
 mailutils (`messages`, `frm`), an independent mbox reader. RFC 1939 §6-§7: DELE'd
 messages go at QUIT only, UIDLs stay the same across sessions so "keep" fetches each
 message once."""
@@ -17,9 +17,9 @@ import pytest
 from mbox_support import Procmail
 
 from helpers import MailEnv, ServerProcess, lf_terminated, server_process
-from test_interop import getmail_dest, run_fetchmail, run_getmail
+from peer_clients import getmail_dest, run_fetchmail, run_getmail
 
-__all__ = ["getmail_dest"]  # the fixture, shared with tests/test_interop.py
+__all__ = ["getmail_dest"]  # the fixture
 
 MESSAGES = [
     b"From: a@example.org\nSubject: plain\n\nHello.\nFrom the start of a line.\n",

@@ -19,7 +19,7 @@ The per-chunk work (`kernel.encode`, `kernel.octets`) is compiled C,
 `popbox.proto._speedups`, built from source when popbox is installed; where it was not
 built, or with POPBOX_PURE_PYTHON=1 in the environment, it is the same code in Python,
 `popbox.proto._native`. `KERNEL_NAME` says which ("c" or "python"). Both give the same
-bytes for any input cut into any chunks (tests/test_wire_kernels.py).
+bytes for any input cut into any chunks (tests/proto/test_wire_kernels.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The message on the wire: CRLF, byte-stuffing, terminator, sizes, TOP (RFC 1939 §3, §7).
 
 Every test here runs twice, once with each kernel (the compiled `popbox.proto._speedups`
-and the Python `popbox.proto._native`); tests/test_wire_kernels.py checks that the two
+and the Python `popbox.proto._native`); tests/proto/test_wire_kernels.py checks that the two
 give the same bytes for any input cut into any chunks.
 """
 

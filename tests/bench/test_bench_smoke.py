@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
 SERVERS = ["popbox", "popbox (PostgreSQL)", "Dovecot default", "Dovecot high-performance"]
 RATIOS = ["popbox / best Dovecot", "popbox (PostgreSQL) / best Dovecot"]

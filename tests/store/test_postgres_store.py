@@ -1,4 +1,4 @@
-"""The postgres store beyond the common contract (tests/test_store_contract.py): the
+"""The postgres store beyond the common contract (tests/store/test_store_contract.py): the
 cluster-wide maildrop lock, chunked streaming, and what happens when the database or the
 lock connection goes away."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fetch_helpers import (
+    NoUidlServer,
     Result,
     fetch_argv,
     finish,
@@ -425,41 +426,6 @@ async def test_mbox_changed_after_a_crash_is_left_alone(
 
 
 # --- a server without UIDL ---------------------------------------------------------------
-
-
-class NoUidlServer:
-    """A minimal RFC 1939 server without CAPA and UIDL; DELE applied at QUIT."""
-
-    def __init__(self, messages: list[bytes]) -> None:
-        self.messages: dict[int, bytes] = dict(enumerate(messages, 1))
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        deleted: set[int] = set()
-        writer.write(b"+OK old server\r\n")
-        while line := await reader.readline():
-            verb, _, arg = line.strip().decode().partition(" ")
-            verb = verb.upper()
-            if verb == "QUIT":
-                for n in deleted:
-                    del self.messages[n]
-                writer.write(b"+OK bye\r\n")
-                break
-            if verb in ("USER", "PASS", "NOOP"):
-                writer.write(b"+OK\r\n")
-            elif verb == "LIST":
-                live = {n: m for n, m in self.messages.items() if n not in deleted}
-                writer.write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (n, len(m)) for n, m in
-                                                   live.items()) + b".\r\n")
-            elif verb == "RETR":
-                body = self.messages[int(arg)].replace(b"\n", b"\r\n")
-                writer.write(b"+OK\r\n" + body.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-            elif verb == "DELE":
-                deleted.add(int(arg))
-                writer.write(b"+OK\r\n")
-            else:
-                writer.write(b"-ERR unknown command\r\n")
-            await writer.drain()
-        writer.close()
 
 
 async def test_server_without_uidl(env: MailEnv) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import MailEnv, server_process
 
-FILTER = Path(__file__).parent.parent / "contrib" / "fail2ban" / "filter.d" / "popbox.conf"
+FILTER = Path(__file__).parents[2] / "contrib" / "fail2ban" / "filter.d" / "popbox.conf"
 
 
 def test_filter_matches_real_failures_only(env: MailEnv, tmp_path: Path) -> None:

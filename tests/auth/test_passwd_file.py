@@ -331,7 +331,7 @@ def test_concurrent_edits_are_serialized(tmp_path: Path) -> None:
     path = tmp_path / "users"
     path.write_text("# shared\n")
     workers, each = 8, 25
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     procs = [
         subprocess.Popen([sys.executable, "-c", ADDER, str(path), str(n), str(each)], env=env)
         for n in range(workers)
