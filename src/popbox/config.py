@@ -82,6 +82,9 @@ class ServerSection(_Section):
     # Named client workarounds, as in Dovecot's pop3_workarounds: "outlook-no-nuls" sends
     # NUL octets in messages as 0x80.
     workarounds: list[Literal["outlook-no-nuls"]] = Field(default_factory=list)
+    # RFC 1460's LAST (the highest message number accessed), for clients older than
+    # RFC 1725, which dropped it. Off: LAST is an unknown command.
+    enable_last: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -146,6 +149,20 @@ class AuthSection(_Section):
     # remembered, as Dovecot's auth cache: the same password for the same stored hash is
     # then accepted without hashing again. Wrong passwords are never remembered. 0: off.
     cache_ttl: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    # Characters translated in user names before anything looks them up, as Dovecot's
+    # auth_username_translation: each entry is a pair "from to", so ["+@", "%@"] serves
+    # john+example.org and john%example.org (SDPS-style names) as john@example.org.
+    username_translation: list[str] = Field(default_factory=list)
+
+    @field_validator("username_translation")
+    @classmethod
+    def _check_translation(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            if len(pair) != 2:
+                raise ValueError(f"{pair!r} is not a pair of characters")
+        if len({pair[0] for pair in value}) != len(value):
+            raise ValueError("a character is translated twice")
+        return value
 
     @field_validator("mechanisms")
     @classmethod

@@ -13,10 +13,11 @@ accepts nothing else. A mechanism's requests are fulfilled here: `NeedCredential
 passdb's `credentials()` (an invalid user name is looked up as nobody, so it gets the
 mock), `NeedToken` from the token validator, whose user must be the one the client
 named. A mechanism's `Authenticated` and a verified `Credentials` lead to the same
-userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Over TLS the shell calls
-`tls_started()`, which records the channel binding data. Time comes from the context's
-clock (`server.clock`): the penalty book and LOGIN-DELAY read it, token checks use its
-wall time, and the penalty wait sleeps on it.
+userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Every user name a client gives is
+first translated (`auth.username_translation`): lookups and logs see the translated one.
+Over TLS the shell calls `tls_started()`, which records the channel binding data. Time
+comes from the context's clock (`server.clock`): the penalty book and LOGIN-DELAY read
+it, token checks use its wall time, and the penalty wait sleeps on it.
 
 `capabilities(state)` is what CAPA says on this connection (RFC 2449 §5): the table's
 capabilities this connection may use (`commands.capabilities`), then the server's.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 from popbox import __version__
 from popbox.auth.base import Secret, UserInfo, Verdict
-from popbox.auth.names import normalize_username, valid_username
+from popbox.auth.names import normalize_username, translation, valid_username
 from popbox.config import in_networks
 from popbox.proto import apop, commands, sasl
 from popbox.proto import events as ev
@@ -71,8 +72,8 @@ def login_delay(info: UserInfo, default: int) -> int:
 
 
 class Authorization:
-    __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "bindings", "ctx",
-                 "failures", "login_delay", "peer", "secure", "timestamp", "user")
+    __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "_translation", "bindings",
+                 "ctx", "failures", "login_delay", "peer", "secure", "timestamp", "user")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -86,6 +87,11 @@ class Authorization:
         self._failed_user = ""
         self.failures = 0  # failed login attempts on this connection
         self.login_delay = ctx.config.limits.login_delay  # the user's, once logged in
+        self._translation = translation(ctx.config.auth.username_translation)
+
+    def _name(self, given: str) -> str:
+        """The user name as looked up: `auth.username_translation` applied."""
+        return given.translate(self._translation) if self._translation else given
 
     def tls_started(self, ssl_object: ssl.SSLObject | None) -> None:
         """The connection is TLS now (implicit or after STLS): note the binding data."""
@@ -173,7 +179,7 @@ class Authorization:
             case ev.User(name):
                 if not self.cleartext_allowed:
                     return replies.CLEARTEXT_REFUSED
-                self.user = name
+                self.user = self._name(name)
                 return ev.Ok()
             case ev.Pass(secret):
                 assert self.user is not None
@@ -182,7 +188,7 @@ class Authorization:
                     user, "USER", lambda: self.ctx.backends.passdb.verify(user, password)
                 )
             case ev.Apop(name, digest):
-                return await self._apop(name, digest)
+                return await self._apop(self._name(name), digest)
             case ev.Auth(None):
                 return replies.Listing("Mechanisms follow", await self.mechanisms())
             case ev.Auth(mechanism, initial):
@@ -223,13 +229,13 @@ class Authorization:
                 case sasl.Challenge(data):
                     return ev.Continuation(data)
                 case sasl.NeedCredential(user, scheme):
-                    found = await self._credential(user, scheme)
+                    found = await self._credential(self._name(user), scheme)
                     if found is Verdict.TEMPORARY:
                         return self._temporary(user)
                     stored = found.value if isinstance(found, Secret) else None
                     step = mech.provide(sasl.StoredCredential(stored))
                 case sasl.NeedToken(claimed, token):
-                    owner = await self._token_owner(claimed, Secret(token))
+                    owner = await self._token_owner(self._name(claimed), Secret(token))
                     if owner is Verdict.TEMPORARY:
                         return self._temporary(claimed)
                     step = mech.provide(sasl.TokenOwner(owner if isinstance(owner, str) else None))
@@ -239,9 +245,10 @@ class Authorization:
                     return replies.AUTH_FAILED
                 case sasl.Authenticated(user):
                     self._mechanism = None
-                    return await self._login(user, name, _accepted)
+                    return await self._login(self._name(user), name, _accepted)
                 case sasl.Credentials(authcid, password, authzid):
                     self._mechanism = None
+                    authcid, authzid = self._name(authcid), self._name(authzid or "")
                     if authzid and authzid != authcid:
                         self._log_failure(authcid, name, "authzid-not-allowed")
                         return replies.AUTH_FAILED

@@ -29,6 +29,7 @@ TOO_MANY_CONNECTIONS = Err("Too many connections, try again later.", RespCode.SY
 SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
 ALREADY_SECURE = Err("TLS is already active.")
+XTND_UNSUPPORTED = Err("XTND is not supported by this server.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
 
 

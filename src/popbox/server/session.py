@@ -51,7 +51,8 @@ class Session:
         self.ctx = ctx
         self.io = io
         no_nuls = "outlook-no-nuls" in ctx.config.server.workarounds
-        self.conn = ServerConnection(no_nuls=no_nuls)
+        enabled = frozenset({"LAST"} if ctx.config.server.enable_last else ())
+        self.conn = ServerConnection(no_nuls=no_nuls, enabled=enabled)
         io.received = self.conn.receive_data
         self.peer = io.peer
         self.authz = Authorization(ctx, self.peer, secure=io.secure)
@@ -177,7 +178,7 @@ class Session:
     async def _handle(self, event: ev.Event) -> None:
         match event:  # the commands of a logged-in session first: most events are these
             case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
-                  | ev.Rset()):
+                  | ev.Rset() | ev.Last()):
                 assert self.txn is not None
                 answer = await self.txn.handle(event)
                 if isinstance(answer, Body):
@@ -195,6 +196,8 @@ class Session:
                 self._reply(await self.txn.quit() if self.txn else ev.Ok("Logging out."))
             case ev.Utf8():
                 self._reply(ev.Ok("UTF8 enabled"))
+            case ev.Xtnd():
+                self._reply(replies.XTND_UNSUPPORTED)
             case ev.Stls():
                 await self._starttls()
             case (ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse()

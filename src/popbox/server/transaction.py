@@ -6,6 +6,10 @@ streams through the core. Message numbers are fixed for the session; DELE only m
 RSET unmarks, and nothing reaches the store until `quit()` commits once. Retrieved
 messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
 are remembered so the store can mark them seen at commit.
+
+LAST (RFC 1460 §5, where the server enables it) answers the highest message number
+accessed in this session: RETR and DELE raise it, TOP does not (a peek), RSET sets it
+back to 0. Earlier sessions do not count: the snapshot does not carry seen flags.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from popbox.proto.wire import TopFilter
 from popbox.server import replies
 from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
 
-Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
+Command = (
+    ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset | ev.Last
+)
 
 
 @dataclass(slots=True)
@@ -51,13 +57,14 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved")
 
     def __init__(self, maildrop: Maildrop) -> None:
         self.maildrop = maildrop
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
+        self.last = 0  # RFC 1460 §5: the highest message number accessed
 
     def index(self, msg: MsgNo) -> Index | Err:
         """The snapshot index of `msg`, or the error for a missing or deleted message."""
@@ -93,6 +100,7 @@ class Transaction:
 
     def rset(self) -> None:
         self.deleted.clear()
+        self.last = 0
 
     async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
         """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
@@ -136,9 +144,12 @@ class Transaction:
                 if isinstance(event, ev.Uidl):
                     return ev.Ok(f"{msg} {self.uidl(index)}")
                 self.deleted.add(index)
+                self.last = max(self.last, msg)
                 return ev.Ok(f"Message {msg} deleted.")
             case ev.Noop():
                 return ev.Ok()
+            case ev.Last():
+                return ev.Ok(str(self.last))
             case ev.Rset():
                 self.rset()
                 count, size = self.stat()
@@ -150,6 +161,7 @@ class Transaction:
         """`body` went out to its end: a RETR marks the message seen at commit."""
         if body.limit is None:
             self.retrieved.add(body.index)
+            self.last = max(self.last, body.index + 1)
 
     async def quit(self) -> ev.Ok | Err:
         """RFC 1939 §6, the UPDATE state: commit the deletions and the seen marks once.
