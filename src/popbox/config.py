@@ -188,6 +188,11 @@ class StoreSection(_Section):
     backend: Literal["maildir", "postgres"] = "maildir"
     mark_seen: bool = True
     uidl_import: Literal["dovecot", "courier"] | None = None
+    # RFC 2449 §6.7 EXPIRE: `popbox expire` deletes messages retrieved this many days ago
+    # (a user's `expire_days` userdb field wins); None: never (EXPIRE NEVER). Unretrieved
+    # mail is kept unless expire_unretrieved, then it goes this many days after delivery.
+    expire_days: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    expire_unretrieved: bool = False
 
 
 class CertPair(_Section):

@@ -278,6 +278,18 @@ class PasswdFile:
             return await self._credentials.lookup(None, scheme, user)
         return await self._credentials.lookup(entry.password, scheme, entry.name)
 
+    async def names(self) -> list[str] | Verdict:
+        table = await self._current()
+        if table is None:
+            return Verdict.TEMPORARY
+        return sorted(table.entries, key=lambda name: table.entries[name].line)
+
+    async def varies(self, field: str) -> bool:
+        """Whether some line of the file sets `userdb_<field>`."""
+        table = await self._current()
+        key = "userdb_" + field
+        return table is not None and any(key in e.extra for e in table.entries.values())
+
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()
         if table is None:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from popbox import __version__
-from popbox.auth.base import Secret, UserInfo, Verdict
+from popbox.auth.base import Directory, Secret, UserInfo, Verdict
 from popbox.auth.names import normalize_username, translation, valid_username
 from popbox.config import in_networks
 from popbox.proto import apop, commands, sasl
@@ -41,6 +41,7 @@ from popbox.server import mechanisms, replies
 from popbox.server.binding import channel_bindings
 from popbox.server.context import ServerContext
 from popbox.server.logfmt import quote
+from popbox.store import expire
 from popbox.store.base import Failure, Maildrop
 
 log = logging.getLogger("popbox")
@@ -56,6 +57,7 @@ class Authenticated:
     info: UserInfo
     mechanism: str  # USER, APOP or the SASL mechanism: for the log
     login_delay: int  # the user's LOGIN-DELAY (RFC 2449 §6.8), seconds
+    expire_days: int | None = None  # the user's EXPIRE (RFC 2449 §6.7); None: NEVER
 
 
 Answer = ev.Ok | ev.Err | ev.Continuation | replies.Listing | Authenticated
@@ -73,7 +75,8 @@ def login_delay(info: UserInfo, default: int) -> int:
 
 class Authorization:
     __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "_translation", "bindings",
-                 "ctx", "failures", "login_delay", "peer", "secure", "timestamp", "user")
+                 "ctx", "expire_days", "failures", "login_delay", "peer", "secure", "timestamp",
+                 "user")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -87,6 +90,7 @@ class Authorization:
         self._failed_user = ""
         self.failures = 0  # failed login attempts on this connection
         self.login_delay = ctx.config.limits.login_delay  # the user's, once logged in
+        self.expire_days = ctx.config.store.expire_days  # the user's, once logged in
         self._translation = translation(ctx.config.auth.username_translation)
 
     def _name(self, given: str) -> str:
@@ -126,14 +130,24 @@ class Authorization:
             sasl_mechanisms = await self.mechanisms()
             if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
                 offered["SASL"] = " ".join(sasl_mechanisms)
+        # RFC 2449 §§6.7, 6.8: the global values before login, with USER where a user
+        # may have their own; the user's own after login. LOGIN-DELAY 0 says nothing.
+        expires = f"EXPIRE {expire.capability(self.expire_days)}"
+        delay = f"LOGIN-DELAY {self.login_delay}" if self.login_delay else None
+        if state is State.AUTHORIZATION:
+            userdb = self.ctx.backends.userdb
+            if isinstance(userdb, Directory):
+                if await userdb.varies("expire_days"):
+                    expires += " USER"
+                if delay and await userdb.varies("login_delay"):
+                    delay += " USER"
         return (
             *commands.capabilities(state, offered),
             "RESP-CODES",
             "AUTH-RESP-CODE",
             "PIPELINING",
-            "EXPIRE NEVER",
-            # RFC 2449 §6.8: the global value before login, the user's own after it.
-            f"LOGIN-DELAY {self.login_delay}",
+            expires,
+            *((delay,) if delay else ()),
             f"IMPLEMENTATION popbox-{__version__}",
         )
 
@@ -152,6 +166,7 @@ class Authorization:
         self.ctx.record_login(auth.user, self.ctx.clock.monotonic(), auth.login_delay)
         self.user = auth.user
         self.login_delay = auth.login_delay
+        self.expire_days = auth.expire_days
         self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
         log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(auth.user),
                  auth.mechanism, self.peer, len(maildrop.messages))
@@ -308,7 +323,8 @@ class Authorization:
         if self.ctx.login_too_soon(user, self.ctx.clock.monotonic(), delay):
             self._log_failure(user, mechanism, "login-delay")
             return replies.LOGIN_DELAY
-        return Authenticated(user, info, mechanism, delay)
+        days = expire.user_days(info.extra, self.ctx.config.store.expire_days)
+        return Authenticated(user, info, mechanism, delay, days)
 
     def _log_failure(self, user: str, mechanism: str, reason: str) -> None:
         self._failed_user = user

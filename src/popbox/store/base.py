@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, overload
+from typing import NamedTuple, Protocol, overload, runtime_checkable
 
 from popbox.proto.types import Index, Uidl
 
@@ -135,6 +135,23 @@ class MailStore(Protocol):
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         """Store one new message durably (used by delivery agents, the demo and tests)."""
+        ...
+
+
+class Times(NamedTuple):
+    """When a message arrived and when a session first retrieved it (RETR to its end,
+    committed at QUIT), as seconds since the epoch; `retrieved` is None if never."""
+
+    delivered: float
+    retrieved: float | None
+
+
+@runtime_checkable
+class Dated(Protocol):
+    """A maildrop that knows its messages' `Times` (what `popbox expire` needs)."""
+
+    async def times(self) -> Sequence[Times]:
+        """One `Times` per snapshot index. Raises `StoreError` on I/O trouble."""
         ...
 
 

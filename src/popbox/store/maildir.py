@@ -17,6 +17,10 @@ Courier and qmail write them. The pieces:
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
   thread, so a cancelled commit still finishes before anyone else can open the maildrop.
+* retrieval times (popbox.store.maildir_retrieved): the commit appends the first
+  retrieval time of each retrieved message to ``popbox.retrieved`` and drops the lines
+  of deleted ones; `times()` gives them with the file's mtime as the delivery time,
+  for `popbox expire`. The time comes from the store's `clock`.
 * deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
   fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
   ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
@@ -34,14 +38,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING, Literal
 
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
+from popbox.store import maildir_retrieved
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
@@ -49,6 +55,7 @@ from popbox.store.base import (
     Reader,
     Snapshot,
     StoreError,
+    Times,
 )
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
@@ -157,6 +164,7 @@ class MaildirStore:
     with the ``S`` flag, as Dovecot and Courier do. `uidl_import`: "dovecot" or
     "courier" to list the UIDLs that server gave out (migration), None (default) for
     popbox's own. `hostname`: used in delivered file names (default: this host).
+    `clock`: seconds since the epoch, for the retrieval times commits record.
     """
 
     def __init__(
@@ -166,6 +174,7 @@ class MaildirStore:
         uidl_import: UidlImport | None = None,
         chunk_size: int = CHUNK_SIZE,
         hostname: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if uidl_import not in (None, "dovecot", "courier"):
             raise ValueError(f"unknown uidl_import {uidl_import!r}")
@@ -175,6 +184,7 @@ class MaildirStore:
         self.uidl_import: UidlImport | None = uidl_import
         self.chunk_size = chunk_size
         self.hostname = hostname or socket.gethostname()
+        self.clock = clock
 
     async def open(self, location: str) -> MaildirDrop | Failure:
         return await asyncio.to_thread(self._open, location)
@@ -203,7 +213,8 @@ class MaildirStore:
             lock.release()
             raise
         try:
-            return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen, chunk=self.chunk_size)
+            return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen,
+                               chunk=self.chunk_size, clock=self.clock)
         except BaseException:
             lock.release()
             raise
@@ -243,7 +254,8 @@ class MaildirDrop:
     """One session's locked view of a maildir (popbox.store.base.Maildrop)."""
 
     def __init__(
-        self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int
+        self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._root = root
         self._lock = lock
@@ -252,10 +264,37 @@ class MaildirDrop:
         self._mark_seen = mark_seen
         self._chunk = chunk
         self._committing = False
+        self._clock = clock
 
     @property
     def messages(self) -> Snapshot:
         return self._messages
+
+    async def times(self) -> Sequence[Times]:
+        return await asyncio.to_thread(self._times)
+
+    def _times(self) -> list[Times]:
+        try:
+            record = maildir_retrieved.read(self._root)
+        except OSError as exc:
+            raise StoreError(Failure.TEMPORARY) from exc
+        times: list[Times] = []
+        for index in range(len(self._entries)):
+            entry = self._entries[index]
+            try:
+                st = os.stat(entry.path(self._root))
+            except FileNotFoundError:
+                if not self._relocate(entry):
+                    times.append(Times(self._clock(), None))  # gone: nothing to expire
+                    continue
+                st = os.stat(entry.path(self._root))
+            except OSError as exc:
+                raise StoreError(Failure.TEMPORARY) from exc
+            retrieved = record.get(entry.base)
+            if retrieved is None and entry.sub == "cur" and has_flag(entry.name, "S"):
+                retrieved = st.st_ctime  # seen before popbox kept the record
+            times.append(Times(st.st_mtime, retrieved))
+        return times
 
     # -- reading -------------------------------------------------------------------
 
@@ -295,15 +334,29 @@ class MaildirDrop:
         if any(not 0 <= i < count for i in (*delete, *seen)):
             raise IndexError("message index out of range")
         self._committing = True
-        to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
-        if not delete and not to_flag:  # nothing to change: no trip to a thread
+        retrieved = frozenset(seen) - frozenset(delete)
+        to_flag = retrieved if self._mark_seen else frozenset()
+        if not delete and not retrieved:  # nothing to change: no trip to a thread
             self._lock.release()
             return CommitReport(deleted=0, missing=0, flagged=0)
-        return await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+        return await asyncio.to_thread(
+            self._commit, frozenset(delete), to_flag, retrieved, self._clock())
 
-    def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+    def _commit(
+        self, delete: frozenset[int], to_flag: frozenset[int], retrieved: frozenset[int],
+        now: float,
+    ) -> CommitReport | Failure:
         try:
-            return self._apply(delete, to_flag)
+            taken = [self._entries[i] for i in retrieved]  # already seen: recorded before
+            first = [e.base for e in taken if not (e.sub == "cur" and has_flag(e.name, "S"))]
+            deleted = {self._entries[i].base for i in delete}
+            report = self._apply(delete, to_flag)
+            try:
+                maildir_retrieved.append(self._root, first, now)
+                maildir_retrieved.forget(self._root, deleted)
+            except OSError as exc:  # only ever keeps the mail longer
+                log.warning("maildir %s: retrieval record not written: %s", self._root, exc)
+            return report
         except OSError as exc:  # the directories could not be searched
             log.warning("maildir %s: commit failed: %s", self._root, exc)
             return Failure.TEMPORARY
@@ -379,5 +432,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: MaildirStore, drop: MaildirDrop, reader: _FileReader
-    ) -> tuple[MailStore, Maildrop, Reader]:
-        return store, drop, reader
+    ) -> tuple[MailStore, Maildrop, Reader, Dated]:
+        return store, drop, reader, drop

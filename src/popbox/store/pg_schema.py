@@ -14,7 +14,8 @@ Tables:
 * ``messages``: one row per message: ``uidl`` (given at delivery, never changed, RFC 1939
   §7 syntax checked by the database, unique per mailbox), ``size`` (the CRLF wire size of
   popbox.proto.wire, counted at delivery), ``raw_size`` (octets stored), ``delivered_at``,
-  ``seen`` (set at QUIT for retrieved messages) and ``body``. The body is stored
+  ``seen`` (set at QUIT for retrieved messages), ``retrieved_at`` (the first QUIT that
+  committed a RETR of it, for `popbox expire`) and ``body``. The body is stored
   uncompressed out of line (STORAGE EXTERNAL), so ``substring(body from N for M)`` reads
   only the TOAST chunks it needs: RETR streams a 50 MB message in 256 KiB pieces.
   ``ORDER BY id`` is delivery order; the listing index covers the listing query.
@@ -85,6 +86,9 @@ CREATE TABLE messages (
 );
 ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size);
+"""),
+    Migration(2, "retrieval times", """
+ALTER TABLE messages ADD COLUMN retrieved_at timestamptz;
 """),
 )
 LATEST = MIGRATIONS[-1].version

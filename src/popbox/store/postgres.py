@@ -14,8 +14,9 @@ user name). The tables are popbox.store.pg_schema's. The pieces:
   first chunk, so the answer is known before +OK.
 * commit (after QUIT only): ONE transaction proves the lease still holds (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
-  deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
-  already gone count as missing. Then the lock is released. The commit is shielded, so
+  deletes the session's deleted messages and sets ``seen`` (with `mark_seen`) and the
+  first ``retrieved_at`` (the store's `clock`) on the retrieved ones; rows already gone
+  count as missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
 * deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
@@ -31,7 +32,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from popbox.proto.wire import wire_size
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
@@ -48,6 +50,7 @@ from popbox.store.base import (
     Reader,
     Snapshot,
     StoreError,
+    Times,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
 from popbox.store.pg_pool import DB_ERRORS, Connection, Database
@@ -94,11 +97,13 @@ class PostgresStore:
     """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT."""
 
     def __init__(
-        self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE
+        self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.db = db
+        self.clock = clock
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
@@ -229,6 +234,20 @@ class PostgresDrop:
             raise StoreError(Failure.TEMPORARY) from exc
         return chunk
 
+    async def times(self) -> Sequence[Times]:
+        ids = [entry.id for entry in self._entries]
+        try:
+            rows = await self._store.db.run(lambda conn: conn.fetch(
+                "SELECT id, extract(epoch FROM delivered_at)::float8 AS delivered, "
+                "extract(epoch FROM retrieved_at)::float8 AS retrieved FROM messages "
+                "WHERE mailbox_id = $1 AND id = ANY($2::bigint[])", self._box, ids))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %d: times not read: %s", self._box, exc)
+            raise StoreError(Failure.TEMPORARY) from exc
+        found = {r["id"]: Times(r["delivered"], r["retrieved"]) for r in rows}
+        gone = Times(self._store.clock(), None)  # removed meanwhile: nothing to expire
+        return [found.get(i, gone) for i in ids]
+
     async def open_message(self, index: Index) -> _RowReader | Gone:
         entry = self._entries[index]
         first = await self._chunk(entry.id, 0)
@@ -243,8 +262,6 @@ class PostgresDrop:
         self._state = "committing"
         doomed = [self._entries[i].id for i in delete]
         flag = [self._entries[i].id for i in set(seen) - set(delete)]
-        if not self._store.mark_seen:
-            flag = []
         try:
             return await asyncio.shield(self._commit(doomed, flag))
         finally:
@@ -265,12 +282,14 @@ class PostgresDrop:
                         "DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) "
                         "RETURNING id", self._box, doomed)
                     marked = await conn.fetch(
-                        "UPDATE messages SET seen = true WHERE mailbox_id = $1 "
-                        "AND id = ANY($2::bigint[]) RETURNING id", self._box, flag)
+                        "UPDATE messages SET seen = seen OR $3, "
+                        "retrieved_at = coalesce(retrieved_at, to_timestamp($4)) "
+                        "WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
+                        self._box, flag, store.mark_seen, store.clock())
                 return CommitReport(
                     deleted=len(gone),
                     missing=len(doomed) - len(gone) + len(flag) - len(marked),
-                    flagged=len(marked),
+                    flagged=len(marked) if store.mark_seen else 0,
                 )
 
             result = await store.db.run(apply)
@@ -293,5 +312,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: PostgresStore, drop: PostgresDrop, reader: _RowReader
-    ) -> tuple[MailStore, Maildrop, Reader]:
-        return store, drop, reader
+    ) -> tuple[MailStore, Maildrop, Reader, Dated]:
+        return store, drop, reader, drop
