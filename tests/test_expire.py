@@ -17,7 +17,7 @@ from popbox.cli import expire as expire_cli
 from popbox.config import Config, load
 from popbox.server.backends import build
 from popbox.server.context import Backends, ServerContext
-from popbox.store import maildir_retrieved
+from popbox.store import maildir_times
 from popbox.store.base import MailStore
 from popbox.store.expire import DAY, Policy, Times, expired
 from popbox.store.maildir import MaildirStore
@@ -112,7 +112,7 @@ async def test_maildir_expire_deletes_exactly_the_old_retrieved(env: MailEnv) ->
     assert await expire_cli.run(config, now=clock.now, backends=backends, say=said.append) == 0
     assert subjects(env) == [b"Subject: C", b"Subject: D"]
     # The record holds only messages still there.
-    assert set(maildir_retrieved.read(str(env.maildir("alice")))) == set()
+    assert set(maildir_times.read(str(env.maildir("alice")))) == set()
 
     eager = env.config(store={"expire_days": 30, "expire_unretrieved": True})
     assert await expire_cli.run(eager, now=clock.now, backends=backends, say=said.append) == 0
@@ -151,7 +151,7 @@ async def test_seen_flag_without_record_counts_from_ctime(env: MailEnv) -> None:
     env.put("alice", MESSAGES[0], folder="cur", suffix=":2,S")
     env.put("alice", MESSAGES[1], folder="cur", suffix=":2,")
     root = env.maildir("alice")
-    (root / maildir_retrieved.NAME).write_bytes(b"garbage\nhalf-a-line 12")
+    (root / maildir_times.RETRIEVED).write_bytes(b"garbage\nhalf-a-line 12")
     config = env.config(store={"expire_days": 1})
     store = MaildirStore()
     backends = backends_with(config, store)

@@ -193,6 +193,11 @@ class StoreSection(_Section):
     # mail is kept unless expire_unretrieved, then it goes this many days after delivery.
     expire_days: Annotated[int, Field(ge=0, le=100_000)] | None = None
     expire_unretrieved: bool = False
+    # What QUIT does with DELE'd messages: "remove" them, or move them to the trash
+    # (Maildir: the .Trash folder; PostgreSQL: deleted_at), whence `popbox undelete`
+    # puts them back and `popbox expire` purges them after trash_days.
+    deleted: Literal["remove", "trash"] = "remove"
+    trash_days: Annotated[int, Field(ge=0, le=100_000)] = 30
 
 
 class CertPair(_Section):

@@ -1,29 +1,39 @@
 """`popbox expire --config X [--dry-run]`: one retention pass over every user's maildrop
-(RFC 2449 §6.7 EXPIRE), meant for a timer (systemd, cron).
+(RFC 2449 §6.7 EXPIRE), meant for a timer (systemd, cron); and `popbox undelete USER
+[--since TIME]`, which puts back what that user's clients deleted (`store.deleted =
+"trash"`).
 
 Each user of the configured userdb gets the policy of popbox.store.expire: their own
 `expire_days` (userdb field) or `store.expire_days`, and `store.expire_unretrieved`.
 Messages retrieved that many days ago are deleted through the store's commit, as a
 client's DELE + QUIT would be; unretrieved ones are kept unless expire_unretrieved. A
 maildrop in use by a session is left for the next pass. `--dry-run` counts without
-deleting. Prints one line per maildrop that had something to expire or failed, then a
-total. Exit status: 0 done, 1 something was left for the next pass, 2 usage.
+deleting. With `store.deleted = "trash"` the pass also purges what was deleted
+`store.trash_days` ago. Prints one line per maildrop that had something to expire or
+failed, then a total. Exit status: 0 done, 1 something was left for the next pass, 2 usage.
+
+`popbox undelete` takes the maildrop lock as a session does (a user logged in right now
+gets "in use": try again after QUIT) and puts back, with the UIDLs they had, the messages
+deleted at or after `--since` (an ISO 8601 time, or `3d`, `12h`, `30m` ago), else all.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from popbox.auth.base import Directory, UserInfo
 from popbox.config import Config, load
 from popbox.server.backends import build
 from popbox.server.context import Backends
-from popbox.store.base import Failure
-from popbox.store.expire import Outcome, Policy, expire, user_days
+from popbox.store.base import Failure, Trash
+from popbox.store.expire import DAY, Outcome, Policy, expire, user_days
 
 
 async def run(
@@ -54,12 +64,21 @@ async def _pass(
         say("popbox: the userdb could not be read")
         return 1
     store = config.store
-    left = expired = users = 0
+    left = expired = users = purged = 0
     verb = "would expire" if dry_run else "expired"
+    trash = backends.store if store.deleted == "trash" and not dry_run else None
     for name in names:
         info = await userdb.lookup(name)
         if not isinstance(info, UserInfo):
             continue
+        if isinstance(trash, Trash):
+            emptied = await trash.purge(info.mail_location, now - store.trash_days * DAY)
+            if isinstance(emptied, Failure):
+                left += 1
+                say(f"{name}: trash not purged ({emptied.value}), left for the next pass")
+            elif emptied:
+                purged += emptied
+                say(f"{name}: purged {emptied} deleted messages from the trash")
         policy = Policy(user_days(info.extra, store.expire_days), store.expire_unretrieved)
         if policy.days is None:
             continue
@@ -80,8 +99,58 @@ async def _pass(
                 left += 1
                 say(f"{name}: temporary failure, left for the next pass")
     say(f"{users} maildrops with a retention policy: {verb} {expired} messages"
+        + (f", {purged} purged from the trash" if purged else "")
         + (f", {left} left for the next pass" if left else ""))
     return 1 if left else 0
+
+
+_AGO = re.compile(r"(\d+)([dhm])")
+_UNIT = {"d": DAY, "h": 3600.0, "m": 60.0}
+
+
+def parse_since(text: str, now: float) -> float | None:
+    """`--since`: an ISO 8601 time (local time unless it has an offset) or `<n>d|h|m` ago;
+    None if it is neither."""
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return now - int(ago.group(1)) * _UNIT[ago.group(2)]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+async def undelete(
+    config: Config, user: str, since: float | None, *, backends: Backends | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Put back `user`'s deleted messages (deleted at or after `since`); the exit status."""
+    from popbox.cli.lmtp import close_backends
+
+    used = build(config) if backends is None else backends
+    try:
+        info = await used.userdb.lookup(user)
+        if not isinstance(info, UserInfo):
+            say(f"popbox: {user}: " + ("no such user" if info is None else "userdb trouble"))
+            return 1
+        store = used.store
+        if not isinstance(store, Trash):
+            say(f"popbox: the {config.store.backend} store does not keep deleted messages")
+            return 1
+        result = await store.undelete(info.mail_location, since)
+    finally:
+        if backends is None:
+            await close_backends(used)
+    match result:
+        case Failure.IN_USE:
+            say(f"popbox: {user}: maildrop in use by a session, try again after it ends")
+            return 1
+        case Failure():
+            say(f"popbox: {user}: the maildrop could not be changed ({result.value})")
+            return 1
+        case count:
+            say(f"{user}: {count} messages put back")
+            return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,9 +158,26 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run(config, now=time.time(), dry_run=args.dry_run))
 
 
+def _undelete(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    since = None
+    if args.since is not None:
+        since = parse_since(args.since, time.time())
+        if since is None:
+            print(f"popbox: --since {args.since!r}: give an ISO 8601 time or 3d, 12h, 30m",
+                  file=sys.stderr)
+            return 2
+    return asyncio.run(undelete(config, args.user, since))
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `expire` to the `popbox` command's subparsers."""
+    """Add `expire` and `undelete` to the `popbox` command's subparsers."""
     cmd = sub.add_parser("expire", help="delete retrieved messages older than the retention")
     cmd.add_argument("--config", type=Path, default=Path("/etc/popbox/popbox.toml"))
     cmd.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     cmd.set_defaults(func=_run)
+    back = sub.add_parser("undelete", help="put back a user's deleted messages (trash)")
+    back.add_argument("user")
+    back.add_argument("--config", type=Path, default=Path("/etc/popbox/popbox.toml"))
+    back.add_argument("--since", help="only those deleted since: ISO 8601 time, or 3d/12h/30m ago")
+    back.set_defaults(func=_undelete)

@@ -46,10 +46,12 @@ def build(config: Config) -> Backends:
     store: MailStore
     if db is not None and config.store.backend == "postgres":
         store = PostgresStore(db, mark_seen=config.store.mark_seen,
-                              chunk_size=config.postgres.chunk_size)
+                              chunk_size=config.postgres.chunk_size,
+                              deleted=config.store.deleted)
     else:
         store = MaildirStore(mark_seen=config.store.mark_seen,
-                             uidl_import=config.store.uidl_import)
+                             uidl_import=config.store.uidl_import,
+                             deleted=config.store.deleted)
     return Backends(passdb=users, userdb=users, store=store, tokens=token_validator(config.oauth))
 
 

@@ -155,6 +155,19 @@ class Dated(Protocol):
         ...
 
 
+@runtime_checkable
+class Trash(Protocol):
+    """A store that can keep deleted messages for a while (``store.deleted = "trash"``):
+    `purge` removes for good what was deleted at or before `before`, `undelete` puts
+    back what was deleted at or after `since` (everything if None) with the UIDLs it
+    had. Both take the maildrop lock (`Failure.IN_USE` while a session holds it) and
+    answer how many messages they moved."""
+
+    async def purge(self, location: str, before: float) -> int | Failure: ...
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure: ...
+
+
 class StoreError(Exception):
     """An I/O failure while streaming a message."""
 

@@ -17,10 +17,13 @@ Courier and qmail write them. The pieces:
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
   thread, so a cancelled commit still finishes before anyone else can open the maildrop.
-* retrieval times (popbox.store.maildir_retrieved): the commit appends the first
+* retrieval times (popbox.store.maildir_times): the commit appends the first
   retrieval time of each retrieved message to ``popbox.retrieved`` and drops the lines
   of deleted ones; `times()` gives them with the file's mtime as the delivery time,
   for `popbox expire`. The time comes from the store's `clock`.
+* soft delete (`deleted="trash"`, popbox.store.maildir_trash): the commit moves the
+  deleted files into ``.Trash/cur/`` instead of unlinking them; `purge` and `undelete`
+  (under the maildrop lock) empty it after a while or put messages back.
 * deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
   fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
   ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
@@ -43,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
-from popbox.store import maildir_retrieved
+from popbox.store import maildir_times, maildir_trash
 from popbox.store.base import (
     GONE,
     CommitReport,
@@ -56,6 +59,7 @@ from popbox.store.base import (
     Snapshot,
     StoreError,
     Times,
+    Trash,
 )
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
@@ -165,6 +169,8 @@ class MaildirStore:
     "courier" to list the UIDLs that server gave out (migration), None (default) for
     popbox's own. `hostname`: used in delivered file names (default: this host).
     `clock`: seconds since the epoch, for the retrieval times commits record.
+    `deleted`: "remove" unlinks deleted messages at commit, "trash" moves them to
+    ``.Trash``.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class MaildirStore:
         chunk_size: int = CHUNK_SIZE,
         hostname: str | None = None,
         clock: Callable[[], float] = time.time,
+        deleted: Literal["remove", "trash"] = "remove",
     ) -> None:
         if uidl_import not in (None, "dovecot", "courier"):
             raise ValueError(f"unknown uidl_import {uidl_import!r}")
@@ -185,6 +192,7 @@ class MaildirStore:
         self.chunk_size = chunk_size
         self.hostname = hostname or socket.gethostname()
         self.clock = clock
+        self.deleted = deleted
 
     async def open(self, location: str) -> MaildirDrop | Failure:
         return await asyncio.to_thread(self._open, location)
@@ -214,10 +222,36 @@ class MaildirStore:
             raise
         try:
             return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen,
-                               chunk=self.chunk_size, clock=self.clock)
+                               chunk=self.chunk_size, clock=self.clock,
+                               trash=self.deleted == "trash")
         except BaseException:
             lock.release()
             raise
+
+    async def purge(self, location: str, before: float) -> int | Failure:
+        return await asyncio.to_thread(self._locked, location, maildir_trash.purge, before)
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure:
+        return await asyncio.to_thread(self._locked, location, maildir_trash.restore, since)
+
+    def _locked(
+        self, root: str, op: Callable[[str, float], int] | Callable[[str, float | None], int],
+        when: float | None,
+    ) -> int | Failure:
+        """`op(root, when)` under the maildrop lock, as a session's commit runs."""
+        try:
+            lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
+        except OSError as exc:
+            return _failure(exc)
+        if lock is None:
+            return Failure.IN_USE
+        try:
+            return op(root, when)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.warning("maildir %s: trash: %s", root, exc)
+            return _failure(exc)
+        finally:
+            lock.release()
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
@@ -255,9 +289,10 @@ class MaildirDrop:
 
     def __init__(
         self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, trash: bool = False,
     ) -> None:
         self._root = root
+        self._trash = trash
         self._lock = lock
         self._entries = EntryTable(listing)  # Entry objects made on first use
         self._messages = Snapshot(listing.uidls, listing.sizes)
@@ -275,7 +310,7 @@ class MaildirDrop:
 
     def _times(self) -> list[Times]:
         try:
-            record = maildir_retrieved.read(self._root)
+            record = maildir_times.read(self._root)
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
         times: list[Times] = []
@@ -350,10 +385,10 @@ class MaildirDrop:
             taken = [self._entries[i] for i in retrieved]  # already seen: recorded before
             first = [e.base for e in taken if not (e.sub == "cur" and has_flag(e.name, "S"))]
             deleted = {self._entries[i].base for i in delete}
-            report = self._apply(delete, to_flag)
+            report = self._apply(delete, to_flag, now)
             try:
-                maildir_retrieved.append(self._root, first, now)
-                maildir_retrieved.forget(self._root, deleted)
+                maildir_times.append(self._root, first, now)
+                maildir_times.forget(self._root, deleted)
             except OSError as exc:  # only ever keeps the mail longer
                 log.warning("maildir %s: retrieval record not written: %s", self._root, exc)
             return report
@@ -363,18 +398,26 @@ class MaildirDrop:
         finally:
             self._lock.release()
 
-    def _apply(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+    def _apply(
+        self, delete: frozenset[int], to_flag: frozenset[int], now: float
+    ) -> CommitReport | Failure:
         deleted = missing = flagged = 0
         failed = False
         changed: set[str] = set()
         pending = sorted(delete | to_flag)
+        trash_cur = maildir_trash.prepare(self._root) if self._trash and delete else None
+        trashed: list[str] = []
         for attempt in range(2):
             retry: list[int] = []
             for i in pending:
                 entry = self._entries[i]
                 try:
                     if i in delete:
-                        os.unlink(entry.path(self._root))
+                        if trash_cur is None:
+                            os.unlink(entry.path(self._root))
+                        else:
+                            maildir_trash.move(entry.path(self._root), trash_cur, entry.name)
+                            trashed.append(entry.base)
                         deleted += 1
                         changed.add(entry.sub)
                     else:
@@ -396,6 +439,13 @@ class MaildirDrop:
                 missing += len(retry) - len(pending)
             else:
                 missing += len(retry)
+        if trash_cur is not None:
+            changed.add(os.path.join(maildir_trash.FOLDER, "cur"))
+            try:
+                maildir_times.append(maildir_trash.folder(self._root), trashed, now,
+                                     maildir_times.TRASHED)
+            except OSError as exc:  # unrecorded: kept in the trash until removed by hand
+                log.warning("maildir %s: trash record not written: %s", self._root, exc)
         for sub in changed:
             try:
                 _fsync_dir(os.path.join(self._root, sub))
@@ -432,5 +482,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: MaildirStore, drop: MaildirDrop, reader: _FileReader
-    ) -> tuple[MailStore, Maildrop, Reader, Dated]:
-        return store, drop, reader, drop
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
+        return store, drop, reader, drop, store

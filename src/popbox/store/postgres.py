@@ -18,6 +18,9 @@ user name). The tables are popbox.store.pg_schema's. The pieces:
   first ``retrieved_at`` (the store's `clock`) on the retrieved ones; rows already gone
   count as missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
+* soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
+  the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
+  in one statement under the maildrop lock.
 * deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
   size counted by popbox.proto.wire. Never retried: an error means "not stored".
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
@@ -51,6 +54,7 @@ from popbox.store.base import (
     Snapshot,
     StoreError,
     Times,
+    Trash,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
 from popbox.store.pg_pool import DB_ERRORS, Connection, Database
@@ -65,6 +69,14 @@ INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, seen, delivered_at
 VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
+
+
+# The commit's deletion: for good, or into the trash ($3: the time).
+_DELETE = """
+DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id"""
+_TRASH = """
+UPDATE messages SET deleted_at = to_timestamp($3) WHERE mailbox_id = $1
+AND id = ANY($2::bigint[]) AND deleted_at IS NULL RETURNING id"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +110,13 @@ class PostgresStore:
 
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.db = db
         self.clock = clock
+        self.deleted = deleted
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
@@ -123,7 +136,7 @@ class PostgresStore:
         try:
             rows = await self.db.run(lambda conn: conn.fetch(
                 "SELECT id, uidl, size, raw_size FROM messages WHERE mailbox_id = $1 "
-                "ORDER BY id", box))
+                "AND deleted_at IS NULL ORDER BY id", box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -164,6 +177,39 @@ class PostgresStore:
         except DB_ERRORS as exc:
             log.warning("postgres: delivery to %r failed: %s", location, exc)
             return Failure.TEMPORARY
+
+    async def purge(self, location: str, before: float) -> int | Failure:
+        return await self._in_trash(
+            location, "DELETE FROM messages WHERE mailbox_id = $1 "
+            "AND deleted_at <= to_timestamp($2) RETURNING id", before)
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure:
+        return await self._in_trash(
+            location, "UPDATE messages SET deleted_at = NULL WHERE mailbox_id = $1 "
+            "AND deleted_at >= to_timestamp($2) RETURNING id", since or 0.0)
+
+    async def _in_trash(self, location: str, statement: str, when: float) -> int | Failure:
+        """One statement over a mailbox's trashed rows, under its maildrop lock."""
+        if not valid_location(location):
+            return Failure.PERMANENT
+        try:
+            box = await self.db.run(lambda conn: mailbox_id(conn, location, create=False))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %r: trash: %s", location, exc)
+            return Failure.TEMPORARY
+        if box is None:
+            return 0
+        lease = await self.locks.acquire(box)
+        if isinstance(lease, Failure):
+            return lease
+        try:
+            rows = await self.db.run(lambda conn: conn.fetch(statement, box, when))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %r: trash: %s", location, exc)
+            return Failure.TEMPORARY
+        finally:
+            await self.locks.release(lease)
+        return len(rows)
 
     async def uidls(self, location: str) -> set[Uidl]:
         """The UIDLs of a mailbox now (for import). Raises DB_ERRORS."""
@@ -278,9 +324,10 @@ class PostgresDrop:
                 async with conn.transaction():
                     if not await lease_held(conn, self._lease):
                         return Failure.TEMPORARY
-                    gone = await conn.fetch(
-                        "DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) "
-                        "RETURNING id", self._box, doomed)
+                    if store.deleted == "trash":
+                        gone = await conn.fetch(_TRASH, self._box, doomed, store.clock())
+                    else:
+                        gone = await conn.fetch(_DELETE, self._box, doomed)
                     marked = await conn.fetch(
                         "UPDATE messages SET seen = seen OR $3, "
                         "retrieved_at = coalesce(retrieved_at, to_timestamp($4)) "
@@ -312,5 +359,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: PostgresStore, drop: PostgresDrop, reader: _RowReader
-    ) -> tuple[MailStore, Maildrop, Reader, Dated]:
-        return store, drop, reader, drop
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
+        return store, drop, reader, drop, store
