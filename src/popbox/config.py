@@ -80,8 +80,9 @@ class ServerSection(_Section):
     # HAProxy PROXY protocol v1/v2 is required from these networks, refused from others.
     proxy_networks: list[str] = Field(default_factory=list)
     # Named client workarounds, as in Dovecot's pop3_workarounds: "outlook-no-nuls" sends
-    # NUL octets in messages as 0x80.
-    workarounds: list[Literal["outlook-no-nuls"]] = Field(default_factory=list)
+    # NUL octets in messages as 0x80; "8bit-headers" sends 8-bit header octets as stored
+    # to clients that did not say UTF8 (else they become "?", RFC 6856 §2.1).
+    workarounds: list[Literal["outlook-no-nuls", "8bit-headers"]] = Field(default_factory=list)
     # RFC 1460's LAST (the highest message number accessed), for clients older than
     # RFC 1725, which dropped it. Off: LAST is an unknown command.
     enable_last: bool = False

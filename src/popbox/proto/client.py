@@ -178,6 +178,8 @@ def encode(command: ev.Command) -> bytes:
         case (ev.Stat() | ev.Noop() | ev.Rset() | ev.Quit() | ev.Capa() | ev.Stls() | ev.Utf8()
               | ev.Last()):
             line = verb(command).encode()
+        case ev.Lang(tag):
+            line = b"LANG" if tag is None else b"LANG " + _text(tag)
         case ev.Xtnd(args):
             line = b"XTND " + _text(args, spaces=True) if args else b"XTND"
         case _:

@@ -132,6 +132,18 @@ def _parse_top(args: list[bytes], rest: bytes) -> Parsed:
     return ev.Top(msg, lines)
 
 
+_LANGUAGE_TAG = re.compile(r"\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")  # RFC 5646 shape
+
+
+def _parse_lang(args: list[bytes], rest: bytes) -> Parsed:
+    if not args:
+        return ev.Lang(None)
+    tag = _text(args[0])
+    if len(args) != 1 or tag is None or not _LANGUAGE_TAG.fullmatch(tag):
+        return _bad("LANG")
+    return ev.Lang(tag)
+
+
 def _parse_xtnd(args: list[bytes], rest: bytes) -> Parsed:
     text = _text(rest.strip(b" "))
     return _bad("XTND") if text is None else ev.Xtnd(text)
@@ -190,6 +202,7 @@ TABLE: dict[str, Spec] = {
         Spec("TOP", ev.Top, TRANSACTION_ONLY, M, _parse_top, "TOP"),
         Spec("UIDL", ev.Uidl, TRANSACTION_ONLY, L, _opt_msg_arg(ev.Uidl, "UIDL"), "UIDL"),
         Spec("UTF8", ev.Utf8, BOTH, S, _no_args(ev.Utf8, "UTF8"), "UTF8"),
+        Spec("LANG", ev.Lang, BOTH, L, _parse_lang, "LANG"),
         Spec("STLS", ev.Stls, AUTH_ONLY, S, _no_args(ev.Stls, "STLS"), "STLS"),
         Spec("USER", ev.User, AUTH_ONLY, S, _parse_user, "USER"),
         Spec("PASS", ev.Pass, AUTH_ONLY, S, _parse_pass, "USER"),
@@ -225,9 +238,12 @@ def verb(command: ev.Command) -> str:
 
 def reply_shape(command: ev.Command) -> Shape:
     """What the reply to `command` looks like after +OK. LIST and UIDL are listings only
-    without an argument (RFC 1939 §5); a bare AUTH lists the mechanisms (RFC 1734 style)."""
+    without an argument (RFC 1939 §5), LANG too (RFC 6856 §3); a bare AUTH lists the
+    mechanisms (RFC 1734 style)."""
     match command:
         case ev.List(msg) | ev.Uidl(msg) if msg is not None:
+            return Shape.SINGLE
+        case ev.Lang(tag) if tag is not None:
             return Shape.SINGLE
         case ev.Auth(None):
             return Shape.LISTING

@@ -132,6 +132,14 @@ class Utf8:
 
 
 @dataclass(frozen=True, slots=True)
+class Lang:
+    """RFC 6856 §3 LANG: list the response languages (None), or select one (a language
+    tag, or "*" for the server's default)."""
+
+    tag: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Last:
     """RFC 1460 §5 LAST (dropped by RFC 1725): the highest message number accessed."""
 
@@ -172,7 +180,7 @@ class ConnectionClosed:
 
 Command = (
     User | Pass | Apop | Auth | SaslResponse | SaslCancel | Stat | List | Uidl | Retr | Top
-    | Dele | Noop | Rset | Quit | Capa | Stls | Utf8 | Last | Xtnd
+    | Dele | Noop | Rset | Quit | Capa | Stls | Utf8 | Lang | Last | Xtnd
 )
 Event = Command | Invalid | ConnectionClosed
 

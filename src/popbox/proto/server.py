@@ -169,7 +169,7 @@ class ServerConnection:
             case ev.Ok(text):
                 shape = _MULTI.get(type(pending), Shape.SINGLE)  # (inline: a call per reply)
                 if shape is None:
-                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth)
+                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth | ev.Lang)
                     shape = _reply_shape(pending)
                 if shape is Shape.MESSAGE:
                     self._encoder = MessageEncoder(no_nuls=self._no_nuls)
@@ -220,7 +220,7 @@ class ServerConnection:
 _MULTI: dict[type, Shape | None] = {
     spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
 }
-_MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = None  # it depends on the argument
+_MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = _MULTI[ev.Lang] = None  # it depends
 
 
 def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:

@@ -30,6 +30,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from scramp import ScramException  # type: ignore[import-untyped]
+from scramp.core import saslprep  # type: ignore[import-untyped]
+
 from popbox import __version__
 from popbox.auth.base import Directory, Secret, UserInfo, Verdict
 from popbox.auth.names import normalize_username, translation, valid_username
@@ -67,6 +70,20 @@ async def _accepted() -> Verdict:
     return Verdict.OK
 
 
+def utf8_password(secret: bytes) -> bytes | None:
+    """A PASS argument after UTF8 (RFC 6856 §2, "UTF8 USER"): UTF-8 text, prepared with
+    SASLprep (RFC 4013) as SCRAM prepares passwords, so that one password typed in
+    different Unicode forms is one password. None if it is not UTF-8 or SASLprep refuses
+    it. ASCII passwords come out unchanged; before UTF8 the octets are used as sent."""
+    if secret.isascii():
+        return secret
+    try:
+        prepared: str = saslprep(secret.decode("utf-8"))
+    except (UnicodeDecodeError, ScramException):
+        return None
+    return prepared.encode("utf-8")
+
+
 def login_delay(info: UserInfo, default: int) -> int:
     """The user's own LOGIN-DELAY (userdb field `login_delay`, seconds), or the default."""
     value = info.extra.get("login_delay", "")
@@ -76,7 +93,7 @@ def login_delay(info: UserInfo, default: int) -> int:
 class Authorization:
     __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "_translation", "bindings",
                  "ctx", "expire_days", "failures", "login_delay", "peer", "secure", "timestamp",
-                 "user")
+                 "user", "utf8")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -92,6 +109,7 @@ class Authorization:
         self.login_delay = ctx.config.limits.login_delay  # the user's, once logged in
         self.expire_days = ctx.config.store.expire_days  # the user's, once logged in
         self._translation = translation(ctx.config.auth.username_translation)
+        self.utf8 = False  # RFC 6856 §2: the client said UTF8
 
     def _name(self, given: str) -> str:
         """The user name as looked up: `auth.username_translation` applied."""
@@ -121,7 +139,7 @@ class Authorization:
 
     async def capabilities(self, state: State) -> tuple[str, ...]:
         """RFC 2449 §5: the CAPA lines for this connection in `state`."""
-        offered = {"TOP": "", "UIDL": "", "UTF8": "USER"}
+        offered = {"TOP": "", "UIDL": "", "UTF8": "USER", "LANG": ""}
         if state is State.AUTHORIZATION:
             if self.ctx.tls is not None and not self.secure:
                 offered["STLS"] = ""
@@ -198,7 +216,11 @@ class Authorization:
                 return ev.Ok()
             case ev.Pass(secret):
                 assert self.user is not None
-                user, password = self.user, Secret(secret)
+                prepared = utf8_password(secret) if self.utf8 else secret
+                if prepared is None:
+                    self._log_failure(self.user, "USER", "password-not-utf8")
+                    return replies.AUTH_FAILED
+                user, password = self.user, Secret(prepared)
                 return await self._login(
                     user, "USER", lambda: self.ctx.backends.passdb.verify(user, password)
                 )

@@ -44,8 +44,8 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "login_deadline",
-                 "peer", "retr_count", "txn")
+    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
+                 "login_deadline", "peer", "retr_count", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -63,6 +63,8 @@ class Session:
         self.retr_count = 0
         self.bytes_sent = 0
         self._out: list[bytes] = []
+        self.lang = replies.DEFAULT_LANGUAGE  # RFC 6856 §3: until LANG selects another
+        self.utf8 = False  # RFC 6856 §2: after UTF8
         self.login_deadline = io.loop.time() + ctx.config.limits.login_timeout
 
     # --- the loop ---
@@ -157,6 +159,8 @@ class Session:
 
     def _reply(self, reply: ev.Ok | ev.Err | ev.Continuation | replies.Listing) -> None:
         conn = self.conn
+        if self.lang != replies.DEFAULT_LANGUAGE and not isinstance(reply, ev.Continuation):
+            reply = replies.localize(reply, self.lang)
         if isinstance(reply, replies.Listing):
             self._emit(conn.send(ev.Ok(reply.text)))
             self._emit(conn.send(ev.Lines(reply.lines)))
@@ -195,7 +199,12 @@ class Session:
             case ev.Quit():
                 self._reply(await self.txn.quit() if self.txn else ev.Ok("Logging out."))
             case ev.Utf8():
+                self.utf8 = self.authz.utf8 = True
+                if self.txn is not None:
+                    self.txn.utf8 = True
                 self._reply(ev.Ok("UTF8 enabled"))
+            case ev.Lang(tag):
+                self._reply(self._lang(tag))
             case ev.Xtnd():
                 self._reply(replies.XTND_UNSUPPORTED)
             case ev.Stls():
@@ -210,6 +219,19 @@ class Session:
             case _:
                 assert_never(event)
 
+    def _lang(self, tag: str | None) -> ev.Ok | ev.Err | replies.Listing:
+        """RFC 6856 §3: list the languages, or select one. A language whose texts are not
+        ASCII is selected only after UTF8 (§2: UTF-8 in responses needs UTF-8 mode)."""
+        if tag is None:
+            return replies.language_listing()
+        lang = replies.choose_language(tag)
+        if lang is None:
+            return replies.LANG_UNSUPPORTED
+        if not self.utf8 and not replies.language_is_ascii(lang):
+            return replies.LANG_NEEDS_UTF8
+        self.lang = lang
+        return ev.Ok("Language changed.")
+
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
         maildrop = await self.ctx.backends.store.open(auth.info.mail_location)
@@ -217,7 +239,8 @@ class Session:
         if refused is not None:
             return refused
         assert not isinstance(maildrop, Failure)
-        self.txn = Transaction(maildrop)
+        self.txn = Transaction(maildrop, utf8=self.utf8 or (
+            "8bit-headers" in self.ctx.config.server.workarounds))
         count, size = self.txn.stat()
         return ev.Ok(f"Logged in. {count} messages ({size} octets).")
 

@@ -7,6 +7,9 @@ RSET unmarks, and nothing reaches the store until `quit()` commits once. Retriev
 messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
 are remembered so the store can mark them seen at commit.
 
+A client that has not said UTF8 gets messages with 8-bit header octets as "?"
+(RFC 6856 §2.1, popbox.proto.headers), at the size LIST promised.
+
 LAST (RFC 1460 §5, where the server enables it) answers the highest message number
 accessed in this session: RETR and DELE raise it, TOP does not (a peek), RSET sets it
 back to 0. Earlier sessions do not count: the snapshot does not carry seen flags.
@@ -21,6 +24,7 @@ from typing import assert_never
 
 from popbox.proto import events as ev
 from popbox.proto.events import Err
+from popbox.proto.headers import HeaderGuard
 from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter
 from popbox.server import replies
@@ -42,6 +46,26 @@ class Body:
     reader: Reader
     limit: TopFilter | None
 
+class _Guarded:
+    """A `Reader` whose chunks pass through a `HeaderGuard` (RFC 6856 §2.1)."""
+
+    __slots__ = ("_guard", "_reader")
+
+    def __init__(self, reader: Reader, guard: HeaderGuard) -> None:
+        self._reader = reader
+        self._guard = guard
+
+    @property
+    def done(self) -> bool:
+        return self._reader.done
+
+    async def next(self) -> bytes:
+        return self._guard.feed(await self._reader.next())
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 # "1", "2", ...: made once and shared by every session. Formatting the numbers of a
 # 100,000-message LIST or UIDL cost as much as the rest of the listing.
 _NUMBERS: list[str] = []
@@ -57,10 +81,12 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "utf8")
 
-    def __init__(self, maildrop: Maildrop) -> None:
+    def __init__(self, maildrop: Maildrop, *, utf8: bool = False) -> None:
+        """`utf8`: the client said UTF8 (RFC 6856 §2), so headers go out as stored."""
         self.maildrop = maildrop
+        self.utf8 = utf8
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
@@ -120,6 +146,9 @@ class Transaction:
                 except StoreError as exc:
                     reader.close()
                     return replies.failure(exc.failure)
+                if not self.utf8:
+                    guard = HeaderGuard()
+                    first, reader = guard.feed(first), _Guarded(reader, guard)
                 if isinstance(event, ev.Retr):
                     return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
