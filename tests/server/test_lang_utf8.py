@@ -5,6 +5,8 @@ UTF-8 ("UTF8 USER"), and a client that did not say UTF8 gets no 8-bit header oct
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers import MailEnv, crlf
 from memory_transport import MemoryTransport, memory_session
@@ -12,6 +14,7 @@ from popbox.proto import events as ev
 from popbox.proto.commands import parse_command, reply_shape
 from popbox.proto.headers import HeaderGuard
 from popbox.proto.types import State
+from popbox.proto.wire import TopFilter
 from popbox.server import replies
 from popbox.server.backends import build
 from popbox.server.context import ServerContext
@@ -156,3 +159,15 @@ def test_header_guard_whole_and_byte_by_byte(message: bytes, header_end: int | N
     end = len(message) if header_end is None else header_end
     assert whole[:end].isascii() and whole[end:] == message[end:]
     assert whole != message or message[:end].isascii()
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"\n\r a\xc3"[x % 5] for x in b)),
+       st.integers(min_value=0, max_value=40))
+def test_header_guard_any_cut_is_the_same(message: bytes, cut: int) -> None:
+    """Property: feeding a message in two pieces cut anywhere gives the whole's result,
+    and the header section ends where TOP's does (RFC 1939 §7: the first empty line)."""
+    whole = HeaderGuard().feed(message)
+    guard = HeaderGuard()
+    assert guard.feed(message[:cut]) + guard.feed(message[cut:]) == whole
+    top = TopFilter(0).feed(message)
+    assert whole[: len(top)].isascii() and whole[len(top):] == message[len(top):]

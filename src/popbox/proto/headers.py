@@ -13,44 +13,33 @@ unchanged for a client that says UTF8. The header section ends at the first empt
 
 from __future__ import annotations
 
+import re
+
 _ASCII_ONLY = bytes(range(128)) + b"?" * 128
+_EMPTY_LINE = re.compile(rb"\n\r?\n")  # a line end, then an empty (or lone CR) line
 
 
 class HeaderGuard:
     """Feed a message as stored, chunk by chunk; get it back with 7-bit headers."""
 
-    __slots__ = ("_in_headers", "_line")
-
-    _EMPTY, _CR, _TEXT = 0, 1, 2  # what the current header line holds so far
+    __slots__ = ("_in_headers", "_tail")
 
     def __init__(self) -> None:
         self._in_headers = True
-        self._line = self._EMPTY
+        self._tail = b"\n"  # the header octets just before the next chunk (at most 2)
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._in_headers or not chunk:
             return chunk
-        end = self._header_end(chunk)
+        tail = self._tail
+        found = _EMPTY_LINE.search(tail + chunk)
+        if found is None:
+            self._tail = (tail + chunk)[-2:]
+            end = len(chunk)
+        else:
+            self._in_headers = False
+            end = found.end() - len(tail)
         head = chunk[:end]
         if not head.isascii():
             head = head.translate(_ASCII_ONLY)
         return head if end == len(chunk) else head + chunk[end:]
-
-    def _header_end(self, chunk: bytes) -> int:
-        """The offset just past the empty line that ends the headers, or len(chunk)."""
-        start, n = 0, len(chunk)
-        while start < n:
-            nl = chunk.find(b"\n", start)
-            segment = chunk[start:] if nl < 0 else chunk[start:nl]
-            if segment:
-                cr = self._line == self._EMPTY and segment == b"\r"
-                self._line = self._CR if cr else self._TEXT
-            if nl < 0:
-                return n
-            start = nl + 1
-            empty = self._line != self._TEXT
-            self._line = self._EMPTY
-            if empty:
-                self._in_headers = False
-                return start
-        return n
