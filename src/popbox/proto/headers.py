@@ -31,15 +31,29 @@ class HeaderGuard:
     def feed(self, chunk: bytes) -> bytes:
         if not self._in_headers or not chunk:
             return chunk
-        tail = self._tail
-        found = _EMPTY_LINE.search(tail + chunk)
-        if found is None:
-            self._tail = (tail + chunk)[-2:]
+        end = self._across(chunk)
+        if end is None:
+            found = _EMPTY_LINE.search(chunk)  # one search; the chunk is never copied
+            end = None if found is None else found.end()
+        if end is None:
             end = len(chunk)
+            self._tail = (self._tail + chunk[-2:])[-2:]
         else:
             self._in_headers = False
-            end = found.end() - len(tail)
+        if end == len(chunk):
+            return chunk if chunk.isascii() else chunk.translate(_ASCII_ONLY)
         head = chunk[:end]
-        if not head.isascii():
-            head = head.translate(_ASCII_ONLY)
-        return head if end == len(chunk) else head + chunk[end:]
+        if head.isascii():  # the common case: nothing to change, nothing copied
+            return chunk
+        return head.translate(_ASCII_ONLY) + chunk[end:]
+
+    def _across(self, chunk: bytes) -> int | None:
+        """Where an empty line that began before this chunk ends in it, if one does."""
+        tail = self._tail
+        if tail.endswith(b"\n"):
+            found = _EMPTY_LINE.match(b"\n" + chunk[:2])
+            if found is not None:
+                return found.end() - 1
+        if tail == b"\n\r" and chunk.startswith(b"\n"):
+            return 1
+        return None
