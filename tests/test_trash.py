@@ -204,3 +204,14 @@ def test_since_parsing_and_cli(env: MailEnv) -> None:
     assert good.returncode == 0 and good.stdout == "alice: 0 messages put back\n"
     with pytest.raises(ConfigError, match=r"store\.deleted"):
         env.config(store={"deleted": "shred"})
+
+
+async def test_purge_leaves_maildirs_without_trash_alone(env: MailEnv) -> None:
+    """A user whose maildir was never made (or never trashed into) is no failure for the
+    purge: nothing is created, the pass succeeds."""
+    env.users.write_text("alice:{PLAIN}secret::::::\nnew@example.org:{PLAIN}x::::::\n")
+    config = trash_config(env)
+    said: list[str] = []
+    assert await cli.run(config, now=time.time(), backends=build(config), say=said.append) == 0
+    assert not env.maildir("new@example.org").exists()
+    assert said == ["0 maildrops with a retention policy: expired 0 messages"]

@@ -15,6 +15,9 @@ failed, then a total. Exit status: 0 done, 1 something was left for the next pas
 `popbox undelete` takes the maildrop lock as a session does (a user logged in right now
 gets "in use": try again after QUIT) and puts back, with the UIDLs they had, the messages
 deleted at or after `--since` (an ISO 8601 time, or `3d`, `12h`, `30m` ago), else all.
+
+Started as root, both become `server.user` first, as `popbox serve` does, so that what
+they write into a maildir belongs to the mail owner.
 """
 
 from __future__ import annotations
@@ -153,8 +156,23 @@ async def undelete(
             return 0
 
 
+def _as_mail_owner(config: Config) -> bool:
+    """Become `server.user` as `popbox serve` does, so that files made or replaced in a
+    maildrop belong to the mail owner; False (after saying why) if that cannot be."""
+    from popbox.server.privileges import PrivilegeError, drop
+
+    try:
+        drop(config.server.user, config.server.group, config.server.allow_root)
+    except PrivilegeError as exc:
+        print(f"popbox: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     config = load(args.config)
+    if not _as_mail_owner(config):
+        return 2
     return asyncio.run(run(config, now=time.time(), dry_run=args.dry_run))
 
 
@@ -167,6 +185,8 @@ def _undelete(args: argparse.Namespace) -> int:
             print(f"popbox: --since {args.since!r}: give an ISO 8601 time or 3d, 12h, 30m",
                   file=sys.stderr)
             return 2
+    if not _as_mail_owner(config):
+        return 2
     return asyncio.run(undelete(config, args.user, since))
 
 

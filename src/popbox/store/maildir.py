@@ -229,16 +229,18 @@ class MaildirStore:
             raise
 
     async def purge(self, location: str, before: float) -> int | Failure:
-        return await asyncio.to_thread(self._locked, location, maildir_trash.purge, before)
+        return await asyncio.to_thread(
+            self._in_trash, location, lambda root: maildir_trash.purge(root, before))
 
     async def undelete(self, location: str, since: float | None) -> int | Failure:
-        return await asyncio.to_thread(self._locked, location, maildir_trash.restore, since)
+        return await asyncio.to_thread(
+            self._in_trash, location, lambda root: maildir_trash.restore(root, since))
 
-    def _locked(
-        self, root: str, op: Callable[[str, float], int] | Callable[[str, float | None], int],
-        when: float | None,
-    ) -> int | Failure:
-        """`op(root, when)` under the maildrop lock, as a session's commit runs."""
+    def _in_trash(self, root: str, op: Callable[[str], int]) -> int | Failure:
+        """`op(root)` under the maildrop lock, as a session's commit runs; 0 without a
+        trash folder (a maildir never made or never trashed into is left as it is)."""
+        if not os.path.isdir(maildir_trash.folder(root)):
+            return 0
         try:
             lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
         except OSError as exc:
@@ -246,7 +248,7 @@ class MaildirStore:
         if lock is None:
             return Failure.IN_USE
         try:
-            return op(root, when)  # type: ignore[arg-type]
+            return op(root)
         except OSError as exc:
             log.warning("maildir %s: trash: %s", root, exc)
             return _failure(exc)
