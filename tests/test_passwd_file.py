@@ -341,3 +341,21 @@ def test_concurrent_edits_are_serialized(tmp_path: Path) -> None:
     assert len(names) == workers * each
     assert set(names) == {f"w{n}-{i}" for n in range(workers) for i in range(each)}
     assert path.read_text().startswith("# shared\n")
+
+
+async def test_per_user_settings_are_checked_and_listed(tmp_path: Path) -> None:
+    """check-config names a per-user LOGIN-DELAY or EXPIRE (RFC 2449 §§6.7-6.8) that is not
+    a whole number; `varies` says whether any user has their own, `names` lists them all."""
+    path = tmp_path / "users"
+    path.write_text("a:{PLAIN}x::::::userdb_expire_days=30\n"
+                    "b:{PLAIN}x::::::userdb_login_delay=soon\n")
+    db = PasswdFile(path, "/var/vmail/{user}")
+    report = db.check()
+    assert [p for p in report if "whole number" in p] == [
+        f"{path}:2: user 'b': userdb_login_delay='soon' is not a whole number "
+        "(the server's default applies)"]
+    assert await db.names() == ["a", "b"]
+    assert await db.varies("expire_days") and await db.varies("login_delay")
+    path.write_text("a:{PLAIN}x::::::\n")
+    fresh = PasswdFile(path, "/var/vmail/{user}")
+    assert not await fresh.varies("expire_days")

@@ -207,6 +207,11 @@ class PasswdFile:
                     f"{where}: the mail location cannot be expanded "
                     "(it needs a home or a domain this user does not have)"
                 )
+            for key in ("userdb_login_delay", "userdb_expire_days"):
+                value = entry.extra.get(key)
+                if value is not None and not (value.isascii() and value.isdigit()):
+                    found.append(f"{where}: {key}={value!r} is not a whole number "
+                                 "(the server's default applies)")
         return found
 
     async def _current(self) -> Table | None:

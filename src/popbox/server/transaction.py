@@ -46,6 +46,7 @@ class Body:
     reader: Reader
     limit: TopFilter | None
 
+
 class _Guarded:
     """A `Reader` whose chunks pass through a `HeaderGuard` (RFC 6856 §2.1)."""
 
