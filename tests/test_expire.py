@@ -188,6 +188,12 @@ async def test_expire_capability_per_user(env: MailEnv) -> None:
     assert await capa(build(config), config, None) == [b"EXPIRE 30 USER"]
     assert await capa(build(config), config, b"alice") == [b"EXPIRE 30"]
     assert await capa(build(config), config, b"bob") == [b"EXPIRE 5"]
+    # RFC 2449 §6.8 likewise: a LOGIN-DELAY some user has their own of is tagged USER.
+    env.users.write_text("alice:{PLAIN}secret::::::userdb_login_delay=5\n")
+    delayed = env.config(limits={"login_delay": 60})
+    async with memory_session(ServerContext.create(delayed, build(delayed))) as client:
+        client.send(b"CAPA")
+        assert b"\r\nLOGIN-DELAY 60 USER\r\n" in await client.reply(multi=True)
 
 
 async def test_postgres_expire_with_retrieved_at(env: MailEnv, pg_dsn: str) -> None:
