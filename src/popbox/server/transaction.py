@@ -149,7 +149,9 @@ class Transaction:
                     return replies.failure(exc.failure)
                 if not self.utf8:
                     guard = HeaderGuard()
-                    first, reader = guard.feed(first), _Guarded(reader, guard)
+                    first = guard.feed(first)
+                    if guard.active:  # the header goes on past the first chunk
+                        reader = _Guarded(reader, guard)
                 if isinstance(event, ev.Retr):
                     return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
