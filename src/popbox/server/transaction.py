@@ -147,7 +147,8 @@ class Transaction:
                 except StoreError as exc:
                     reader.close()
                     return replies.failure(exc.failure)
-                if not self.utf8:
+                # A message read whole in one ASCII chunk needs no guard: one C scan.
+                if not self.utf8 and not (reader.done and first.isascii()):
                     guard = HeaderGuard()
                     first = guard.feed(first)
                     if guard.active:  # the header goes on past the first chunk
