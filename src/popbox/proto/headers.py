@@ -63,6 +63,15 @@ class HeaderGuard:
         return None
 
 
+def ascii_header(chunk: bytes) -> bool:
+    """The message's header section ends inside its first `chunk` and is all ASCII, so
+    the guard has nothing to do: a short search and a scan of the header only."""
+    if chunk.startswith((b"\n", b"\r\n")):
+        return True
+    end = _empty_line_end(chunk)
+    return end is not None and chunk[:end].isascii()
+
+
 def _empty_line_end(chunk: bytes) -> int | None:
     """The offset just past the first empty (or lone CR) line inside `chunk`, found with
     C-speed substring searches rather than a regular expression."""

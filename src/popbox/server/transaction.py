@@ -24,7 +24,7 @@ from typing import assert_never
 
 from popbox.proto import events as ev
 from popbox.proto.events import Err
-from popbox.proto.headers import HeaderGuard
+from popbox.proto.headers import HeaderGuard, ascii_header
 from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter
 from popbox.server import replies
@@ -147,8 +147,7 @@ class Transaction:
                 except StoreError as exc:
                     reader.close()
                     return replies.failure(exc.failure)
-                # A message read whole in one ASCII chunk needs no guard: one C scan.
-                if not self.utf8 and not (reader.done and first.isascii()):
+                if not self.utf8 and not ascii_header(first):
                     guard = HeaderGuard()
                     first = guard.feed(first)
                     if guard.active:  # the header goes on past the first chunk
