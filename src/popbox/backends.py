@@ -117,12 +117,12 @@ def _postgres_users(config: Config, shared: Shared) -> UserBackend:
 def _maildir(config: Config, shared: Shared) -> MailStore:
     store = config.store
     return MaildirStore(mark_seen=store.mark_seen, uidl_import=store.uidl_import,
-                        follow_symlinks=store.follow_symlinks)
+                        follow_symlinks=store.follow_symlinks, deleted=store.deleted)
 
 
 def _postgres_store(config: Config, shared: Shared) -> MailStore:
     return PostgresStore(shared.database(), mark_seen=config.store.mark_seen,
-                         chunk_size=config.postgres.chunk_size)
+                         chunk_size=config.postgres.chunk_size, deleted=config.store.deleted)
 
 
 def _mbox(config: Config, shared: Shared) -> MailStore:

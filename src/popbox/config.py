@@ -80,8 +80,12 @@ class ServerSection(_Section):
     # HAProxy PROXY protocol v1/v2 is required from these networks, refused from others.
     proxy_networks: list[str] = Field(default_factory=list)
     # Named client workarounds, as in Dovecot's pop3_workarounds: "outlook-no-nuls" sends
-    # NUL octets in messages as 0x80.
-    workarounds: list[Literal["outlook-no-nuls"]] = Field(default_factory=list)
+    # NUL octets in messages as 0x80; "8bit-headers" sends 8-bit header octets as stored
+    # to clients that did not say UTF8 (else they become "?", RFC 6856 §2.1).
+    workarounds: list[Literal["outlook-no-nuls", "8bit-headers"]] = Field(default_factory=list)
+    # RFC 1460's LAST (the highest message number accessed), for clients older than
+    # RFC 1725, which dropped it. Off: LAST is an unknown command.
+    enable_last: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -146,6 +150,20 @@ class AuthSection(_Section):
     # remembered, as Dovecot's auth cache: the same password for the same stored hash is
     # then accepted without hashing again. Wrong passwords are never remembered. 0: off.
     cache_ttl: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    # Characters translated in user names before anything looks them up, as Dovecot's
+    # auth_username_translation: each entry is a pair "from to", so ["+@", "%@"] serves
+    # john+example.org and john%example.org (SDPS-style names) as john@example.org.
+    username_translation: list[str] = Field(default_factory=list)
+
+    @field_validator("username_translation")
+    @classmethod
+    def _check_translation(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            if len(pair) != 2:
+                raise ValueError(f"{pair!r} is not a pair of characters")
+        if len({pair[0] for pair in value}) != len(value):
+            raise ValueError("a character is translated twice")
+        return value
 
     @field_validator("mechanisms")
     @classmethod
@@ -194,6 +212,16 @@ class StoreSection(_Section):
     # A maildir (or its cur/, new/, tmp/) that is a symlink is refused unless this is set;
     # message files that are symlinks are never served.
     follow_symlinks: bool = False
+    # RFC 2449 §6.7 EXPIRE: `popbox expire` deletes messages retrieved this many days ago
+    # (a user's `expire_days` userdb field wins); None: never (EXPIRE NEVER). Unretrieved
+    # mail is kept unless expire_unretrieved, then it goes this many days after delivery.
+    expire_days: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    expire_unretrieved: bool = False
+    # What QUIT does with DELE'd messages: "remove" them, or move them to the trash
+    # (Maildir: the .Trash folder; PostgreSQL: deleted_at), whence `popbox undelete`
+    # puts them back and `popbox expire` purges them after trash_days.
+    deleted: Literal["remove", "trash"] = "remove"
+    trash_days: Annotated[int, Field(ge=0, le=100_000)] = 30
 
 
 class CertPair(_Section):

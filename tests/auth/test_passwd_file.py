@@ -357,3 +357,5 @@ async def test_a_users_file_that_is_a_symlink_is_refused(users: Path, tmp_path: 
     assert users.read_bytes() == before
     with pytest.raises(OSError):
         list_users(link)
+
+

@@ -77,7 +77,7 @@ async def test_lookup(users: PostgresUsers, pg_dsn: str) -> None:
     await add_user(pg_dsn, bob, mail="shared-box")
     info = await users.lookup(alice)
     assert info == UserInfo(alice, alice, None, None,
-                            {"home": "/home/a", "login_delay": "300", "expire": "30"})
+                            {"home": "/home/a", "login_delay": "300", "expire_days": "30"})
     bob_info = await users.lookup(bob)
     assert isinstance(bob_info, UserInfo) and bob_info.mail_location == "shared-box"
     assert await users.lookup(name()) is None

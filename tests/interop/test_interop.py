@@ -20,6 +20,7 @@ import contextlib
 import poplib
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -370,3 +371,33 @@ def test_getmail_delete(
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(delivered) == sorted(lf_terminated(m) for m in MESSAGES)
     assert env.messages("alice") == []
+
+
+def test_fetchmail_deletes_into_trash_and_undelete_brings_back_the_uidls(
+    env: MailEnv, tmp_path: Path
+) -> None:
+    """`store.deleted = "trash"` with real clients: fetchmail fetches and deletes (RETR,
+    DELE, QUIT); `popbox undelete` (the command) puts the mail back; poplib then lists the
+    UIDLs it listed before (RFC 1939 §7), and a raw UTF-8 header (RFC 6532) reached
+    fetchmail, which never says UTF8, as "?" octets at the promised size (RFC 6856 §2.1)."""
+    raw = "From: j@example.org\nSubject: Grüße\n\nGrüße\n".encode()
+    fill(env, [*MESSAGES[:2], raw])
+    config = env.config_file(store={"deleted": "trash"})
+    home = tmp_path / "home"
+    home.mkdir()
+    with server_process(config) as proc:
+        with pop_session(proc.port) as pop:
+            before = pop.uidl()[1]
+        result, delivered = run_fetchmail(home, proc.port, keep=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert delivered[:2] == [lf_terminated(m) for m in MESSAGES[:2]]
+        assert delivered[2] == "From: j@example.org\nSubject: Gr????e\n\nGrüße\n".encode()
+        assert env.messages("alice") == []
+        back = subprocess.run(
+            [sys.executable, "-m", "popbox", "undelete", "alice", "--config", str(config)],
+            capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False)
+        assert back.returncode == 0 and back.stdout == "alice: 3 messages put back\n", back
+        with pop_session(proc.port) as pop:
+            assert pop.uidl()[1] == before
+            assert pop.utf8().startswith(b"+OK")
+            assert b"\r\n".join(pop.retr(3)[1]) == crlf(raw)[:-2]

@@ -12,6 +12,7 @@ PostgreSQL runs on a fresh database of its own (tests/pg.py), each test on a new
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from popbox.store import mbox_index
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
@@ -35,6 +37,7 @@ from popbox.store.base import (
     MessageInfo,
     read_message,
 )
+from popbox.store.expire import Policy, expire
 from popbox.store.maildir import MaildirStore
 from popbox.store.maildir_names import base_of
 from popbox.store.mbox import MboxStore
@@ -283,3 +286,36 @@ async def test_locations_are_independent(backend: Backend, tmp_path: Path) -> No
     assert list(second.messages) == [MessageInfo(second.messages[0].uidl, wire_size(MESSAGES[0]))]
     await second.release()
     await drop.release()
+
+
+async def test_retrieval_times(backend: Backend) -> None:
+    """What `popbox expire` relies on (RFC 2449 §6.7): a store that keeps `Times` notes
+    the first retrieval a commit makes, and only that; delivery times come first. A
+    store that keeps none is refused by the expiry pass, never guessed at."""
+    await _deliver_all(backend, MESSAGES[:3])
+    before = time.time()
+    drop = await _open(backend)
+    if not isinstance(drop, Dated):
+        await drop.release()
+        outcome = await expire(backend.store, backend.location, Policy(0), time.time())
+        assert outcome is Failure.PERMANENT
+        return
+    assert [t.retrieved for t in await drop.times()] == [None, None, None]
+    await drop.commit(set(), {Index(0), Index(2)})
+    after = time.time()
+    drop = await _open(backend)
+    try:
+        times = await drop.times()  # type: ignore[attr-defined]
+    finally:
+        await drop.release()
+    assert times[1].retrieved is None
+    for t in (times[0], times[2]):
+        assert t.retrieved is not None and before - 1 <= t.retrieved <= after + 1
+        assert t.delivered <= t.retrieved + 1
+    drop = await _open(backend)
+    await drop.commit(set(), {Index(0)})  # a second retrieval keeps the first time
+    drop = await _open(backend)
+    try:
+        assert (await drop.times())[0].retrieved == times[0].retrieved  # type: ignore[attr-defined]
+    finally:
+        await drop.release()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Verdict(enum.Enum):
@@ -95,4 +95,19 @@ class UserDB(Protocol):
 
     async def aclose(self) -> None:
         """Release what the database holds (a connection pool); a second call does nothing."""
+        ...
+
+
+@runtime_checkable
+class Directory(Protocol):
+    """A userdb that can list its users (for `popbox expire`) and say whether users may
+    have their own value of a setting (for CAPA's USER tags, RFC 2449 §§6.7-6.8)."""
+
+    async def names(self) -> list[str] | Verdict:
+        """Every user name; Verdict.TEMPORARY when the database could not be read."""
+        ...
+
+    async def varies(self, field: str) -> bool:
+        """Whether some user may have their own `field` (an extra field such as
+        `expire_days`), so that the server's default is not everyone's."""
         ...

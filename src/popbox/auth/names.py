@@ -7,6 +7,9 @@ most 255 UTF-8 bytes (one path component). A virtual user is `local@domain` with
 one `@` and both parts non-empty; its domain is case-insensitive and lowercased, its local
 part is kept as given.
 
+An operator may translate characters in names before any lookup (`translation`): SDPS
+clients send `john+example.org` for `john@example.org`.
+
 A location template is an optional `type:` prefix (`maildir:`) and a path in which
 `{user}`, `{local}`, `{domain}` and `{home}` are replaced, once, and a leading `~` means the
 home directory. A template that needs something the user does not have expands to None.
@@ -37,6 +40,12 @@ def valid_username(name: str) -> bool:
     if len(parts) > 2 or not all(_valid_part(part) for part in parts):
         return False
     return len(name.encode("utf-8")) <= _MAX_BYTES
+
+
+def translation(pairs: list[str]) -> dict[int, str]:
+    """A `str.translate` table from "from to" character pairs (Dovecot's
+    auth_username_translation): ["+@", "%@"] turns john+example.org into john@example.org."""
+    return {ord(pair[0]): pair[1] for pair in pairs}
 
 
 def normalize_username(name: str) -> str:

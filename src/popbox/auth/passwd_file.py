@@ -217,6 +217,11 @@ class PasswdFile:
                     f"{where}: the mail location cannot be expanded "
                     "(it needs a home or a domain this user does not have)"
                 )
+            for key in ("userdb_login_delay", "userdb_expire_days"):
+                value = entry.extra.get(key)
+                if value is not None and not (value.isascii() and value.isdigit()):
+                    found.append(f"{where}: {key}={value!r} is not a whole number "
+                                 "(the server's default applies)")
         return found
 
     async def _current(self) -> Table | None:
@@ -290,6 +295,18 @@ class PasswdFile:
 
     async def aclose(self) -> None:
         """Nothing to release: the file is opened and closed at each read."""
+
+    async def names(self) -> list[str] | Verdict:
+        table = await self._current()
+        if table is None:
+            return Verdict.TEMPORARY
+        return sorted(table.entries, key=lambda name: table.entries[name].line)
+
+    async def varies(self, field: str) -> bool:
+        """Whether some line of the file sets `userdb_<field>`."""
+        table = await self._current()
+        key = "userdb_" + field
+        return table is not None and any(key in e.extra for e in table.entries.values())
 
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()

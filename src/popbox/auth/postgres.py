@@ -11,7 +11,7 @@ not tell whether a name exists. Database trouble is `Verdict.TEMPORARY`
 
 UserDB: the location is the row's ``mail`` or else the ``auth.mail_location`` template
 (for the postgres store, ``{user}``: the mailbox named after the user). Per-user
-settings reach `UserInfo.extra`: ``home``, ``login_delay`` (seconds), ``expire`` (days).
+settings reach `UserInfo.extra`: ``home``, ``login_delay`` (seconds), ``expire_days`` (days).
 
 Challenge-response SASL (`credentials()`, `schemes()`) as in popbox.auth.passwd_file:
 CRAM-MD5 contexts and SCRAM key sets are given as stored; with `derive`, a ``{PLAIN}``
@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from popbox.auth import schemes as pwschemes
-from popbox.auth.base import CREDENTIAL_SCHEMES, PassDB, Secret, UserDB, UserInfo, Verdict
+from popbox.auth.base import (
+    CREDENTIAL_SCHEMES,
+    Directory,
+    PassDB,
+    Secret,
+    UserDB,
+    UserInfo,
+    Verdict,
+)
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.auth.verifier import Verifier
@@ -146,6 +154,19 @@ class PostgresUsers:
             return await self._credentials.lookup(None, scheme, user)
         return await self._credentials.lookup(found.password, scheme, found.name)
 
+    async def names(self) -> list[str] | Verdict:
+        try:
+            rows = await self._db.run(lambda conn: conn.fetch(
+                "SELECT name FROM users WHERE enabled ORDER BY id"))
+        except DB_ERRORS as exc:
+            log.warning("postgres: users not listed: %s", exc)
+            return Verdict.TEMPORARY
+        return [row["name"] for row in rows]
+
+    async def varies(self, field: str) -> bool:
+        """Per-user columns: any row may set its own."""
+        return field in ("login_delay", "expire_days")
+
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         found = await self._user(user)
         if not isinstance(found, _User):
@@ -159,11 +180,11 @@ class PostgresUsers:
         if found.login_delay is not None:
             extra["login_delay"] = str(found.login_delay)
         if found.expire_days is not None:
-            extra["expire"] = str(found.expire_days)
+            extra["expire_days"] = str(found.expire_days)
         return UserInfo(found.name, location, found.uid, found.gid, extra)
 
 
 if TYPE_CHECKING:  # mypy proves the class implements both contracts
 
-    def _conforms(users: PostgresUsers) -> tuple[PassDB, UserDB]:
-        return users, users
+    def _conforms(users: PostgresUsers) -> tuple[PassDB, UserDB, Directory]:
+        return users, users, users

@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp, migrate, probe
+    from popbox.cli import db, expire, fetch, importer, lmtp, migrate, probe
 
     db.add_commands(sub)
+    expire.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)

@@ -14,10 +14,14 @@ Tables:
 * ``messages``: one row per message: ``uidl`` (given at delivery, never changed, RFC 1939
   §7 syntax checked by the database, unique per mailbox), ``size`` (the CRLF wire size of
   popbox.proto.wire, counted at delivery), ``raw_size`` (octets stored), ``delivered_at``,
-  ``seen`` (set at QUIT for retrieved messages) and ``body``. The body is stored
+  ``seen`` (set at QUIT for retrieved messages), ``retrieved_at`` (the first QUIT that
+  committed a RETR of it, for `popbox expire`), ``deleted_at`` (set instead of deleting
+  the row when ``store.deleted = "trash"``: such a row is in no listing until `popbox
+  undelete` clears it or `popbox expire` purges it) and ``body``. The body is stored
   uncompressed out of line (STORAGE EXTERNAL), so ``substring(body from N for M)`` reads
   only the TOAST chunks it needs: RETR streams a 50 MB message in 256 KiB pieces.
-  ``ORDER BY id`` is delivery order; the listing index covers the listing query.
+  ``ORDER BY id`` is delivery order; the listing index (of the rows not deleted) covers
+  the listing query.
 
 The pending migrations run in ONE transaction together with their rows in
 ``schema_migrations`` (PostgreSQL's DDL is transactional: an upgrade is applied whole or
@@ -85,6 +89,14 @@ CREATE TABLE messages (
 );
 ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size);
+"""),
+    Migration(2, "retrieval times and soft delete", """
+ALTER TABLE messages ADD COLUMN retrieved_at timestamptz;
+ALTER TABLE messages ADD COLUMN deleted_at timestamptz;
+DROP INDEX messages_listing;
+CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size)
+    WHERE deleted_at IS NULL;
+CREATE INDEX messages_trash ON messages (mailbox_id, deleted_at) WHERE deleted_at IS NOT NULL;
 """),
 )
 LATEST = MIGRATIONS[-1].version

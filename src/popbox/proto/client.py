@@ -175,8 +175,13 @@ def encode(command: ev.Command) -> bytes:
             line = verb(command).encode() + b" %d" % msg
         case ev.Top(msg, lines):
             line = b"TOP %d %d" % (msg, lines)
-        case ev.Stat() | ev.Noop() | ev.Rset() | ev.Quit() | ev.Capa() | ev.Stls() | ev.Utf8():
+        case (ev.Stat() | ev.Noop() | ev.Rset() | ev.Quit() | ev.Capa() | ev.Stls() | ev.Utf8()
+              | ev.Last()):
             line = verb(command).encode()
+        case ev.Lang(tag):
+            line = b"LANG" if tag is None else b"LANG " + _text(tag)
+        case ev.Xtnd(args):
+            line = b"XTND " + _text(args, spaces=True) if args else b"XTND"
         case _:
             assert_never(command)
     sasl = isinstance(command, ev.Auth | ev.SaslResponse)

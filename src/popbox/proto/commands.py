@@ -16,6 +16,8 @@ SASL, challenges until +OK or -ERR (AUTH with a mechanism). -ERR is always one l
   message numbers are positive decimal integers.
 - RFC 2449 §4: a command line is at most 255 octets including CRLF.
 - RFC 5034 §4: AUTH lines and SASL responses may be longer (we accept 8190 octets).
+- RFC 1460 §5 LAST and RFC 1082 XTND predate RFC 1939: LAST is `optional` (a server
+  enables it), XTND is parsed so that the server can refuse it with a clear -ERR.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import base64
 import binascii
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from popbox.proto import events as ev
@@ -63,6 +65,7 @@ class Spec:
     shape: Shape  # LIST and UIDL with an argument, and a bare AUTH: see `reply_shape`
     parse: Parser
     capability: str | None = None  # RFC 2449 §6: the CAPA tag that announces it
+    optional: bool = False  # parsed only where the server enables it (`parse_command`)
 
 
 def _bad(verb: str, problem: ev.Problem = ev.Problem.BAD_ARGUMENTS) -> ev.Invalid:
@@ -129,6 +132,23 @@ def _parse_top(args: list[bytes], rest: bytes) -> Parsed:
     return ev.Top(msg, lines)
 
 
+_LANGUAGE_TAG = re.compile(r"\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")  # RFC 5646 shape
+
+
+def _parse_lang(args: list[bytes], rest: bytes) -> Parsed:
+    if not args:
+        return ev.Lang(None)
+    tag = _text(args[0])
+    if len(args) != 1 or tag is None or not _LANGUAGE_TAG.fullmatch(tag):
+        return _bad("LANG")
+    return ev.Lang(tag)
+
+
+def _parse_xtnd(args: list[bytes], rest: bytes) -> Parsed:
+    text = _text(rest.strip(b" "))
+    return _bad("XTND") if text is None else ev.Xtnd(text)
+
+
 def _parse_user(args: list[bytes], rest: bytes) -> Parsed:
     name = _text(rest.strip(b" "))
     return ev.User(name) if name else _bad("USER")
@@ -182,6 +202,7 @@ TABLE: dict[str, Spec] = {
         Spec("TOP", ev.Top, TRANSACTION_ONLY, M, _parse_top, "TOP"),
         Spec("UIDL", ev.Uidl, TRANSACTION_ONLY, L, _opt_msg_arg(ev.Uidl, "UIDL"), "UIDL"),
         Spec("UTF8", ev.Utf8, BOTH, S, _no_args(ev.Utf8, "UTF8"), "UTF8"),
+        Spec("LANG", ev.Lang, BOTH, L, _parse_lang, "LANG"),
         Spec("STLS", ev.Stls, AUTH_ONLY, S, _no_args(ev.Stls, "STLS"), "STLS"),
         Spec("USER", ev.User, AUTH_ONLY, S, _parse_user, "USER"),
         Spec("PASS", ev.Pass, AUTH_ONLY, S, _parse_pass, "USER"),
@@ -195,6 +216,10 @@ TABLE: dict[str, Spec] = {
         Spec("DELE", ev.Dele, TRANSACTION_ONLY, S, _msg_arg(ev.Dele, "DELE")),
         Spec("NOOP", ev.Noop, TRANSACTION_ONLY, S, _no_args(ev.Noop, "NOOP")),
         Spec("RSET", ev.Rset, TRANSACTION_ONLY, S, _no_args(ev.Rset, "RSET")),
+        # RFC 1460 §5 (dropped by RFC 1725): off unless the server enables it.
+        Spec("LAST", ev.Last, TRANSACTION_ONLY, S, _no_args(ev.Last, "LAST"), optional=True),
+        # RFC 1082: answered with -ERR, so that a client hears "not supported" clearly.
+        Spec("XTND", ev.Xtnd, BOTH, S, _parse_xtnd),
     )
 }
 
@@ -213,9 +238,12 @@ def verb(command: ev.Command) -> str:
 
 def reply_shape(command: ev.Command) -> Shape:
     """What the reply to `command` looks like after +OK. LIST and UIDL are listings only
-    without an argument (RFC 1939 §5); a bare AUTH lists the mechanisms (RFC 1734 style)."""
+    without an argument (RFC 1939 §5), LANG too (RFC 6856 §3); a bare AUTH lists the
+    mechanisms (RFC 1734 style)."""
     match command:
         case ev.List(msg) | ev.Uidl(msg) if msg is not None:
+            return Shape.SINGLE
+        case ev.Lang(tag) if tag is not None:
             return Shape.SINGLE
         case ev.Auth(None):
             return Shape.LISTING
@@ -238,8 +266,9 @@ def capabilities(state: State, offered: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def parse_command(line: bytes, state: State) -> Parsed:
-    """Parse one command line (without its line end) in `state`."""
+def parse_command(line: bytes, state: State, enabled: Container[str] = ()) -> Parsed:
+    """Parse one command line (without its line end) in `state`. An optional command
+    (LAST) is a command only if its verb is in `enabled`, else it is unknown."""
     if not line.strip(b" \t"):
         return ev.Invalid(ev.Problem.EMPTY_LINE)
     verb_bytes, _, rest = line.partition(b" ")
@@ -247,7 +276,7 @@ def parse_command(line: bytes, state: State) -> Parsed:
         return ev.Invalid(ev.Problem.UNKNOWN_COMMAND)
     verb = verb_bytes.decode("ascii").upper()
     spec = TABLE.get(verb)
-    if spec is None:
+    if spec is None or (spec.optional and verb not in enabled):
         return ev.Invalid(ev.Problem.UNKNOWN_COMMAND, verb)
     if state not in spec.states:
         return ev.Invalid(ev.Problem.WRONG_STATE, verb)

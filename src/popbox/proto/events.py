@@ -1,6 +1,7 @@
 """Events: the one vocabulary both cores speak, as frozen dataclasses with slots.
 
-Commands (RFC 1939 §§4-7, RFC 2449 §5, RFC 2595 §4, RFC 5034 §4, RFC 6856 §3) are what
+Commands (RFC 1939 §§4-7, RFC 2449 §5, RFC 2595 §4, RFC 5034 §4, RFC 6856 §3, and the
+older LAST of RFC 1460 §5 and XTND of RFC 1082) are what
 the client core sends and the server core hands out. Replies are what the server core
 sends and the client core hands out: a status line (`Ok`, `Err`; RFC 1939 §3), a SASL
 challenge (`Continuation`, RFC 5034 §4), then, for a multi-line reply (RFC 1939 §3), the
@@ -130,6 +131,26 @@ class Utf8:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Lang:
+    """RFC 6856 §3 LANG: list the response languages (None), or select one (a language
+    tag, or "*" for the server's default)."""
+
+    tag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Last:
+    """RFC 1460 §5 LAST (dropped by RFC 1725): the highest message number accessed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Xtnd:
+    """RFC 1082 XTND: the extended service commands (popbox answers -ERR)."""
+
+    args: str = ""
+
+
 class Problem(enum.Enum):
     """Why a line from the client is not a command we can run."""
 
@@ -159,7 +180,7 @@ class ConnectionClosed:
 
 Command = (
     User | Pass | Apop | Auth | SaslResponse | SaslCancel | Stat | List | Uidl | Retr | Top
-    | Dele | Noop | Rset | Quit | Capa | Stls | Utf8
+    | Dele | Noop | Rset | Quit | Capa | Stls | Utf8 | Lang | Last | Xtnd
 )
 Event = Command | Invalid | ConnectionClosed
 

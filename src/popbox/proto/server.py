@@ -50,11 +50,13 @@ _TOO_LONG = object()
 
 
 class ServerConnection:
-    __slots__ = ("_buffer", "_discarding", "_encoder", "_eof", "_lines", "_listing",
-                 "_no_nuls", "_pending", "_sasl", "_state", "_user_accepted")
+    __slots__ = ("_buffer", "_discarding", "_enabled", "_encoder", "_eof", "_lines",
+                 "_listing", "_no_nuls", "_pending", "_sasl", "_state", "_user_accepted")
 
-    def __init__(self, *, no_nuls: bool = False) -> None:
-        """`no_nuls`: send NUL octets in message bodies as 0x80 (`MessageEncoder`)."""
+    def __init__(self, *, no_nuls: bool = False, enabled: frozenset[str] = frozenset()) -> None:
+        """`no_nuls`: send NUL octets in message bodies as 0x80 (`MessageEncoder`);
+        `enabled`: the optional commands of the table this server answers (LAST)."""
+        self._enabled = enabled
         self._state = State.AUTHORIZATION
         self._buffer = bytearray()
         self._lines: deque[bytes | object] = deque()
@@ -131,7 +133,7 @@ class ServerConnection:
         elif self._sasl:
             event = parse_sasl_response(line)
         else:
-            event = parse_command(line, self._state)
+            event = parse_command(line, self._state, self._enabled)
         if isinstance(event, ev.Pass) and not self._user_accepted:
             event = ev.Invalid(ev.Problem.PASS_WITHOUT_USER, "PASS")
         self._user_accepted = False
@@ -167,7 +169,7 @@ class ServerConnection:
             case ev.Ok(text):
                 shape = _MULTI.get(type(pending), Shape.SINGLE)  # (inline: a call per reply)
                 if shape is None:
-                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth)
+                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth | ev.Lang)
                     shape = _reply_shape(pending)
                 if shape is Shape.MESSAGE:
                     self._encoder = MessageEncoder(no_nuls=self._no_nuls)
@@ -218,7 +220,7 @@ class ServerConnection:
 _MULTI: dict[type, Shape | None] = {
     spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
 }
-_MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = None  # it depends on the argument
+_MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = _MULTI[ev.Lang] = None  # it depends
 
 
 def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:

@@ -13,10 +13,11 @@ accepts nothing else. A mechanism's requests are fulfilled here: `NeedCredential
 passdb's `credentials()` (an invalid user name is looked up as nobody, so it gets the
 mock), `NeedToken` from the token validator, whose user must be the one the client
 named. A mechanism's `Authenticated` and a verified `Credentials` lead to the same
-userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Over TLS the shell calls
-`tls_started()`, which records the channel binding data. Time comes from the context's
-clock (`server.clock`): the penalty book and LOGIN-DELAY read it, token checks use its
-wall time, and the penalty wait sleeps on it.
+userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Every user name a client gives is
+first translated (`auth.username_translation`): lookups and logs see the translated one.
+Over TLS the shell calls `tls_started()`, which records the channel binding data. Time
+comes from the context's clock (`server.clock`): the penalty book and LOGIN-DELAY read
+it, token checks use its wall time, and the penalty wait sleeps on it.
 
 `capabilities(state)` is what CAPA says on this connection (RFC 2449 §5): the table's
 capabilities this connection may use (`commands.capabilities`), then the server's.
@@ -29,9 +30,12 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from scramp import ScramException  # type: ignore[import-untyped]
+from scramp.core import saslprep  # type: ignore[import-untyped]
+
 from popbox import __version__
-from popbox.auth.base import Secret, UserInfo, Verdict
-from popbox.auth.names import normalize_username, valid_username
+from popbox.auth.base import Directory, Secret, UserInfo, Verdict
+from popbox.auth.names import normalize_username, translation, valid_username
 from popbox.config import in_networks
 from popbox.proto import apop, commands, sasl
 from popbox.proto import events as ev
@@ -40,6 +44,7 @@ from popbox.server import mechanisms, replies
 from popbox.server.binding import channel_bindings
 from popbox.server.context import ServerContext
 from popbox.server.logfmt import quote
+from popbox.store import expire
 from popbox.store.base import Failure, Maildrop
 
 log = logging.getLogger("popbox")
@@ -55,6 +60,7 @@ class Authenticated:
     info: UserInfo
     mechanism: str  # USER, APOP or the SASL mechanism: for the log
     login_delay: int  # the user's LOGIN-DELAY (RFC 2449 §6.8), seconds
+    expire_days: int | None = None  # the user's EXPIRE (RFC 2449 §6.7); None: NEVER
 
 
 Answer = ev.Ok | ev.Err | ev.Continuation | replies.Listing | Authenticated
@@ -64,6 +70,20 @@ async def _accepted() -> Verdict:
     return Verdict.OK
 
 
+def utf8_password(secret: bytes) -> bytes | None:
+    """A PASS argument after UTF8 (RFC 6856 §2, "UTF8 USER"): UTF-8 text, prepared with
+    SASLprep (RFC 4013) as SCRAM prepares passwords, so that one password typed in
+    different Unicode forms is one password. None if it is not UTF-8 or SASLprep refuses
+    it. ASCII passwords come out unchanged; before UTF8 the octets are used as sent."""
+    if secret.isascii():
+        return secret
+    try:
+        prepared: str = saslprep(secret.decode("utf-8"))
+    except (UnicodeDecodeError, ScramException):
+        return None
+    return prepared.encode("utf-8")
+
+
 def login_delay(info: UserInfo, default: int) -> int:
     """The user's own LOGIN-DELAY (userdb field `login_delay`, seconds), or the default."""
     value = info.extra.get("login_delay", "")
@@ -71,8 +91,9 @@ def login_delay(info: UserInfo, default: int) -> int:
 
 
 class Authorization:
-    __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "bindings", "ctx",
-                 "failures", "login_delay", "peer", "secure", "timestamp", "user")
+    __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "_translation", "bindings",
+                 "ctx", "expire_days", "failures", "login_delay", "peer", "secure", "timestamp",
+                 "user", "utf8")
 
     def __init__(self, ctx: ServerContext, peer: str, secure: bool) -> None:
         self.ctx = ctx
@@ -86,6 +107,13 @@ class Authorization:
         self._failed_user = ""
         self.failures = 0  # failed login attempts on this connection
         self.login_delay = ctx.config.limits.login_delay  # the user's, once logged in
+        self.expire_days = ctx.config.store.expire_days  # the user's, once logged in
+        self._translation = translation(ctx.config.auth.username_translation)
+        self.utf8 = False  # RFC 6856 §2: the client said UTF8
+
+    def _name(self, given: str) -> str:
+        """The user name as looked up: `auth.username_translation` applied."""
+        return given.translate(self._translation) if self._translation else given
 
     def tls_started(self, ssl_object: ssl.SSLObject | None) -> None:
         """The connection is TLS now (implicit or after STLS): note the binding data."""
@@ -111,7 +139,7 @@ class Authorization:
 
     async def capabilities(self, state: State) -> tuple[str, ...]:
         """RFC 2449 §5: the CAPA lines for this connection in `state`."""
-        offered = {"TOP": "", "UIDL": "", "UTF8": "USER"}
+        offered = {"TOP": "", "UIDL": "", "UTF8": "USER", "LANG": ""}
         if state is State.AUTHORIZATION:
             if self.ctx.tls is not None and not self.secure:
                 offered["STLS"] = ""
@@ -120,14 +148,24 @@ class Authorization:
             sasl_mechanisms = await self.mechanisms()
             if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
                 offered["SASL"] = " ".join(sasl_mechanisms)
+        # RFC 2449 §§6.7, 6.8: the global values before login, with USER where a user
+        # may have their own; the user's own after login. LOGIN-DELAY 0 says nothing.
+        expires = f"EXPIRE {expire.capability(self.expire_days)}"
+        delay = f"LOGIN-DELAY {self.login_delay}" if self.login_delay else None
+        if state is State.AUTHORIZATION:
+            userdb = self.ctx.backends.userdb
+            if isinstance(userdb, Directory):
+                if await userdb.varies("expire_days"):
+                    expires += " USER"
+                if delay and await userdb.varies("login_delay"):
+                    delay += " USER"
         return (
             *commands.capabilities(state, offered),
             "RESP-CODES",
             "AUTH-RESP-CODE",
             "PIPELINING",
-            "EXPIRE NEVER",
-            # RFC 2449 §6.8: the global value before login, the user's own after it.
-            f"LOGIN-DELAY {self.login_delay}",
+            expires,
+            *((delay,) if delay else ()),
             f"IMPLEMENTATION popbox-{__version__}",
         )
 
@@ -146,6 +184,7 @@ class Authorization:
         self.ctx.record_login(auth.user, self.ctx.clock.monotonic(), auth.login_delay)
         self.user = auth.user
         self.login_delay = auth.login_delay
+        self.expire_days = auth.expire_days
         self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
         log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(auth.user),
                  auth.mechanism, self.peer, len(maildrop.messages))
@@ -173,16 +212,20 @@ class Authorization:
             case ev.User(name):
                 if not self.cleartext_allowed:
                     return replies.CLEARTEXT_REFUSED
-                self.user = name
+                self.user = self._name(name)
                 return ev.Ok()
             case ev.Pass(secret):
                 assert self.user is not None
-                user, password = self.user, Secret(secret)
+                prepared = utf8_password(secret) if self.utf8 else secret
+                if prepared is None:
+                    self._log_failure(self.user, "USER", "password-not-utf8")
+                    return replies.AUTH_FAILED
+                user, password = self.user, Secret(prepared)
                 return await self._login(
                     user, "USER", lambda: self.ctx.backends.passdb.verify(user, password)
                 )
             case ev.Apop(name, digest):
-                return await self._apop(name, digest)
+                return await self._apop(self._name(name), digest)
             case ev.Auth(None):
                 return replies.Listing("Mechanisms follow", await self.mechanisms())
             case ev.Auth(mechanism, initial):
@@ -223,13 +266,13 @@ class Authorization:
                 case sasl.Challenge(data):
                     return ev.Continuation(data)
                 case sasl.NeedCredential(user, scheme):
-                    found = await self._credential(user, scheme)
+                    found = await self._credential(self._name(user), scheme)
                     if found is Verdict.TEMPORARY:
                         return self._temporary(user)
                     stored = found.value if isinstance(found, Secret) else None
                     step = mech.provide(sasl.StoredCredential(stored))
                 case sasl.NeedToken(claimed, token):
-                    owner = await self._token_owner(claimed, Secret(token))
+                    owner = await self._token_owner(self._name(claimed), Secret(token))
                     if owner is Verdict.TEMPORARY:
                         return self._temporary(claimed)
                     step = mech.provide(sasl.TokenOwner(owner if isinstance(owner, str) else None))
@@ -239,9 +282,10 @@ class Authorization:
                     return replies.AUTH_FAILED
                 case sasl.Authenticated(user):
                     self._mechanism = None
-                    return await self._login(user, name, _accepted)
+                    return await self._login(self._name(user), name, _accepted)
                 case sasl.Credentials(authcid, password, authzid):
                     self._mechanism = None
+                    authcid, authzid = self._name(authcid), self._name(authzid or "")
                     if authzid and authzid != authcid:
                         self._log_failure(authcid, name, "authzid-not-allowed")
                         return replies.AUTH_FAILED
@@ -301,7 +345,8 @@ class Authorization:
         if self.ctx.login_too_soon(user, self.ctx.clock.monotonic(), delay):
             self._log_failure(user, mechanism, "login-delay")
             return replies.LOGIN_DELAY
-        return Authenticated(user, info, mechanism, delay)
+        days = expire.user_days(info.extra, self.ctx.config.store.expire_days)
+        return Authenticated(user, info, mechanism, delay, days)
 
     def _log_failure(self, user: str, mechanism: str, reason: str) -> None:
         self._failed_user = user

@@ -1,15 +1,24 @@
-"""The one place where outcomes become `-ERR [CODE] text` (RFC 2449 §8, RFC 3206).
+"""The one place where outcomes become `-ERR [CODE] text` (RFC 2449 §8, RFC 3206), and
+the one table of response texts in other languages (RFC 6856 §3 LANG).
 
 No exception text or class name ever reaches the wire: every negative reply the server
 sends is built here from a value.
+
+Languages: the texts below are English, which is also what `i-default` (RFC 2277 §4.5)
+gives. `LANGUAGES` lists what LANG offers; `TRANSLATIONS` holds the other languages'
+texts, keyed by the English text (a `{}` stands for a command name or a number);
+`localize()` turns a reply into the session's language. Only human-readable text is
+translated: response codes never, and neither are the +OK lines clients parse (STAT,
+LIST, UIDL, RETR's size), which are in no table. A text with no translation stays English.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from popbox.auth.base import Verdict
-from popbox.proto.events import Err, Problem
+from popbox.proto.events import Err, Ok, Problem
 from popbox.proto.types import RespCode
 from popbox.store.base import Failure
 
@@ -29,6 +38,9 @@ TOO_MANY_CONNECTIONS = Err("Too many connections, try again later.", RespCode.SY
 SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
 ALREADY_SECURE = Err("TLS is already active.")
+LANG_UNSUPPORTED = Err("Unsupported language.")
+LANG_NEEDS_UTF8 = Err("This language needs UTF-8: send UTF8 first.")
+XTND_UNSUPPORTED = Err("XTND is not supported by this server.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
 
 
@@ -79,3 +91,117 @@ def verdict(v: Verdict) -> Err:
     if v is Verdict.TEMPORARY:
         return Err("Temporary authentication failure.", RespCode.SYS_TEMP)
     return AUTH_FAILED
+
+
+# --- languages (RFC 6856 §3) ---------------------------------------------------------
+
+DEFAULT_LANGUAGE = "i-default"
+LANGUAGES: dict[str, str] = {  # tag -> its name in itself, as LANG lists them
+    "en": "English",
+    "i-default": "Default language",
+    "de": "Deutsch",
+}
+
+TRANSLATIONS: dict[str, dict[str, str]] = {
+    "de": {
+        "Authentication failed.": "Authentifizierung fehlgeschlagen.",
+        "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.":
+            "Klartext-Anmeldung ist nur über gesicherte (SSL/TLS) Verbindungen erlaubt.",
+        "APOP is not enabled on this server.": "APOP ist auf diesem Server nicht aktiviert.",
+        "Unsupported authentication mechanism.":
+            "Dieses Anmeldeverfahren wird nicht unterstützt.",
+        "Authentication cancelled.": "Anmeldung abgebrochen.",
+        "Logged in too recently, try again later.":
+            "Zu kurz nach der letzten Anmeldung, bitte später erneut versuchen.",
+        "There is no such message.": "Diese Nachricht gibt es nicht.",
+        "Message is deleted.": "Die Nachricht ist gelöscht.",
+        "Too many invalid commands, closing.":
+            "Zu viele ungültige Befehle, Verbindung wird beendet.",
+        "Disconnected for inactivity.": "Wegen Inaktivität getrennt.",
+        "Too many connections, try again later.":
+            "Zu viele Verbindungen, bitte später erneut versuchen.",
+        "Server shutting down.": "Der Server wird heruntergefahren.",
+        "STLS is not available on this server.": "STLS ist auf diesem Server nicht verfügbar.",
+        "TLS is already active.": "TLS ist bereits aktiv.",
+        "Message was removed by another agent.":
+            "Die Nachricht wurde von einem anderen Programm entfernt.",
+        "XTND is not supported by this server.": "XTND wird von diesem Server nicht unterstützt.",
+        "Unsupported language.": "Diese Sprache wird nicht unterstützt.",
+        "Unknown command.": "Unbekannter Befehl.",
+        "{} is not valid in this state.": "{} ist in diesem Zustand nicht erlaubt.",
+        "Empty command.": "Leerer Befehl.",
+        "Command line too long.": "Befehlszeile zu lang.",
+        "Invalid message number.": "Ungültige Nachrichtennummer.",
+        "Invalid base64 data.": "Ungültige Base64-Daten.",
+        "No username given.": "Kein Benutzername angegeben.",
+        "Invalid characters in command.": "Ungültige Zeichen im Befehl.",
+        "Invalid arguments for {}.": "Ungültige Argumente für {}.",
+        "Invalid arguments.": "Ungültige Argumente.",
+        "Mailbox is locked by another POP3 session.":
+            "Das Postfach ist durch eine andere POP3-Sitzung gesperrt.",
+        "Temporary failure, try again later.":
+            "Vorübergehender Fehler, bitte später erneut versuchen.",
+        "Mailbox cannot be opened.": "Das Postfach kann nicht geöffnet werden.",
+        "Temporary authentication failure.": "Vorübergehender Fehler bei der Anmeldung.",
+        "Logging out.": "Abmeldung.",
+        "Language changed.": "Sprache geändert.",
+        "Message {} deleted.": "Nachricht {} gelöscht.",
+    },
+}
+
+
+def _templates(table: dict[str, str]) -> list[tuple[str, str, str]]:
+    found = []
+    for english, translated in table.items():
+        if english.count("{}") == 1:
+            prefix, _, suffix = english.partition("{}")
+            found.append((prefix, suffix, translated))
+    return found
+
+
+_TEMPLATES = {lang: _templates(table) for lang, table in TRANSLATIONS.items()}
+
+
+def translate(text: str, lang: str) -> str:
+    """`text` in `lang`, or `text` itself where the table has nothing."""
+    table = TRANSLATIONS.get(lang)
+    if table is None or not text:
+        return text
+    found = table.get(text)
+    if found is not None:
+        return found
+    for prefix, suffix, translated in _TEMPLATES[lang]:
+        if text.startswith(prefix) and text.endswith(suffix) and len(text) > len(prefix + suffix):
+            middle = text[len(prefix) : len(text) - len(suffix)]
+            if " " not in middle:
+                return translated.replace("{}", middle)
+    return text
+
+
+def localize(reply: Err | Ok | Listing, lang: str) -> Err | Ok | Listing:
+    """`reply` with its human-readable text in `lang` (codes and listings unchanged)."""
+    if lang not in TRANSLATIONS:
+        return reply
+    text = translate(reply.text, lang)
+    return reply if text == reply.text else dataclasses.replace(reply, text=text)
+
+
+def choose_language(tag: str) -> str | None:
+    """The language LANG `tag` selects (RFC 6856 §3): "*" is the default; a tag is
+    matched without regard to case, else by its primary subtag ("de-AT" gives "de")."""
+    if tag == "*":
+        return DEFAULT_LANGUAGE
+    wanted = tag.lower()
+    if wanted in LANGUAGES:
+        return wanted
+    primary = wanted.partition("-")[0]
+    return primary if primary in LANGUAGES and primary != "i" else None
+
+
+def language_is_ascii(lang: str) -> bool:
+    return all(text.isascii() for text in TRANSLATIONS.get(lang, {}).values())
+
+
+def language_listing() -> Listing:
+    return Listing("Language listing follows", tuple(f"{tag} {name}"
+                                                     for tag, name in LANGUAGES.items()))

@@ -44,14 +44,15 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "login_deadline",
-                 "peer", "retr_count", "txn")
+    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
+                 "login_deadline", "peer", "retr_count", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
         self.io = io
         no_nuls = "outlook-no-nuls" in ctx.config.server.workarounds
-        self.conn = ServerConnection(no_nuls=no_nuls)
+        enabled = frozenset({"LAST"} if ctx.config.server.enable_last else ())
+        self.conn = ServerConnection(no_nuls=no_nuls, enabled=enabled)
         io.received = self.conn.receive_data
         self.peer = io.peer
         self.authz = Authorization(ctx, self.peer, secure=io.secure)
@@ -62,6 +63,8 @@ class Session:
         self.retr_count = 0
         self.bytes_sent = 0
         self._out: list[bytes] = []
+        self.lang = replies.DEFAULT_LANGUAGE  # RFC 6856 §3: until LANG selects another
+        self.utf8 = False  # RFC 6856 §2: after UTF8
         self.login_deadline = io.loop.time() + ctx.config.limits.login_timeout
 
     # --- the loop ---
@@ -156,6 +159,8 @@ class Session:
 
     def _reply(self, reply: ev.Ok | ev.Err | ev.Continuation | replies.Listing) -> None:
         conn = self.conn
+        if self.lang != replies.DEFAULT_LANGUAGE and not isinstance(reply, ev.Continuation):
+            reply = replies.localize(reply, self.lang)
         if isinstance(reply, replies.Listing):
             self._emit(conn.send(ev.Ok(reply.text)))
             self._emit(conn.send(ev.Lines(reply.lines)))
@@ -177,7 +182,7 @@ class Session:
     async def _handle(self, event: ev.Event) -> None:
         match event:  # the commands of a logged-in session first: most events are these
             case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
-                  | ev.Rset()):
+                  | ev.Rset() | ev.Last()):
                 assert self.txn is not None
                 answer = await self.txn.handle(event)
                 if isinstance(answer, Body):
@@ -194,7 +199,14 @@ class Session:
             case ev.Quit():
                 self._reply(await self.txn.quit() if self.txn else ev.Ok("Logging out."))
             case ev.Utf8():
+                self.utf8 = self.authz.utf8 = True
+                if self.txn is not None:
+                    self.txn.utf8 = True
                 self._reply(ev.Ok("UTF8 enabled"))
+            case ev.Lang(tag):
+                self._reply(self._lang(tag))
+            case ev.Xtnd():
+                self._reply(replies.XTND_UNSUPPORTED)
             case ev.Stls():
                 await self._starttls()
             case (ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse()
@@ -207,6 +219,19 @@ class Session:
             case _:
                 assert_never(event)
 
+    def _lang(self, tag: str | None) -> ev.Ok | ev.Err | replies.Listing:
+        """RFC 6856 §3: list the languages, or select one. A language whose texts are not
+        ASCII is selected only after UTF8 (§2: UTF-8 in responses needs UTF-8 mode)."""
+        if tag is None:
+            return replies.language_listing()
+        lang = replies.choose_language(tag)
+        if lang is None:
+            return replies.LANG_UNSUPPORTED
+        if not self.utf8 and not replies.language_is_ascii(lang):
+            return replies.LANG_NEEDS_UTF8
+        self.lang = lang
+        return ev.Ok("Language changed.")
+
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
         maildrop = await self.ctx.backends.store.open(auth.info.mail_location)
@@ -214,7 +239,8 @@ class Session:
         if refused is not None:
             return refused
         assert not isinstance(maildrop, Failure)
-        self.txn = Transaction(maildrop)
+        self.txn = Transaction(maildrop, utf8=self.utf8 or (
+            "8bit-headers" in self.ctx.config.server.workarounds))
         count, size = self.txn.stat()
         return ev.Ok(f"Logged in. {count} messages ({size} octets).")
 

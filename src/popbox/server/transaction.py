@@ -6,6 +6,13 @@ streams through the core. Message numbers are fixed for the session; DELE only m
 RSET unmarks, and nothing reaches the store until `quit()` commits once. Retrieved
 messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
 are remembered so the store can mark them seen at commit.
+
+A client that has not said UTF8 gets messages with 8-bit header octets as "?"
+(RFC 6856 §2.1, popbox.proto.headers), at the size LIST promised.
+
+LAST (RFC 1460 §5, where the server enables it) answers the highest message number
+accessed in this session: RETR and DELE raise it, TOP does not (a peek), RSET sets it
+back to 0. Earlier sessions do not count: the snapshot does not carry seen flags.
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ from typing import assert_never
 
 from popbox.proto import events as ev
 from popbox.proto.events import Err
+from popbox.proto.headers import HeaderGuard, ascii_header
 from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter
 from popbox.server import replies
 from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
 
-Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
+Command = (
+    ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset | ev.Last
+)
 
 
 @dataclass(slots=True)
@@ -35,6 +45,27 @@ class Body:
     first: bytes
     reader: Reader
     limit: TopFilter | None
+
+
+class _Guarded:
+    """A `Reader` whose chunks pass through a `HeaderGuard` (RFC 6856 §2.1)."""
+
+    __slots__ = ("_guard", "_reader")
+
+    def __init__(self, reader: Reader, guard: HeaderGuard) -> None:
+        self._reader = reader
+        self._guard = guard
+
+    @property
+    def done(self) -> bool:
+        return self._reader.done
+
+    async def next(self) -> bytes:
+        return self._guard.feed(await self._reader.next())
+
+    def close(self) -> None:
+        self._reader.close()
+
 
 # "1", "2", ...: made once and shared by every session. Formatting the numbers of a
 # 100,000-message LIST or UIDL cost as much as the rest of the listing.
@@ -51,13 +82,16 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "utf8")
 
-    def __init__(self, maildrop: Maildrop) -> None:
+    def __init__(self, maildrop: Maildrop, *, utf8: bool = False) -> None:
+        """`utf8`: the client said UTF8 (RFC 6856 §2), so headers go out as stored."""
         self.maildrop = maildrop
+        self.utf8 = utf8
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
+        self.last = 0  # RFC 1460 §5: the highest message number accessed
 
     def index(self, msg: MsgNo) -> Index | Err:
         """The snapshot index of `msg`, or the error for a missing or deleted message."""
@@ -93,6 +127,7 @@ class Transaction:
 
     def rset(self) -> None:
         self.deleted.clear()
+        self.last = 0
 
     async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
         """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
@@ -112,6 +147,11 @@ class Transaction:
                 except StoreError as exc:
                     reader.close()
                     return replies.failure(exc.failure)
+                if not self.utf8 and not ascii_header(first):
+                    guard = HeaderGuard()
+                    first = guard.feed(first)
+                    if guard.active:  # the header goes on past the first chunk
+                        reader = _Guarded(reader, guard)
                 if isinstance(event, ev.Retr):
                     return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
@@ -136,9 +176,12 @@ class Transaction:
                 if isinstance(event, ev.Uidl):
                     return ev.Ok(f"{msg} {self.uidl(index)}")
                 self.deleted.add(index)
+                self.last = max(self.last, msg)
                 return ev.Ok(f"Message {msg} deleted.")
             case ev.Noop():
                 return ev.Ok()
+            case ev.Last():
+                return ev.Ok(str(self.last))
             case ev.Rset():
                 self.rset()
                 count, size = self.stat()
@@ -150,6 +193,7 @@ class Transaction:
         """`body` went out to its end: a RETR marks the message seen at commit."""
         if body.limit is None:
             self.retrieved.add(body.index)
+            self.last = max(self.last, body.index + 1)
 
     async def quit(self) -> ev.Ok | Err:
         """RFC 1939 §6, the UPDATE state: commit the deletions and the seen marks once.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, overload
+from typing import NamedTuple, Protocol, overload, runtime_checkable
 
 from popbox.proto.types import Index, Uidl
 
@@ -140,6 +140,36 @@ class MailStore(Protocol):
     async def aclose(self) -> None:
         """Release what the store holds for the process (pools, lock connections)."""
         ...
+
+
+class Times(NamedTuple):
+    """When a message arrived and when a session first retrieved it (RETR to its end,
+    committed at QUIT), as seconds since the epoch; `retrieved` is None if never."""
+
+    delivered: float
+    retrieved: float | None
+
+
+@runtime_checkable
+class Dated(Protocol):
+    """A maildrop that knows its messages' `Times` (what `popbox expire` needs)."""
+
+    async def times(self) -> Sequence[Times]:
+        """One `Times` per snapshot index. Raises `StoreError` on I/O trouble."""
+        ...
+
+
+@runtime_checkable
+class Trash(Protocol):
+    """A store that can keep deleted messages for a while (``store.deleted = "trash"``):
+    `purge` removes for good what was deleted at or before `before`, `undelete` puts
+    back what was deleted at or after `since` (everything if None) with the UIDLs it
+    had. Both take the maildrop lock (`Failure.IN_USE` while a session holds it) and
+    answer how many messages they moved."""
+
+    async def purge(self, location: str, before: float) -> int | Failure: ...
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure: ...
 
 
 class StoreError(Exception):

@@ -27,6 +27,13 @@ Courier and qmail write them. The pieces:
   when it is opened, so it costs the commit nothing: a session that retrieved only such
   messages and deleted none (a client that leaves mail on the server, at every poll)
   commits with no system call but the lock's close and no trip to a thread.
+* retrieval times (popbox.store.maildir_times): the commit appends the first
+  retrieval time of each retrieved message to ``popbox.retrieved`` and drops the lines
+  of deleted ones; `times()` gives them with the file's mtime as the delivery time,
+  for `popbox expire`. The time comes from the store's `clock`.
+* soft delete (`deleted="trash"`, popbox.store.maildir_trash): the commit moves the
+  deleted files into ``.Trash/cur/`` instead of unlinking them; `purge` and `undelete`
+  (under the maildrop lock) empty it after a while or put messages back.
 * deliver: the Maildir protocol: write a new file in ``tmp/``, fsync, rename into
   ``new/``, fsync ``new/`` (popbox.fsutil.write_atomic). The name is Dovecot's
   ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus ``,S=<file size>,W=<CRLF size>`` so that no
@@ -46,15 +53,17 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Set
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence, Set
+from typing import TYPE_CHECKING, Literal
 
 from popbox.fsutil import NotRegularFile, fsync_dir, open_regular, write_atomic
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
+from popbox.store import maildir_times, maildir_trash
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
@@ -62,6 +71,8 @@ from popbox.store.base import (
     Reader,
     Snapshot,
     StoreError,
+    Times,
+    Trash,
 )
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
@@ -165,6 +176,9 @@ class MaildirStore:
     "courier" to list the UIDLs that server gave out (migration), None (default) for
     popbox's own. `hostname`: used in delivered file names (default: this host).
     `follow_symlinks`: accept a maildir (or its cur/, new/, tmp/) that is a symlink.
+    `clock`: seconds since the epoch, for the retrieval times commits record.
+    `deleted`: "remove" unlinks deleted messages at commit, "trash" moves them to
+    ``.Trash``.
     """
 
     def __init__(
@@ -175,6 +189,8 @@ class MaildirStore:
         chunk_size: int = CHUNK_SIZE,
         hostname: str | None = None,
         follow_symlinks: bool = False,
+        clock: Callable[[], float] = time.time,
+        deleted: Literal["remove", "trash"] = "remove",
     ) -> None:
         if uidl_import not in (None, "dovecot", "courier"):
             raise ValueError(f"unknown uidl_import {uidl_import!r}")
@@ -185,6 +201,8 @@ class MaildirStore:
         self.chunk_size = chunk_size
         self.hostname = hostname or socket.gethostname()
         self.follow_symlinks = follow_symlinks
+        self.clock = clock
+        self.deleted = deleted
 
     def _refuse_symlinks(self, root: str) -> None:
         """OSError(ELOOP) if the maildir or one of its directories is a symlink (and that is
@@ -223,13 +241,41 @@ class MaildirStore:
             lock.release()
             raise
         try:
-            return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen, chunk=self.chunk_size)
+            return MaildirDrop(root, lock, listing, mark_seen=self.mark_seen,
+                               chunk=self.chunk_size, clock=self.clock,
+                               trash=self.deleted == "trash")
         except BaseException:
             lock.release()
             raise
 
     async def aclose(self) -> None:
         """Nothing to release: each maildrop's lock goes with its session."""
+    async def purge(self, location: str, before: float) -> int | Failure:
+        return await asyncio.to_thread(
+            self._in_trash, location, lambda root: maildir_trash.purge(root, before))
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure:
+        return await asyncio.to_thread(
+            self._in_trash, location, lambda root: maildir_trash.restore(root, since))
+
+    def _in_trash(self, root: str, op: Callable[[str], int]) -> int | Failure:
+        """`op(root)` under the maildrop lock, as a session's commit runs; 0 without a
+        trash folder (a maildir never made or never trashed into is left as it is)."""
+        if not os.path.isdir(maildir_trash.folder(root)):
+            return 0
+        try:
+            lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
+        except OSError as exc:
+            return _failure(exc)
+        if lock is None:
+            return Failure.IN_USE
+        try:
+            return op(root)
+        except OSError as exc:
+            log.warning("maildir %s: trash: %s", root, exc)
+            return _failure(exc)
+        finally:
+            lock.release()
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
@@ -259,9 +305,11 @@ class MaildirDrop:
     """One session's locked view of a maildir (popbox.store.base.Maildrop)."""
 
     def __init__(
-        self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int
+        self, root: str, lock: FileLock, listing: Listing, *, mark_seen: bool, chunk: int,
+        clock: Callable[[], float] = time.time, trash: bool = False,
     ) -> None:
         self._root = root
+        self._trash = trash
         self._lock = lock
         self._entries = EntryTable(listing)  # Entry objects made on first use
         self._messages = Snapshot(listing.uidls, listing.sizes)
@@ -270,10 +318,37 @@ class MaildirDrop:
         self._committing = False
         # Indexes opened from cur/ under a name with the S flag: nothing to flag at commit.
         self._seen: set[Index] = set()
+        self._clock = clock
 
     @property
     def messages(self) -> Snapshot:
         return self._messages
+
+    async def times(self) -> Sequence[Times]:
+        return await asyncio.to_thread(self._times)
+
+    def _times(self) -> list[Times]:
+        try:
+            record = maildir_times.read(self._root)
+        except OSError as exc:
+            raise StoreError(Failure.TEMPORARY) from exc
+        times: list[Times] = []
+        for index in range(len(self._entries)):
+            entry = self._entries[index]
+            try:
+                st = os.stat(entry.path(self._root))
+            except FileNotFoundError:
+                if not self._relocate(entry):
+                    times.append(Times(self._clock(), None))  # gone: nothing to expire
+                    continue
+                st = os.stat(entry.path(self._root))
+            except OSError as exc:
+                raise StoreError(Failure.TEMPORARY) from exc
+            retrieved = record.get(entry.base)
+            if retrieved is None and entry.sub == "cur" and has_flag(entry.name, "S"):
+                retrieved = st.st_ctime  # seen before popbox kept the record
+            times.append(Times(st.st_mtime, retrieved))
+        return times
 
     # -- reading -------------------------------------------------------------------
 
@@ -341,32 +416,51 @@ class MaildirDrop:
         if not (_in_range(delete, count) and _in_range(seen, count)):
             raise IndexError("message index out of range")
         self._committing = True
-        to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
+        retrieved = frozenset(seen) - frozenset(delete)
+        to_flag = retrieved if self._mark_seen else frozenset()
         already = len(to_flag & self._seen)
-        if already:
+        if already:  # opened from cur/ with the S flag: flagged, and their time recorded
             to_flag -= self._seen
-        if not delete and not to_flag:  # nothing to change: no trip to a thread
+            retrieved -= self._seen
+        if not delete and not to_flag and not retrieved:  # nothing to change: no thread
             self._lock.release()
             return CommitReport(deleted=0, missing=0, flagged=already)
-        report = await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+        report = await asyncio.to_thread(
+            self._commit, frozenset(delete), to_flag, retrieved, self._clock())
         if isinstance(report, Failure) or not already:
             return report
         return dataclasses.replace(report, flagged=report.flagged + already)
 
-    def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+    def _commit(
+        self, delete: frozenset[int], to_flag: frozenset[int], retrieved: frozenset[int],
+        now: float,
+    ) -> CommitReport | Failure:
         try:
-            return self._apply(delete, to_flag)
+            taken = [self._entries[i] for i in retrieved]  # already seen: recorded before
+            first = [e.base for e in taken if not (e.sub == "cur" and has_flag(e.name, "S"))]
+            deleted = {self._entries[i].base for i in delete}
+            report = self._apply(delete, to_flag, now)
+            try:
+                maildir_times.append(self._root, first, now)
+                maildir_times.forget(self._root, deleted)
+            except OSError as exc:  # only ever keeps the mail longer
+                log.warning("maildir %s: retrieval record not written: %s", self._root, exc)
+            return report
         except OSError as exc:  # the directories could not be searched
             log.warning("maildir %s: commit failed: %s", self._root, exc)
             return Failure.TEMPORARY
         finally:
             self._lock.release()
 
-    def _apply(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
+    def _apply(
+        self, delete: frozenset[int], to_flag: frozenset[int], now: float
+    ) -> CommitReport | Failure:
         deleted = missing = flagged = 0
         failed = False
         changed: set[str] = set()
         pending = sorted(delete | to_flag)
+        trash_cur = maildir_trash.prepare(self._root) if self._trash and delete else None
+        trashed: list[str] = []
         for attempt in range(2):
             retry: list[int] = []
             for i in pending:
@@ -374,7 +468,11 @@ class MaildirDrop:
                 path = f"{self._root}/{sub}/{name}"
                 try:
                     if i in delete:
-                        os.unlink(path)
+                        if trash_cur is None:
+                            os.unlink(path)
+                        else:
+                            maildir_trash.move(path, trash_cur, name)
+                            trashed.append(self._entries[i].base)
                         deleted += 1
                         changed.add(sub)
                     elif sub == "cur" and has_flag(name, "S"):
@@ -399,6 +497,13 @@ class MaildirDrop:
                 missing += len(retry) - len(pending)
             else:
                 missing += len(retry)
+        if trash_cur is not None:
+            changed.add(os.path.join(maildir_trash.FOLDER, "cur"))
+            try:
+                maildir_times.append(maildir_trash.folder(self._root), trashed, now,
+                                     maildir_times.TRASHED)
+            except OSError as exc:  # unrecorded: kept in the trash until removed by hand
+                log.warning("maildir %s: trash record not written: %s", self._root, exc)
         for sub in changed:
             try:
                 fsync_dir(os.path.join(self._root, sub))
@@ -433,5 +538,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: MaildirStore, drop: MaildirDrop, reader: _FileReader
-    ) -> tuple[MailStore, Maildrop, Reader]:
-        return store, drop, reader
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
+        return store, drop, reader, drop, store

@@ -9,7 +9,8 @@ semantics are those every backend must have (popbox.store.base), in their plaine
   up in the next session only;
 * one `commit`, applied once: the snapshot's deleted messages are removed by UIDL, those
   already gone (see `remove`, "another agent") are counted as missing;
-* `deliver` gives each message a UIDL unique within the store that never changes.
+* `deliver` gives each message a UIDL unique within the store that never changes;
+* `times()`: delivery and first retrieval (a commit's `seen`) on the store's `clock`.
 
 Nothing here blocks, so nothing goes to a thread. State lives in one process only.
 """
@@ -17,7 +18,8 @@ Nothing here blocks, so nothing goes to a thread. State lives in one process onl
 from __future__ import annotations
 
 import itertools
-from collections.abc import Set
+import time
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING
 
 from popbox.proto.types import Index, Uidl, is_valid_uidl
@@ -25,12 +27,14 @@ from popbox.proto.wire import wire_size
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
     MailStore,
     Reader,
     Snapshot,
+    Times,
 )
 
 CHUNK_SIZE = 64 * 1024
@@ -40,10 +44,14 @@ class MemoryStore:
     """Maildrops in memory. `chunk_size`: how a `MemoryReader` splits a message (tests use it to
     exercise streaming)."""
 
-    def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, *, chunk_size: int = CHUNK_SIZE, clock: Callable[[], float] = time.time
+    ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.chunk_size = chunk_size
+        self.clock = clock
+        self._times: dict[tuple[str, Uidl], Times] = {}
         self._boxes: dict[str, list[tuple[Uidl, bytes]]] = {}
         self._seen: dict[str, set[Uidl]] = {}
         self._locked: set[str] = set()
@@ -72,6 +80,7 @@ class MemoryStore:
         if not is_valid_uidl(uidl) or any(u == uidl for u, _ in box):
             raise ValueError(f"UIDL {uidl!r} is invalid or already in {location!r}")
         box.append((Uidl(uidl), bytes(message)))
+        self._times[location, Uidl(uidl)] = Times(self.clock(), None)
         return Uidl(uidl)
 
     def remove(self, location: str, uidl: Uidl) -> bool:
@@ -138,6 +147,11 @@ class MemoryMaildrop:
     def messages(self) -> Snapshot:
         return self._messages
 
+    async def times(self) -> Sequence[Times]:
+        now = self._store.clock()
+        return [self._store._times.get((self._location, u), Times(now, None))
+                for u in self._messages.uidls]
+
     async def open_message(self, index: Index) -> MemoryReader | Gone:
         data = self._store._find(self._location, self._messages.uidls[index])
         return GONE if data is None else MemoryReader(data, self._store.chunk_size)
@@ -157,6 +171,11 @@ class MemoryMaildrop:
             for uidl in doomed & present:
                 self._store.remove(self._location, uidl)
             self._store._seen.setdefault(self._location, set()).update(flag & present)
+            now = self._store.clock()
+            for uidl in flag & present:
+                delivered, retrieved = self._store._times[self._location, uidl]
+                if retrieved is None:
+                    self._store._times[self._location, uidl] = Times(delivered, now)
             return CommitReport(
                 deleted=len(doomed & present),
                 missing=len((doomed | flag) - present),
@@ -175,5 +194,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: MemoryStore, drop: MemoryMaildrop, reader: MemoryReader
-    ) -> tuple[MailStore, Maildrop, Reader]:
-        return store, drop, reader
+    ) -> tuple[MailStore, Maildrop, Reader, Dated]:
+        return store, drop, reader, drop

@@ -14,11 +14,15 @@ user name). The tables are popbox.pg.schema's. The pieces:
   first chunk, so the answer is known before +OK.
 * commit (after QUIT only): ONE transaction proves the lease still holds (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
-  deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
-  already gone count as missing. Then the lock is released. The commit is shielded, so
+  deletes the session's deleted messages and sets ``seen`` (with `mark_seen`) and the
+  first ``retrieved_at`` (the store's `clock`) on the retrieved ones; rows already gone
+  count as missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
   Messages the snapshot found seen get no UPDATE; a session with nothing else to write
   (it retrieved only seen messages and deleted none) runs no transaction at all.
+* soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
+  the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
+  in one statement under the maildrop lock.
 * deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
   size counted by popbox.proto.wire. Never retried: an error means "not stored".
@@ -34,9 +38,9 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Set
+from collections.abc import Callable, Sequence, Set
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from popbox.pg.pool import DB_ERRORS, Connection, Database
 from popbox.proto.types import Index, Uidl
@@ -44,6 +48,7 @@ from popbox.proto.wire import wire_size
 from popbox.store.base import (
     GONE,
     CommitReport,
+    Dated,
     Failure,
     Gone,
     Maildrop,
@@ -51,6 +56,8 @@ from popbox.store.base import (
     Reader,
     Snapshot,
     StoreError,
+    Times,
+    Trash,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
 
@@ -64,6 +71,14 @@ INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, seen, delivered_at
 VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
+
+
+# The commit's deletion: for good, or into the trash ($3: the time).
+_DELETE = """
+DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id"""
+_TRASH = """
+UPDATE messages SET deleted_at = to_timestamp($3) WHERE mailbox_id = $1
+AND id = ANY($2::bigint[]) AND deleted_at IS NULL RETURNING id"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,11 +112,14 @@ class PostgresStore:
     """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT."""
 
     def __init__(
-        self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE
+        self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
+        clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.db = db
+        self.clock = clock
+        self.deleted = deleted
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
@@ -120,8 +138,8 @@ class PostgresStore:
             return lease
         try:
             rows = await self.db.run(lambda conn: conn.fetch(
-                "SELECT id, uidl, size, raw_size, seen FROM messages WHERE mailbox_id = $1 "
-                "ORDER BY id", box))
+                "SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen "
+                "FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id", box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -162,6 +180,39 @@ class PostgresStore:
         except DB_ERRORS as exc:
             log.warning("postgres: delivery to %r failed: %s", location, exc)
             return Failure.TEMPORARY
+
+    async def purge(self, location: str, before: float) -> int | Failure:
+        return await self._in_trash(
+            location, "DELETE FROM messages WHERE mailbox_id = $1 "
+            "AND deleted_at <= to_timestamp($2) RETURNING id", before)
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure:
+        return await self._in_trash(
+            location, "UPDATE messages SET deleted_at = NULL WHERE mailbox_id = $1 "
+            "AND deleted_at >= to_timestamp($2) RETURNING id", since or 0.0)
+
+    async def _in_trash(self, location: str, statement: str, when: float) -> int | Failure:
+        """One statement over a mailbox's trashed rows, under its maildrop lock."""
+        if not valid_location(location):
+            return Failure.PERMANENT
+        try:
+            box = await self.db.run(lambda conn: mailbox_id(conn, location, create=False))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %r: trash: %s", location, exc)
+            return Failure.TEMPORARY
+        if box is None:
+            return 0
+        lease = await self.locks.acquire(box)
+        if isinstance(lease, Failure):
+            return lease
+        try:
+            rows = await self.db.run(lambda conn: conn.fetch(statement, box, when))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %r: trash: %s", location, exc)
+            return Failure.TEMPORARY
+        finally:
+            await self.locks.release(lease)
+        return len(rows)
 
     async def uidls(self, location: str) -> set[Uidl]:
         """The UIDLs of a mailbox now (for import). Raises DB_ERRORS."""
@@ -232,6 +283,20 @@ class PostgresDrop:
             raise StoreError(Failure.TEMPORARY) from exc
         return chunk
 
+    async def times(self) -> Sequence[Times]:
+        ids = [entry.id for entry in self._entries]
+        try:
+            rows = await self._store.db.run(lambda conn: conn.fetch(
+                "SELECT id, extract(epoch FROM delivered_at)::float8 AS delivered, "
+                "extract(epoch FROM retrieved_at)::float8 AS retrieved FROM messages "
+                "WHERE mailbox_id = $1 AND id = ANY($2::bigint[])", self._box, ids))
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %d: times not read: %s", self._box, exc)
+            raise StoreError(Failure.TEMPORARY) from exc
+        found = {r["id"]: Times(r["delivered"], r["retrieved"]) for r in rows}
+        gone = Times(self._store.clock(), None)  # removed meanwhile: nothing to expire
+        return [found.get(i, gone) for i in ids]
+
     async def open_message(self, index: Index) -> _RowReader | Gone:
         entry = self._entries[index]
         first = await self._chunk(entry.id, 0)
@@ -246,13 +311,12 @@ class PostgresDrop:
         self._state = "committing"
         doomed = [self._entries[i].id for i in delete]
         flag: list[int] = []
-        already = 0  # seen in the snapshot: no UPDATE
-        if self._store.mark_seen:
-            for i in set(seen) - set(delete):
-                if self._entries[i].seen:
-                    already += 1
-                else:
-                    flag.append(self._entries[i].id)
+        already = 0  # seen, and its retrieval recorded, in the snapshot: no UPDATE
+        for i in set(seen) - set(delete):
+            if self._store.mark_seen and self._entries[i].seen:
+                already += 1
+            else:
+                flag.append(self._entries[i].id)
         try:
             if not doomed and not flag:  # nothing to write: no transaction
                 await asyncio.shield(self._store.locks.release(self._lease))
@@ -275,16 +339,19 @@ class PostgresDrop:
                 async with conn.transaction():
                     if not await lease_held(conn, self._lease):
                         return Failure.TEMPORARY
-                    gone = await conn.fetch(
-                        "DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) "
-                        "RETURNING id", self._box, doomed)
+                    if store.deleted == "trash":
+                        gone = await conn.fetch(_TRASH, self._box, doomed, store.clock())
+                    else:
+                        gone = await conn.fetch(_DELETE, self._box, doomed)
                     marked = await conn.fetch(
-                        "UPDATE messages SET seen = true WHERE mailbox_id = $1 "
-                        "AND id = ANY($2::bigint[]) RETURNING id", self._box, flag)
+                        "UPDATE messages SET seen = seen OR $3, "
+                        "retrieved_at = coalesce(retrieved_at, to_timestamp($4)) "
+                        "WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
+                        self._box, flag, store.mark_seen, store.clock())
                 return CommitReport(
                     deleted=len(gone),
                     missing=len(doomed) - len(gone) + len(flag) - len(marked),
-                    flagged=len(marked),
+                    flagged=len(marked) if store.mark_seen else 0,
                 )
 
             result = await store.db.run(apply)
@@ -307,5 +374,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: PostgresStore, drop: PostgresDrop, reader: _RowReader
-    ) -> tuple[MailStore, Maildrop, Reader]:
-        return store, drop, reader
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
+        return store, drop, reader, drop, store

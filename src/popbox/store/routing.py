@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from popbox.store.base import Failure, Maildrop, MailStore
+from popbox.store.base import Failure, Maildrop, MailStore, Trash
 
 
 class LocationRouter:
@@ -31,6 +31,19 @@ class LocationRouter:
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         store, path = self.pick(location)
         return await store.deliver(path, message)
+
+    async def purge(self, location: str, before: float) -> int | Failure:
+        """The trash of the store serving `location` (popbox.store.base.Trash); nothing
+        for a store that keeps no trash."""
+        store, path = self.pick(location)
+        return await store.purge(path, before) if isinstance(store, Trash) else 0
+
+    async def undelete(self, location: str, since: float | None) -> int | Failure:
+        """Failure.PERMANENT for a store that keeps no deleted messages (an mbox spool)."""
+        store, path = self.pick(location)
+        if not isinstance(store, Trash):
+            return Failure.PERMANENT
+        return await store.undelete(path, since)
 
     async def aclose(self) -> None:
         """Close each store behind the router once."""
