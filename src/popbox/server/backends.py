@@ -57,6 +57,14 @@ def build(config: Config) -> Backends:
     return Backends(passdb=users, userdb=users, store=store, tokens=token_validator(config.oauth))
 
 
+def file_store(config: Config) -> MailStore:
+    """The stores of a mail process (popbox.server.mailproc): Maildir and mbox, which are
+    files with an owner; the PostgreSQL store is always read by the front."""
+    maildir = MaildirStore(mark_seen=config.store.mark_seen,
+                           uidl_import=config.store.uidl_import)
+    return LocationRouter(maildir, {"mbox": mbox_store(config), "maildir": maildir})
+
+
 def mbox_store(config: Config) -> MboxStore:
     s = config.store
     return MboxStore(fmt=s.mbox_format, locks=s.mbox_lock, lock_timeout=s.mbox_lock_timeout,

@@ -209,7 +209,8 @@ class Session:
 
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
-        maildrop = await self.ctx.backends.store.open(auth.info.mail_location)
+        assert self.ctx.mail is not None
+        maildrop = await self.ctx.mail.open(auth.info)
         refused = self.authz.opened(auth, maildrop)
         if refused is not None:
             return refused
