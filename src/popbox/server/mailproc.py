@@ -306,7 +306,12 @@ def _mail_process(sock: socket.socket, owner: Owner, make_store: Callable[[], Ma
     """The life of one mail process, forked as root by the host."""
     become(owner)
     store = make_store()
-    asyncio.run(_serve_front(sock, store))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_front(sock, store))
+    else:
+        uvloop.run(_serve_front(sock, store))
     return 0
 
 
