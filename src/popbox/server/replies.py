@@ -73,6 +73,9 @@ def failure(f: Failure) -> Err:
             return Err("Mailbox cannot be opened.", RespCode.SYS_PERM)
         case Failure.GONE:
             return MESSAGE_GONE
+        case Failure.FULL:
+            return Err("Mail storage is full, try again later.",
+                       RespCode.SYS_TEMP)
 
 
 def verdict(v: Verdict) -> Err:
