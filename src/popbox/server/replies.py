@@ -30,6 +30,7 @@ SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
 ALREADY_SECURE = Err("TLS is already active.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
+MESSAGE_CHANGED = Err("Message has changed since the session began.", RespCode.SYS_TEMP)
 
 
 @dataclass(frozen=True, slots=True)

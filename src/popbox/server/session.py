@@ -30,6 +30,7 @@ from typing import assert_never
 from popbox.proto import events as ev
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
+from popbox.proto.wire import SizeCounter
 from popbox.server import replies
 from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
@@ -215,7 +216,7 @@ class Session:
         if refused is not None:
             return refused
         assert not isinstance(maildrop, Failure)
-        self.txn = Transaction(maildrop)
+        self.txn = Transaction(maildrop, auth.user)
         count, size = self.txn.stat()
         return ev.Ok(f"Logged in. {count} messages ({size} octets).")
 
@@ -258,8 +259,13 @@ class Session:
         self._emit(conn.send(body.ok))
         reader, limit = body.reader, body.limit
         chunk, body.first = body.first, b""  # held only here: dropped once it is sent
+        # A message longer than its first chunk is measured as it goes (the first was
+        # checked before the +OK): a file changed after login must not end as a RETR.
+        counter = SizeCounter() if limit is None and not reader.done else None
         try:
             while True:
+                if counter is not None:
+                    counter.feed(chunk)
                 data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
@@ -276,10 +282,13 @@ class Session:
                 chunk = await reader.next()
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
-            log.error("message read failed mid-stream ip=%s index=%d", self.peer, body.index)
+            txn.unsent(body.index, "read failed mid-stream")
             raise ConnectionError("store failed while streaming") from None
         finally:
             reader.close()
+        if counter is not None and counter.finish() != txn.size(body.index):
+            txn.unsent(body.index, "size changed mid-stream")
+            raise ConnectionError("message changed while streaming")
         self._emit(conn.send(ev.END))
         txn.sent(body)
         if limit is None:

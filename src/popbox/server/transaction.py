@@ -6,11 +6,19 @@ streams through the core. Message numbers are fixed for the session; DELE only m
 RSET unmarks, and nothing reaches the store until `quit()` commits once. Retrieved
 messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
 are remembered so the store can mark them seen at commit.
+
+One bad message costs only itself: a message that vanished, cannot be read, or whose
+stored size no longer matches the snapshot's (the file was changed after login) gets a
+`-ERR` (replies.failure, MESSAGE_GONE, MESSAGE_CHANGED), logged with the user and the
+message, and the session goes on. The size is checked before the +OK for a message read
+in one chunk (most are); for a longer one the session counts the octets as it streams
+them and hangs up before the terminating "." rather than end a wrong body (session.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import assert_never
@@ -18,9 +26,12 @@ from typing import assert_never
 from popbox.proto import events as ev
 from popbox.proto.events import Err
 from popbox.proto.types import Index, MsgNo, Uidl, to_index
-from popbox.proto.wire import TopFilter
+from popbox.proto.wire import TopFilter, wire_size
 from popbox.server import replies
+from popbox.server.logfmt import quote
 from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
+
+log = logging.getLogger("popbox")
 
 Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
 
@@ -51,10 +62,11 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "maildrop", "retrieved", "user")
 
-    def __init__(self, maildrop: Maildrop) -> None:
+    def __init__(self, maildrop: Maildrop, user: str = "") -> None:
         self.maildrop = maildrop
+        self.user = user  # for the log
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
@@ -104,14 +116,21 @@ class Transaction:
                 try:
                     reader = await self.maildrop.open_message(index)
                 except StoreError as exc:
+                    self.unsent(index, exc.failure.value)
                     return replies.failure(exc.failure)
                 if isinstance(reader, Gone):
+                    self.unsent(index, "gone")
                     return replies.MESSAGE_GONE
                 try:
                     first = await reader.next()
                 except StoreError as exc:
                     reader.close()
+                    self.unsent(index, exc.failure.value)
                     return replies.failure(exc.failure)
+                if reader.done and wire_size(first) != self.size(index):
+                    reader.close()
+                    self.unsent(index, "size changed")
+                    return replies.MESSAGE_CHANGED
                 if isinstance(event, ev.Retr):
                     return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
@@ -145,6 +164,10 @@ class Transaction:
                 return ev.Ok(f"Maildrop has {count} messages ({size} octets).")
             case _:
                 assert_never(event)
+
+    def unsent(self, index: Index, reason: str) -> None:
+        log.warning("message not sent user=%s msg=%d uidl=%s reason=%s", quote(self.user),
+                    index + 1, quote(self.uidl(index)), reason.replace(" ", "-"))
 
     def sent(self, body: Body) -> None:
         """`body` went out to its end: a RETR marks the message seen at commit."""
