@@ -13,6 +13,7 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,12 +61,12 @@ class Site:
         path.chmod(0o600)
         return path
 
-    def config(self, **auth: object) -> Path:
+    def config(self, workers: int = 1, **auth: object) -> Path:
         path = self.base / "popbox.toml"
         settings = {"passwd_file": str(self.users), "mail_location": "~/Maildir",
                     "mail_process_idle": 0.2, **auth}
         path.write_text(
-            '[server]\nlisten = ["127.0.0.1:0"]\nuser = "nobody"\n'
+            f'[server]\nlisten = ["127.0.0.1:0"]\nuser = "nobody"\nworkers = {workers}\n'
             "[limits]\nshutdown_grace = 1\npenalty_exempt = [\"127.0.0.0/8\"]\n"
             "[auth]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in
                                  settings.items()))
@@ -141,12 +142,18 @@ def _status(pid: int) -> dict[str, list[str]]:
     return fields
 
 
-def _mail_processes(front: int) -> dict[int, int]:
-    """The mail processes under the front (its host's children): pid -> real uid."""
-    found = {}
-    for host in _children(front):
-        for pid in _children(host):
-            found[pid] = int(_status(pid)["Uid"][0])
+def _mail_processes(server: int) -> dict[int, int]:
+    """The processes under `server` (workers, their hosts, the hosts' mail processes)
+    that run as neither root nor nobody: pid -> real uid."""
+    found, todo = {}, _children(server)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            uid = int(_status(pid)["Uid"][0])
+            if uid not in (0, nobody):
+                found[pid] = uid
+            todo += _children(pid)
     return found
 
 
@@ -174,14 +181,18 @@ async def _all_messages(client: Client) -> list[bytes]:
     return bodies
 
 
-async def test_each_user_reads_only_their_own_mail_as_their_own_uid(site: Site) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_each_user_reads_only_their_own_mail_as_their_own_uid(site: Site, workers: int
+                                                                    ) -> None:
     """Alice gets Alice's message and Bob Bob's, each read by a process whose real,
     effective, saved and filesystem uids (and gids) are that user's, with that account's
-    groups; the front itself is nobody. An idle mail process exits."""
+    groups; the front itself is nobody (with one process and with two workers). An idle
+    mail process exits."""
     site.put(site.alice, "1700000001.M1P1.host", b"Subject: a\n\nfor alice\n")
     site.put(site.bob, "1700000002.M1P1.host", b"Subject: b\n\nfor bob\n")
-    with server_process(site.config()) as server:
-        assert int(_status(server.proc.pid)["Uid"][1]) == pwd.getpwnam("nobody").pw_uid
+    with server_process(site.config(workers=workers)) as server:
+        if workers == 1:
+            assert int(_status(server.proc.pid)["Uid"][1]) == pwd.getpwnam("nobody").pw_uid
         for who, text in ((site.alice, b"for alice"), (site.bob, b"for bob")):
             client = await Client.connect(server.port)
             login = "alice" if who is site.alice else "bob"
@@ -199,7 +210,7 @@ async def test_each_user_reads_only_their_own_mail_as_their_own_uid(site: Site) 
             assert (await client.cmd("QUIT")).startswith(b"+OK")
             await client.close()
             assert _wait_exit(mine[0], 10), "an idle mail process stays"
-        assert not any(uid == 0 for uid in _mail_processes(server.proc.pid).values())
+        assert set(_mail_processes(server.proc.pid).values()) <= {site.alice.uid, site.bob.uid}
     log = server.final_log
     assert "Traceback" not in log, log
 
@@ -226,6 +237,7 @@ async def test_planted_links_to_another_users_mail_are_refused_by_the_kernel(
         assert len(bodies) == 1 and b"for alice" in bodies[0], bodies
         assert (await client.cmd("QUIT")).startswith(b"+OK")
         await client.close()
+    assert "message not sent user=alice msg=2" in server.final_log, server.final_log
     symlink = site.alice.maildir / "new" / f"1700000003.M1P1.host,{size}"
     symlink.symlink_to(secret)
     assert secret.read_bytes() == b"Subject: b\n\nBOB SECRET\n"
@@ -291,3 +303,34 @@ async def test_without_root_another_uid_is_refused_not_read(tmp_path: Path) -> N
         client = await Client.connect(port)
         assert (await client.login()).startswith(b"-ERR [SYS/PERM]")
         await client.close()
+
+
+async def test_a_dead_mail_process_costs_its_sessions_only_a_temporary_error(site: Site
+                                                                              ) -> None:
+    """Two sessions of one uid share its mail process, and the maildrop lock still works
+    between them ([IN-USE]). Killed in the middle of a session, the mail process takes
+    nothing with it: that session's RETR and QUIT answer [SYS/TEMP] and delete nothing,
+    and the next login starts a new mail process that serves the mail."""
+    site.put(site.alice, "1700000001.M1P1.host", b"Subject: a\n\nfor alice\n")
+    with server_process(site.config()) as server:
+        client = await Client.connect(server.port)
+        assert (await client.login("alice")).startswith(b"+OK")
+        second = await Client.connect(server.port)
+        assert (await second.login("alice")).startswith(b"-ERR [IN-USE]")
+        await second.close()
+        (pid,) = _mail_processes(server.proc.pid)
+        assert (await client.cmd("DELE 1")).startswith(b"+OK")
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_exit(pid, 10)
+        assert (await client.cmd("RSET")).startswith(b"+OK")  # the session's own state
+        assert (await client.cmd("RETR 1")).startswith(b"-ERR [SYS/TEMP]")
+        assert (await client.cmd("DELE 1")).startswith(b"+OK")
+        assert (await client.cmd("QUIT")).startswith(b"-ERR [SYS/TEMP]")
+        await client.close()
+        client = await Client.connect(server.port)
+        assert (await client.login("alice")).startswith(b"+OK Logged in. 1 messages")
+        status, lines = await client.multi("RETR 1")
+        assert status.startswith(b"+OK") and b"for alice" in lines
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()
+    assert "Traceback" not in server.final_log, server.final_log
