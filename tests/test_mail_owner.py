@@ -9,6 +9,7 @@ RFC 1939 §4 (the AUTHORIZATION state ends with the maildrop opened for that use
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import select
@@ -73,6 +74,9 @@ class Site:
         return path
 
 
+_SERIAL = itertools.count()
+
+
 def _named(base: str, text: bytes) -> str:
     wire = len(text) + text.count(b"\n")
     return f"{base},S={len(text)},W={wire}"
@@ -95,7 +99,7 @@ def _useradd(name: str, home: Path) -> Account:
 def site() -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="popbox-owners-"))
     base.chmod(0o755)  # the homes below are reachable; each user's own is 0700
-    tag = f"{os.getpid() % 100000}"
+    tag = f"{os.getpid() % 100000}{next(_SERIAL)}"
     made: list[str] = []
     try:
         accounts = []
@@ -118,7 +122,8 @@ def site() -> Iterator[Site]:
         yield Site(base, alice, bob, users)
     finally:
         for name in made:
-            subprocess.run(["userdel", name], check=False, timeout=30,
+            # -f: also while a mail process of that user is still on its way out
+            subprocess.run(["userdel", "-f", name], check=False, timeout=30,
                            capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -18,7 +18,10 @@ its per-user mail processes). The process model:
   seconds it closes the socket, and the mail process releases what it holds and exits.
 * The **front** (TLS, parsing, authentication, limits, penalties) keeps the connection:
   TLS state cannot be passed with a descriptor, so the client's bytes never leave it; a
-  remote maildrop (`RemoteMaildrop`) stands where the local store's would.
+  remote maildrop (`RemoteMaildrop`) stands where the local store's would. The front
+  decides who has logged in, so the host takes its word for which uid to start, within
+  the first_valid limits: a front taken over could read any such user's mail, never
+  root's or a system account's, and never without asking the host.
 
 A user without a uid in the userdb, or whose uid and gid are the front's own (the virtual
 `vmail` case), is served by the front's own store, in process, as before. A uid other
@@ -38,6 +41,7 @@ import enum
 import logging
 import os
 import pwd
+import resource
 import signal
 import socket
 import struct
@@ -321,7 +325,10 @@ def _mail_process(sock: socket.socket, owner: Owner, make_store: Callable[[], Ma
 def _host_loop(control: socket.socket, config: Config,
                make_store: Callable[[], MailStore]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # mail processes are reaped by the kernel
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when the host ends
+    # The front decides when the host and the mail processes end (they see its socket
+    # close): a signal to the whole group must not cut a commit in half.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     first_uid, first_gid = config.auth.first_valid_uid, config.auth.first_valid_gid
     while True:
         try:
@@ -377,10 +384,14 @@ class MailHost:
             code = 0
             try:
                 front.close()
+                # Keep nothing of the front's but the log (stderr): no pipe a parent
+                # waits on, no socket or file it opened.
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, 0)
-                os.dup2(null, 1)  # holds no pipe of the front's open (stderr: the log)
-                os.close(null)
+                os.dup2(null, 1)
+                keep = host.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
                 _host_loop(host, config, make_store)
             except BaseException:
                 log.exception("mail host failed")
