@@ -25,9 +25,12 @@ from pathlib import Path
 import pytest
 
 from helpers import Client, MailEnv, running_server, server_process
+from pg import add_user
 from popbox.config import from_dict
 from popbox.server.backends import file_store
 from popbox.server.mailproc import MailHost, Owner, Refused, check_owner
+
+pytest_plugins = ["pg"]
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None,
@@ -339,3 +342,24 @@ async def test_a_dead_mail_process_costs_its_sessions_only_a_temporary_error(sit
         assert (await client.cmd("QUIT")).startswith(b"+OK")
         await client.close()
     assert "Traceback" not in server.final_log, server.final_log
+
+
+async def test_the_postgresql_userdb_uid_and_gid_columns_name_the_owner(
+    site: Site, pg_dsn: str,
+) -> None:
+    """A user of the PostgreSQL userdb whose `uid`, `gid` and `home` columns are Alice's
+    account's has that mail read by a process with Alice's uid."""
+    await add_user(pg_dsn, "carol", uid=site.alice.uid, gid=site.alice.gid,
+                   home=str(site.alice.home))
+    site.put(site.alice, "1700000001.M1P1.host", b"Subject: a\n\nfor carol\n")
+    config = site.config()
+    config.write_text(config.read_text().replace(
+        "[auth]\n", '[auth]\nbackend = "postgres"\n') + f'[postgres]\ndsn = "{pg_dsn}"\n')
+    with server_process(config) as server:
+        client = await Client.connect(server.port)
+        assert (await client.login("carol")).startswith(b"+OK Logged in. 1 messages")
+        assert list(_mail_processes(server.proc.pid).values()) == [site.alice.uid]
+        status, lines = await client.multi("RETR 1")
+        assert status.startswith(b"+OK") and b"for carol" in lines
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()

@@ -350,7 +350,14 @@ def _host_loop(control: socket.socket, config: Config,
             control.send(b"refused")
             continue
         front_end, mail_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: this login fails, not the host
+            log.error("mail host: cannot start a mail process: %s", exc)
+            front_end.close()
+            mail_end.close()
+            control.send(b"no process")
+            continue
         if pid == 0:
             code = 1
             try:
@@ -363,8 +370,12 @@ def _host_loop(control: socket.socket, config: Config,
             finally:
                 os._exit(code)
         mail_end.close()
-        socket.send_fds(control, [b"ok"], [front_end.fileno()])
-        front_end.close()
+        try:
+            socket.send_fds(control, [b"ok"], [front_end.fileno()])
+        except OSError:
+            return  # the front has exited; the new mail process sees its socket close
+        finally:
+            front_end.close()
 
 
 class MailHost:
