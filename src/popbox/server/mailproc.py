@@ -191,6 +191,8 @@ class _MailServer:
         self.writer = writer
         self.drops: dict[int, Maildrop] = {}
         self.readers: dict[int, Reader] = {}
+        self.reading: set[int] = set()  # readers with a NEXT under way
+        self.closing: set[int] = set()  # ...of which the front has given up: closed after it
         self.ids = 0
 
     def _id(self) -> int:
@@ -243,21 +245,24 @@ class _MailServer:
             case _Op.NEXT:
                 (rid,) = _U32.unpack(body)
                 reader = self.readers[rid]
+                self.reading.add(rid)
                 try:
                     chunk = await reader.next()
                 except StoreError:
-                    del self.readers[rid]
-                    reader.close()
+                    self.closing.add(rid)
                     raise
-                if reader.done:
-                    del self.readers[rid]
-                    reader.close()
+                finally:
+                    self.reading.discard(rid)
+                    if reader.done or rid in self.closing:
+                        self.closing.discard(rid)
+                        self._close(rid)
                 return _Status.OK, bytes((reader.done,)), chunk
             case _Op.CLOSE:
                 (rid,) = _U32.unpack(body)
-                found = self.readers.pop(rid, None)
-                if found is not None:
-                    found.close()
+                if rid in self.reading:  # its file is being read: closed when that ends
+                    self.closing.add(rid)
+                else:
+                    self._close(rid)
                 return None
             case _Op.COMMIT:
                 (handle,) = _U32.unpack_from(body)
@@ -276,6 +281,11 @@ class _MailServer:
                     await found_drop.release()
                 return (_Status.OK,)
         raise ValueError(f"unknown operation {op}")
+
+    def _close(self, rid: int) -> None:
+        reader = self.readers.pop(rid, None)
+        if reader is not None:
+            reader.close()
 
     async def shutdown(self) -> None:
         for reader in self.readers.values():
