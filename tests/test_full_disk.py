@@ -27,6 +27,7 @@ import pytest
 from fetch_helpers import fetch_argv, maildir_files, read_mboxrd, run_fetch
 from helpers import Client, MailEnv, running_server
 from pg import LmtpClient, LmtpProcess
+from popbox.proto.wire import wire_size
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
                                 reason="mounting a tmpfs needs root")
@@ -99,8 +100,7 @@ def _maildir(root: Path, *, sizes: bool, messages: list[bytes] = MESSAGES) -> Pa
     for i, text in enumerate(messages):
         name = f"{1700000000 + i}.M{i}P1.host"
         if sizes:
-            wire = len(text) + text.count(b"\n")
-            name += f",S={len(text)},W={wire}"
+            name += f",S={len(text)},W={wire_size(text)}"
         (root / "new" / name).write_bytes(text)
     return root
 
@@ -162,7 +162,7 @@ async def test_a_full_disk_costs_a_maildir_only_its_caches(
     _users(env, alice=f"maildir:{root}")
     disk.fill()
     caplog.set_level(logging.WARNING)
-    wire = [len(t) + t.count(b"\n") for t in MESSAGES]
+    wire = [wire_size(t) for t in MESSAGES]
     async with running_server(env.config()) as (port, _ctx):
         for _ in range(2):
             client = await _session(port, "alice")
@@ -225,7 +225,7 @@ async def test_fetch_to_a_full_disk_stops_with_74_and_records_nothing(
     with room again the next run delivers each message exactly once and then deletes
     them. Small messages fail only at the flush of their last buffered octets."""
     env = MailEnv(tmp_path)
-    messages = [m[:40] for m in MESSAGES] if kind == "maildir-small" else MESSAGES
+    messages = [m[:40] + b"\n" for m in MESSAGES] if kind == "maildir-small" else MESSAGES
     kind = kind.partition("-")[0]
     source = _maildir(tmp_path / "server" / "alice", sizes=True, messages=messages)
     _users(env, alice=f"maildir:{source}")
