@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import _Writer
+from popbox.backends import build
 from popbox.cli.main import _reuse_big_buffers
 from popbox.config import from_dict
 from popbox.proto import wire
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session

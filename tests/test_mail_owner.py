@@ -26,8 +26,8 @@ import pytest
 
 from helpers import Client, MailEnv, running_server, server_process
 from pg import add_user
+from popbox.backends import file_store
 from popbox.config import from_dict
-from popbox.server.backends import file_store
 from popbox.server.mailproc import MailHost, Owner, Refused, check_owner
 
 pytest_plugins = ["pg"]

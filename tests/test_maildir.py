@@ -163,6 +163,35 @@ async def test_read_finds_a_file_renamed_during_the_session(maildir: Path) -> No
     assert names(maildir, "cur") == [f"{POSTFIX}:2,ST"]
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_finding_a_renamed_file_is_done_off_the_event_loop(maildir: Path) -> None:
+    """A RETR of a file where the snapshot saw it opens it on the loop, with no thread hop;
+    a RETR of a renamed one lists cur/ and new/ in a worker thread, never on the loop (in
+    a 100,000-message maildrop that listing would stall every session)."""
+    for i in range(3):
+        put(maildir / "new" / f"1700000{i:03d}.M1P{i}.host", MSG_A)
+    drop = await opened(MaildirStore(), maildir)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    assert await read_all(drop, 0) == MSG_A
+    assert executor.calls == 0
+    os.rename(maildir / "new" / "1700000001.M1P1.host", maildir / "cur" / "1700000001.M1P1.host:2,")
+    assert await read_all(drop, 1) == MSG_A
+    assert executor.calls == 1
+    await drop.release()
+
+
 async def test_unusable_bases_get_stable_hashed_uidls(maildir: Path) -> None:
     long_base = "1700000000." + "x" * 80 + ".mx"
     put(maildir / "new" / long_base, b"a\n")

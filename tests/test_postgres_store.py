@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pg import fetch, free_port, fresh_database_async
+from popbox.pg.pool import Database
+from popbox.pg.schema import LOCK_NAMESPACE
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
 from popbox.store.base import CommitReport, Failure, Gone
-from popbox.store.pg_pool import Database
-from popbox.store.pg_schema import LOCK_NAMESPACE
 from popbox.store.postgres import PostgresDrop, PostgresStore
 
 MESSAGE = b"Subject: hello\n\nbody\n"
@@ -29,7 +29,7 @@ pytest_plugins = ["pg"]
 async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
     made = PostgresStore(Database(pg_dsn, min_size=1, max_size=4))
     yield made
-    await made.close()
+    await made.aclose()
 
 
 def mailbox() -> str:
@@ -72,12 +72,12 @@ async def test_two_stores_exclude_each_other(store: PostgresStore, pg_dsn: str) 
         assert await store.open(location) is Failure.IN_USE
         await again.release()
     finally:
-        await second.close()
+        await second.aclose()
 
 
 CHILD = """
 import asyncio, sys
-from popbox.store.pg_pool import Database
+from popbox.pg.pool import Database
 from popbox.store.postgres import PostgresStore
 
 async def main():
@@ -153,7 +153,7 @@ async def test_commit_proves_the_lease_in_its_transaction(
         assert await drop.commit({0}, set()) is Failure.TEMPORARY
         await taken.release()
     finally:
-        await other.close()
+        await other.aclose()
     assert len((await opened(store, location)).messages) == 1
 
 
@@ -177,7 +177,7 @@ async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
         assert max(len(chunk) for chunk in chunks) == 256 * 1024
         await drop.release()
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_mark_seen_off(pg_dsn: str) -> None:
@@ -188,7 +188,7 @@ async def test_mark_seen_off(pg_dsn: str) -> None:
         drop = await opened(store, location)
         assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=0)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_database_down_is_temporary() -> None:
@@ -196,7 +196,7 @@ async def test_database_down_is_temporary() -> None:
     store = PostgresStore(Database(dead, connect_timeout=2))
     assert await store.open("alice") is Failure.TEMPORARY
     assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
-    await store.close()
+    await store.aclose()
 
 
 async def test_unusable_location_is_permanent(store: PostgresStore) -> None:
@@ -209,7 +209,7 @@ async def test_old_schema_is_refused(pg_server: str) -> None:
         store = PostgresStore(Database(empty))
         assert await store.open("alice") is Failure.TEMPORARY
         assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
-        await store.close()
+        await store.aclose()
 
 
 

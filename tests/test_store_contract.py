@@ -21,6 +21,7 @@ import pytest
 
 from helpers import lf_terminated
 from pg import fetch
+from popbox.pg.pool import Database
 from popbox.proto.types import Index, Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
 from popbox.store import mbox_index
@@ -39,7 +40,6 @@ from popbox.store.maildir_names import base_of
 from popbox.store.mbox import MboxStore
 from popbox.store.mbox_lock import SpoolLocks
 from popbox.store.memory import MemoryStore
-from popbox.store.pg_pool import Database
 from popbox.store.postgres import PostgresStore
 
 pytest_plugins = ["pg"]
@@ -118,7 +118,7 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
             "(SELECT id FROM mailboxes WHERE name = $2) RETURNING id", uidl, location)
         assert len(gone) == 1
 
-    return Backend(store, location, vanish, store.close)
+    return Backend(store, location, vanish)
 
 
 FACTORIES = {"memory": _memory, "maildir": _maildir, "mbox": _mbox, "postgres": _postgres}
@@ -132,8 +132,8 @@ def made(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 @pytest.fixture
 async def backend(made: Backend) -> AsyncIterator[Backend]:
     yield made
-    if made.close is not None:
-        await made.close()
+    await made.store.aclose()  # every store can be closed, and a second close is harmless
+    await made.store.aclose()
 
 
 MESSAGES = [

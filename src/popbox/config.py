@@ -197,6 +197,9 @@ class StoreSection(_Section):
         if len(set(value)) != len(value):
             raise ValueError("a lock method is listed twice")
         return value
+    # A maildir (or its cur/, new/, tmp/) that is a symlink is refused unless this is set;
+    # message files that are symlinks are never served.
+    follow_symlinks: bool = False
 
 
 class CertPair(_Section):
@@ -213,6 +216,7 @@ class TlsSection(_Section):
     sni: dict[str, CertPair] = Field(default_factory=dict)
     min_version: Literal["1.2", "1.3"] = "1.2"
     handshake_timeout: Annotated[float, Field(gt=0)] = 30.0
+    follow_symlinks: bool = False  # certificate or key files that are symlinks are refused
 
     @field_validator("implicit")
     @classmethod

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import Client, MailEnv, crlf, running_server
+from popbox.backends import build
 from popbox.config import ConfigError, load
 from popbox.proto.wire import wire_size
-from popbox.server.backends import mbox_store
 from popbox.store.maildir import MaildirStore
 from popbox.store.mbox import MboxStore
 from popbox.store.memory import MemoryStore
@@ -69,7 +69,7 @@ def test_mbox_settings_are_checked_and_resolved(tmp_path: Path) -> None:
     config = load(good)
     assert config.store.mbox_lock == ["fcntl", "dotlock"]
     assert config.store.mbox_index_dir == tmp_path / "index"
-    store = mbox_store(config)
+    store = build(config).store.by_type["mbox"]  # the router's store for mbox: locations
     assert (store.fmt, store.locks, store.index_dir) == ("mboxo", ("fcntl", "dotlock"),
                                                          str(tmp_path / "index"))
     for bad in ('mbox_lock = ["fcntl", "fcntl"]', 'mbox_lock = ["lockf"]',

@@ -1,4 +1,8 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch, migrate, uidl."""
+"""The `popbox` command: `serve` (the POP3 server, here), `check-config` and `demo`, and
+the subcommands other modules add: `user` and `pw` (popbox.cli.user), `db`
+(popbox.cli.db), `fetch` (popbox.cli.fetch), `lmtp` and `deliver` (popbox.cli.lmtp),
+`import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate), `probe`
+(popbox.cli.probe)."""
 
 from __future__ import annotations
 
@@ -14,17 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
+from popbox.cli.common import DEFAULT_CONFIG, setup_logging, use_uvloop
 from popbox.config import Config, ConfigError, load
-
-DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s popbox[%(process)d]: %(message)s",
-    )
 
 
 def run_server(config: Config, announce: bool = False) -> int:
@@ -47,8 +42,8 @@ def run_server(config: Config, announce: bool = False) -> int:
 def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None
 ) -> int:
-    from popbox.server import privileges
-    from popbox.server.backends import build, file_store
+    from popbox import privileges
+    from popbox.backends import build, file_store
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
     from popbox.server.mailproc import MailHost
@@ -58,12 +53,7 @@ def _run_one(
     # Started as root: a privileged host that starts the per-uid mail processes, forked
     # now, before there is any thread, event loop or client.
     host = MailHost.start(config, lambda: file_store(config)) if os.geteuid() == 0 else None
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     ctx = ServerContext.create(config, build(config), mail_host=host)
     if config.auth.cleartext == "always":
         logging.getLogger("popbox").warning(
@@ -185,17 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp, migrate  # db, lmtp, deliver, import, fetch
+    from popbox.cli import db, fetch, importer, lmtp, migrate, probe
 
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
     migrate.add_commands(sub)  # migrate dovecot, uidl audit
+    probe.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

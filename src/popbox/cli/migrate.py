@@ -193,12 +193,10 @@ async def _old_uidls(args: argparse.Namespace, host: str, port: int, password: s
 async def _popbox_uidls(args: argparse.Namespace, config: Config, password: str
                         ) -> tuple[list[str], bool]:
     from popbox.auth.base import Secret, UserInfo, Verdict
-    from popbox.cli.lmtp import close_backends
-    from popbox.server.backends import build
+    from popbox.cli.common import opened
     from popbox.store.base import Failure
 
-    backends = build(config)
-    try:
+    async with opened(config) as backends:
         verdict = await backends.passdb.verify(args.user, Secret(password.encode()))
         if verdict is Verdict.TEMPORARY:
             who = f" by {config.server.user}" if config.server.user else ""
@@ -215,8 +213,6 @@ async def _popbox_uidls(args: argparse.Namespace, config: Config, password: str
             uidls = [str(uidl) for uidl in maildrop.messages.uidls]
         finally:
             await maildrop.release()
-    finally:
-        await close_backends(backends)
     return uidls, verdict is Verdict.OK
 
 
@@ -245,7 +241,7 @@ def _audit(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and config.server.user is not None:
         # Read the maildrops as `popbox serve` does: files the store makes there (its
         # lock and size cache) must belong to the user popbox serves as, not to root.
-        from popbox.server import privileges
+        from popbox import privileges
 
         try:
             privileges.drop(config.server.user, config.server.group, config.server.allow_root)

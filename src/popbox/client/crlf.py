@@ -6,6 +6,7 @@ conversion itself is `proto.wire.kernel.to_lf` (C when built)."""
 from __future__ import annotations
 
 from popbox.proto import wire
+from popbox.proto.wire import CrCarry
 
 
 def to_lf(data: bytes) -> bytes:
@@ -14,20 +15,14 @@ def to_lf(data: bytes) -> bytes:
 
 
 class LfConverter:
-    __slots__ = ("_cr",)
+    __slots__ = ("_carry",)
 
     def __init__(self) -> None:
-        self._cr = False
+        self._carry = CrCarry()
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._cr:
-            chunk = b"\r" + chunk
-            self._cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._cr = True
-        return wire.kernel.to_lf(chunk)
+        return wire.kernel.to_lf(self._carry.feed(chunk))
 
     def finish(self) -> bytes:
-        tail, self._cr = (b"\r" if self._cr else b""), False
+        tail, self._carry.held = (b"\r" if self._carry.held else b""), False
         return tail

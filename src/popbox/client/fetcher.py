@@ -65,7 +65,7 @@ from typing import Literal, Protocol, TypeVar
 
 from popbox.client import errors as er
 from popbox.client import mbox
-from popbox.client.connection import PopClient, Tls, connect
+from popbox.client.connection import Capabilities, PopClient, Tls, connect
 from popbox.client.retention import Retention, server_expire, stand_in
 from popbox.client.state import HEADERS, Journal, StateFile
 from popbox.proto.types import MsgNo, Uidl
@@ -257,6 +257,7 @@ class Fetcher:
         self._stopping = False
         self._deferred: DeliveryDeferred | None = None
         self._sizes: dict[MsgNo, int] = {}
+        self.capabilities: Capabilities | None = None  # the server's, after login
         account = state.account(source.server, source.port, source.user)
         self.journal = Journal(state, account, options.clock)
 
@@ -291,6 +292,7 @@ class Fetcher:
                 await _login(pop, source)
                 with contextlib.suppress(er.PopError):
                     await pop.capa()  # PIPELINING, EXPIRE and friends, as after login
+                self.capabilities = pop.capabilities
                 self._sizes = sizes = await pop.list()
                 uidls = await _uidls(pop)
                 if uidls is None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbox.client.crlf import LfConverter
-from popbox.client.state import Journal, fsync_dir
+from popbox.client.state import Journal
+from popbox.fsutil import fsync_dir
 from popbox.proto.wire import SizeCounter
 
 _OURS = re.compile(r"\d+\.M\d{6}K([0-9a-f]{32})\.")

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbox.client.crlf import LfConverter
-from popbox.client.state import Journal, Pending, StateError, fsync_dir
+from popbox.client.state import Journal, Pending, StateError
+from popbox.fsutil import fsync_dir
 from popbox.store.mbox_format import HEADER_LIMIT, MboxrdQuoter, envelope_sender, from_line
 
 PIECE = 1 << 20

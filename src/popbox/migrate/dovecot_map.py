@@ -25,9 +25,6 @@ deliveries. `popbox uidl audit` compares the two for real before the switch.
 
 from __future__ import annotations
 
-import typing
-
-from popbox.config import StoreSection
 from popbox.migrate.dovecot_auth import DatabaseRules
 from popbox.migrate.dovecot_conf import Section, Value, Where
 from popbox.migrate.dovecot_context import Host, Result
@@ -65,11 +62,6 @@ _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("ssl_",), "popbox chooses its own TLS parameters (TLS 1.2 or later, forward-secret "
      "AEAD ciphers; README: Security)"),
 )
-
-
-def mbox_store_available() -> bool:
-    """Whether this popbox has an mbox store (`store.backend = "mbox"`)."""
-    return "mbox" in typing.get_args(StoreSection.model_fields["backend"].annotation)
 
 
 def convert(tree: Section, host: Host) -> Result:
@@ -347,12 +339,7 @@ class _Converter(DatabaseRules):
             self.note(where, f"mbox INBOX {inbox}: {remark}")
         if template is None:
             return
-        if mbox_store_available():
-            self.put("store", "backend", "mbox", where)
-            self.put("auth", "mail_location", "mbox:" + template, where)
-        else:
-            self.note(where, f"mbox INBOX {inbox}: this popbox has no mbox store; "
-                      "convert the spools to Maildir first")
+        self.put("auth", "mail_location", "mbox:" + template, where)
 
     # --- POP3 behaviour ---
 

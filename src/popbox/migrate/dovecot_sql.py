@@ -1,7 +1,7 @@
 """Dovecot's SQL passdb/userdb settings in popbox's terms: a libpq URI from
 ``connect = host=... dbname=...`` (dovecot-sql.conf.ext, or 2.4's ``pgsql HOST {
 parameters { } }``), and a SELECT that gives the users of Dovecot's ``password_query`` and
-``user_query`` in the columns of popbox's ``users`` table (popbox.store.pg_schema).
+``user_query`` in the columns of popbox's ``users`` table (popbox.pg.schema).
 
 Dovecot's queries name their columns by ``AS`` aliases (doc.dovecot.org "SQL"):
 ``user`` or ``username`` + ``domain``, ``password``, ``home``/``userdb_home``,

@@ -56,6 +56,27 @@ kernel: Kernel = _kernel()
 KERNEL_NAME = "python" if kernel is _native else "c"
 
 
+class CrCarry:
+    """A "\\r" that ends one chunk may be the first half of a CRLF split between two
+    chunks: `feed` holds it back and puts it in front of the next chunk, so every filter
+    sees each CRLF whole. `held` says whether a "\\r" is waiting (the caller's `finish`
+    decides what a final lone "\\r" becomes)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.held:
+            chunk = b"\r" + chunk
+            self.held = False
+        if chunk.endswith(b"\r"):
+            self.held = True
+            return chunk[:-1]
+        return chunk
+
+
 def wire_size(data: bytes) -> int:
     """Octets of `data` as sent: LF becomes CRLF and a missing final line end is added."""
     counter = SizeCounter()
@@ -66,29 +87,24 @@ def wire_size(data: bytes) -> int:
 class SizeCounter:
     """Streaming `wire_size`: feed the stored bytes in chunks, then `finish()`."""
 
-    __slots__ = ("_last", "_pending_cr", "_size")
+    __slots__ = ("_carry", "_last", "_size")
 
     def __init__(self) -> None:
         self._size = 0
-        self._pending_cr = False
+        self._carry = CrCarry()
         self._last = b"\n"
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
+        chunk = self._carry.feed(chunk)
         if chunk:
             self._size += kernel.octets(chunk)
             self._last = chunk[-1:]
 
     def finish(self) -> int:
         size = self._size
-        if self._pending_cr:
+        if self._carry.held:
             size += 1
             return size + 2
         if self._last != b"\n":
@@ -106,20 +122,15 @@ class MessageEncoder:
     which break old Outlook versions, are sent as 0x80. The size does not change.
     """
 
-    __slots__ = ("_at_line_start", "_no_nuls", "_pending_cr")
+    __slots__ = ("_at_line_start", "_carry", "_no_nuls")
 
     def __init__(self, *, no_nuls: bool = False) -> None:
         self._at_line_start = True
-        self._pending_cr = False
+        self._carry = CrCarry()
         self._no_nuls = no_nuls
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
+        chunk = self._carry.feed(chunk)
         if not chunk:
             return b""
         data = kernel.encode(chunk, self._at_line_start, self._no_nuls)
@@ -128,8 +139,8 @@ class MessageEncoder:
 
     def finish(self) -> bytes:
         tail = b""
-        if self._pending_cr:
-            self._pending_cr = False
+        if self._carry.held:
+            self._carry.held = False
             tail = b"\r"
             self._at_line_start = False
         if not self._at_line_start:

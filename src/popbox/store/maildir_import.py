@@ -32,6 +32,7 @@ import logging
 import os
 from typing import Literal
 
+from popbox.fsutil import read_regular
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.store.maildir_names import base_of
 
@@ -48,8 +49,7 @@ def load_imported_uidls(root: str, kind: UidlImport | None) -> dict[str, Uidl]:
         return {}
     name = DOVECOT_UIDLIST if kind == "dovecot" else COURIER_SIZELIST
     try:
-        with open(os.path.join(root, name), "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
+        text = read_regular(os.path.join(root, name)).decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         return {}
     except OSError as exc:

@@ -232,6 +232,9 @@ class MboxStore:
             raise
         return MboxDrop(self, paths, session, entries)
 
+    async def aclose(self) -> None:
+        """Nothing to release: each maildrop's locks go with its session."""
+
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
 

@@ -1,7 +1,7 @@
 """PostgresStore: maildrops in PostgreSQL, shared by any number of popbox frontends.
 
 Location = a mailbox name (the userdb's mail location for this backend, by default the
-user name). The tables are popbox.store.pg_schema's. The pieces:
+user name). The tables are popbox.pg.schema's. The pieces:
 
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
@@ -38,6 +38,7 @@ from collections.abc import Set
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from popbox.pg.pool import DB_ERRORS, Connection, Database
 from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
@@ -52,7 +53,6 @@ from popbox.store.base import (
     StoreError,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
-from popbox.store.pg_pool import DB_ERRORS, Connection, Database
 
 log = logging.getLogger("popbox")
 
@@ -170,7 +170,7 @@ class PostgresStore:
             "WHERE b.name = $1", location))
         return {Uidl(r["uidl"]) for r in rows}
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.locks.close()
         await self.db.close()
 

@@ -32,6 +32,14 @@ class LocationRouter:
         store, path = self.pick(location)
         return await store.deliver(path, message)
 
+    async def aclose(self) -> None:
+        """Close each store behind the router once."""
+        closed: list[MailStore] = []
+        for store in (self.default, *self.by_type.values()):
+            if not any(store is done for done in closed):
+                closed.append(store)
+                await store.aclose()
+
 
 def default_store(store: MailStore) -> MailStore:
     """The store behind a router that serves locations without a type prefix."""
