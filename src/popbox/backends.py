@@ -146,6 +146,14 @@ LOCATION_TYPES: Mapping[str, Callable[[Config, Shared], MailStore]] = {
 }
 
 
+def file_store(config: Config) -> MailStore:
+    """The stores of a mail process (popbox.server.mailproc): those of files with an
+    owner, Maildir and mbox; the PostgreSQL store is always read by the front."""
+    shared = Shared(config)
+    maildir = _maildir(config, shared)
+    return LocationRouter(maildir, {"mbox": _mbox(config, shared), "maildir": maildir})
+
+
 def build(config: Config) -> Backends:
     shared = Shared(config)
     users = USERS[config.auth.backend](config, shared)

@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -42,14 +43,18 @@ def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None
 ) -> int:
     from popbox import privileges
-    from popbox.backends import build
+    from popbox.backends import build, file_store
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
+    from popbox.server.mailproc import MailHost
 
     if not logging.getLogger().handlers:
         setup_logging(config.log.level)
+    # Started as root: a privileged host that starts the per-uid mail processes, forked
+    # now, before there is any thread, event loop or client.
+    host = MailHost.start(config, lambda: file_store(config)) if os.geteuid() == 0 else None
     use_uvloop()
-    ctx = ServerContext.create(config, build(config))
+    ctx = ServerContext.create(config, build(config), mail_host=host)
     if config.auth.cleartext == "always":
         logging.getLogger("popbox").warning(
             "auth.cleartext = \"always\": passwords may cross the network unencrypted")
@@ -85,6 +90,9 @@ def _run_one(
     except OSError as exc:
         print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        if host is not None:
+            host.close()  # the host and its mail processes see the end and exit
     return 0
 
 

@@ -63,11 +63,16 @@ class MaildirWriter:
         self._size += len(data)
 
     def finish(self) -> None:
-        """Make the message durable and visible in `new/`."""
-        self._put(self._lf.finish())
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        """Make the message durable and visible in `new/`. A failure (a full disk shows at
+        the flush of the last buffered octets) removes the file from tmp/."""
+        try:
+            self._put(self._lf.finish())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except BaseException:
+            self.abort()
+            raise
         now = time.time_ns()
         seconds, rest = divmod(now, 1_000_000_000)
         name = (f"{seconds}.M{rest // 1000:06d}K{self._key}.{_host()}"
@@ -77,7 +82,8 @@ class MaildirWriter:
         self._done(self._key)
 
     def abort(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # the buffered rest cannot be written: dropped
+            self._file.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
 

@@ -31,6 +31,7 @@ class Outcome(enum.Enum):
     NO_SUCH_USER = "no such user"
     TEMPORARY = "temporary failure"
     PERMANENT = "permanent failure"  # the store refuses this mailbox for good
+    FULL = "storage full"  # no space or quota left: temporary (452 4.3.1)
 
 
 def trace_headers(sender: str | None, recipient: str) -> bytes:
@@ -92,4 +93,6 @@ class Agent:
             return Outcome.TEMPORARY
         if failure is None:
             return Outcome.DELIVERED
+        if failure is Failure.FULL:
+            return Outcome.FULL
         return Outcome.PERMANENT if failure is Failure.PERMANENT else Outcome.TEMPORARY

@@ -9,6 +9,7 @@ in RCPT order:
     250 2.1.5 (RCPT) / 250 2.0.0 (after DATA)  stored durably by the store
     550 5.1.1  no such user                     552 5.3.4  over lmtp.max_message_size
     451 4.3.0  userdb or store trouble (the MTA keeps the message and retries)
+    452 4.3.1  no space or quota left for the mailbox (ENOSPC, EDQUOT; retried likewise)
     550 5.2.0  the store refuses this mailbox for good
 
 Replies to pipelined commands are written as they are made and flushed before reading
@@ -48,6 +49,8 @@ def _data_reply(address: str, outcome: Outcome) -> Reply:
         return Reply(250, "2.0.0", f"<{address}> Saved")
     if outcome is Outcome.PERMANENT:
         return Reply(550, "5.2.0", f"<{address}> Mailbox unavailable")
+    if outcome is Outcome.FULL:  # RFC 3463 §3.4: X.3.1 mail system full
+        return Reply(452, "4.3.1", f"<{address}> Insufficient system storage")
     return Reply(451, "4.3.0", f"<{address}> Temporary failure, try again later")
 
 

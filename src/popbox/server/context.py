@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from popbox.backends import Backends
 from popbox.config import Config
 from popbox.server.clock import SYSTEM, Clock
+from popbox.server.mailproc import MailAccess, MailHost
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
 
@@ -33,17 +34,26 @@ class ServerContext:
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
     clock: Clock = SYSTEM
+    mail: MailAccess | None = None  # None: made from config and the store, in process only
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
-    def create(cls, config: Config, backends: Backends, clock: Clock = SYSTEM) -> ServerContext:
+    def create(
+        cls, config: Config, backends: Backends, clock: Clock = SYSTEM,
+        mail_host: MailHost | None = None,
+    ) -> ServerContext:
         tls = TlsContexts(config.tls) if config.tls.enabled else None
         limits = config.limits
         penalties = PenaltyBook(
             initial=limits.penalty_initial, cap=limits.penalty_cap,
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
-        return cls(config, backends, tls, penalties=penalties, clock=clock)
+        mail = MailAccess(config, backends.store, mail_host)
+        return cls(config, backends, tls, penalties=penalties, clock=clock, mail=mail)
+
+    def __post_init__(self) -> None:
+        if self.mail is None:
+            self.mail = MailAccess(self.config, self.backends.store)
 
     def reload_tls(self) -> None:
         if self.tls is None:

@@ -42,6 +42,7 @@ LANG_UNSUPPORTED = Err("Unsupported language.")
 LANG_NEEDS_UTF8 = Err("This language needs UTF-8: send UTF8 first.")
 XTND_UNSUPPORTED = Err("XTND is not supported by this server.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
+MESSAGE_CHANGED = Err("Message has changed since the session began.", RespCode.SYS_TEMP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,9 @@ def failure(f: Failure) -> Err:
             return Err("Mailbox cannot be opened.", RespCode.SYS_PERM)
         case Failure.GONE:
             return MESSAGE_GONE
+        case Failure.FULL:
+            return Err("Mail storage is full, try again later.",
+                       RespCode.SYS_TEMP)
 
 
 def verdict(v: Verdict) -> Err:
@@ -125,6 +129,10 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "TLS is already active.": "TLS ist bereits aktiv.",
         "Message was removed by another agent.":
             "Die Nachricht wurde von einem anderen Programm entfernt.",
+        "Message has changed since the session began.":
+            "Die Nachricht hat sich seit Beginn der Sitzung geändert.",
+        "Mail storage is full, try again later.":
+            "Der Mailspeicher ist voll, bitte später erneut versuchen.",
         "XTND is not supported by this server.": "XTND wird von diesem Server nicht unterstützt.",
         "Unsupported language.": "Diese Sprache wird nicht unterstützt.",
         "Unknown command.": "Unbekannter Befehl.",

@@ -30,6 +30,7 @@ from typing import assert_never
 from popbox.proto import events as ev
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
+from popbox.proto.wire import SizeCounter
 from popbox.server import replies
 from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
@@ -234,12 +235,13 @@ class Session:
 
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
-        maildrop = await self.ctx.backends.store.open(auth.info.mail_location)
+        assert self.ctx.mail is not None
+        maildrop = await self.ctx.mail.open(auth.info)
         refused = self.authz.opened(auth, maildrop)
         if refused is not None:
             return refused
         assert not isinstance(maildrop, Failure)
-        self.txn = Transaction(maildrop, utf8=self.utf8 or (
+        self.txn = Transaction(maildrop, auth.user, utf8=self.utf8 or (
             "8bit-headers" in self.ctx.config.server.workarounds))
         count, size = self.txn.stat()
         return ev.Ok(f"Logged in. {count} messages ({size} octets).")
@@ -283,8 +285,13 @@ class Session:
         self._emit(conn.send(body.ok))
         reader, limit = body.reader, body.limit
         chunk, body.first = body.first, b""  # held only here: dropped once it is sent
+        # A message longer than its first chunk is measured as it goes (the first was
+        # checked before the +OK): a file changed after login must not end as a RETR.
+        counter = SizeCounter() if limit is None and not reader.done else None
         try:
             while True:
+                if counter is not None:
+                    counter.feed(chunk)
                 data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
@@ -301,10 +308,13 @@ class Session:
                 chunk = await reader.next()
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
-            log.error("message read failed mid-stream ip=%s index=%d", self.peer, body.index)
+            txn.unsent(body.index, "read failed mid-stream")
             raise ConnectionError("store failed while streaming") from None
         finally:
             reader.close()
+        if counter is not None and counter.finish() != txn.size(body.index):
+            txn.unsent(body.index, "size changed mid-stream")
+            raise ConnectionError("message changed while streaming")
         self._emit(conn.send(ev.END))
         txn.sent(body)
         if limit is None:

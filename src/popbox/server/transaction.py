@@ -13,11 +13,19 @@ A client that has not said UTF8 gets messages with 8-bit header octets as "?"
 LAST (RFC 1460 §5, where the server enables it) answers the highest message number
 accessed in this session: RETR and DELE raise it, TOP does not (a peek), RSET sets it
 back to 0. Earlier sessions do not count: the snapshot does not carry seen flags.
+
+One bad message costs only itself: a message that vanished, cannot be read, or whose
+stored size no longer matches the snapshot's (the file was changed after login) gets a
+`-ERR` (replies.failure, MESSAGE_GONE, MESSAGE_CHANGED), logged with the user and the
+message, and the session goes on. The size is checked before the +OK for a message read
+in one chunk (most are); for a longer one the session counts the octets as it streams
+them and hangs up before the terminating "." rather than end a wrong body (session.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import assert_never
@@ -26,9 +34,12 @@ from popbox.proto import events as ev
 from popbox.proto.events import Err
 from popbox.proto.headers import HeaderGuard, ascii_header
 from popbox.proto.types import Index, MsgNo, Uidl, to_index
-from popbox.proto.wire import TopFilter
+from popbox.proto.wire import TopFilter, wire_size
 from popbox.server import replies
+from popbox.server.logfmt import quote
 from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
+
+log = logging.getLogger("popbox")
 
 Command = (
     ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset | ev.Last
@@ -82,11 +93,13 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "utf8")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "user", "utf8")
 
-    def __init__(self, maildrop: Maildrop, *, utf8: bool = False) -> None:
-        """`utf8`: the client said UTF8 (RFC 6856 §2), so headers go out as stored."""
+    def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False) -> None:
+        """`user` names the session in the log; `utf8`: the client said UTF8 (RFC 6856
+        §2), so headers go out as stored."""
         self.maildrop = maildrop
+        self.user = user
         self.utf8 = utf8
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
@@ -139,14 +152,21 @@ class Transaction:
                 try:
                     reader = await self.maildrop.open_message(index)
                 except StoreError as exc:
+                    self.unsent(index, exc.failure.value)
                     return replies.failure(exc.failure)
                 if isinstance(reader, Gone):
+                    self.unsent(index, "gone")
                     return replies.MESSAGE_GONE
                 try:
                     first = await reader.next()
                 except StoreError as exc:
                     reader.close()
+                    self.unsent(index, exc.failure.value)
                     return replies.failure(exc.failure)
+                if reader.done and wire_size(first) != self.size(index):
+                    reader.close()
+                    self.unsent(index, "size changed")
+                    return replies.MESSAGE_CHANGED
                 if not self.utf8 and not ascii_header(first):
                     guard = HeaderGuard()
                     first = guard.feed(first)
@@ -188,6 +208,10 @@ class Transaction:
                 return ev.Ok(f"Maildrop has {count} messages ({size} octets).")
             case _:
                 assert_never(event)
+
+    def unsent(self, index: Index, reason: str) -> None:
+        log.warning("message not sent user=%s msg=%d uidl=%s reason=%s", quote(self.user),
+                    index + 1, quote(self.uidl(index)), reason.replace(" ", "-"))
 
     def sent(self, body: Body) -> None:
         """`body` went out to its end: a RETR marks the message seen at commit."""

@@ -16,6 +16,7 @@ after the snapshot), not exceptions. `StoreError` is for I/O trouble while readi
 from __future__ import annotations
 
 import enum
+import errno
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, overload, runtime_checkable
@@ -30,6 +31,10 @@ class Failure(enum.Enum):
     TEMPORARY = "temporary"  # I/O or database trouble that may pass
     PERMANENT = "permanent"  # the maildrop is unusable (missing, corrupt, not a maildir)
     GONE = "gone"  # the message vanished in the middle of being read
+    FULL = "full"  # no space or quota left (ENOSPC, EDQUOT): temporary, nothing applied
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,9 @@ Courier and qmail write them. The pieces:
   ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus ``,S=<file size>,W=<CRLF size>`` so that no
   reader ever has to open it to list it.
 
-Error mapping: the path is a file, or access is denied -> Failure.PERMANENT; other
-OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
+Error mapping: the path is a file, or access is denied -> Failure.PERMANENT; no space or
+quota (ENOSPC, EDQUOT) -> Failure.FULL; other OSError -> Failure.TEMPORARY; lock held
+elsewhere -> Failure.IN_USE.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
 from popbox.store import maildir_times, maildir_trash
 from popbox.store.base import (
+    FULL_ERRNOS,
     GONE,
     CommitReport,
     Dated,
@@ -152,6 +154,8 @@ log = logging.getLogger(__name__)
 
 
 def _failure(exc: OSError) -> Failure:
+    if exc.errno in FULL_ERRNOS:
+        return Failure.FULL
     return Failure.PERMANENT if exc.errno in _PERMANENT_ERRNOS else Failure.TEMPORARY
 
 

@@ -35,7 +35,8 @@ Debian), and popbox trusts only index and journal files its own user owns, creat
 
 Error mapping: access denied, a spool that is not a regular file, a folder that cannot
 be written -> Failure.PERMANENT; a spool lock busy beyond the timeout -> Failure.IN_USE
-at open (Failure.TEMPORARY for commit and delivery); other OSError -> Failure.TEMPORARY.
+at open (Failure.TEMPORARY for commit and delivery); no space or quota (ENOSPC, EDQUOT) ->
+Failure.FULL, with the spool as it was; other OSError -> Failure.TEMPORARY.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING
 from popbox.proto.types import Index, Uidl
 from popbox.store import mbox_index, mbox_rewrite
 from popbox.store.base import (
+    FULL_ERRNOS,
     GONE,
     CommitReport,
     Failure,
@@ -79,6 +81,8 @@ log = logging.getLogger(__name__)
 
 
 def _failure(exc: OSError) -> Failure:
+    if exc.errno in FULL_ERRNOS:
+        return Failure.FULL
     return Failure.PERMANENT if exc.errno in _PERMANENT_ERRNOS else Failure.TEMPORARY
 
 
@@ -379,7 +383,7 @@ class MboxDrop:
             return Failure.TEMPORARY
         except OSError as exc:
             log.warning("mbox %s: commit failed: %s", paths.spool, exc)
-            return Failure.TEMPORARY
+            return Failure.FULL if exc.errno in FULL_ERRNOS else Failure.TEMPORARY
         finally:
             self._session.release()
 
