@@ -31,7 +31,7 @@ from popbox.client.channel import Channel
 from popbox.proto import apop as apop_digest
 from popbox.proto import client as core
 from popbox.proto import events as ev
-from popbox.proto.sasl_client import mechanism
+from popbox.proto.sasl_client import BEARER_MECHANISMS, bearer_mechanism, mechanism
 from popbox.proto.types import MsgNo, Uidl
 
 Tls = Literal["implicit", "starttls", "none"]
@@ -58,6 +58,8 @@ class PopClient:
                  server_hostname: str, timeout: float, secure: bool) -> None:
         self._ch = Channel(reader, writer, timeout)
         self._server_hostname = server_hostname
+        peer = writer.get_extra_info("peername")
+        self._port: int | None = peer[1] if isinstance(peer, tuple) and len(peer) >= 2 else None
         self._secure = secure
         self._lock = asyncio.Lock()
         self._capabilities: Capabilities | None = None
@@ -180,11 +182,19 @@ class PopClient:
         self._capabilities = None
         return text
 
-    async def auth(self, mechanism_name: str, user: str, password: str, *,
-                   authzid: str = "", allow_plaintext: bool = False) -> str:
-        """AUTH (RFC 5034) with PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1 or SCRAM-SHA-256."""
+    async def auth(self, mechanism_name: str, user: str, password: str = "", *,
+                   token: str | None = None, two_step: bool = False, authzid: str = "",
+                   allow_plaintext: bool = False) -> str:
+        """AUTH (RFC 5034) with PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1 or SCRAM-SHA-256 and
+        the password, or with XOAUTH2 or OAUTHBEARER (RFC 7628) and the access `token`;
+        `two_step`: the token answers an empty challenge instead of riding on the AUTH
+        line (Microsoft 365 wants that for XOAUTH2)."""
         try:
-            mech = mechanism(mechanism_name, user, password, authzid)
+            if token is not None:
+                mech = bearer_mechanism(mechanism_name, user, token, two_step=two_step,
+                                        host=self._server_hostname, port=self._port)
+            else:
+                mech = mechanism(mechanism_name, user, password, authzid)
         except ValueError as exc:
             raise er.PopUnsupportedError(str(exc)) from None
         if mech.cleartext and not self._plaintext_ok(allow_plaintext):
@@ -194,15 +204,24 @@ class PopClient:
         self._capabilities = None
         return text
 
-    async def login(self, user: str, password: str, *, allow_plaintext: bool = False) -> str:
-        """Log in with the strongest method CAPA offers (`client.login.choose`). Returns
-        the method used: the SASL mechanism's name, or "USER"."""
+    async def login(self, user: str, password: str | None = None, *, token: str | None = None,
+                    two_step: bool = False, allow_plaintext: bool = False) -> str:
+        """Log in with the strongest method CAPA offers (`client.login.choose`): with an
+        access `token`, OAUTHBEARER or XOAUTH2 first; with a `password`, SCRAM ... USER.
+        Returns the method used: the SASL mechanism's name, or "USER"."""
+        if password is None and token is None:
+            raise TypeError("login needs a password or a token")
         method = strategy.choose(await self.known_capabilities(),
                                  plaintext_ok=self._plaintext_ok(allow_plaintext),
-                                 server=self._server_hostname)
+                                 server=self._server_hostname, bearer=token is not None,
+                                 password=password is not None)
         if method == strategy.USER_PASS:
+            assert password is not None
             await self.user_pass(user, password, allow_plaintext=True)
+        elif method in BEARER_MECHANISMS:
+            await self.auth(method, user, token=token, two_step=two_step, allow_plaintext=True)
         else:
+            assert password is not None
             await self.auth(method, user, password, allow_plaintext=True)
         return method
 
