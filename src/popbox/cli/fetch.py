@@ -162,6 +162,11 @@ def _fail(status: int, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["oauth"], ["password"]):  # popbox fetch oauth login / password set
+        from popbox.cli import fetch_oauth, fetch_password
+        if argv[0] == "oauth":
+            return fetch_oauth.main(argv[1:])
+        return fetch_password.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         source = _source(args)
