@@ -1,7 +1,10 @@
 """`popbox fetch`: download mail from a POP3 server into a Maildir or an mbox file.
 
-The password comes from `--password-file` (its first line) or the environment variable
-POPBOX_FETCH_PASSWORD, never from the command line (where `ps` would show it). Messages
+The password comes from `--password-file` (its first line), the keyring
+(`--password-keyring ACCOUNT`, stored by `popbox fetch password set ACCOUNT`) or the
+environment variable POPBOX_FETCH_PASSWORD, never from the command line (where `ps` would
+show it). An OAuth2 access token (OAUTHBEARER, XOAUTH2) comes from `--token-command` or
+from the grant `popbox fetch oauth login ACCOUNT` stored (`--oauth ACCOUNT`). Messages
 are deleted from the server once their delivery is recorded, unless `--keep` (as
 fetchmail does). See `popbox.client.fetcher` for how every message is delivered exactly
 once.
@@ -10,8 +13,9 @@ Exit statuses (sysexits.h): 0 done (also when there was no new mail); 64 usage; 
 server lacks something needed ([SYS/PERM], UIDL with --keep, a login method); 74 the
 destination or the state file cannot be written; 75 try again later (connection refused
 or lost, timeout, TLS failure, [IN-USE], [LOGIN-DELAY], [SYS/TEMP], another fetch running
-with the same state file); 76 the server broke the protocol; 77 the login was refused;
-78 the login would send the password unencrypted (use TLS, or --allow-plaintext).
+with the same state file); 76 the server broke the protocol; 77 the login was refused, or
+no access token could be had; 78 the login would send the password unencrypted (use TLS,
+or --allow-plaintext).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import ssl
 import sys
 from pathlib import Path
@@ -29,7 +34,10 @@ from popbox.client.connection import Tls
 from popbox.client.destinations import MaildirTarget, MboxTarget, Target, open_destination
 from popbox.client.fetcher import AUTH_METHODS, Fetcher, Options, Report, Source
 from popbox.client.mbox import MboxBusy
+from popbox.client.oauth import OAuthTokens
+from popbox.client.secret_store import SecretStoreError, keyring_password
 from popbox.client.state import StateBusy, StateError, StateFile
+from popbox.client.tokens import TokenCommand, TokenError, TokenSource
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_IOERR, EX_TEMPFAIL = 0, 64, 69, 74, 75
 EX_PROTOCOL, EX_NOPERM, EX_CONFIG = 76, 77, 78
@@ -59,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: implicit on port 995, starttls on any other port")
     parser.add_argument("--user", required=True)
     parser.add_argument("--password-file", type=Path, help="the password is its first line")
+    parser.add_argument("--password-keyring", metavar="ACCOUNT",
+                        help="the password stored by popbox fetch password set ACCOUNT")
+    parser.add_argument("--token-command", type=shlex.split, metavar="'CMD ARG...'",
+                        help="a program that prints an OAuth2 access token (split into "
+                        "words as a shell would, never run by one)")
+    parser.add_argument("--oauth", metavar="ACCOUNT",
+                        help="access tokens from the grant of popbox fetch oauth login ACCOUNT")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--maildir", type=Path, help="deliver into this Maildir (created)")
     where.add_argument("--mbox", type=Path, help="append to this mbox file (mboxrd)")
@@ -99,6 +114,13 @@ def default_state() -> Path:
 
 
 def _password(args: argparse.Namespace) -> str:
+    if args.token_command or args.oauth:
+        return ""
+    if args.password_keyring:
+        try:
+            return asyncio.run(keyring_password(args.password_keyring))
+        except SecretStoreError as exc:
+            raise _Usage(str(exc)) from None
     if args.password_file is not None:
         try:
             text = args.password_file.read_text(encoding="utf-8")
@@ -138,7 +160,14 @@ def _source(args: argparse.Namespace) -> Source:
         raise _Usage("--limit must not be negative; --batch and --timeout must be positive")
     return Source(server=args.server.lower(), port=port, user=args.user,
                   password=_password(args), tls=tls, ssl_context=_context(args),
-                  timeout=args.timeout, auth=args.auth, allow_plaintext=args.allow_plaintext)
+                  timeout=args.timeout, auth=args.auth, allow_plaintext=args.allow_plaintext,
+                  token=_tokens(args))
+
+
+def _tokens(args: argparse.Namespace) -> TokenSource | None:
+    if args.oauth:
+        return OAuthTokens(args.oauth)
+    return TokenCommand(args.token_command, args.timeout) if args.token_command else None
 
 
 def _summary(source: Source, where: Path, report: Report) -> str:
@@ -211,6 +240,10 @@ def _status(exc: BaseException) -> int | None:
             return EX_TEMPFAIL
         case er.PopPlaintextRefused():
             return EX_CONFIG
+        case TokenError():
+            return EX_NOPERM
+        case SecretStoreError():
+            return EX_IOERR
         case er.PopUnsupportedError():
             return EX_UNAVAILABLE
         case er.PopConnectionError() | StateBusy() | MboxBusy():
