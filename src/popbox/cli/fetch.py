@@ -15,7 +15,8 @@ destination or the state file cannot be written; 75 try again later (connection 
 or lost, timeout, TLS failure, [IN-USE], [LOGIN-DELAY], [SYS/TEMP], another fetch running
 with the same state file); 76 the server broke the protocol; 77 the login was refused, or
 no access token could be had; 78 the login would send the password unencrypted (use TLS,
-or --allow-plaintext).
+or --allow-plaintext), the server's certificate is not the one --tls-fingerprint pins, or
+the server does not do the STLS asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from popbox.client.mbox import MboxBusy
 from popbox.client.oauth import OAuthTokens
 from popbox.client.secret_store import SecretStoreError, keyring_password
 from popbox.client.state import StateBusy, StateError, StateFile
+from popbox.client.tls import parse_fingerprint
 from popbox.client.tokens import TokenCommand, TokenError, TokenSource
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_IOERR, EX_TEMPFAIL = 0, 64, 69, 74, 75
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cafile", type=Path, help="trust the CA certificates in this file")
     parser.add_argument("--insecure", action="store_true",
                         help="do not verify the server's certificate")
+    parser.add_argument("--tls-fingerprint", metavar="sha256:AB:CD:...",
+                        help="accept only the server certificate with this SHA-256 digest")
+    parser.add_argument("--tls-min-version", choices=("1.2", "1.3"),
+                        help="the oldest TLS version to accept")
     parser.add_argument("--auth", choices=AUTH_METHODS, default="auto",
                         help="login method (default: the strongest the server offers)")
     parser.add_argument("--allow-plaintext", action="store_true",
@@ -136,9 +142,16 @@ def _password(args: argparse.Namespace) -> str:
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls == "none":
-        if args.cafile or args.insecure:
-            raise _Usage("--cafile and --insecure need TLS")
+        if args.cafile or args.insecure or args.tls_fingerprint or args.tls_min_version:
+            raise _Usage("--cafile, --insecure and --tls-* need TLS")
         return None
+    if args.tls_fingerprint:
+        try:
+            parse_fingerprint(args.tls_fingerprint)
+        except ValueError as exc:
+            raise _Usage(str(exc)) from None
+        if not args.cafile:
+            return None  # the pin is the check (popbox.client.tls)
     try:
         context = ssl.create_default_context(cafile=args.cafile)
     except (OSError, ssl.SSLError) as exc:
@@ -161,7 +174,8 @@ def _source(args: argparse.Namespace) -> Source:
     return Source(server=args.server.lower(), port=port, user=args.user,
                   password=_password(args), tls=tls, ssl_context=_context(args),
                   timeout=args.timeout, auth=args.auth, allow_plaintext=args.allow_plaintext,
-                  token=_tokens(args))
+                  token=_tokens(args), tls_fingerprint=args.tls_fingerprint,
+                  tls_min_version=args.tls_min_version)
 
 
 def _tokens(args: argparse.Namespace) -> TokenSource | None:
@@ -238,7 +252,7 @@ def _status(exc: BaseException) -> int | None:
             return EX_UNAVAILABLE
         case er.PopError():
             return EX_TEMPFAIL
-        case er.PopPlaintextRefused():
+        case er.PopPlaintextRefused() | er.PopSecurityError():
             return EX_CONFIG
         case TokenError():
             return EX_NOPERM

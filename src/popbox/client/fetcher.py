@@ -83,6 +83,8 @@ class Source:
     allow_plaintext: bool = False
     token: TokenSource | None = None  # an access token for OAUTHBEARER / XOAUTH2
     two_step: bool = False  # XOAUTH2's token answers a challenge (Microsoft 365)
+    tls_fingerprint: str | None = None  # "sha256:AB:CD:...": the certificate pinned
+    tls_min_version: str | None = None  # "1.2" or "1.3"
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,9 @@ class Fetcher:
     async def run(self) -> Report:
         source = self.source
         async with await connect(source.server, source.port, tls=source.tls,
-                                 ssl_context=source.ssl_context,
-                                 timeout=source.timeout) as pop:
+                                 ssl_context=source.ssl_context, timeout=source.timeout,
+                                 tls_fingerprint=source.tls_fingerprint,
+                                 tls_min_version=source.tls_min_version) as pop:
             await _login(pop, source)
             with contextlib.suppress(er.PopError):
                 await pop.capa()  # PIPELINING and friends, as they are after login
