@@ -145,6 +145,10 @@ async def test_token_command(env: MailEnv, home: dict[str, str], tmp_path: Path)
                 port, "--tls", "none", "--token-command", command, "--maildir", str(maildir),
                 state=tmp_path / "fetch.json"), home)
             assert (status, why in err) == (77, True), err
+        status, out, err = await run(fetch_argv(
+            port, "--tls", "none", "--auth", "xoauth2", "--maildir", str(maildir),
+            state=tmp_path / "fetch.json"), {**home, "POPBOX_FETCH_PASSWORD": "secret"})
+        assert (status, "needs an access token" in err) == (64, True), err
 
 
 def test_reprs_redact_secrets(tmp_path: Path) -> None:

@@ -169,6 +169,8 @@ def _source(args: argparse.Namespace) -> Source:
     port = args.port or (995 if tls == "implicit" else 110)
     if not 0 < port < 65536:
         raise _Usage(f"no such port: {port}")
+    if args.auth in ("xoauth2", "oauthbearer") and not (args.token_command or args.oauth):
+        raise _Usage(f"--auth {args.auth} needs an access token: --token-command or --oauth")
     if (args.limit is not None and args.limit < 0) or args.batch < 1 or args.timeout <= 0:
         raise _Usage("--limit must not be negative; --batch and --timeout must be positive")
     return Source(server=args.server.lower(), port=port, user=args.user,

@@ -131,15 +131,14 @@ async def _token_login(pop: PopClient, source: Source, tokens: TokenSource) -> N
     AUTHORIZATION state (RFC 5034 §4), so the second try uses the same connection."""
     for renew in (False, True):
         token = await tokens.access_token(renew=renew)
+        two_step = source.two_step or tokens.two_step
         try:
             if source.auth == "auto":
                 await pop.login(source.user, source.password or None, token=token,
-                                two_step=source.two_step,
-                                allow_plaintext=source.allow_plaintext)
+                                two_step=two_step, allow_plaintext=source.allow_plaintext)
             else:
                 await pop.auth(source.auth.upper(), source.user, token=token,
-                               two_step=source.two_step,
-                               allow_plaintext=source.allow_plaintext)
+                               two_step=two_step, allow_plaintext=source.allow_plaintext)
             return
         except er.PopAuthError:
             if renew or not tokens.renewable:

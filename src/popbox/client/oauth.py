@@ -271,10 +271,14 @@ class OAuthTokens:
     renewable = True
 
     def __init__(self, account: str, store: SecretStore | None = None, *,
-                 http: httpx.AsyncClient | None = None, clock: Callable[[], float] = time.time,
-                 margin: float = 60.0) -> None:
+                 conf: OAuthSettings | None = None, http: httpx.AsyncClient | None = None,
+                 clock: Callable[[], float] = time.time, margin: float = 60.0) -> None:
+        """`conf`: the settings to refresh with (an accounts file's); by default those
+        stored with the grant."""
         self.account = account
         self.store = store or SecretStore()
+        self.conf = conf
+        self.two_step = conf.two_step if conf is not None else False
         self._http = http
         self._clock = clock
         self.margin = margin
@@ -297,14 +301,13 @@ class OAuthTokens:
             raise OAuthError(f"the stored OAuth2 grant for {self.account} is damaged: "
                              "log in again") from None
 
-    async def two_step(self) -> bool:
-        return (await self.settings())[0].two_step
-
     async def access_token(self, *, renew: bool = False) -> str:
         grant = self._grant
         if grant is not None and not renew and self._clock() < grant.expires_at - self.margin:
             return grant.access_token
-        conf, refresh = await self.settings()
+        stored, refresh = await self.settings()
+        conf = self.conf or stored
+        self.two_step = conf.two_step
         grant = await OAuthClient(conf, self._http, self._clock).refresh(refresh)
         if grant.refresh_token and grant.refresh_token != refresh:  # rotated (RFC 6749 §6)
             await save_grant(self.store, self.account, conf, grant)

@@ -28,6 +28,12 @@ class TokenSource(Protocol):
         """Whether `renew=True` can give a different token."""
         ...
 
+    @property
+    def two_step(self) -> bool:
+        """XOAUTH2's token should answer a challenge, not ride on the AUTH line (the
+        provider wants it so: Microsoft 365); known once a token was given."""
+        ...
+
     async def access_token(self, *, renew: bool = False) -> str: ...
 
 
@@ -35,6 +41,7 @@ class StaticToken:
     """A token given as it is (a script that got one elsewhere); it cannot be renewed."""
 
     renewable = False
+    two_step = False
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -77,7 +84,9 @@ class TokenCommand:
 
     renewable = True
 
-    def __init__(self, argv: Sequence[str], timeout: float = 60.0) -> None:
+    def __init__(self, argv: Sequence[str], timeout: float = 60.0,
+                 two_step: bool = False) -> None:
+        self.two_step = two_step
         self.argv = list(argv)
         self.timeout = timeout
         self._token: str | None = None
