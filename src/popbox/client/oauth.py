@@ -235,7 +235,9 @@ class OAuthClient:
                     "response_type": "code", "client_id": self.conf.client_id,
                     "redirect_uri": redirect, "scope": self.conf.scope, "state": state,
                     "code_challenge": _challenge(verifier), "code_challenge_method": "S256",
-                    "access_type": "offline",  # Google: give a refresh token
+                    # Google's way to ask for a refresh token; others must ignore a
+                    # parameter they do not know (RFC 6749 §3.1)
+                    "access_type": "offline",
                 })
             opened = open_url(url)
             if inspect.isawaitable(opened):
