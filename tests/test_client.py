@@ -20,10 +20,10 @@ import trustme
 
 from helpers import MailEnv, crlf, running_server, server_process
 from popbox import client
+from popbox.backends import build
 from popbox.client import PopClient
 from popbox.config import Config
 from popbox.proto.types import MsgNo
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.server.listener import Listener
 

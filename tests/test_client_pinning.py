@@ -19,9 +19,9 @@ import trustme
 from fetch_helpers import fetch_argv, run_fetch
 from helpers import MailEnv
 from popbox import client
+from popbox.backends import build
 from popbox.client.tls import fingerprint_of, parse_fingerprint
 from popbox.config import Config
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.server.listener import Listener
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from helpers import MailEnv
+from popbox.backends import build
 from popbox.proto import events as ev
 from popbox.proto.types import State
 from popbox.server import replies
 from popbox.server.authorization import Authenticated, Authorization
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.store.base import Failure
 

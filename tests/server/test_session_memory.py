@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from helpers import MailEnv, crlf
 from memory_transport import memory_session
-from popbox.server.backends import build
+from popbox.backends import build
 from popbox.server.context import ServerContext
 
 MESSAGE = b"Subject: hi\n\n.starts with a dot\nbody\n"

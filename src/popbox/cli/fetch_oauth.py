@@ -7,6 +7,11 @@ and the settings are kept in the keyring (else a 0600 file in the state folder, 
 `popbox.client.secret_store`), under the account's name; `popbox fetch` then gets its
 access tokens from there.
 
+The settings are the account's in the accounts file (`--config`, else the default file
+when it exists: `provider`, `client_id`, `client_secret`, `token_url`, `device_url`,
+`auth_url`, `scope`); the flags override them, and are all there is for a name the file
+does not hold.
+
 Exit statuses: 0 stored; 64 usage; 74 the keyring or file failed; 77 the authorization
 server refused.
 """
@@ -17,7 +22,10 @@ import argparse
 import asyncio
 import sys
 import webbrowser
+from pathlib import Path
+from typing import Any
 
+from popbox.client import accounts as ac
 from popbox.client import oauth
 from popbox.client.secret_store import SecretStore, SecretStoreError
 
@@ -35,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     login = sub.add_parser("login", help="authorize popbox to read an account's mail")
     login.add_argument("account", help="the account's name")
+    login.add_argument("--config", type=Path, help="the accounts file (default: "
+                       "$XDG_CONFIG_HOME/popbox/fetch.toml)")
     login.add_argument("--provider", choices=sorted(oauth.PRESETS),
                        help="the endpoints and scope of google or microsoft")
     login.add_argument("--client-id", help="the OAuth2 client registered for popbox")
@@ -57,11 +67,30 @@ def _open(url: str) -> None:
     webbrowser.open(url)
 
 
+def _from_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The account's OAuth2 keys in the accounts file (none: no file, or not there)."""
+    path = args.config or ac.default_config()
+    if args.config is None and not path.exists():
+        return {}
+    account = ac.load(path).accounts.get(args.account)
+    if account is None:
+        if args.config is not None and not any(getattr(args, key) for key in ac.OAUTH_KEYS):
+            raise ValueError(f"{path}: no account {args.account}")
+        return {}
+    c = account.config
+    return {key: getattr(c, key) for key in ac.OAUTH_KEYS if getattr(c, key) is not None}
+
+
+def configure(args: argparse.Namespace) -> oauth.OAuthSettings:
+    """The settings to log in with: the file's, overridden by the flags."""
+    keys = {**_from_file(args), **{key: getattr(args, key) for key in ac.OAUTH_KEYS
+                                   if getattr(args, key) is not None}}
+    provider = keys.pop("provider", None)
+    return oauth.settings(provider, **keys)
+
+
 async def login(args: argparse.Namespace, store: SecretStore) -> None:
-    conf = oauth.settings(args.provider, client_id=args.client_id,
-                          client_secret=args.client_secret, token_url=args.token_url,
-                          device_url=args.device_url, auth_url=args.auth_url,
-                          scope=args.scope)
+    conf = configure(args)
     client = oauth.OAuthClient(conf)
     grant = await (client.browser_login(_open) if args.browser else client.device_login(_show))
     await oauth.save_grant(store, args.account, conf, grant)
@@ -72,8 +101,9 @@ def main(argv: list[str]) -> int:
     try:
         store = SecretStore()
         asyncio.run(login(args, store))
-    except ValueError as exc:
-        print(f"popbox fetch oauth: {exc}", file=sys.stderr)
+    except (ValueError, ac.AccountsError) as exc:
+        for line in str(exc).splitlines():
+            print(f"popbox fetch oauth: {line}", file=sys.stderr)
         return EX_USAGE
     except SecretStoreError as exc:
         print(f"popbox fetch oauth: {exc}", file=sys.stderr)

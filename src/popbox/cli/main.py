@@ -1,4 +1,7 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch."""
+"""The `popbox` command: `serve` (the POP3 server, here), `check-config` and `demo`, and
+the subcommands other modules add: `user` and `pw` (popbox.cli.user), `db`
+(popbox.cli.db), `fetch` (popbox.cli.fetch), `lmtp` and `deliver` (popbox.cli.lmtp),
+`import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate)."""
 
 from __future__ import annotations
 
@@ -13,17 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
+from popbox.cli.common import DEFAULT_CONFIG, setup_logging, use_uvloop
 from popbox.config import Config, ConfigError, load
-
-DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s popbox[%(process)d]: %(message)s",
-    )
 
 
 def run_server(config: Config, announce: bool = False) -> int:
@@ -46,19 +40,14 @@ def run_server(config: Config, announce: bool = False) -> int:
 def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None
 ) -> int:
-    from popbox.server import privileges
-    from popbox.server.backends import build
+    from popbox import privileges
+    from popbox.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
 
     if not logging.getLogger().handlers:
         setup_logging(config.log.level)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     ctx = ServerContext.create(config, build(config))
     if config.auth.cleartext == "always":
         logging.getLogger("popbox").warning(
@@ -177,12 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp  # db, lmtp, deliver, import, fetch
+    from popbox.cli import db, fetch, importer, lmtp, migrate  # db, lmtp, deliver, import, fetch
 
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
+    migrate.add_commands(sub)  # migrate dovecot, uidl audit
     return parser
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import assert_never
 
 from popbox.proto import events as ev
+from popbox.proto import wire
 from popbox.proto.commands import (
     MAX_COMMAND_LINE,
     MAX_SASL_LINE,
@@ -62,7 +63,6 @@ _CODE = re.compile(rb"\[([\x21-\x2e\x30-\x5c\x5e-\x7e]+(?:/[\x21-\x2e\x30-\x5c\x
 _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 # Multi-byte patterns through re: bytes.find/replace search them slowly in mail (proto.wire)
 _TERMINATOR = re.compile(rb"\n\.\r\n")
-_STUFFED = re.compile(rb"\n\.")
 
 
 @dataclass(slots=True)
@@ -398,6 +398,4 @@ class ClientConnection:
         chunk = bytes(buf[:size])
         del buf[:size]
         at_start, self._line_start = self._line_start, chunk[-1:] == b"\n"
-        if at_start and chunk[:1] == b".":
-            chunk = chunk[1:]
-        return ev.Data(_STUFFED.sub(b"\n", chunk))
+        return ev.Data(wire.kernel.unstuff(chunk, at_start))

@@ -14,23 +14,13 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from popbox.auth.base import PassDB, UserDB
-from popbox.auth.oauth import TokenValidator
+from popbox.backends import Backends
 from popbox.config import Config
 from popbox.server.clock import SYSTEM, Clock
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
-from popbox.store.base import MailStore
 
 log = logging.getLogger("popbox")
-
-
-@dataclass(frozen=True, slots=True)
-class Backends:
-    passdb: PassDB
-    userdb: UserDB
-    store: MailStore
-    tokens: TokenValidator | None = None  # OAUTHBEARER / XOAUTH2, when [oauth] is set
 
 
 @dataclass(slots=True)

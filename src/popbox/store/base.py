@@ -137,6 +137,10 @@ class MailStore(Protocol):
         """Store one new message durably (used by delivery agents, the demo and tests)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the store holds for the process (pools, lock connections)."""
+        ...
+
 
 class StoreError(Exception):
     """An I/O failure while streaming a message."""

@@ -55,6 +55,9 @@ class MemoryStore:
         self._locked.add(location)
         return MemoryMaildrop(self, location, list(self._boxes.get(location, ())))
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         self.add(location, message)
         return None

@@ -1,7 +1,7 @@
 """PostgresStore: maildrops in PostgreSQL, shared by any number of popbox frontends.
 
 Location = a mailbox name (the userdb's mail location for this backend, by default the
-user name). The tables are popbox.store.pg_schema's. The pieces:
+user name). The tables are popbox.pg.schema's. The pieces:
 
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
@@ -17,6 +17,8 @@ user name). The tables are popbox.store.pg_schema's. The pieces:
   deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
   already gone count as missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
+  Messages the snapshot found seen get no UPDATE; a session with nothing else to write
+  (it retrieved only seen messages and deleted none) runs no transaction at all.
 * deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
   size counted by popbox.proto.wire. Never retried: an error means "not stored".
@@ -28,14 +30,15 @@ that cannot name a mailbox (empty, NUL, over 1024 bytes) is Failure.PERMANENT.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Set
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from popbox.pg.pool import DB_ERRORS, Connection, Database
 from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
@@ -50,7 +53,6 @@ from popbox.store.base import (
     StoreError,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
-from popbox.store.pg_pool import DB_ERRORS, Connection, Database
 
 log = logging.getLogger("popbox")
 
@@ -64,10 +66,11 @@ ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Row:
     id: int
     raw_size: int
+    seen: bool  # as the snapshot found it
 
 
 def valid_location(location: str) -> bool:
@@ -117,7 +120,7 @@ class PostgresStore:
             return lease
         try:
             rows = await self.db.run(lambda conn: conn.fetch(
-                "SELECT id, uidl, size, raw_size FROM messages WHERE mailbox_id = $1 "
+                "SELECT id, uidl, size, raw_size, seen FROM messages WHERE mailbox_id = $1 "
                 "ORDER BY id", box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
@@ -127,7 +130,7 @@ class PostgresStore:
             await self.locks.release(lease)
             raise
         infos = Snapshot([Uidl(r["uidl"]) for r in rows], [r["size"] for r in rows])
-        entries = tuple(_Row(r["id"], r["raw_size"]) for r in rows)
+        entries = tuple(_Row(r["id"], r["raw_size"], r["seen"]) for r in rows)
         return PostgresDrop(self, box, lease, infos, entries)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
@@ -167,7 +170,7 @@ class PostgresStore:
             "WHERE b.name = $1", location))
         return {Uidl(r["uidl"]) for r in rows}
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.locks.close()
         await self.db.close()
 
@@ -242,13 +245,24 @@ class PostgresDrop:
             raise IndexError("message index out of range")
         self._state = "committing"
         doomed = [self._entries[i].id for i in delete]
-        flag = [self._entries[i].id for i in set(seen) - set(delete)]
-        if not self._store.mark_seen:
-            flag = []
+        flag: list[int] = []
+        already = 0  # seen in the snapshot: no UPDATE
+        if self._store.mark_seen:
+            for i in set(seen) - set(delete):
+                if self._entries[i].seen:
+                    already += 1
+                else:
+                    flag.append(self._entries[i].id)
         try:
-            return await asyncio.shield(self._commit(doomed, flag))
+            if not doomed and not flag:  # nothing to write: no transaction
+                await asyncio.shield(self._store.locks.release(self._lease))
+                return CommitReport(deleted=0, missing=0, flagged=already)
+            report = await asyncio.shield(self._commit(doomed, flag))
         finally:
             self._state = "done"
+        if isinstance(report, Failure) or not already:
+            return report
+        return dataclasses.replace(report, flagged=report.flagged + already)
 
     async def _commit(self, doomed: list[int], flag: list[int]) -> CommitReport | Failure:
         store = self._store
