@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from popbox.client import oauth, popurl
 from popbox.client import tls as client_tls
@@ -76,7 +83,16 @@ Count = Annotated[int, Field(strict=True, ge=0)]
 Flag = Annotated[bool, Field(strict=True)]
 Text = Annotated[str, Field(strict=True, min_length=1)]
 Argv = Annotated[list[Text], Field(min_length=1)]
-Named = Flag | Text  # true: under the account's own name; a string: under that name
+
+
+def _named_value(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and value):
+        return value
+    raise ValueError("should be true, false or a name")
+
+
+# true: under the account's own name; a string: under that name
+Named = Annotated[bool | str, BeforeValidator(_named_value)]
 AuthMethod = Literal["auto", "user", "apop", "plain", "login", "cram-md5", "scram-sha-1",
                      "scram-sha-256", "xoauth2", "oauthbearer"]
 assert set(AuthMethod.__args__) == set(AUTH_METHODS)  # type: ignore[attr-defined]
@@ -150,7 +166,7 @@ class AccountConfig(_Keys):
             raise ValueError(f"{' and '.join(secrets)}: at most one password source")
         tokens = [key for key in ("token_command", "oauth") if getattr(self, key)
                   not in (None, False)]
-        if self.oauth_settings and "oauth" not in tokens:
+        if self.oauth_settings is not None and "oauth" not in tokens:
             tokens.append("oauth")
         if len(tokens) > 1 or (tokens and secrets):
             raise ValueError(f"{' and '.join(secrets + tokens)}: a password or an access "
@@ -158,7 +174,7 @@ class AccountConfig(_Keys):
         if self.auth in TOKEN_AUTH and not tokens:
             raise ValueError(f"auth {self.auth} needs an access token: token_command, "
                              "oauth or provider")
-        if self.oauth_settings:
+        if self.oauth_settings is not None:
             try:
                 oauth.settings(self.provider, **self.oauth_settings)
             except ValueError as exc:
@@ -177,11 +193,12 @@ class AccountConfig(_Keys):
         return self
 
     @property
-    def oauth_settings(self) -> dict[str, str]:
-        """The OAuth2 keys set (the provider's preset completes them)."""
+    def oauth_settings(self) -> dict[str, str] | None:
+        """The OAuth2 keys set but `provider` (whose preset completes them); None when
+        neither is."""
         found = {key: getattr(self, key) for key in OAUTH_KEYS[1:]}
         keys = {key: value for key, value in found.items() if value is not None}
-        return keys if keys or self.provider else {}
+        return keys if keys or self.provider else None
 
 
 class _File(BaseModel):
@@ -457,7 +474,7 @@ def token_source(account: Account, store: SecretStore | None = None) -> TokenSou
     c = account.config
     if c.token_command is not None:
         return TokenCommand(c.token_command, c.timeout)
-    if c.oauth_settings:
+    if c.oauth_settings is not None:
         conf = oauth.settings(c.provider, **c.oauth_settings)
         return OAuthTokens(_named(account, c.oauth or True), store, conf=conf)
     if c.oauth not in (None, False):
