@@ -242,19 +242,28 @@ async def test_pins_urls_and_tls_min_version_from_the_file(
 async def test_a_pop_url_argument_is_a_one_off_account(env: MailEnv, home: dict[str, str],
                                                        tmp_path: Path) -> None:
     """`popbox fetch 'pop://alice;AUTH=PLAIN@127.0.0.1:PORT' --tls none --maildir M`: the
-    URL and the flags make one account; with an account name too it is 64."""
+    URL and the flags make one account (its password from the environment, then from
+    `--password-command`, split as a shell would and run without one); with an account
+    name too it is 64; a mechanism popbox does not know is 64."""
     env.put("alice", MESSAGE)
     password = {**home, "POPBOX_FETCH_PASSWORD": "secret"}
     async with running_server(env.config()) as (port, _):
         url = f"pop://alice;AUTH=PLAIN@127.0.0.1:{port}"
         one = await popbox(password, url, "--tls", "none", "--maildir", str(tmp_path / "M"),
                            "--state", str(tmp_path / "s.json"), "--json")
+        env.put("alice", MESSAGE)
+        (tmp_path / "pw").write_text("secret\n")
+        command = await popbox(home, url, "--tls", "none", "--maildir", str(tmp_path / "M"),
+                               "--state", str(tmp_path / "s.json"), "--password-command",
+                               f"cat '{tmp_path / 'pw'}'")
         both = await popbox(password, url, "work", "--maildir", str(tmp_path / "M"))
         auth = await popbox(password, f"pop://alice;AUTH=GSSAPI@127.0.0.1:{port}", "--tls",
                             "none", "--maildir", str(tmp_path / "M"))
     assert one.status == 0, one.err
     assert runs(one)[f"alice@127.0.0.1:{port}"]["delivered"] == 1
-    assert list(maildir_files(tmp_path / "M").values()) == [b"Subject: one\n\nbody\n"]
+    assert command.status == 0, command.err
+    assert "1 new message(s)" in command.out
+    assert list(maildir_files(tmp_path / "M").values()) == [b"Subject: one\n\nbody\n"] * 2
     assert (both.status, "a POP URL is one account" in both.err) == (64, True), both.err
     assert (auth.status, ";AUTH=GSSAPI: not a SASL mechanism" in auth.err) == (64, True), \
         auth.err

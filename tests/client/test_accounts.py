@@ -251,6 +251,13 @@ def test_one_off_flags_are_checked_like_the_file(capsys: pytest.CaptureFixture[s
     assert fetch.main(["--server", "h", "--user", "u", "--mbox", "m",
                        "--oversize", "skip"]) == 64
     assert "oversize needs max_size" in capsys.readouterr().err
+    assert fetch.main(["--server", "h", "--user", "u", "--mbox", "m", "--tls", "none",
+                       "--tls-min-version", "1.3"]) == 64
+    assert capsys.readouterr().err == "popbox fetch: cafile, insecure and tls_* need TLS\n"
+    assert fetch.main(["pop://u;AUTH=SCRAM-SHA-1@h:1", "--mbox", "m", "--oauth", "g",
+                       "--token-command", "t"]) == 64
+    assert capsys.readouterr().err == ("popbox fetch: token_command and oauth: a password "
+                                       "or an access token, from one source\n")
     account = ac.one_off({"server": "h", "user": "u", "mda": ["/bin/x", "-d", "%u"],
                           "keep_days": 2.5}, Path("/s.json"))
     assert account.target == MdaTarget(("/bin/x", "-d", "%u")) and account.name is None

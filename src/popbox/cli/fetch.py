@@ -54,7 +54,8 @@ PASSWORD_ENV = "POPBOX_FETCH_PASSWORD"  # noqa: S105 - the variable's name
 ONE_OFF = ("server", "port", "tls", "user", "password_file", "maildir", "mbox", "mda", "lmtp",
            "smtp", "recipient", "keep", "keep_days", "max_size", "oversize", "limit", "state",
            "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch", "interval",
-           "password_keyring", "token_command", "oauth", "tls_fingerprint", "tls_min_version")
+           "password_command", "password_keyring", "token_command", "oauth",
+           "tls_fingerprint", "tls_min_version")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: implicit on port 995, starttls on any other port")
     one.add_argument("--user")
     one.add_argument("--password-file", type=Path, help="the password is its first line")
+    one.add_argument("--password-command", type=shlex.split, metavar="'CMD ARG...'",
+                     help="a program that prints the password (split into words as a shell "
+                     "would, never run by one)")
     one.add_argument("--password-keyring", metavar="NAME",
                      help="the password stored by popbox fetch password set NAME")
     one.add_argument("--token-command", type=shlex.split, metavar="'CMD ARG...'",

@@ -361,7 +361,8 @@ def one_off(keys: dict[str, Any], state: Path) -> Account:
         raise AccountsError(str(exc)) from None
     except ValidationError as exc:
         lines = _problems(exc, "", "command line", names)
-        raise AccountsError(lines[0].removeprefix("command line: ")) from None
+        first = lines[0].removeprefix("command line: ").removeprefix("(top level): ")
+        raise AccountsError(first) from None
     return Account(None, config, config.state or state)
 
 
