@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,7 @@ import pytest
 import trustme
 
 import keyring_file_backend
-from agent_helpers import agent_env, popbox_account, write_accounts
+from agent_helpers import agent_env, popbox_account, start_agent, write_accounts
 from fetch_helpers import FETCH_TIMEOUT, Result, maildir_files
 from helpers import MailEnv, running_server
 from oauth_helpers import AuthServer, access_token, trust_jwts
@@ -267,3 +268,36 @@ async def test_a_pop_url_argument_is_a_one_off_account(env: MailEnv, home: dict[
     assert (both.status, "a POP URL is one account" in both.err) == (64, True), both.err
     assert (auth.status, ";AUTH=GSSAPI: not a SASL mechanism" in auth.err) == (64, True), \
         auth.err
+
+
+async def test_the_daemon_keeps_an_access_token_from_poll_to_poll(
+        env: MailEnv, idp: AuthServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An access token that has not neared its expiry (RFC 6749 §5.1 expires_in) serves
+    every poll: three polls, one refresh. Without a keyring the grant is in the 0600 file
+    under the state folder."""
+    key = trust_jwts(env, tmp_path)
+    idp.issue = lambda: access_token(key, "alice")
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    secrets = tmp_path / "xdg-state" / "popbox" / "secrets.json"
+    secrets.parent.mkdir(parents=True)
+    settings = {"client_id": "popbox-test", "token_url": f"{idp.url}/token", "scope": "mail"}
+    secrets.write_text(json.dumps({"oauth:work": json.dumps({**settings,
+                                                            "refresh_token": "rt-1"})}))
+    secrets.chmod(0o600)
+    env.put("alice", MESSAGE)
+    async with running_server(env.config()) as (port, _):
+        keys = popbox_account(port, "alice", maildir="M", interval=0.2, oauth=True)
+        del keys["password"]
+        config = write_accounts(tmp_path / "fetch.toml", {"work": keys})
+        proc = await start_agent(tmp_path, config, "--daemon", "--json")
+        try:
+            assert proc.stdout is not None
+            polls = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+                     for _ in range(3)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert [(p["error"], p["delivered"]) for p in polls] == [(None, 1), (None, 0), (None, 0)]
+    assert [form["grant_type"] for _, form in idp.requests] == ["refresh_token"]

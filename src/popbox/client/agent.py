@@ -246,8 +246,11 @@ class Runner:
 
 
     def _token(self, account: ac.Account) -> TokenSource | None:
-        """The account's token source, kept from run to run (an access token is used
-        until it nears expiry) while the account stays the same."""
+        """The account's token source: a token command's runs for each run (as a password
+        command does); an OAuth2 grant's is kept from run to run while the account stays
+        the same, so that its access token serves until it nears expiry."""
+        if account.config.token_command is not None:
+            return ac.token_source(account)
         kept = self._tokens.get(account.label)
         if kept is None or kept[0] != account:
             kept = self._tokens[account.label] = (account, ac.token_source(account))
