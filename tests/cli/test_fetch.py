@@ -190,7 +190,8 @@ async def test_failures_are_one_line_with_sysexits_status(
     env: MailEnv, server: tuple[int, ServerContext]
 ) -> None:
     """77 login refused ([AUTH], RFC 3206); 75 [IN-USE] (RFC 2449 §8.1.1), connection
-    refused, another fetch on the state file, no STLS (RFC 2595); 64 usage. The runs are
+    refused, another fetch on the state file; 78 no STLS (RFC 2595: never plaintext
+    instead); 64 usage. The runs are
     independent (each its own state file) and run side by side."""
     setup = Setup(env, *server, "maildir")
     env.add_user("bob")
@@ -222,7 +223,7 @@ async def test_failures_are_one_line_with_sysexits_status(
     one_line(results[0], 77, "as bob refused: AUTH: -ERR [AUTH]")
     one_line(results[1], 75, "[IN-USE]")
     one_line(results[2], 75, "cannot connect")
-    one_line(results[3], 75, "does not offer STLS")
+    one_line(results[3], 78, "does not offer STLS")
     one_line(results[4], 75, "another popbox fetch")
     one_line(results[5], 64, "no password")
     one_line(results[6], 64, "--limit")

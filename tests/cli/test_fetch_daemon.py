@@ -383,3 +383,28 @@ async def test_never_more_often_than_login_delay(env: MailEnv, tmp_path: Path) -
     delays = [float(re.findall(r"next poll in ([\d.]+) s$", line)[0]) for line in polls]
     assert all(1.0 <= delay <= 1.11 for delay in delays), delays
     assert status == 0 and seconds < 10 and d.lines[-1] == "popbox fetch: stopped"
+
+
+async def test_no_access_token_is_said_once_and_never_backed_off(
+    env: MailEnv, server: tuple[int, ServerContext], tmp_path: Path
+) -> None:
+    """A token command that fails (77, as an [AUTH] refusal, RFC 3206 §4) is said once
+    with the plain interval as its next poll, and polled at that interval: six polls come
+    well before doubling delays would allow them (0.4 + 0.8 + ... + 6.4 s)."""
+    port, _ = server
+    keys = popbox_account(port, "alice", maildir="M", interval=0.2,
+                          token_command=["sh", "-c", "echo no grant >&2; exit 1"])
+    del keys["password"]
+    config = write_accounts(tmp_path / "fetch.toml", {"tok": keys})
+    async with daemon(tmp_path, config, "--json") as d:
+        said = await d.wait_line(r"popbox fetch: tok: token_command sh exited with status 1")
+        delay = float(re.findall(r"next poll in ([\d.]+) s$", d.lines[said])[0])
+        assert 0.2 <= delay <= 0.2 * 1.1 + 0.01, d.lines[said]
+        at = 0
+        for _ in range(6):
+            at = await d.wait_line(r'^\{"account": "tok"', after=at, timeout=6) + 1
+        runs = [json.loads(x) for x in d.lines if x.startswith("{")]
+        assert all(run["error"]["class"] == "EX_NOPERM" for run in runs)
+        assert sum("popbox fetch: tok: token_command" in x for x in d.lines) == 1, d.lines
+        status, _ = await d.stop()
+    assert status == 0

@@ -35,6 +35,10 @@ interval = 0.5
 """
 
 
+WORK = '[accounts.work]\nserver = "h"\nuser = "u"\nmaildir = "M"\n'
+PIN = "sha256:" + ":".join(["AB"] * 32)
+
+
 def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     path = tmp_path / "fetch.toml"
     path.write_text(text)
@@ -121,6 +125,30 @@ oversize = "headers"
     ('[accounts.work]\nserver = "h"\nuser = "u"\nmaildir = "M"\nmax_parallel = 2\n',
      "accounts.work.max_parallel: Extra inputs"),
     ("max_parallel = 0\n", "fetch.toml: max_parallel: Input should be greater than or equal"),
+    (WORK + 'auth = "xoauth2"\n',
+     "auth xoauth2 needs an access token"),
+    (WORK + 'password_file = "f"\ntoken_command = ["t"]\n',
+     "password_file and token_command: a password or an access token, from one source"),
+    (WORK + 'provider = "google"\n',
+     "OAuth settings lack client_id"),
+    (WORK + 'token_command = ["t"]\nprovider = "google"\n',
+     "token_command and oauth: a password or an access token"),
+    (WORK + 'token_command = ["t"]\noauth = true\n',
+     "token_command and oauth: a password or"),
+    (WORK + 'provider = "yahoo"\n',
+     "accounts.work.provider: Input should be 'google' or"),
+    (WORK + 'tls_fingerprint = "sha256:AB:CD"\n',
+     "accounts.work: tls_fingerprint"),
+    (WORK + 'tls = "none"\ntls_fingerprint = "' + PIN + '"\n',
+     "cafile, insecure and tls_* need TLS"),
+    (WORK + 'tls_min_version = "1.1"\n',
+     "accounts.work.tls_min_version: Input should be '1.2'"),
+    (WORK + 'password_keyring = 1\n',
+     "accounts.work.password_keyring: should be true, false or a name"),
+    ('[accounts.work]\nurl = "imap://h"\nuser = "u"\nmaildir = "M"\n',
+     "fetch.toml: accounts.work.url: 'imap://h': not a pop:// or pops:// URL"),
+    ('[accounts.work]\nurl = "pop://u;AUTH=+KERBEROS_V4@h"\nmaildir = "M"\n',
+     "accounts.work.url: ;AUTH=+KERBEROS_V4: not an extension"),
     ('[accounts.work\nserver = "h"\n', "fetch.toml: not valid TOML"),
 ])
 def test_each_bad_key_is_one_line_and_64(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -132,6 +160,49 @@ def test_each_bad_key_is_one_line_and_64(tmp_path: Path, capsys: pytest.CaptureF
     assert fetch.main(["--config", str(path)]) == 64
     out, err = capsys.readouterr()
     assert out == "" and err == f"popbox fetch: {caught.value}\n"
+
+
+def test_url_keys_sit_between_the_defaults_and_the_account(tmp_path: Path) -> None:
+    """RFC 2384 §3-4: `pops://` is implicit TLS on 995, `;AUTH=*` any method, `+APOP`
+    APOP, a SASL name that mechanism, `%40` an @ in the user; the account's own keys win
+    over the URL's, which win over `[defaults]`; a token source needs no password."""
+    path = write(tmp_path, '''
+[defaults]
+server = "default.example"
+tls = "starttls"
+auth = "plain"
+maildir = "M"
+[accounts.gmail]
+url = "pops://alice%40gmail.com@pop.gmail.com"
+provider = "google"
+client_id = "c"
+[accounts.apop]
+url = "pop://bob;AUTH=+APOP@pop.example.org:1110"
+password_keyring = true
+tls = "none"
+[accounts.any]
+url = "pop://carol;AUTH=*@pop.example.org"
+port = 2110
+token_command = ["oauth2l", "fetch"]
+auth = "xoauth2"
+tls_fingerprint = "PIN"
+'''.replace("PIN", PIN))
+    accounts = ac.load(path).accounts
+    gmail, apop, any_ = accounts["gmail"], accounts["apop"], accounts["any"]
+    assert (gmail.config.server, gmail.config.user, gmail.port, gmail.tls,
+            gmail.config.auth) == ("pop.gmail.com", "alice@gmail.com", 995, "implicit", "plain")
+    assert (apop.config.user, apop.port, apop.tls, apop.config.auth) == (
+        "bob", 1110, "none", "apop")
+    assert (any_.server, any_.tls, any_.config.auth) == (
+        "pop.example.org:2110", "starttls", "xoauth2")
+    assert ac.context(any_) is None  # the pin is the check
+    source = ac.source(any_, "", ac.context(any_), ac.token_source(any_))
+    assert source.tls_fingerprint == any_.config.tls_fingerprint
+    assert repr(source.token) == "TokenCommand(['oauth2l', 'fetch'])"
+    tokens = ac.token_source(gmail)
+    assert repr(tokens) == "OAuthTokens('gmail')"
+    assert tokens.conf.scope == "https://mail.google.com/"  # type: ignore[union-attr]
+    assert ac.token_source(apop) is None
 
 
 def test_every_bad_account_is_reported(tmp_path: Path) -> None:
@@ -180,6 +251,13 @@ def test_one_off_flags_are_checked_like_the_file(capsys: pytest.CaptureFixture[s
     assert fetch.main(["--server", "h", "--user", "u", "--mbox", "m",
                        "--oversize", "skip"]) == 64
     assert "oversize needs max_size" in capsys.readouterr().err
+    assert fetch.main(["--server", "h", "--user", "u", "--mbox", "m", "--tls", "none",
+                       "--tls-min-version", "1.3"]) == 64
+    assert capsys.readouterr().err == "popbox fetch: cafile, insecure and tls_* need TLS\n"
+    assert fetch.main(["pop://u;AUTH=SCRAM-SHA-1@h:1", "--mbox", "m", "--oauth", "g",
+                       "--token-command", "t"]) == 64
+    assert capsys.readouterr().err == ("popbox fetch: token_command and oauth: a password "
+                                       "or an access token, from one source\n")
     account = ac.one_off({"server": "h", "user": "u", "mda": ["/bin/x", "-d", "%u"],
                           "keep_days": 2.5}, Path("/s.json"))
     assert account.target == MdaTarget(("/bin/x", "-d", "%u")) and account.name is None

@@ -9,7 +9,11 @@ from pathlib import Path
 
 from helpers import MailEnv, running_server
 from popbox.client import accounts as ac
-from popbox.client.agent import Outcome, Runner, last_run, overall, run_all
+from popbox.client import errors as er
+from popbox.client.agent import Outcome, Runner, classify, last_run, overall, run_all
+from popbox.client.oauth import OAuthGrantRevoked
+from popbox.client.secret_store import SecretStoreError
+from popbox.client.tokens import TokenError
 
 
 def account(name: str, port: int, user: str, tmp_path: Path, **keys: object) -> ac.Account:
@@ -26,6 +30,17 @@ def test_the_most_severe_status_wins() -> None:
     assert overall([78, 64, 77]) == 64
     assert overall([77, 78]) == 78
     assert overall([75, 65]) == 65 and overall([65, 74]) == 74
+
+
+def test_the_statuses_of_tls_token_and_keyring_failures() -> None:
+    """A certificate that is not the pinned one, or STLS not done, is a PopSecurityError
+    (a PopConnectionError too, 75 when taken for one): 78. No access token: 77. A keyring
+    that cannot be used: 74. Other TLS failures stay 75."""
+    assert classify(er.PopSecurityError("not the pinned one")) == 78
+    assert classify(er.PopTlsError("handshake failed")) == 75
+    assert classify(TokenError("token_command false failed")) == 77
+    assert classify(OAuthGrantRevoked("invalid_grant: revoked")) == 77
+    assert classify(SecretStoreError("the keyring failed")) == 74
 
 
 async def test_parallel_runs_are_bounded_and_share_state_files(env: MailEnv,

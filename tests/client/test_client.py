@@ -282,7 +282,7 @@ async def test_tls_failures(tls_mail: MailEnv, mail: MailEnv) -> None:
                                      ssl_context=stranger, timeout=TIMEOUT)
     mail.settings.pop("tls")
     async with running_server(mail.config()) as (port, _):
-        with pytest.raises(client.PopTlsError, match="does not offer STLS"):
+        with pytest.raises(client.PopSecurityError, match="does not offer STLS"):
             await client.connect("127.0.0.1", port, tls="starttls", timeout=TIMEOUT)
 
 

@@ -4,11 +4,16 @@ destinations, each message exactly once; the accounts come from an accounts file
 
 `popbox fetch` runs every account of the file, `popbox fetch NAME...` those, `--list` shows
 them and their last run, `--daemon` polls them until SIGTERM (`popbox.client.agent`). With
-`--server` the flags describe a one-off account instead; its password comes from
-`--password-file` (its first line) or the environment variable POPBOX_FETCH_PASSWORD, never
-from the command line (where `ps` would show it). Messages are deleted from the server once
-their delivery is recorded, unless `keep` (as fetchmail does). See `popbox.client.fetcher`
-for how every message is delivered exactly once.
+`--server`, or a POP URL (RFC 2384: an argument holding `://`), the flags describe a
+one-off account instead; its password comes from `--password-file` (its first line), the
+keyring (`--password-keyring NAME`, stored by `popbox fetch password set NAME`) or the
+environment variable POPBOX_FETCH_PASSWORD, never from the command line (where `ps` would
+show it); an OAuth2 access token from `--token-command` or from the grant `popbox fetch
+oauth login NAME` stored (`--oauth NAME`). `popbox fetch oauth ...` and `popbox fetch
+password ...` are handed to `popbox.cli.fetch_oauth` and `popbox.cli.fetch_password`.
+Messages are deleted from the server once their delivery is recorded, unless `keep` (as
+fetchmail does). See `popbox.client.fetcher` for how every message is delivered exactly
+once.
 
 Output: one line per account-run on stdout (errors on stderr, naming the account), or with
 `--json` one JSON object per account-run on stdout and nothing else there; `-v` lines go to
@@ -21,8 +26,10 @@ server lacks something needed ([SYS/PERM], UIDL with keep, a login method) or th
 destination is not available; 74 the destination or the state file cannot be written; 75
 try again later (connection refused or lost, timeout, TLS failure, [IN-USE],
 [LOGIN-DELAY], [SYS/TEMP], the state file in use, the password command failed); 76 the
-server broke the protocol; 77 the login was refused; 78 the login would send the password
-unencrypted (use TLS, or allow_plaintext). Several accounts: 0 if all succeeded, else the
+server broke the protocol; 77 the login was refused, or no access token could be had; 78
+the login would send the password unencrypted (use TLS, or allow_plaintext), the server's
+certificate is not the pinned one, or the server does not do the STLS asked for; 74 also
+when the keyring cannot be used. Several accounts: 0 if all succeeded, else the
 most severe of their statuses in the order 64, 78, 77, 69, 76, 74, 75.
 """
 
@@ -46,7 +53,9 @@ from popbox.client.fetcher import AUTH_METHODS, Progress
 PASSWORD_ENV = "POPBOX_FETCH_PASSWORD"  # noqa: S105 - the variable's name
 ONE_OFF = ("server", "port", "tls", "user", "password_file", "maildir", "mbox", "mda", "lmtp",
            "smtp", "recipient", "keep", "keep_days", "max_size", "oversize", "limit", "state",
-           "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch", "interval")
+           "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch", "interval",
+           "password_command", "password_keyring", "token_command", "oauth",
+           "tls_fingerprint", "tls_min_version")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "account the flags describe, whose password is read from --password-file or "
         f"${PASSWORD_ENV}.")
     parser.add_argument("names", nargs="*", metavar="NAME", help="accounts to fetch "
-                        "(default: all)")
+                        "(default: all), or one POP URL (pop://user;AUTH=mech@host:port) "
+                        "for a one-off account")
     parser.add_argument("--config", type=Path, help="the accounts file (default: "
                         "$XDG_CONFIG_HOME/popbox/fetch.toml)")
     parser.add_argument("--list", action="store_true",
@@ -79,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: implicit on port 995, starttls on any other port")
     one.add_argument("--user")
     one.add_argument("--password-file", type=Path, help="the password is its first line")
+    one.add_argument("--password-command", type=shlex.split, metavar="'CMD ARG...'",
+                     help="a program that prints the password (split into words as a shell "
+                     "would, never run by one)")
+    one.add_argument("--password-keyring", metavar="NAME",
+                     help="the password stored by popbox fetch password set NAME")
+    one.add_argument("--token-command", type=shlex.split, metavar="'CMD ARG...'",
+                     help="a program that prints an OAuth2 access token (split into words "
+                     "as a shell would, never run by one)")
+    one.add_argument("--oauth", metavar="NAME",
+                     help="access tokens from the grant of popbox fetch oauth login NAME")
     where = one.add_mutually_exclusive_group()
     where.add_argument("--maildir", type=Path, help="deliver into this Maildir (created)")
     where.add_argument("--mbox", type=Path, help="append to this mbox file (mboxrd)")
@@ -102,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--cafile", type=Path, help="trust the CA certificates in this file")
     one.add_argument("--insecure", action="store_true", default=None,
                      help="do not verify the server's certificate")
+    one.add_argument("--tls-fingerprint", metavar="sha256:AB:CD:...",
+                     help="accept only the server certificate with this SHA-256 digest")
+    one.add_argument("--tls-min-version", choices=("1.2", "1.3"),
+                     help="the oldest TLS version to accept")
     one.add_argument("--auth", choices=AUTH_METHODS,
                      help="login method (default: the strongest the server offers)")
     one.add_argument("--allow-plaintext", action="store_true", default=None,
@@ -134,9 +158,14 @@ def _one_off(args: argparse.Namespace) -> ac.Account | None:
     """The account the flags describe, or None when they describe none."""
     keys: dict[str, Any] = {key: getattr(args, key) for key in ONE_OFF
                             if getattr(args, key) is not None}
-    if not keys:
+    urls = [name for name in args.names if "://" in name]
+    if urls:
+        if len(args.names) > 1:
+            raise ac.AccountsError("a POP URL is one account: no other URL or name with it")
+        keys["url"] = urls[0]
+    elif not keys:
         return None
-    if args.names:
+    elif args.names:
         raise ac.AccountsError("account names and one-off account flags exclude each other")
     return ac.one_off(keys, default_state())
 
@@ -172,6 +201,11 @@ def main(argv: list[str]) -> int:
         from popbox.cli import fetch_import
 
         return fetch_import.main(argv[1:], _find_account)
+    if argv[:1] in (["oauth"], ["password"]):  # popbox fetch oauth login / password set
+        from popbox.cli import fetch_oauth, fetch_password
+        if argv[0] == "oauth":
+            return fetch_oauth.main(argv[1:])
+        return fetch_password.main(argv[1:])
     args = build_parser().parse_args(argv)
     output = Output(as_json=args.json, quiet=args.quiet)
     try:

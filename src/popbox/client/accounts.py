@@ -16,8 +16,17 @@ Each table is checked by a pydantic model (`defaults` alone, then every account 
 with it), and every problem becomes one line naming its key:
 `fetch.toml: accounts.work.port: Input should be less than 65536`. An account has exactly
 one destination (`maildir`, `mbox`, `mda`, `lmtp`, `smtp`) and at most one password source:
-`password` (the password itself), `password_file` (its first line) or `password_command`
-(an argv list, run without a shell; the first line of its stdout). A file holding a
+`password` (the password itself), `password_file` (its first line), `password_command`
+(an argv list, run without a shell; the first line of its stdout) or `password_keyring`
+(`true`: the password `popbox fetch password set NAME` stored; a string: stored under that
+name). Instead of a password, an OAuth2 access token (OAUTHBEARER, XOAUTH2) may come from
+`token_command` (argv) or from the grant `popbox fetch oauth login NAME` stored: the
+account's `provider` (`google`, `microsoft`) or `client_id`/`token_url`/`scope`/... say how
+to refresh it, `oauth = true` (or a grant's name) uses the settings stored with the grant.
+`tls_fingerprint` pins the server's certificate, `tls_min_version` is "1.2" or "1.3".
+`url = "pop://user;AUTH=mech@host:port"` (RFC 2384 §3, `popbox.client.popurl`) gives
+`server`, `port`, `user`, `auth` and (`pops://`) `tls`; the account's own keys override
+it, and it overrides `[defaults]`. A file holding a
 `password` key is refused when its group or others may read it; a file name or a command is
 no secret. Relative paths (destinations, `state`, `cafile`, `password_file`) are relative to
 the file's folder; `~` is expanded.
@@ -37,8 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from popbox.client import oauth, popurl
+from popbox.client import tls as client_tls
 from popbox.client.destinations import (
     LmtpTarget,
     MaildirTarget,
@@ -48,9 +66,15 @@ from popbox.client.destinations import (
     Target,
 )
 from popbox.client.fetcher import AUTH_METHODS, Options, Source
+from popbox.client.oauth import OAuthTokens
+from popbox.client.secret_store import SecretStore, password_name
+from popbox.client.tokens import TokenCommand, TokenSource
 
 DESTINATIONS = ("maildir", "mbox", "mda", "lmtp", "smtp")
-PASSWORDS = ("password", "password_file", "password_command")
+PASSWORDS = ("password", "password_file", "password_command", "password_keyring")
+OAUTH_KEYS = ("provider", "client_id", "client_secret", "token_url", "device_url", "auth_url",
+              "scope")
+TOKEN_AUTH = ("xoauth2", "oauthbearer")
 DEFAULT_INTERVAL = 300.0
 DEFAULT_PARALLEL = 4
 
@@ -59,8 +83,18 @@ Count = Annotated[int, Field(strict=True, ge=0)]
 Flag = Annotated[bool, Field(strict=True)]
 Text = Annotated[str, Field(strict=True, min_length=1)]
 Argv = Annotated[list[Text], Field(min_length=1)]
+
+
+def _named_value(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and value):
+        return value
+    raise ValueError("should be true, false or a name")
+
+
+# true: under the account's own name; a string: under that name
+Named = Annotated[bool | str, BeforeValidator(_named_value)]
 AuthMethod = Literal["auto", "user", "apop", "plain", "login", "cram-md5", "scram-sha-1",
-                     "scram-sha-256"]
+                     "scram-sha-256", "xoauth2", "oauthbearer"]
 assert set(AuthMethod.__args__) == set(AUTH_METHODS)  # type: ignore[attr-defined]
 
 
@@ -81,8 +115,21 @@ class _Keys(BaseModel):
     password: Annotated[str | None, Field(strict=True, min_length=1, repr=False)] = None
     password_file: Path | None = None
     password_command: Argv | None = None
+    password_keyring: Named | None = None
+    token_command: Argv | None = None
+    oauth: Named | None = None
+    provider: Literal["google", "microsoft"] | None = None
+    client_id: Text | None = None
+    client_secret: Annotated[str | None, Field(strict=True, min_length=1, repr=False)] = None
+    token_url: Text | None = None
+    device_url: Text | None = None
+    auth_url: Text | None = None
+    scope: Text | None = None
+    url: Text | None = None
     cafile: Path | None = None
     insecure: Flag = False
+    tls_fingerprint: Text | None = None
+    tls_min_version: Literal["1.2", "1.3"] | None = None
     allow_plaintext: Flag = False
     keep: Flag = False
     keep_days: Positive | None = None
@@ -114,18 +161,44 @@ class AccountConfig(_Keys):
             found = " and ".join(where) if where else "none"
             raise ValueError(f"exactly one destination ({', '.join(DESTINATIONS)}) is "
                              f"needed, found {found}")
-        secrets = [key for key in PASSWORDS if getattr(self, key) is not None]
+        secrets = [key for key in PASSWORDS if getattr(self, key) not in (None, False)]
         if len(secrets) > 1:
             raise ValueError(f"{' and '.join(secrets)}: at most one password source")
+        tokens = [key for key in ("token_command", "oauth") if getattr(self, key)
+                  not in (None, False)]
+        if self.oauth_settings is not None and "oauth" not in tokens:
+            tokens.append("oauth")
+        if len(tokens) > 1 or (tokens and secrets):
+            raise ValueError(f"{' and '.join(secrets + tokens)}: a password or an access "
+                             "token, from one source")
+        if self.auth in TOKEN_AUTH and not tokens:
+            raise ValueError(f"auth {self.auth} needs an access token: token_command, "
+                             "oauth or provider")
+        if self.oauth_settings is not None:
+            try:
+                oauth.settings(self.provider, **self.oauth_settings)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        if self.tls_fingerprint is not None:
+            client_tls.parse_fingerprint(self.tls_fingerprint)
         if self.recipient is not None and where[0] not in ("lmtp", "smtp"):
             raise ValueError("recipient needs lmtp or smtp")
         if self.keep and self.keep_days is not None:
             raise ValueError("keep and keep_days exclude each other")
         if self.oversize is not None and self.max_size is None:
             raise ValueError("oversize needs max_size")
-        if self.tls == "none" and (self.cafile is not None or self.insecure):
-            raise ValueError("cafile and insecure need TLS")
+        if self.tls == "none" and (self.cafile is not None or self.insecure or
+                                   self.tls_fingerprint or self.tls_min_version):
+            raise ValueError("cafile, insecure and tls_* need TLS")
         return self
+
+    @property
+    def oauth_settings(self) -> dict[str, str] | None:
+        """The OAuth2 keys set but `provider` (whose preset completes them); None when
+        neither is."""
+        found = {key: getattr(self, key) for key in OAUTH_KEYS[1:]}
+        keys = {key: value for key, value in found.items() if value is not None}
+        return keys if keys or self.provider else None
 
 
 class _File(BaseModel):
@@ -234,9 +307,12 @@ def parse(data: dict[str, Any], origin: str, base: Path) -> Accounts:
         if not name or "/" in name or name.startswith("."):
             problems.append(f"{origin}: accounts.{name}: not a usable account name")
             continue
-        merged = {**defaults.model_dump(exclude_unset=True), **table}
         try:
+            merged = {**defaults.model_dump(exclude_unset=True), **url_keys(table), **table}
             config = _resolve(AccountConfig.model_validate(merged), base)
+        except popurl.PopUrlError as exc:
+            problems.append(f"{origin}: accounts.{name}.url: {exc}")
+            continue
         except ValidationError as exc:
             problems += _problems(exc, f"accounts.{name}", origin)
             continue
@@ -245,6 +321,14 @@ def parse(data: dict[str, Any], origin: str, base: Path) -> Accounts:
     if problems:
         raise AccountsError("\n".join(problems))
     return Accounts(accounts, top.max_parallel)
+
+
+def url_keys(keys: dict[str, Any]) -> dict[str, Any]:
+    """The keys `keys["url"]` (a POP URL) stands for, none without one; PopUrlError."""
+    url = keys.get("url")
+    if not isinstance(url, str):
+        return {}  # absent, or a type the model reports
+    return popurl.account_keys(popurl.parse(url), AUTH_METHODS)
 
 
 def load(path: Path) -> Accounts:
@@ -270,11 +354,15 @@ def load(path: Path) -> Accounts:
 def one_off(keys: dict[str, Any], state: Path) -> Account:
     """The account the command-line flags describe (keys named like the file's)."""
     names = {key: "--" + key.replace("_", "-") for key in _Keys.model_fields}
+    names["url"] = "the POP URL"
     try:
-        config = AccountConfig.model_validate(keys)
+        config = AccountConfig.model_validate({**url_keys(keys), **keys})
+    except popurl.PopUrlError as exc:
+        raise AccountsError(str(exc)) from None
     except ValidationError as exc:
         lines = _problems(exc, "", "command line", names)
-        raise AccountsError(lines[0].removeprefix("command line: ")) from None
+        first = lines[0].removeprefix("command line: ").removeprefix("(top level): ")
+        raise AccountsError(first) from None
     return Account(None, config, config.state or state)
 
 
@@ -293,13 +381,36 @@ class PasswordCommandFailed(PasswordError):
     """The password command ran but gave no password in time, or failed."""
 
 
-async def password(account: Account, env_fallback: str | None = None) -> str:
-    """The account's password: the key itself, the first line of `password_file`, or the
-    first line `password_command` prints (run without a shell, `timeout` seconds at most).
-    `env_fallback` (the one-off account's environment variable) when none is set."""
+def _named(account: Account, value: bool | str) -> str:
+    """The name a secret of `account` is kept under (`password_keyring`, `oauth`)."""
+    if isinstance(value, str):
+        return value
+    if account.name is None:
+        raise AccountsError("a one-off account's secrets need a name")
+    return account.name
+
+
+async def password(account: Account, env_fallback: str | None = None,
+                   store: SecretStore | None = None) -> str:
+    """The account's password: the key itself, the first line of `password_file`, the
+    first line `password_command` prints (run without a shell, `timeout` seconds at most),
+    or the keyring's (`store`, by default the system's; SecretStoreError when it fails).
+    `env_fallback` (the one-off account's environment variable) when none is set; "" when
+    the account logs in with an access token instead."""
     c = account.config
     if c.password is not None:
         return c.password
+    if c.password_keyring not in (None, False):
+        assert c.password_keyring is not None
+        name = _named(account, c.password_keyring)
+        store = store or SecretStore()
+        found = await store.aget(password_name(name))
+        if not found:
+            raise PasswordError(f"no password for {name} in {store.where}: run "
+                                f"popbox fetch password set {name}")
+        return found
+    if token_source(account) is not None:
+        return ""
     if c.password_file is not None:
         try:
             text = await asyncio.to_thread(c.password_file.read_text, encoding="utf-8")
@@ -347,6 +458,8 @@ def context(account: Account) -> ssl.SSLContext | None:
     c = account.config
     if account.tls == "none":
         return None
+    if c.tls_fingerprint is not None and c.cafile is None:
+        return None  # the pin is the check (popbox.client.tls)
     try:
         ctx = ssl.create_default_context(cafile=c.cafile)
     except (OSError, ssl.SSLError) as exc:
@@ -357,8 +470,24 @@ def context(account: Account) -> ssl.SSLContext | None:
     return ctx
 
 
-def source(account: Account, secret: str, ssl_context: ssl.SSLContext | None) -> Source:
+def token_source(account: Account, store: SecretStore | None = None) -> TokenSource | None:
+    """Where the account's access tokens come from (None: it logs in with a password)."""
+    c = account.config
+    if c.token_command is not None:
+        return TokenCommand(c.token_command, c.timeout)
+    if c.oauth_settings is not None:
+        conf = oauth.settings(c.provider, **c.oauth_settings)
+        return OAuthTokens(_named(account, c.oauth or True), store, conf=conf)
+    if c.oauth not in (None, False):
+        assert c.oauth is not None
+        return OAuthTokens(_named(account, c.oauth), store)
+    return None
+
+
+def source(account: Account, secret: str, ssl_context: ssl.SSLContext | None,
+           token: TokenSource | None = None) -> Source:
     c = account.config
     return Source(server=c.server.lower(), port=account.port, user=c.user, password=secret,
                   tls=account.tls, ssl_context=ssl_context, timeout=c.timeout, auth=c.auth,
-                  allow_plaintext=c.allow_plaintext)
+                  allow_plaintext=c.allow_plaintext, token=token,
+                  tls_fingerprint=c.tls_fingerprint, tls_min_version=c.tls_min_version)

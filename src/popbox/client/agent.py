@@ -12,8 +12,10 @@ places, run, and compute the next delay. The delay is the account's `interval`, 
 than the server's LOGIN-DELAY capability (RFC 2449 §6.8), plus up to 10 % jitter (only ever
 longer, so LOGIN-DELAY holds). Temporary failures (exit class 75: [IN-USE], [LOGIN-DELAY],
 [SYS/TEMP] of RFC 2449 §8 / RFC 3206, a refused or lost connection) double the delay each
-time, up to an hour; [AUTH] failures are retried at the normal interval and reported once
-until they change. SIGTERM and SIGINT call `Fetcher.stop()` on every run (the message in
+time, up to an hour; [AUTH] failures, like an access token that cannot be had (77), and
+what a person must fix (78: a certificate that is not the pinned one; 74: an unusable
+keyring) are retried at the normal interval, never sooner, and the refusals are reported
+once until they change. SIGTERM and SIGINT call `Fetcher.stop()` on every run (the message in
 flight is finished and recorded, recorded mail is DELE'd, QUIT is sent); runs still busy
 after `STOP_GRACE` seconds are cancelled, which closes their connection without QUIT, so
 the server deletes nothing (RFC 1939 §6) and the next run finds what was delivered. SIGHUP
@@ -38,7 +40,9 @@ from popbox.client import errors as er
 from popbox.client.destinations import describe, open_destination
 from popbox.client.fetcher import DeliveryDeferred, Fetcher, Progress, Report
 from popbox.client.mbox import MboxBusy
+from popbox.client.secret_store import SecretStoreError
 from popbox.client.state import LastRun, StateBusy, StateError, StateFile
+from popbox.client.tokens import TokenError, TokenSource
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_IOERR, EX_TEMPFAIL = 0, 64, 65, 69, 74, 75
 EX_PROTOCOL, EX_NOPERM, EX_CONFIG = 76, 77, 78
@@ -50,6 +54,7 @@ NAMES = {EX_OK: "EX_OK", EX_USAGE: "EX_USAGE", EX_DATAERR: "EX_DATAERR",
 # then what may go away by itself.
 SEVERITY = (EX_USAGE, EX_CONFIG, EX_NOPERM, EX_UNAVAILABLE, EX_PROTOCOL, EX_IOERR,
             EX_DATAERR, EX_TEMPFAIL)
+REPORTED_ONCE = (EX_NOPERM, EX_CONFIG)  # said again only when the message changes
 MAX_BACKOFF = 3600.0
 JITTER = 0.1
 STOP_GRACE = 8.0
@@ -70,8 +75,12 @@ def classify(exc: BaseException) -> int | None:
             return EX_UNAVAILABLE
         case er.PopError():
             return EX_TEMPFAIL
-        case er.PopPlaintextRefused():
+        case er.PopPlaintextRefused() | er.PopSecurityError():  # before PopConnectionError
             return EX_CONFIG
+        case TokenError():  # no access token: the grant revoked, the command failed...
+            return EX_NOPERM
+        case SecretStoreError():  # the keyring (or its file) cannot be used
+            return EX_IOERR
         case er.PopUnsupportedError():
             return EX_UNAVAILABLE
         case er.PopConnectionError() | StateBusy() | MboxBusy():
@@ -166,6 +175,7 @@ class Runner:
         self._progress = progress
         self._env_password = env_password
         self._locks: dict[Path, asyncio.Lock] = {}
+        self._tokens: dict[str, tuple[ac.Account, TokenSource | None]] = {}
 
     async def run(self, account: ac.Account, control: Control | None = None,
                   places: asyncio.Semaphore | None = None) -> Outcome | None:
@@ -190,7 +200,7 @@ class Runner:
         opened = False
         try:
             secret = await ac.password(account, self._env_password)
-            source = ac.source(account, secret, ac.context(account))
+            source = ac.source(account, secret, ac.context(account), self._token(account))
             try:
                 destination = open_destination(account.target, state,
                                                account=account.label,
@@ -233,6 +243,18 @@ class Runner:
         finally:
             state.close()
         return outcome
+
+
+    def _token(self, account: ac.Account) -> TokenSource | None:
+        """The account's token source: a token command's runs for each run (as a password
+        command does); an OAuth2 grant's is kept from run to run while the account stays
+        the same, so that its access token serves until it nears expiry."""
+        if account.config.token_command is not None:
+            return ac.token_source(account)
+        kept = self._tokens.get(account.label)
+        if kept is None or kept[0] != account:
+            kept = self._tokens[account.label] = (account, ac.token_source(account))
+        return kept[1]
 
 
 def _remember(state: StateFile, outcome: Outcome) -> None:
@@ -372,7 +394,7 @@ class Daemon:
             if outcome is None:
                 return
             delay = self._next_delay(slot, outcome)
-            repeated = outcome.status == EX_NOPERM and outcome.error == slot.last_error
+            repeated = outcome.status in REPORTED_ONCE and outcome.error == slot.last_error
             slot.last_error = outcome.error
             self._done(outcome, delay, repeated)
             if slot.control.stopped:

@@ -27,11 +27,12 @@ from typing import Literal, Protocol, TypeVar, overload
 
 from popbox.client import errors as er
 from popbox.client import login as strategy
+from popbox.client import tls as policy
 from popbox.client.channel import Channel
 from popbox.proto import apop as apop_digest
 from popbox.proto import client as core
 from popbox.proto import events as ev
-from popbox.proto.sasl_client import mechanism
+from popbox.proto.sasl_client import BEARER_MECHANISMS, bearer_mechanism, mechanism
 from popbox.proto.types import MsgNo, Uidl
 
 Tls = Literal["implicit", "starttls", "none"]
@@ -55,9 +56,13 @@ class PopClient:
     """One POP3 session. Methods may not run concurrently; a lock serialises them."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 server_hostname: str, timeout: float, secure: bool) -> None:
+                 server_hostname: str, timeout: float, secure: bool,
+                 pin: bytes | None = None) -> None:
         self._ch = Channel(reader, writer, timeout)
+        self._pin = pin
         self._server_hostname = server_hostname
+        peer = writer.get_extra_info("peername")
+        self._port: int | None = peer[1] if isinstance(peer, tuple) and len(peer) >= 2 else None
         self._secure = secure
         self._lock = asyncio.Lock()
         self._capabilities: Capabilities | None = None
@@ -116,6 +121,16 @@ class PopClient:
 
     # --- greeting, TLS, capabilities ---
 
+    def check_pin(self) -> None:
+        """With a pinned certificate, PopSecurityError (and the connection closed) unless
+        the server's is that one (`client.tls`)."""
+        if self._pin is not None:
+            try:
+                policy.check_pin(self._ch.writer.get_extra_info("ssl_object"), self._pin,
+                                 self._server_hostname)
+            except er.PopSecurityError as exc:
+                raise self._ch.broken(exc) from None
+
     async def read_greeting(self) -> None:
         try:
             self.greeting = (await self._ch.status()).text
@@ -124,18 +139,20 @@ class PopClient:
             raise
 
     async def stls(self, context: ssl.SSLContext | None = None) -> None:
-        """STLS (RFC 2595 §4), then the TLS handshake; cached capabilities are forgotten."""
+        """STLS (RFC 2595 §4), then the TLS handshake and the pin's check; cached
+        capabilities are forgotten. A refused STLS is a PopSecurityError."""
         context = context or ssl.create_default_context()
         try:
             await self._simple(ev.Stls())
         except er.PopError as exc:
-            raise er.PopTlsError(f"the server refused STLS: {exc.text}") from None
+            raise er.PopSecurityError(f"the server refused STLS: {exc.text}") from None
         try:
             async with asyncio.timeout(self.timeout):
                 await self._ch.writer.start_tls(context, server_hostname=self._server_hostname)
         except (TimeoutError, ssl.SSLError, OSError) as exc:
             raise self._ch.broken(er.PopTlsError(f"TLS handshake failed: {_reason(exc)}")) from None
         self._ch.tls_started()
+        self.check_pin()
         self._secure = True
         self._capabilities = None
 
@@ -180,11 +197,19 @@ class PopClient:
         self._capabilities = None
         return text
 
-    async def auth(self, mechanism_name: str, user: str, password: str, *,
-                   authzid: str = "", allow_plaintext: bool = False) -> str:
-        """AUTH (RFC 5034) with PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1 or SCRAM-SHA-256."""
+    async def auth(self, mechanism_name: str, user: str, password: str = "", *,
+                   token: str | None = None, two_step: bool = False, authzid: str = "",
+                   allow_plaintext: bool = False) -> str:
+        """AUTH (RFC 5034) with PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1 or SCRAM-SHA-256 and
+        the password, or with XOAUTH2 or OAUTHBEARER (RFC 7628) and the access `token`;
+        `two_step`: the token answers an empty challenge instead of riding on the AUTH
+        line (Microsoft 365 wants that for XOAUTH2)."""
         try:
-            mech = mechanism(mechanism_name, user, password, authzid)
+            if token is not None:
+                mech = bearer_mechanism(mechanism_name, user, token, two_step=two_step,
+                                        host=self._server_hostname, port=self._port)
+            else:
+                mech = mechanism(mechanism_name, user, password, authzid)
         except ValueError as exc:
             raise er.PopUnsupportedError(str(exc)) from None
         if mech.cleartext and not self._plaintext_ok(allow_plaintext):
@@ -194,15 +219,24 @@ class PopClient:
         self._capabilities = None
         return text
 
-    async def login(self, user: str, password: str, *, allow_plaintext: bool = False) -> str:
-        """Log in with the strongest method CAPA offers (`client.login.choose`). Returns
-        the method used: the SASL mechanism's name, or "USER"."""
+    async def login(self, user: str, password: str | None = None, *, token: str | None = None,
+                    two_step: bool = False, allow_plaintext: bool = False) -> str:
+        """Log in with the strongest method CAPA offers (`client.login.choose`): with an
+        access `token`, OAUTHBEARER or XOAUTH2 first; with a `password`, SCRAM ... USER.
+        Returns the method used: the SASL mechanism's name, or "USER"."""
+        if password is None and token is None:
+            raise TypeError("login needs a password or a token")
         method = strategy.choose(await self.known_capabilities(),
                                  plaintext_ok=self._plaintext_ok(allow_plaintext),
-                                 server=self._server_hostname)
+                                 server=self._server_hostname, bearer=token is not None,
+                                 password=password is not None)
         if method == strategy.USER_PASS:
+            assert password is not None
             await self.user_pass(user, password, allow_plaintext=True)
+        elif method in BEARER_MECHANISMS:
+            await self.auth(method, user, token=token, two_step=two_step, allow_plaintext=True)
         else:
+            assert password is not None
             await self.auth(method, user, password, allow_plaintext=True)
         return method
 
@@ -342,12 +376,15 @@ def _reason(exc: BaseException) -> str:
 
 async def open_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                        server_hostname: str, timeout: float = 60.0,  # noqa: ASYNC109
-                       secure: bool = False) -> PopClient:
+                       secure: bool = False, pin: bytes | None = None) -> PopClient:
     """A session on streams already connected to a POP3 server (through a proxy, say):
-    reads the greeting. `secure`: the streams are encrypted."""
+    reads the greeting. `secure`: the streams are encrypted; `pin`: the SHA-256 digest
+    the server's certificate must have (checked first, and again after STLS)."""
     client = PopClient(reader, writer, server_hostname=server_hostname, timeout=timeout,
-                       secure=secure)
+                       secure=secure, pin=pin)
     try:
+        if secure:
+            client.check_pin()
         await client.read_greeting()
     except BaseException:
         client.close()
@@ -380,22 +417,34 @@ class Connecting:
 
 def connect(host: str, port: int | None = None, *, tls: Tls = "implicit",
             ssl_context: ssl.SSLContext | None = None,
-            timeout: float = 60.0, server_hostname: str | None = None) -> Connecting:
+            timeout: float = 60.0, server_hostname: str | None = None,
+            tls_fingerprint: str | None = None,
+            tls_min_version: str | None = None) -> Connecting:
     """Connect, read the greeting and, with `tls="starttls"`, do STLS. `port` defaults to
     995 for implicit TLS (RFC 8314 §3.3), else 110. `ssl_context` defaults to the
     system's trusted CAs with host name checking. `timeout` bounds each step (connecting,
-    the handshake, and every later read and write), not the whole session."""
-    return Connecting(_connect(host, port, tls, ssl_context, timeout, server_hostname)
+    the handshake, and every later read and write), not the whole session.
+    `tls_fingerprint` ("sha256:AB:CD:...") pins the server's certificate, in place of the
+    CA check when there is no `ssl_context`; `tls_min_version` ("1.2", "1.3") is the
+    oldest TLS accepted (`client.tls`). A server that does not do the STLS asked for is a
+    `PopSecurityError`: there is no plaintext fall back. ValueError for a bad option."""
+    if tls not in ("implicit", "starttls", "none"):
+        raise ValueError(f"tls must be implicit, starttls or none, not {tls!r}")
+    pin = None if tls_fingerprint is None else policy.parse_fingerprint(tls_fingerprint)
+    minimum = None if tls_min_version is None else policy.min_version(tls_min_version)
+    if tls == "none" and (pin is not None or minimum is not None):
+        raise ValueError("tls_fingerprint and tls_min_version need TLS")
+    context = None if tls == "none" else policy.context(ssl_context, pinned=pin is not None,
+                                                        minimum=minimum)
+    return Connecting(_connect(host, port, tls, context, timeout, server_hostname, pin)
                       .__await__())
 
 
-async def _connect(host: str, port: int | None, tls: Tls, ssl_context: ssl.SSLContext | None,
-                   timeout: float, server_hostname: str | None) -> PopClient:  # noqa: ASYNC109
-    if tls not in ("implicit", "starttls", "none"):
-        raise ValueError(f"tls must be implicit, starttls or none, not {tls!r}")
+async def _connect(host: str, port: int | None, tls: Tls, context: ssl.SSLContext | None,
+                   timeout: float, server_hostname: str | None,  # noqa: ASYNC109
+                   pin: bytes | None) -> PopClient:
     port = port or (995 if tls == "implicit" else 110)
     hostname = server_hostname or host
-    context = None if tls == "none" else ssl_context or ssl.create_default_context()
     where = f"{host}:{port}"
     try:
         async with asyncio.timeout(timeout):
@@ -409,12 +458,12 @@ async def _connect(host: str, port: int | None, tls: Tls, ssl_context: ssl.SSLCo
     except OSError as exc:
         raise er.PopConnectionError(f"cannot connect to {where}: {_reason(exc)}") from None
     client = await open_streams(reader, writer, server_hostname=hostname, timeout=timeout,
-                                secure=tls == "implicit")
+                                secure=tls == "implicit", pin=pin)
     try:
         if tls == "starttls":
             caps = await client.known_capabilities()
             if caps and "STLS" not in caps:
-                raise er.PopTlsError(f"{where} does not offer STLS")
+                raise er.PopSecurityError(f"{where} does not offer STLS")
             assert context is not None
             await client.stls(context)
     except BaseException:

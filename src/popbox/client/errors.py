@@ -4,7 +4,9 @@
 RFC 3206 response code (None when the server sent none) and `text` the rest of the line.
 The subclass comes from the code when there is one, else from the command: a refused
 login is a `PopAuthError`. `PopProtocolError`: the server broke the protocol.
-`PopConnectionError`: the network failed (refused, reset, closed, timed out, TLS).
+`PopConnectionError`: the network failed (refused, reset, closed, timed out, TLS);
+`PopSecurityError` (a `PopTlsError`): the server is not the pinned one, or does not offer
+the STLS that was asked for.
 `PopUsageError`: the command could not be sent at all (a user name with a line break, a
 command not valid in the current state); nothing went to the server.
 """
@@ -63,6 +65,12 @@ class PopTimeoutError(PopConnectionError):
 
 class PopTlsError(PopConnectionError):
     """TLS could not be set up: handshake, certificate, or STLS refused."""
+
+
+class PopSecurityError(PopTlsError):
+    """The connection is not as secure as asked: the certificate is not the pinned one,
+    or a server asked for STLS does not offer it (never a fall back to plaintext). A
+    matter of configuration, not one that goes away by trying again."""
 
 
 class PopUsageError(PopClientError):

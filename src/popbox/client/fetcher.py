@@ -68,10 +68,11 @@ from popbox.client import mbox
 from popbox.client.connection import Capabilities, PopClient, Tls, connect
 from popbox.client.retention import Retention, server_expire, stand_in
 from popbox.client.state import HEADERS, Journal, StateFile
+from popbox.client.tokens import TokenSource
 from popbox.proto.types import MsgNo, Uidl
 
 AUTH_METHODS = ("auto", "user", "apop", "plain", "login", "cram-md5", "scram-sha-1",
-                "scram-sha-256")
+                "scram-sha-256", "xoauth2", "oauthbearer")
 
 
 class FetchRefused(er.PopUnsupportedError):
@@ -141,6 +142,10 @@ class Source:
     timeout: float = 60.0
     auth: str = "auto"
     allow_plaintext: bool = False
+    token: TokenSource | None = None  # an access token for OAUTHBEARER / XOAUTH2
+    two_step: bool = False  # XOAUTH2's token answers a challenge (Microsoft 365)
+    tls_fingerprint: str | None = None  # "sha256:AB:CD:...": the certificate pinned
+    tls_min_version: str | None = None  # "1.2" or "1.3"
 
 
 Oversize = Literal["skip", "delete", "headers"]
@@ -202,6 +207,9 @@ def message_key(server: str, port: int, user: str, uidl: str) -> str:
 
 
 async def _login(pop: PopClient, source: Source) -> None:
+    if source.token is not None and source.auth in ("auto", "xoauth2", "oauthbearer"):
+        await _token_login(pop, source, source.token)
+        return
     plain = source.allow_plaintext
     match source.auth:
         case "auto":
@@ -212,6 +220,26 @@ async def _login(pop: PopClient, source: Source) -> None:
             await pop.apop(source.user, source.password)
         case name:
             await pop.auth(name.upper(), source.user, source.password, allow_plaintext=plain)
+
+
+async def _token_login(pop: PopClient, source: Source, tokens: TokenSource) -> None:
+    """Log in with the access token; a refused one is renewed once and tried again (it
+    may have been revoked or have expired early). AUTH failing leaves the session in the
+    AUTHORIZATION state (RFC 5034 §4), so the second try uses the same connection."""
+    for renew in (False, True):
+        token = await tokens.access_token(renew=renew)
+        two_step = source.two_step or tokens.two_step
+        try:
+            if source.auth == "auto":
+                await pop.login(source.user, source.password or None, token=token,
+                                two_step=two_step, allow_plaintext=source.allow_plaintext)
+            else:
+                await pop.auth(source.auth.upper(), source.user, token=token,
+                               two_step=two_step, allow_plaintext=source.allow_plaintext)
+            return
+        except er.PopAuthError:
+            if renew or not tokens.renewable:
+                raise
 
 
 async def _uidls(pop: PopClient) -> dict[MsgNo, Uidl] | None:
@@ -288,7 +316,9 @@ class Fetcher:
         try:
             async with await connect(source.server, source.port, tls=source.tls,
                                      ssl_context=source.ssl_context,
-                                     timeout=source.timeout) as pop:
+                                     timeout=source.timeout,
+                                     tls_fingerprint=source.tls_fingerprint,
+                                     tls_min_version=source.tls_min_version) as pop:
                 await _login(pop, source)
                 with contextlib.suppress(er.PopError):
                     await pop.capa()  # PIPELINING, EXPIRE and friends, as after login
