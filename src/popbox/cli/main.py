@@ -38,15 +38,36 @@ def run_server(config: Config, announce: bool = False) -> int:
                     print(f"popbox: listening on {host or '0.0.0.0'}:{port}", flush=True)
                 for host, port in resolved.tls_addresses:
                     print(f"popbox: listening on {host or '0.0.0.0'}:{port} (TLS)", flush=True)
+                if metrics_port:
+                    print(f"popbox: metrics on port {metrics_port}", flush=True)
 
-        return supervise(config, lambda cfg, notify: _run_one(cfg, False, notify), report)
+        metrics_port = 0
+
+        if config.metrics.listen is None:
+            return supervise(config, lambda cfg, notify: _run_one(cfg, False, notify), report)
+        from popbox.server import metrics
+
+        with metrics.multiprocess_directory():  # before prometheus-client is imported
+            try:
+                server = metrics.MetricsServer(config.metrics.listen, metrics.scrape_registry())
+                metrics_port = server.port
+            except OSError as exc:
+                print(f"popbox: cannot serve metrics: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            try:
+                return supervise(
+                    config, lambda cfg, notify: _run_one(cfg, False, notify), report,
+                    not_inherited=[server.socket], exited=metrics.worker_gone,
+                )
+            finally:
+                server.close()
     return _run_one(config, announce)
 
 
 def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None
 ) -> int:
-    from popbox.server import privileges
+    from popbox.server import metrics, privileges
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
@@ -60,6 +81,14 @@ def _run_one(
     except ImportError:
         pass
     ctx = ServerContext.create(config, build(config))
+    metrics_server = None
+    if ctx.observe.metrics is not None and config.metrics.listen and not metrics.multiprocess():
+        try:
+            metrics_server = metrics.MetricsServer(
+                config.metrics.listen, ctx.observe.metrics.registry)
+        except OSError as exc:
+            print(f"popbox: cannot serve metrics: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     if config.auth.cleartext == "always":
         logging.getLogger("popbox").warning(
             "auth.cleartext = \"always\": passwords may cross the network unencrypted")
@@ -74,6 +103,8 @@ def _run_one(
                 print(f"popbox: listening on {host}:{port}", flush=True)
             for host, port in implicit:
                 print(f"popbox: listening on {host}:{port} (TLS)", flush=True)
+            if metrics_server is not None:
+                print(f"popbox: metrics on port {metrics_server.port}", flush=True)
 
     # Every session holds a socket, and a logged-in one a maildrop lock: allow as many
     # descriptors as the hard limit lets us (the soft limit is often 1024).
@@ -95,6 +126,9 @@ def _run_one(
     except OSError as exc:
         print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from popbox.auth.base import PassDB, UserDB
 from popbox.auth.oauth import TokenValidator
 from popbox.config import Config
+from popbox.server.metrics import Metrics
+from popbox.server.observe import Observer
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
 from popbox.store.base import MailStore
@@ -41,6 +43,7 @@ class ServerContext:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
+    observe: Observer = field(default_factory=lambda: Observer(Config()))
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -51,7 +54,9 @@ class ServerContext:
             initial=limits.penalty_initial, cap=limits.penalty_cap,
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
-        return cls(config, backends, tls, penalties=penalties)
+        metrics = Metrics() if config.metrics.listen else None
+        return cls(config, backends, tls, penalties=penalties,
+                   observe=Observer(config, metrics))
 
     def reload_tls(self) -> None:
         if self.tls is None:

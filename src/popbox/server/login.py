@@ -111,6 +111,7 @@ class Login:
         if delay > 0:
             log.info("login penalty user=%s ip=%s delay=%.0f", quote(self._failed_user),
                      self.peer, delay)
+            self.ctx.observe.penalty(delay)
             await asyncio.sleep(delay)
 
     async def _handle(self, event: ev.Command) -> ev.Reply | Transaction:
@@ -249,6 +250,7 @@ class Login:
             return replies.LOGIN_DELAY
         maildrop = await self.ctx.backends.store.open(info.mail_location)
         if isinstance(maildrop, Failure):
+            self.ctx.observe.store_error(maildrop)
             self._log_failure(user, mechanism, maildrop.value)
             return replies.failure(maildrop)
         self.ctx.record_login(user, now, delay)
@@ -256,9 +258,11 @@ class Login:
         self.login_delay = delay
         log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(user), mechanism,
                  self.peer, len(maildrop.messages))
+        self.ctx.observe.login(user, mechanism, "ok")
         return Transaction(maildrop)
 
     def _log_failure(self, user: str, mechanism: str, reason: str) -> None:
         self._failed_user = user
         log.info("login failed user=%s mech=%s ip=%s reason=%s", quote(user), mechanism,
                  self.peer, reason)
+        self.ctx.observe.login(user, mechanism, reason)

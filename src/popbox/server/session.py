@@ -27,7 +27,6 @@ from popbox.proto.wire import MessageEncoder, TopFilter
 from popbox.server import replies
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
-from popbox.server.logfmt import quote
 from popbox.server.login import Login
 from popbox.server.transaction import Transaction
 from popbox.store.base import Failure, MessageGone, StoreError
@@ -39,7 +38,7 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 class Session:
     __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "login_deadline",
-                 "peer", "retr_count", "txn")
+                 "peer", "record", "retr_count", "txn")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -71,6 +70,8 @@ class Session:
 
     async def _run(self) -> None:
         log.info("connect ip=%s", self.peer)
+        self.record = self.ctx.observe.connected(self, self.peer, self.io.transport,
+                                                 self._ssl_object())
         reason = "disconnect"
         try:
             greeting = self.ctx.config.server.greeting
@@ -97,7 +98,9 @@ class Session:
             # Answer everything already received (pipelining), flush once, then wait.
             while (event := conn.next_event()) is not ev.NEED_DATA:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
+                self.record.command(event)
                 await self._handle(event)
+                self.record.handled()
                 if conn.state is State.CLOSED:
                     await self._flush()
                     return self._close_reason(event)
@@ -129,13 +132,9 @@ class Session:
     async def _end(self, reason: str) -> None:
         if self.txn is not None:
             await asyncio.shield(self.txn.maildrop.release())
-            log.info(
-                "logout user=%s ip=%s reason=%s retr=%d dele=%d bytes=%d",
-                quote(self.login.user or ""), self.peer, reason, self.retr_count,
-                len(self.txn.deleted) if reason == "quit" else 0, self.bytes_sent,
-            )
-        else:
-            log.info("disconnect ip=%s reason=%s", self.peer, reason)
+        self.ctx.observe.logout(
+            self.record, reason, retr=self.retr_count, octets=self.bytes_sent,
+            dele=len(self.txn.deleted) if self.txn is not None and reason == "quit" else 0)
         self.io.close()
 
     # --- output ---
@@ -144,6 +143,7 @@ class Session:
         self._out.append(data)
 
     def _reply(self, reply: ev.Reply) -> None:
+        self.record.replied(reply)
         self._emit(self.conn.send(reply))
 
     async def _flush(self) -> None:
@@ -200,9 +200,11 @@ class Session:
             return
         self._reply(ev.Ok("Begin TLS negotiation now."))
         await self._flush()
+        self.ctx.observe.starttls(None)
         await self.io.start_tls(tls.context, self.ctx.config.tls.handshake_timeout)
         self.login.tls_started(self._ssl_object())
         log.info("starttls ip=%s", self.peer)
+        self.ctx.observe.starttls(self._ssl_object())
 
     def _invalid(self, problem: ev.Problem, verb: str) -> None:
         limits = self.ctx.config.limits
@@ -248,6 +250,7 @@ class Session:
         seen = txn.retrieved - txn.deleted
         result = await asyncio.shield(txn.maildrop.commit(txn.deleted, seen))
         if isinstance(result, Failure):
+            self.ctx.observe.store_error(result)
             self._reply(replies.failure(result))
             return
         self._reply(ev.Ok(f"Logging out, {result.deleted} messages deleted."))
@@ -300,9 +303,11 @@ class Session:
         try:
             chunk = await anext(chunks, b"")
         except MessageGone:
+            self.ctx.observe.store_error(Failure.GONE)
             self._reply(replies.MESSAGE_GONE)
             return
         except StoreError as exc:
+            self.ctx.observe.store_error(exc.failure)
             self._reply(replies.failure(exc.failure))
             return
         size = txn.size(index)
@@ -328,6 +333,7 @@ class Session:
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
             log.error("message read failed mid-stream ip=%s index=%d", self.peer, index)
+            self.ctx.observe.store_error(Failure.TEMPORARY)
             raise ConnectionError("store failed while streaming") from None
         finally:
             await chunks.aclose()

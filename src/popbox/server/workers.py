@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from popbox.config import Config, parse_address
 
@@ -57,10 +57,14 @@ def supervise(
     config: Config,
     run_worker: Callable[[Config, Notify], int],
     ready: Callable[[Config], None],
+    *,
+    not_inherited: Sequence[socket.socket] = (),
+    exited: Callable[[int], None] | None = None,
 ) -> int:
     """Run `config.server.workers` copies of `run_worker(config, notify)`; call
     `ready(config)` once every worker has called `notify()` (it is listening); return when
-    all have exited after SIGTERM/SIGINT."""
+    all have exited after SIGTERM/SIGINT. Workers close the sockets of `not_inherited`
+    (the supervisor's own); `exited(pid)` is called for every worker that is gone."""
     config, reserved = resolve_ports(config)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -69,7 +73,7 @@ def supervise(
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            for sock in reserved:
+            for sock in (*reserved, *not_inherited):
                 sock.close()
             os.close(ready_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -115,6 +119,8 @@ def supervise(
         if pid not in children:
             continue
         index = children.pop(pid)
+        if exited is not None:
+            exited(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             status = status or (code if code > 0 else 0)
