@@ -95,7 +95,7 @@ def _lmtp(args: argparse.Namespace) -> int:
     if not config.lmtp.listen:
         print("popbox: lmtp.listen is empty: nothing to listen on", file=sys.stderr)
         return 2
-    setup_logging(config.log.level)
+    setup_logging(config.log)
     try:
         import uvloop
 
@@ -138,7 +138,7 @@ def _deliver(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"popbox: configuration error:\n{exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    setup_logging(config.log.level)
+    setup_logging(config.log)
     limit = config.lmtp.max_message_size
     message = sys.stdin.buffer.read(limit + 1)
     if len(message) > limit:

@@ -13,24 +13,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
-from popbox.config import Config, ConfigError, load
+from popbox.config import Config, ConfigError, LogSection, load
 
 DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s popbox[%(process)d]: %(message)s",
-    )
+def setup_logging(section: LogSection) -> None:
+    """Logging as `[log]` says; a target that cannot be opened is a configuration error."""
+    from popbox import logs
+
+    try:
+        logs.setup(section)
+    except OSError as exc:
+        raise ConfigError(f"log.target {section.target!r}: {exc.strerror or exc}") from None
 
 
 def run_server(config: Config, announce: bool = False) -> int:
     if config.server.workers > 1:
         from popbox.server.workers import supervise
 
-        setup_logging(config.log.level)
+        setup_logging(config.log)
 
         def report(resolved: Config) -> None:
             if announce:
@@ -67,13 +69,14 @@ def run_server(config: Config, announce: bool = False) -> int:
 def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None
 ) -> int:
+    from popbox import logs
     from popbox.server import metrics, privileges
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
 
-    if not logging.getLogger().handlers:
-        setup_logging(config.log.level)
+    if not logs.configured():
+        setup_logging(config.log)
     try:
         import uvloop
 

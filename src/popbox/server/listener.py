@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from popbox import logs
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
@@ -85,7 +86,8 @@ async def serve(
     ctx: ServerContext, ready: Callable[[list[Address], list[Address]], None] | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the TLS
-    certificates (new handshakes use them; running sessions go on)."""
+    certificates (new handshakes use them; running sessions go on); SIGUSR1 reopens the
+    log file."""
     listener = Listener(ctx)
     plain, implicit = await listener.start()
     stop = asyncio.Event()
@@ -93,11 +95,12 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload_tls)
+    loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
     if ready is not None:
         ready(plain, implicit)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         await listener.shutdown()

@@ -124,7 +124,8 @@ class Observer:
         self.config = config
         self.metrics = metrics
         self.sessions: dict[asyncio.Task[object] | None, SessionRecord] = {}
-        self.countdown = COMMAND_SAMPLE
+        # Without metrics nothing is timed: the countdown does not run out.
+        self.countdown = COMMAND_SAMPLE if metrics is not None else 1 << 62
 
     def _current(self) -> SessionRecord | None:
         return self.sessions.get(asyncio.current_task())

@@ -4,8 +4,9 @@ The supervisor resolves any port 0 first (a bound, never listening SO_REUSEPORT 
 holds the number), then forks the workers; each binds its own SO_REUSEPORT sockets, so the
 kernel spreads new connections across them. Maildrop locks work across processes, so a
 user still gets one session at a time. SIGTERM/SIGINT are passed on to every worker,
-which shut down gracefully; a worker that dies on its own is started again (at most once
-a second), so one crash does not take the service down.
+which shut down gracefully, and so is SIGUSR1 (reopen the log file); a worker that dies
+on its own is started again (at most once a second), so one crash does not take the
+service down.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from popbox import logs
 from popbox.config import Config, parse_address
 
 log = logging.getLogger("popbox")
@@ -78,6 +80,7 @@ def supervise(
             os.close(ready_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, lambda _signum, _frame: logs.reopen())
             code = 1
 
             def notify() -> None:
@@ -97,8 +100,14 @@ def supervise(
         for pid in children:
             os.kill(pid, signal.SIGTERM)
 
+    def reopen(signum: int, _frame: object) -> None:
+        logs.reopen()
+        for pid in children:
+            os.kill(pid, signal.SIGUSR1)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, reopen)
     for index in range(config.server.workers):
         spawn(index)
     os.close(ready_w)
