@@ -1,19 +1,24 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch."""
+"""`popbox` command line: serve, check-config, demo, user, pw, fetch, who, kick, reload..."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
+import os
 import resource
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
 from popbox.config import Config, ConfigError, LogSection, load
+from popbox.server.admin import AdminError
 
 DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
 
@@ -28,7 +33,7 @@ def setup_logging(section: LogSection) -> None:
         raise ConfigError(f"log.target {section.target!r}: {exc.strerror or exc}") from None
 
 
-def run_server(config: Config, announce: bool = False) -> int:
+def run_server(config: Config, announce: bool = False, config_path: Path | None = None) -> int:
     if config.server.workers > 1:
         from popbox.server.workers import supervise
 
@@ -45,29 +50,72 @@ def run_server(config: Config, announce: bool = False) -> int:
 
         metrics_port = 0
 
-        if config.metrics.listen is None:
-            return supervise(config, lambda cfg, notify: _run_one(cfg, False, notify), report)
-        from popbox.server import metrics
+        def worker(cfg: Config, notify: Callable[[], None]) -> int:
+            return _run_one(cfg, False, notify, config_path)
 
-        with metrics.multiprocess_directory():  # before prometheus-client is imported
-            try:
-                server = metrics.MetricsServer(config.metrics.listen, metrics.scrape_registry())
-                metrics_port = server.port
-            except OSError as exc:
-                print(f"popbox: cannot serve metrics: {exc.strerror or exc}", file=sys.stderr)
-                return 1
-            try:
-                return supervise(
-                    config, lambda cfg, notify: _run_one(cfg, False, notify), report,
-                    not_inherited=[server.socket], exited=metrics.worker_gone,
-                )
-            finally:
-                server.close()
-    return _run_one(config, announce)
+        if config.metrics.listen is None and config.admin.socket is None:
+            return supervise(config, worker, report)
+        try:
+            with contextlib.ExitStack() as stack:
+                inherited, exited = _supervisor_services(config, config_path, stack)
+                metrics_port = inherited[0][1] if inherited and inherited[0][1] else 0
+                own = [sock for sock, _ in inherited]
+                return supervise(config, worker, report, not_inherited=own, exited=exited)
+        except (OSError, AdminError) as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"popbox: {text}", file=sys.stderr)
+            return 2 if isinstance(exc, AdminError) else 1
+    return _run_one(config, announce, config_path=config_path)
+
+
+def _supervisor_services(
+    config: Config, config_path: Path | None, stack: contextlib.ExitStack
+) -> tuple[list[tuple[socket.socket, int]], Callable[[int], None]]:
+    """What the supervisor of several workers serves itself: /metrics (the sum of every
+    worker's) and the admin socket (passed on to every worker's). Returns the sockets the
+    workers must not inherit (the metrics one first, with its port) and what to do when a
+    worker exits."""
+    from popbox import logs
+    from popbox.server import admin, metrics
+
+    stack.enter_context(metrics.multiprocess_directory())  # before prometheus-client loads
+    sockets: list[tuple[socket.socket, int]] = []
+    if config.metrics.listen is not None:
+        server = metrics.MetricsServer(config.metrics.listen, metrics.scrape_registry())
+        stack.callback(server.close)
+        sockets.append((server.socket, server.port))
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="popbox-admin-")))
+    os.environ[admin.WORKER_DIR_ENV] = str(folder)
+    stack.callback(os.environ.pop, admin.WORKER_DIR_ENV, None)
+
+    def local(request: admin.Answer) -> admin.Answer | None:
+        if request.get("command") != "stats":
+            return None
+        from prometheus_client import generate_latest
+
+        registry = metrics.scrape_registry()
+        return {"ok": True, "text": generate_latest(registry).decode()}  # type: ignore[arg-type]
+
+    def after(request: admin.Answer, answer: admin.Answer) -> None:
+        """The workers took a reload: the supervisor's own log lines follow it."""
+        if request.get("command") == "reload" and answer.get("ok") and config_path:
+            with contextlib.suppress(ConfigError, OSError):
+                logs.setup(load(config_path).log)
+    if config.admin.socket is not None:
+        relay = admin.Relay(config.admin.socket, config.admin.group, folder, local, after)
+        stack.callback(relay.close)
+        sockets.append((relay.listening, 0))
+
+    def exited(pid: int) -> None:
+        metrics.worker_gone(pid)
+        (folder / f"{pid}.sock").unlink(missing_ok=True)
+
+    return sockets, exited
 
 
 def _run_one(
-    config: Config, announce: bool, notify: Callable[[], None] | None = None
+    config: Config, announce: bool, notify: Callable[[], None] | None = None,
+    config_path: Path | None = None,
 ) -> int:
     from popbox import logs
     from popbox.server import metrics, privileges
@@ -84,6 +132,7 @@ def _run_one(
     except ImportError:
         pass
     ctx = ServerContext.create(config, build(config))
+    ctx.config_path = config_path
     metrics_server = None
     if ctx.observe.metrics is not None and config.metrics.listen and not metrics.multiprocess():
         try:
@@ -123,7 +172,7 @@ def _run_one(
     _reuse_big_buffers()
     try:
         asyncio.run(serve(ctx, ready))
-    except privileges.PrivilegeError as exc:
+    except (privileges.PrivilegeError, AdminError) as exc:
         print(f"popbox: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -154,7 +203,7 @@ def _reuse_big_buffers() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    return run_server(load(args.config), announce=True)
+    return run_server(load(args.config), announce=True, config_path=args.config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -214,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import db, fetch, importer, lmtp  # db, lmtp, deliver, import, fetch
+    from popbox.cli import admin, db, fetch, importer, lmtp
 
+    admin.add_commands(sub)  # who, kick, reload, stats
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)

@@ -27,6 +27,15 @@ def database(config: Config) -> Database:
     )
 
 
+def users_file(config: Config) -> PasswdFile:
+    """The passdb and userdb of `auth.passwd_file`."""
+    return PasswdFile(
+        config.auth.passwd_file, config.auth.mail_location,
+        derive=config.auth.derive_credentials, secret=server_secret(config.auth.secret_file),
+        cache_ttl=config.auth.cache_ttl,
+    )
+
+
 def build(config: Config) -> Backends:
     uses_pg = "postgres" in (config.auth.backend, config.store.backend)
     db = database(config) if uses_pg else None
@@ -38,11 +47,7 @@ def build(config: Config) -> Backends:
             cache_ttl=config.auth.cache_ttl,
         )
     else:
-        users = PasswdFile(
-            config.auth.passwd_file, config.auth.mail_location,
-            derive=config.auth.derive_credentials, secret=server_secret(config.auth.secret_file),
-            cache_ttl=config.auth.cache_ttl,
-        )
+        users = users_file(config)
     store: MailStore
     if db is not None and config.store.backend == "postgres":
         store = PostgresStore(db, mark_seen=config.store.mark_seen,

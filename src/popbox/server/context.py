@@ -13,6 +13,7 @@ import os
 import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from popbox.auth.base import PassDB, UserDB
 from popbox.auth.oauth import TokenValidator
@@ -44,6 +45,7 @@ class ServerContext:
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
     observe: Observer = field(default_factory=lambda: Observer(Config()))
+    config_path: Path | None = None  # what `popbox reload` reads again
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -54,7 +56,7 @@ class ServerContext:
             initial=limits.penalty_initial, cap=limits.penalty_cap,
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
-        metrics = Metrics() if config.metrics.listen else None
+        metrics = Metrics() if config.metrics.listen or config.admin.socket else None
         return cls(config, backends, tls, penalties=penalties,
                    observe=Observer(config, metrics))
 

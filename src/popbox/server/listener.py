@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from popbox import logs
+from popbox.server import control
+from popbox.server.admin import WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
@@ -90,6 +94,9 @@ async def serve(
     log file."""
     listener = Listener(ctx)
     plain, implicit = await listener.start()
+    admin = admin_socket(ctx)
+    if admin is not None:
+        await admin.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,4 +110,20 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        if admin is not None:
+            await admin.close()
         await listener.shutdown()
+
+
+def admin_socket(ctx: ServerContext) -> WorkerAdmin | None:
+    """This process's admin socket: the configured one, or with several workers one in
+    the supervisor's folder (see server.admin)."""
+    section = ctx.config.admin
+    if section.socket is None:
+        return None
+    folder = os.environ.get(WORKER_DIR_ENV)
+    if folder:
+        path, group = Path(folder) / f"{os.getpid()}.sock", None
+    else:
+        path, group = section.socket, section.group
+    return WorkerAdmin(path, group, lambda request: control.handle(ctx, request))
