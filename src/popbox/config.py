@@ -43,6 +43,15 @@ def parse_address(value: str) -> tuple[str, int]:
     return (host if host not in ("", "*") else "", int(port_text))
 
 
+def check_loopback(listen: str, public: bool) -> None:
+    """Metrics on `listen`: refused on a non-loopback address unless `public`."""
+    host, _ = parse_address(listen)
+    loopback = host == "localhost" or (host != "" and ipaddress.ip_address(host).is_loopback)
+    if not loopback and not public:
+        raise ValueError(f"listen {listen!r} is not a loopback address; metrics would be "
+                         "public: set public = true if that is intended")
+
+
 def check_networks(value: list[str]) -> list[str]:
     for item in value:
         ipaddress.ip_network(item, strict=False)
@@ -288,6 +297,15 @@ class LmtpSection(_Section):
     timeout: Annotated[float, Field(gt=0)] = 300.0  # RFC 5321 §4.5.3.2: 5 minutes
     recipient_delimiter: str = ""  # e.g. "+": alice+lists@x is delivered to alice@x
     strip_domain: bool = False  # look recipients up by their local part only
+    # Prometheus /metrics of `popbox lmtp` (popbox_lmtp_deliveries_total), as [metrics]
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_loopback(value, public=False)
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -341,14 +359,8 @@ class MetricsSection(_Section):
 
     @model_validator(mode="after")
     def _loopback(self) -> MetricsSection:
-        if self.listen is None:
-            return self
-        host, _ = parse_address(self.listen)
-        loopback = host == "localhost" or (
-            host != "" and ipaddress.ip_address(host).is_loopback)
-        if not loopback and not self.public:
-            raise ValueError(f"listen {self.listen!r} is not a loopback address; metrics "
-                             "would be public: set public = true if that is intended")
+        if self.listen is not None:
+            check_loopback(self.listen, self.public)
         return self
 
 

@@ -97,7 +97,8 @@ def test_metrics_are_off_unless_configured_and_private_by_default(env: MailEnv) 
 
 
 async def test_one_command_in_every_sample_is_timed(env: MailEnv) -> None:
-    """popbox_command_seconds times one command in COMMAND_SAMPLE, counted per process."""
+    """popbox_command_seconds times one command in COMMAND_SAMPLE of a session; the first
+    session of a process starts with its first command."""
     config = env.config(metrics={"listen": "127.0.0.1:0"})
     noops = 3 * COMMAND_SAMPLE
     async with running_server(config) as (port, ctx):
@@ -113,6 +114,8 @@ async def test_one_command_in_every_sample_is_timed(env: MailEnv) -> None:
     text = generate_latest(metrics.registry).decode()
     commands = noops + 3  # USER, PASS, QUIT
     timed = [line for line in text.splitlines() if line.startswith("popbox_command_seconds_count")]
-    assert sum(float(line.split()[-1]) for line in timed) == commands // COMMAND_SAMPLE
+    expected = len(range(1, commands + 1, COMMAND_SAMPLE))  # commands 1, 17, 33, 49
+    assert sum(float(line.split()[-1]) for line in timed) == expected == 4
+    assert 'popbox_command_seconds_count{command="USER"} 1.0' in text
     noop_count = f'popbox_commands_total{{command="NOOP",result="ok"}} {float(noops)}'
     assert noop_count in text

@@ -69,13 +69,27 @@ async def _serve_lmtp(config: Config) -> None:
     from popbox.server.backends import build
 
     backends = build(config)
+    metrics_server = None
+    delivered = None
+    if config.lmtp.metrics_listen is not None:
+        from popbox.server.metrics import Metrics, MetricsServer
+
+        metrics = Metrics()
+        metrics_server = MetricsServer(config.lmtp.metrics_listen, metrics.registry)
+        deliveries = metrics.lmtp_deliveries
+
+        def delivered(status: str) -> None:
+            deliveries.labels(status).inc()
+
     server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
-                        _agent(config, backends))
+                        _agent(config, backends), delivered)
     bound = await server.start()
     _hand_over([b for b in bound if b.startswith("/")], config)
     privileges.drop(config.server.user, config.server.group, config.server.allow_root)
     for address in bound:
         print(f"popbox lmtp: listening on {address}", flush=True)
+    if metrics_server is not None:
+        print(f"popbox lmtp: metrics on port {metrics_server.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +99,8 @@ async def _serve_lmtp(config: Config) -> None:
     finally:
         await server.shutdown(config.limits.shutdown_grace)
         await close_backends(backends)
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 def _lmtp(args: argparse.Namespace) -> int:

@@ -4,13 +4,14 @@ sessions that `popbox who` lists and `popbox kick` ends.
 The `Observer` is the one object the session code reports to, at the points where it
 already logs: a connection opened, a login's result, a penalty, a TLS handshake, a store
 error, the logout. Each session gets a `SessionRecord`; the session calls its `command()`
-and `handled()` around every command and `replied()` with every reply. Those three do no
-more than plain integer arithmetic: the counts are folded into the Prometheus counters at
-logout, so a 10 KB RETR costs no metric call. `popbox_command_seconds` is sampled: one
-command in `COMMAND_SAMPLE` (counted over the whole process) is timed, from its dispatch
-to its reply being queued for the client (a RETR: the whole message), which keeps the
-clock out of most commands while every kind of command is still sampled in proportion to
-how often it is used.
+before every command, `failed()` for every -ERR and `timed()` after a command being
+timed. They do no more than plain integer arithmetic: the counts are folded into the
+Prometheus counters at logout, so a 10 KB RETR costs no metric call (measured with
+`bench.instructions`: one Python call per command is most of what this costs).
+`popbox_command_seconds` is sampled: every session times one command in `COMMAND_SAMPLE`,
+from its dispatch to its reply being queued for the client (a RETR: the whole message).
+Each new session starts at the next phase of that cycle, so sessions shorter than the
+cycle are sampled too, and every kind of command in proportion to how often it is used.
 
 Kicking a session cancels its task: the session answers `-ERR [SYS/TEMP]`, releases its
 maildrop lock and commits nothing (the same path as a shutdown), and its logout reason is
@@ -59,13 +60,14 @@ class Observed(Protocol):
 
 
 class SessionRecord:
-    __slots__ = ("_kind", "_observer", "_session", "_started", "_t0", "commands", "errors",
-                 "kicked", "listener", "mechanism", "peer", "since", "task", "tls",
-                 "tls_pending", "user")
+    __slots__ = ("_kind", "_observer", "_session", "_started", "commands", "countdown",
+                 "errors", "kicked", "listener", "mechanism", "peer", "since", "task", "timing",
+                 "tls", "tls_pending", "user")
 
     def __init__(self, observer: Observer, session: Observed, peer: str, listener: str,
-                 task: asyncio.Task[object] | None) -> None:
+                 task: asyncio.Task[object] | None, countdown: int = COMMAND_SAMPLE) -> None:
         self._observer = observer
+        self.countdown = countdown  # commands until the next one timed
         self._session = session
         self.peer = peer
         self.listener = listener
@@ -80,29 +82,28 @@ class SessionRecord:
         self.commands: dict[type, int] = {}
         self.errors: dict[type, int] = {}
         self._kind: type = ev.Noop
-        self._t0 = 0.0
+        self.timing = 0.0  # when the command being timed started (perf_counter), or 0
 
-    # --- per command: plain arithmetic only ---
+    # --- per command: one call, plain arithmetic ---
 
     def command(self, event: ev.Event) -> None:
+        """A command is about to be handled (the session then calls `timed()` when
+        `timing` is set, `failed()` for each -ERR)."""
         kind = self._kind = event.__class__
         commands = self.commands
         commands[kind] = commands.get(kind, 0) + 1
-        observer = self._observer
-        observer.countdown -= 1
-        if observer.countdown <= 0:
-            observer.countdown = COMMAND_SAMPLE
-            self._t0 = time.perf_counter()
+        self.countdown -= 1
+        if not self.countdown:
+            self.countdown = COMMAND_SAMPLE
+            self.timing = time.perf_counter()
 
-    def replied(self, reply: ev.Reply) -> None:
-        if reply.__class__ is ev.Err:
-            errors = self.errors
-            errors[self._kind] = errors.get(self._kind, 0) + 1
+    def failed(self) -> None:
+        errors = self.errors
+        errors[self._kind] = errors.get(self._kind, 0) + 1
 
-    def handled(self) -> None:
-        if self._t0:
-            self._observer.timed(self._kind, time.perf_counter() - self._t0)
-            self._t0 = 0.0
+    def timed(self) -> None:
+        self._observer.timed(self._kind, time.perf_counter() - self.timing)
+        self.timing = 0.0
 
     # --- for who ---
 
@@ -124,8 +125,7 @@ class Observer:
         self.config = config
         self.metrics = metrics
         self.sessions: dict[asyncio.Task[object] | None, SessionRecord] = {}
-        # Without metrics nothing is timed: the countdown does not run out.
-        self.countdown = COMMAND_SAMPLE if metrics is not None else 1 << 62
+        self._phase = 0  # where in the sampling cycle the next session starts
 
     def _current(self) -> SessionRecord | None:
         return self.sessions.get(asyncio.current_task())
@@ -137,7 +137,12 @@ class Observer:
         task = asyncio.current_task()
         name = getattr(transport, "get_extra_info", lambda _: None)("sockname")
         listener = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "local"
-        record = SessionRecord(self, session, peer, listener, task)
+        # Without metrics nothing is timed: the countdown does not run out.
+        countdown = 1 << 62
+        if self.metrics is not None:
+            self._phase = self._phase % COMMAND_SAMPLE + 1
+            countdown = self._phase
+        record = SessionRecord(self, session, peer, listener, task, countdown)
         self.sessions[task] = record
         if ssl_object is not None:
             record.tls = ssl_object.version() or "unknown"

@@ -100,7 +100,8 @@ class Session:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
                 self.record.command(event)
                 await self._handle(event)
-                self.record.handled()
+                if self.record.timing:
+                    self.record.timed()
                 if conn.state is State.CLOSED:
                     await self._flush()
                     return self._close_reason(event)
@@ -143,7 +144,8 @@ class Session:
         self._out.append(data)
 
     def _reply(self, reply: ev.Reply) -> None:
-        self.record.replied(reply)
+        if reply.__class__ is ev.Err:
+            self.record.failed()
         self._emit(self.conn.send(reply))
 
     async def _flush(self) -> None:
