@@ -65,7 +65,7 @@ def _hand_over(paths: list[str], config: Config) -> None:
 
 async def _serve_lmtp(config: Config) -> None:
     from popbox.lmtp.server import LmtpServer
-    from popbox.server import privileges
+    from popbox.server import privileges, sdnotify
     from popbox.server.backends import build
 
     backends = build(config)
@@ -90,12 +90,14 @@ async def _serve_lmtp(config: Config) -> None:
         print(f"popbox lmtp: listening on {address}", flush=True)
     if metrics_server is not None:
         print(f"popbox lmtp: metrics on port {metrics_server.port}", flush=True)
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
+        sdnotify.notify("STOPPING=1")
     finally:
         await server.shutdown(config.limits.shutdown_grace)
         await close_backends(backends)

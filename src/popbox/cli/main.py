@@ -40,6 +40,9 @@ def run_server(config: Config, announce: bool = False, config_path: Path | None 
         setup_logging(config.log)
 
         def report(resolved: Config) -> None:
+            from popbox.server import sdnotify
+
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
             if announce:
                 for host, port in resolved.addresses:
                     print(f"popbox: listening on {host or '0.0.0.0'}:{port}", flush=True)
@@ -76,7 +79,7 @@ def _supervisor_services(
     workers must not inherit (the metrics one first, with its port) and what to do when a
     worker exits."""
     from popbox import logs
-    from popbox.server import admin, metrics
+    from popbox.server import admin, metrics, sdnotify
 
     stack.enter_context(metrics.multiprocess_directory())  # before prometheus-client loads
     sockets: list[tuple[socket.socket, int]] = []
@@ -89,6 +92,8 @@ def _supervisor_services(
     stack.callback(os.environ.pop, admin.WORKER_DIR_ENV, None)
 
     def local(request: admin.Answer) -> admin.Answer | None:
+        if request.get("command") == "reload":
+            sdnotify.reloading()
         if request.get("command") != "stats":
             return None
         from prometheus_client import generate_latest
@@ -98,9 +103,12 @@ def _supervisor_services(
 
     def after(request: admin.Answer, answer: admin.Answer) -> None:
         """The workers took a reload: the supervisor's own log lines follow it."""
-        if request.get("command") == "reload" and answer.get("ok") and config_path:
+        if request.get("command") != "reload":
+            return
+        if answer.get("ok") and config_path:
             with contextlib.suppress(ConfigError, OSError):
                 logs.setup(load(config_path).log)
+        sdnotify.notify("READY=1")
     if config.admin.socket is not None:
         relay = admin.Relay(config.admin.socket, config.admin.group, folder, local, after)
         stack.callback(relay.close)
@@ -118,7 +126,7 @@ def _run_one(
     config_path: Path | None = None,
 ) -> int:
     from popbox import logs
-    from popbox.server import metrics, privileges
+    from popbox.server import metrics, privileges, sdnotify
     from popbox.server.backends import build
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
@@ -150,6 +158,17 @@ def _run_one(
         privileges.drop(server.user, server.group, server.allow_root)
         if notify is not None:
             notify()
+        else:  # the only process: it is what systemd waits for and watches
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                loop = asyncio.get_running_loop()
+
+                def ping() -> None:
+                    sdnotify.notify("WATCHDOG=1")
+                    loop.call_later(interval, ping)
+
+                ping()
         if announce:
             for host, port in plain:
                 print(f"popbox: listening on {host}:{port}", flush=True)

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from popbox import logs
 from popbox.auth.passwd_file import PasswdFile
 from popbox.config import Config, ConfigError, load, parse_address
+from popbox.server import sdnotify
+from popbox.server.admin import WORKER_DIR_ENV
 from popbox.server.backends import users_file
 from popbox.server.context import Backends, ServerContext
 from popbox.server.tls import TlsContexts
@@ -101,8 +105,19 @@ def stats(ctx: ServerContext) -> Answer:
 async def reload(ctx: ServerContext) -> Answer:
     if ctx.config_path is None:
         return {"ok": False, "error": "started without a configuration file"}
+    alone = WORKER_DIR_ENV not in os.environ  # else the supervisor tells systemd
+    if alone:
+        sdnotify.reloading()
     try:
-        new = await asyncio.to_thread(load, ctx.config_path)
+        return await _reload(ctx, ctx.config_path)
+    finally:
+        if alone:
+            sdnotify.notify("READY=1")
+
+
+async def _reload(ctx: ServerContext, path: Path) -> Answer:
+    try:
+        new = await asyncio.to_thread(load, path)
         prepared = await asyncio.to_thread(_prepare, ctx, new)
     except ConfigError as exc:
         log.error("reload refused, the old configuration stays: %s", str(exc).replace("\n", "; "))
@@ -111,7 +126,7 @@ async def reload(ctx: ServerContext) -> Answer:
     _apply(ctx, new, users)
     for item in restart:
         log.warning("reload: %s changed; it takes effect at the next restart", item)
-    log.info("configuration reloaded from %s", ctx.config_path)
+    log.info("configuration reloaded from %s", path)
     return {"ok": True, "restart": restart}
 
 

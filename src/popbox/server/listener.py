@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import logs
-from popbox.server import control
+from popbox.server import control, sdnotify
 from popbox.server.admin import WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
@@ -107,6 +107,7 @@ async def serve(
         ready(plain, implicit)
     try:
         await stop.wait()
+        sdnotify.notify("STOPPING=1")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)

@@ -15,11 +15,13 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 from popbox import logs
 from popbox.config import Config, parse_address
+from popbox.server import sdnotify
 
 log = logging.getLogger("popbox")
 
@@ -53,6 +55,21 @@ def resolve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
 
 
 Notify = Callable[[], None]
+
+
+def _watchdog(healthy: Callable[[], bool]) -> None:
+    """systemd's watchdog: ping from a thread while `healthy()` (every worker is running)."""
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return
+
+    def run() -> None:
+        while True:
+            if healthy():
+                sdnotify.notify("WATCHDOG=1")
+            time.sleep(interval)
+
+    threading.Thread(target=run, name="watchdog", daemon=True).start()
 
 
 def supervise(
@@ -96,6 +113,8 @@ def supervise(
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if not stopping:
+            sdnotify.notify("STOPPING=1")
         stopping = True
         for pid in children:
             os.kill(pid, signal.SIGTERM)
@@ -121,6 +140,7 @@ def supervise(
     os.close(ready_r)
     if started == config.server.workers:
         ready(config)
+        _watchdog(lambda: not stopping and len(children) == config.server.workers)
     status = 0
     last_restart = 0.0
     while children:
