@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -185,3 +186,50 @@ async def test_an_unsafe_socket_folder_is_refused(env: MailEnv) -> None:
     assert "is writable by anyone" in err
     code, _, err = await popbox("who", "--config", str(env.config_file()))
     assert code == 2 and "admin.socket is not set" in err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_reload_adds_and_removes_listeners(env: MailEnv, workers: int) -> None:
+    env.put("alice", b"Subject: x\n\nbody\n")
+    settings = {"server": {"workers": workers}, "admin": {"socket": str(env.root / "admin.sock")}}
+    config = env.config_file(**settings)
+    server = ServerProcess(config)
+    try:
+        held = await Client.connect(server.port)
+        assert (await held.login()).startswith(b"+OK")
+        with socket.socket() as taken:  # a port something else listens on: refused, no change
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = f"127.0.0.1:{taken.getsockname()[1]}"
+            settings["server"] = {"workers": workers, "listen": ["127.0.0.1:0", busy]}
+            env.config_file(**settings)
+            code, _, err = await popbox("reload", "--config", str(config))
+            assert code == 1 and "cannot listen" in err
+        other = await Client.connect(server.port)
+        assert (await other.line()).startswith(b"+OK")
+        await other.close()
+        new_port = free_port()
+        settings["server"] = {"workers": workers, "listen": [f"127.0.0.1:{new_port}"]}
+        env.config_file(**settings)
+        code, out, err = await popbox("reload", "--config", str(config))
+        assert code == 0 and "not applied" not in out, err
+        client = await Client.connect(new_port)
+        assert (await client.login()).startswith(b"-ERR [IN-USE]")  # alice is held
+        await client.close()
+        with pytest.raises(ConnectionRefusedError):
+            await Client.connect(server.port)
+        # The session on the listener that is gone goes on, and commits.
+        assert await held.cmd("DELE 1") == b"+OK Message 1 deleted."
+        assert (await held.cmd("QUIT")).startswith(b"+OK")
+        await held.close()
+        assert env.messages("alice") == []
+    finally:
+        log = server.stop()
+    assert f"stopped listening on 127.0.0.1:{server.port}" in log

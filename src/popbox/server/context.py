@@ -12,6 +12,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class ServerContext:
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
     observe: Observer = field(default_factory=lambda: Observer(Config()))
     config_path: Path | None = None  # what `popbox reload` reads again
+    # Listen on exactly these (plain, implicit TLS) addresses; set by the listener.
+    rebind: Callable[[list[str], list[str]], Awaitable[tuple[list[str], list[str]]]] | None = None
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod

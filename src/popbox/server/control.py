@@ -1,14 +1,15 @@
 """What the admin socket's commands do in a serving process: who, kick, reload, stats.
 
 `reload` reads the configuration file again and applies, at once and for new logins,
-everything that can change while sessions go on: limits and penalties, the users file
+everything that can change while sessions go on: listeners, limits and penalties, the users file
 (read again now), TLS certificates (into the running TLS contexts, so the listeners keep
 their sockets), SASL mechanisms, the cleartext policy, proxy networks, greeting and
 logging. It checks everything first (the file, the users file, the certificates, the log
 target) and applies nothing if one is wrong, answering why; the old configuration keeps
-serving. What cannot change without a restart (listeners, workers, the privilege user,
-backends, the database, metrics and admin sockets, adding or removing TLS names) is
-named in the answer and keeps its old value.
+serving. Listeners are added and removed (the new ones bound first, all or none; sessions
+on a removed one go on). What cannot change without a restart (workers, the privilege
+user, backends, the database, metrics and admin sockets, turning TLS on or off, adding or
+removing TLS names) is named in the answer and keeps its old value.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ Answer = dict[str, Any]
 
 # (section, key) pairs only a restart applies; None: the whole section.
 RESTART: tuple[tuple[str, str | None], ...] = (
-    ("server", "listen"), ("server", "workers"), ("server", "user"), ("server", "group"),
-    ("server", "allow_root"), ("tls", "implicit"), ("auth", "backend"), ("store", None),
+    ("server", "workers"), ("server", "user"), ("server", "group"),
+    ("server", "allow_root"), ("auth", "backend"), ("store", None),
     ("postgres", None), ("oauth", None), ("lmtp", None), ("metrics", None), ("admin", None),
 )
 
@@ -123,7 +124,20 @@ async def _reload(ctx: ServerContext, path: Path) -> Answer:
         log.error("reload refused, the old configuration stays: %s", str(exc).replace("\n", "; "))
         return {"ok": False, "error": str(exc)}
     users, restart = prepared
-    _apply(ctx, new, users)
+    listen, implicit = ctx.config.server.listen, ctx.config.tls.implicit
+    if ctx.rebind is not None and not (
+        _same_addresses(listen, new.server.listen) and _same_addresses(implicit, new.tls.implicit)
+    ):
+        if new.tls.implicit and ctx.tls is None:
+            restart.append("tls.implicit (TLS is off in the running server)")
+        else:
+            try:
+                listen, implicit = await ctx.rebind(new.server.listen, new.tls.implicit)
+            except OSError as exc:
+                error = f"cannot listen: {exc.strerror or exc}"
+                log.error("reload refused, the old configuration stays: %s", error)
+                return {"ok": False, "error": error}
+    _apply(ctx, new, users, listen, implicit)
     for item in restart:
         log.warning("reload: %s changed; it takes effect at the next restart", item)
     log.info("configuration reloaded from %s", path)
@@ -151,14 +165,16 @@ def _prepare(ctx: ServerContext, new: Config) -> tuple[PasswdFile | None, list[s
     return users, restart_needed(old, new)
 
 
-def _apply(ctx: ServerContext, new: Config, users: PasswdFile | None) -> None:
+def _apply(ctx: ServerContext, new: Config, users: PasswdFile | None, listen: list[str],
+           implicit: list[str]) -> None:
     old = ctx.config
     # What needs a restart keeps its old value, so the running process stays consistent.
     kept = new.model_copy(update={
         "server": new.server.model_copy(update={
-            key: getattr(old.server, key)
-            for key in ("listen", "workers", "user", "group", "allow_root")}),
-        "tls": new.tls.model_copy(update={"implicit": old.tls.implicit})
+            "listen": listen,
+            **{key: getattr(old.server, key)
+               for key in ("workers", "user", "group", "allow_root")}}),
+        "tls": new.tls.model_copy(update={"implicit": implicit})
         if ctx.tls is not None and new.tls.enabled and ctx.tls.compatible(new.tls) else old.tls,
         "auth": new.auth.model_copy(update={"backend": old.auth.backend}),
         **{key: getattr(old, key)

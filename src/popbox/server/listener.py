@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import logs
+from popbox.config import parse_address
 from popbox.server import control, sdnotify
 from popbox.server.admin import WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
@@ -28,10 +29,18 @@ log = logging.getLogger("popbox")
 Address = tuple[str, int]
 
 
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+Key = tuple[str, int, bool]  # host, port, implicit TLS
+
+
 class Listener:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server] = []  # every one ever opened, for shutdown
+        self._open_now: dict[Key, tuple[asyncio.Server, list[Address]]] = {}
 
     def _open(self, io: SessionIO) -> None:
         task = asyncio.get_running_loop().create_task(Session(self.ctx, io).run())
@@ -43,6 +52,8 @@ class Listener:
         return SessionIO(self._open, config.server.proxy_networks, config.limits.login_timeout)
 
     async def _bind(self, host: str, port: int, tls: ssl.SSLContext | None) -> list[Address]:
+        if (host, port, tls is not None) in self._open_now:
+            return self._open_now[host, port, tls is not None][1]
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             self._protocol, host or None, port,
@@ -56,7 +67,43 @@ class Listener:
                 name = sock.getsockname()
                 bound.append((name[0], name[1]))
                 log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
+        self._open_now[host, port, tls is not None] = (server, bound)
         return bound
+
+    async def rebind(self, listen: list[str], implicit: list[str]) -> tuple[list[str], list[str]]:
+        """Listen on exactly these addresses: open the new ones (all or none: an address
+        that cannot be bound raises OSError and nothing changes), stop listening on the
+        others; sessions go on. An address with port 0 that the running server listens on
+        already stays as it is. Returns the addresses as now bound (host:port)."""
+        wanted: list[Key] = []
+        for items, secure in ((listen, False), (implicit, True)):
+            for item in items:
+                host, port = parse_address(item)
+                if port == 0:
+                    port = next((p for (h, p, s) in self._open_now if h == host and s == secure),
+                                0)
+                wanted.append((host, port, secure))
+        added: list[Key] = []
+        try:
+            for host, port, secure in wanted:
+                if (host, port, secure) not in self._open_now:
+                    tls = self.ctx.tls.context if secure and self.ctx.tls is not None else None
+                    await self._bind(host, port, tls)
+                    added.append((host, port, secure))
+        except OSError:
+            for key in added:
+                self._open_now.pop(key)[0].close()
+            raise
+        for key in list(self._open_now):
+            if key not in wanted:
+                server, bound = self._open_now.pop(key)
+                server.close()
+                for host, port in bound:
+                    log.info("stopped listening on %s:%d%s", host, port,
+                             " (TLS)" if key[2] else "")
+        plain = [_format(h, p) for (h, p, s) in wanted if not s]
+        secure_items = [_format(h, p) for (h, p, s) in wanted if s]
+        return plain, secure_items
 
     async def start(self) -> tuple[list[Address], list[Address]]:
         """Bind every configured address: (plain POP3 addresses, POP3S addresses)."""
@@ -94,6 +141,7 @@ async def serve(
     log file."""
     listener = Listener(ctx)
     plain, implicit = await listener.start()
+    ctx.rebind = listener.rebind
     admin = admin_socket(ctx)
     if admin is not None:
         await admin.start()
