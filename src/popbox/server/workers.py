@@ -94,7 +94,8 @@ def supervise(
         if pid == 0:
             for sock in (*reserved, *not_inherited):
                 sock.close()
-            os.close(ready_r)
+            if ready_r >= 0:  # closed already when a worker is started again
+                os.close(ready_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGUSR1, lambda _signum, _frame: logs.reopen())
@@ -138,6 +139,7 @@ def supervise(
             break
         started += len(got)
     os.close(ready_r)
+    ready_r = -1
     if started == config.server.workers:
         ready(config)
         _watchdog(lambda: not stopping and len(children) == config.server.workers)
