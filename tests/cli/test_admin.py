@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -233,3 +234,37 @@ async def test_reload_adds_and_removes_listeners(env: MailEnv, workers: int) -> 
     finally:
         log = server.stop()
     assert f"stopped listening on 127.0.0.1:{server.port}" in log
+
+
+async def test_a_worker_started_after_a_reload_serves_the_new_configuration(
+    env: MailEnv,
+) -> None:
+    settings = {"server": {"workers": 2, "greeting": "old greeting"},
+                "admin": {"socket": str(env.root / "admin.sock")}}
+    config = env.config_file(**settings)
+    server = ServerProcess(config)
+    try:
+        settings["server"] = {"workers": 2, "greeting": "new greeting"}
+        env.config_file(**settings)
+        code, _, err = await popbox("reload", "--config", str(config))
+        assert code == 0, err
+        workers = children_of(server.proc.pid)
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        now = workers
+        for _ in range(200):
+            now = children_of(server.proc.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            await asyncio.sleep(0.05)
+        (replacement,) = now - workers
+        assert await asyncio.to_thread(
+            server.wait_log, f"popbox[{replacement}]: configuration reloaded")
+        clients = [await Client.connect(server.port) for _ in range(16)]
+        for client in clients:  # the kernel spreads them over both workers
+            assert await client.line() == b"+OK new greeting"
+        assert {s["worker"] for s in await who(config)} == now
+        for client in clients:
+            await client.close()
+    finally:
+        server.stop()

@@ -106,6 +106,7 @@ def _supervisor_services(
         if request.get("command") != "reload":
             return
         if answer.get("ok") and config_path:
+            (folder / admin.RELOADED).touch()
             with contextlib.suppress(ConfigError, OSError):
                 logs.setup(load(config_path).log)
         sdnotify.notify("READY=1")

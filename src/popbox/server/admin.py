@@ -10,8 +10,10 @@ admin group. Anyone else gets `permission denied` and a warning in the log.
 With `server.workers > 1` each worker answers on a socket of its own in a private folder
 the supervisor made, and the supervisor serves the configured socket: it passes every
 request to every worker and adds the answers up (sessions listed together, kicks summed,
-a reload refused if one worker refused it). `stats` is answered by whoever holds the sum
-of the metrics: the worker when there is one, otherwise the supervisor.
+a reload refused if one worker refused it). Once a reload has succeeded, a worker started
+later (after a crash) reloads the file itself before it serves. `stats` is answered by
+whoever holds the sum of the metrics: the worker when there is one, otherwise the
+supervisor.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("popbox")
 
 MAX_REQUEST = 4096
 WORKER_DIR_ENV = "POPBOX_ADMIN_DIR"
+RELOADED = "reloaded"  # in that folder once a reload succeeded: new workers reload too
 
 Answer = dict[str, Any]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from popbox import logs
 from popbox.config import parse_address
 from popbox.server import control, sdnotify
-from popbox.server.admin import WORKER_DIR_ENV, WorkerAdmin
+from popbox.server.admin import RELOADED, WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
@@ -145,6 +145,9 @@ async def serve(
     admin = admin_socket(ctx)
     if admin is not None:
         await admin.start()
+        folder = os.environ.get(WORKER_DIR_ENV)
+        if folder and (Path(folder) / RELOADED).exists():
+            await control.reload(ctx)  # a worker started after a reload catches up
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
