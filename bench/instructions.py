@@ -1,6 +1,7 @@
 """Instructions per RETR: popbox's RETR path counted with callgrind, free of timing noise.
 
     .venv/bin/python -m bench.instructions      # needs valgrind; about 2 minutes
+    .venv/bin/python -m bench.instructions --kib 1024 --messages 10   # ~1 MB messages
 
 On a machine whose speed changes from minute to minute, a 5% change in CPU per RETR is
 lost in the benchmark's noise. Instructions are not: callgrind counts the same total for
@@ -30,15 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import _Writer
+from popbox.backends import build
 from popbox.cli.main import _reuse_big_buffers
 from popbox.config import from_dict
-from popbox.server.backends import build
+from popbox.proto import wire
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
 
 MESSAGES = 300
-SCRIPT = [b"USER bench", b"PASS bench"] + [b"RETR %d" % i for i in range(1, MESSAGES + 1)]
+KIB = 10
+
+
+def script(messages: int) -> list[bytes]:
+    return [b"USER bench", b"PASS bench"] + [b"RETR %d" % i for i in range(1, messages + 1)]
 
 
 class _MemoryTransport:
@@ -88,7 +94,7 @@ class _MemoryTransport:
             self.loop.call_soon(self.protocol.data_received, self.lines[self.sent - 1] + b"\r\n")
 
 
-async def sessions(root: Path, count: int) -> None:
+async def sessions(root: Path, count: int, messages: int = MESSAGES) -> None:
     """A warm-up session, then `count` measured ones, on the maildir `maildir()` made."""
     config = from_dict({"auth": {"passwd_file": str(root / "users"),
                                  "mail_location": f"{root}/{{user}}/Maildir"}})
@@ -103,7 +109,7 @@ async def sessions(root: Path, count: int) -> None:
             task.add_done_callback(lambda _: done.set_result(None))
 
         io = SessionIO(start)
-        client = _MemoryTransport(io, [*SCRIPT, b"QUIT"])
+        client = _MemoryTransport(io, [*script(messages), b"QUIT"])
         io.connection_made(client)  # type: ignore[arg-type]
         await done
         if client.failed is not None or client.sent < len(client.lines):
@@ -116,20 +122,21 @@ async def sessions(root: Path, count: int) -> None:
         await one()
 
 
-def maildir(root: Path) -> None:
-    """User "bench" (password "bench") with MESSAGES messages of about 10 KB under `root`."""
+def maildir(root: Path, messages: int = MESSAGES, kib: int = KIB) -> None:
+    """User "bench" (password "bench") with `messages` messages of about `kib` KiB."""
     writer = _Writer(root, random.Random(1939))
     md = writer.maildir("bench")
-    for _ in range(MESSAGES):
-        writer.write(md, writer.message("bench", writer.rng.randint(9 * 1024, 11 * 1024)))
+    low, high = kib * 1024 * 9 // 10, kib * 1024 * 11 // 10
+    for _ in range(messages):
+        writer.write(md, writer.message("bench", writer.rng.randint(low, high)))
     (root / "users").write_text("bench:{PLAIN}bench::::::\n")
 
 
-def _count(root: Path, sessions: int) -> int:
+def _count(root: Path, sessions: int, messages: int) -> int:
     out = root / f"callgrind.{sessions}"
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-m", "bench.instructions", "--child", str(root), str(sessions)],
+         "-m", "bench.instructions", "--child", str(root), str(sessions), str(messages)],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
         env={**os.environ, "PYTHONHASHSEED": "0"},  # the same set and dict layouts each run
     )
@@ -141,27 +148,33 @@ def _count(root: Path, sessions: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
-    parser.add_argument("--child", nargs=2, metavar=("DIR", "SESSIONS"), help=argparse.SUPPRESS)
+    parser.add_argument("--messages", type=int, default=MESSAGES, help="per maildrop")
+    parser.add_argument("--kib", type=int, default=KIB, help="about this size each")
+    parser.add_argument("--child", nargs=3, metavar=("DIR", "SESSIONS", "MESSAGES"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _reuse_big_buffers()  # as `popbox serve` does
+        run = sessions(Path(args.child[0]), int(args.child[1]), int(args.child[2]))
         try:
             import uvloop
         except ImportError:
-            asyncio.run(sessions(Path(args.child[0]), int(args.child[1])))
+            asyncio.run(run)
         else:
-            uvloop.run(sessions(Path(args.child[0]), int(args.child[1])))
+            uvloop.run(run)
         return 0
     if shutil.which("valgrind") is None:
         print("bench.instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="popbox-instructions-") as tmp:
         root = Path(tmp)
-        maildir(root)
-        one, three = _count(root, 1), _count(root, 3)
-    per_retr = (three - one) / (2 * MESSAGES)
-    print(f"{per_retr:,.0f} instructions per RETR of a ~10 KB message "
-          f"(user space; login and QUIT spread over {MESSAGES} RETRs)")
+        maildir(root, args.messages, args.kib)
+        one, three = _count(root, 1, args.messages), _count(root, 3, args.messages)
+    per_retr = (three - one) / (2 * args.messages)
+    size = f"{args.kib // 1024} MB" if args.kib >= 1024 else f"{args.kib} KB"
+    print(f"{per_retr:,.0f} instructions per RETR of a ~{size} message "
+          f"(user space; login and QUIT spread over {args.messages} RETRs; "
+          f"{wire.KERNEL_NAME} wire kernel)")
     return 0
 
 

@@ -6,7 +6,8 @@
 One input drives, by its first byte, one of: the POP3 server core (fed in pieces, in both
 states, answering every event), the PROXY protocol parser, the message encoder with TOP,
 or a SASL mechanism exchange. Anything but a clean run is a finding: the core may only
-produce events, never raise.
+produce events, never raise; and the compiled wire kernel, where it was built, must give
+the same bytes as the Python one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    from popbox.proto import _native, proxy, sasl, wire
     from popbox.proto import events as ev
-    from popbox.proto import proxy, sasl
+    from popbox.proto.commands import Shape, reply_shape
     from popbox.proto.sasl_cram import CramMd5
     from popbox.proto.sasl_oauth import OAuthBearer, XOAuth2
     from popbox.proto.sasl_scram import Scram
@@ -38,16 +40,27 @@ def server_core(fdp: atheris.FuzzedDataProvider) -> None:
         while (event := conn.next_event()) is not ev.NEED_DATA:
             assert event is not ev.PAUSED
             if isinstance(event, ev.Auth) and event.mechanism and fdp.ConsumeBool():
-                conn.send(ev.Challenge(b""))
+                conn.send(ev.Continuation(b""))
+            elif fdp.ConsumeBool():
+                conn.send(ev.Err("no"))
             else:
-                conn.send(ev.Err("no") if fdp.ConsumeBool() else ev.Ok())
+                conn.send(ev.Ok())
+                multi = (Shape.LISTING, Shape.MESSAGE)
+                if isinstance(event, ev.Command) and reply_shape(event) in multi:
+                    conn.send(ev.End())
             if conn.state is State.CLOSED:
                 return
 
 
-def wire(fdp: atheris.FuzzedDataProvider) -> None:
+def encoding(fdp: atheris.FuzzedDataProvider) -> None:
     lines = fdp.ConsumeIntInRange(0, 5)
+    start = fdp.ConsumeBool()
     message = fdp.ConsumeBytes(fdp.remaining_bytes())
+    for flag in (False, True):
+        assert wire.kernel.encode(message, start, flag) == _native.encode(message, start, flag)
+    assert wire.kernel.octets(message) == _native.octets(message)
+    assert wire.kernel.to_lf(message) == _native.to_lf(message)
+    assert wire.kernel.unstuff(message, start) == _native.unstuff(message, start)
     encoder, counter, top = MessageEncoder(), SizeCounter(), TopFilter(lines)
     out = b"".join(encoder.feed(top.feed(message[i : i + 7])) for i in range(0, len(message), 7))
     out += encoder.finish()
@@ -84,7 +97,7 @@ def test_one(data: bytes) -> None:
         case 1:
             proxy.parse(fdp.ConsumeBytes(fdp.remaining_bytes()))
         case 2:
-            wire(fdp)
+            encoding(fdp)
         case _:
             mechanism(fdp)
 

@@ -4,7 +4,9 @@ tests, started the way bench/servers.py starts the benchmark's: ``dovecot -F -c 
 dir: base_dir, state_dir and log there, ``protocols = pop3``, a POP3 listener (STLS
 offered) and a POP3S listener on 127.0.0.1 only, a passwd-file as passdb and userdb,
 ``pop3_lock_session = yes``, mail processes as uid/gid 65534, and no fixed delay before
-answering a failed login. Dovecot's master must start as root; the folder is
+answering a failed login. With ``lmtp=True`` it also runs Dovecot's LMTP server
+(dovecot-lmtpd, RFC 2033) on a loopback port and on the Unix socket ``run/lmtp``,
+delivering into the same Maildirs. Dovecot's master must start as root; the folder is
 world-readable so that its unprivileged processes reach the mail.
 """
 
@@ -50,7 +52,9 @@ def free_port() -> int:
 
 
 class Dovecot:
-    def __init__(self, cert: bytes, key: bytes) -> None:
+    def __init__(self, cert: bytes, key: bytes, *, lmtp: bool = False) -> None:
+        self.lmtp = lmtp
+        self.lmtp_port = 0
         self.root = Path(tempfile.mkdtemp(prefix="popbox-test-dovecot-"))
         self.root.chmod(0o755)
         self.cert, self.key = self.root / "cert.pem", self.root / "key.pem"
@@ -68,7 +72,27 @@ class Dovecot:
         self.proc: subprocess.Popen[bytes] | None = None
         self._counter = 0
 
+    @property
+    def lmtp_socket(self) -> Path:
+        return self.root / "run" / "lmtp"
+
     def config_text(self) -> str:
+        return self._pop3_text() + (self._lmtp_text() if self.lmtp else "")
+
+    def _lmtp_text(self) -> str:
+        return f"""protocols = $protocols lmtp
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+"""
+
+    def _pop3_text(self) -> str:
         return f"""# a private Dovecot for popbox's client tests, on 127.0.0.1 only
 base_dir = {self.root}/run
 state_dir = {self.root}/state
@@ -119,6 +143,8 @@ service imap-login {{
 
     def start(self) -> None:
         self.port, self.tls_port = free_port(), free_port()
+        if self.lmtp:
+            self.lmtp_port = free_port()
         for sub in ("run", "state"):
             (self.root / sub).mkdir(mode=0o755, exist_ok=True)
         conf = self.root / "dovecot.conf"

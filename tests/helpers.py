@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from popbox.backends import build
 from popbox.config import Config, from_dict
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.server.listener import Listener
 

@@ -37,7 +37,7 @@ import asyncpg
 import pytest
 
 from helpers import MailEnv, PopboxProcess
-from popbox.store import pg_schema
+from popbox.pg import schema as pg_schema
 
 T = TypeVar("T")
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -25,3 +25,12 @@ async def test_a_failing_reply_stops_the_run(tmp_path: Path) -> None:
     (tmp_path / "users").write_text("bench:{PLAIN}other::::::\n")  # PASS is refused
     with pytest.raises(RuntimeError, match="session ended after 2 commands"):
         await sessions(tmp_path, 1)
+
+
+async def test_message_count_and_size_are_options(tmp_path: Path) -> None:
+    maildir(tmp_path, messages=2, kib=1024)
+    md = tmp_path / "bench" / "Maildir"
+    sizes = [p.stat().st_size for p in (md / "new").iterdir()]
+    assert len(sizes) == 2 and all(900 * 1024 < size < 1200 * 1024 for size in sizes)
+    await sessions(tmp_path, 1, messages=2)
+    assert len(list((md / "cur").iterdir())) == 2

@@ -20,10 +20,10 @@ import trustme
 
 from helpers import MailEnv, crlf, running_server, server_process
 from popbox import client
+from popbox.backends import build
 from popbox.client import PopClient
 from popbox.config import Config
 from popbox.proto.types import MsgNo
-from popbox.server.backends import build
 from popbox.server.context import ServerContext
 from popbox.server.listener import Listener
 
@@ -405,3 +405,47 @@ async def test_no_plaintext_password_to_a_remote_host_without_tls() -> None:
     assert b"secret" not in writer.data
     pop, writer = await memory_client("::ffff:127.0.0.1", b"+OK hi\r\n" + capa + b"+OK\r\n")
     assert await pop.login("alice", "secret") == "PLAIN"
+
+
+async def test_connect_is_a_context_manager_and_quits(mail: MailEnv) -> None:
+    """`async with connect(...)` without `await`: QUIT on the way out commits the DELE
+    (RFC 1939 §6); `await connect(...)` still gives a client to manage by hand."""
+    async with running_server(mail.config()) as (port, _):
+        async with client.connect("127.0.0.1", port, tls="none", timeout=TIMEOUT) as pop:
+            await pop.user_pass("alice", "secret")
+            await pop.dele(1)
+        assert pop.closed
+        pop = await client.connect("127.0.0.1", port, tls="none", timeout=TIMEOUT)
+        await pop.user_pass("alice", "secret")
+        assert await pop.stat() == (2, sum(len(crlf(m.replace(b"\r\n", b"\n")))
+                                           for m in MESSAGES[1:]))
+        pop.close()
+
+
+async def test_refused_commands_are_client_errors(mail: MailEnv) -> None:
+    """A user name with a line break (RFC 1939 §3: it would be a second command) or a
+    command in the wrong state is refused before anything is sent, as a PopUsageError;
+    the session goes on."""
+    async with running_server(mail.config()) as (port, _), await plain(port) as pop:
+        with pytest.raises(client.PopUsageError):
+            await pop.user_pass("alice\r\nDELE 1", "secret")
+        with pytest.raises(client.PopUsageError):
+            await pop.stat()  # not logged in
+        await pop.user_pass("alice", "secret")
+        assert (await pop.stat())[0] == 3
+
+
+def test_login_strategy() -> None:
+    """SCRAM-SHA-256 > SCRAM-SHA-1 > CRAM-MD5 > PLAIN > USER/PASS from CAPA; a server
+    without CAPA gets USER/PASS; a plaintext-only server without TLS is refused
+    (RFC 8314 §5 spirit), and one offering nothing known is unsupported."""
+    from popbox.client.login import USER_PASS, choose
+
+    sasl = {"SASL": ["PLAIN", "CRAM-MD5", "SCRAM-SHA-1"], "USER": []}
+    assert choose(sasl, plaintext_ok=False, server="s") == "SCRAM-SHA-1"
+    assert choose({"SASL": ["PLAIN"], "USER": []}, plaintext_ok=True, server="s") == "PLAIN"
+    assert choose({}, plaintext_ok=True, server="s") == USER_PASS
+    with pytest.raises(client.PopPlaintextRefused):
+        choose({"SASL": ["PLAIN"], "USER": []}, plaintext_ok=False, server="s")
+    with pytest.raises(client.PopUnsupportedError):
+        choose({"SASL": ["GSSAPI"]}, plaintext_ok=True, server="s")

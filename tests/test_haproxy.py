@@ -103,7 +103,7 @@ def cluster(pg_dsn: str, tmp_path: Path) -> Iterator[Cluster]:
 
 
 async def new_user(dsn: str, messages: int) -> str:
-    from popbox.store.pg_pool import Database
+    from popbox.pg.pool import Database
     from popbox.store.postgres import PostgresStore
 
     user = f"u{uuid.uuid4().hex[:10]}@example.org"
@@ -111,7 +111,7 @@ async def new_user(dsn: str, messages: int) -> str:
     store = PostgresStore(Database(dsn, max_size=1))
     for n in range(messages):
         assert await store.deliver(user, f"Subject: {n}\n\nbody {n}\n".encode()) is None
-    await store.close()
+    await store.aclose()
     return user
 
 

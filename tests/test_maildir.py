@@ -8,6 +8,7 @@ then checking that the second open still lists the cached sizes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
@@ -16,15 +17,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from popbox.proto.types import Uidl, is_valid_uidl
+from popbox.proto.types import Index, Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
 from popbox.store import maildir_cache, maildir_listing
-from popbox.store.base import CommitReport, Failure, MessageGone
+from popbox.store.base import GONE, CommitReport, Failure, Gone, read_message
 from popbox.store.maildir import LOCK_NAME, MaildirDrop, MaildirStore
 
 POSTFIX = "1700000000.V801I2bM3.mx"
@@ -87,8 +89,19 @@ async def opened(store: MaildirStore, root: Path) -> MaildirDrop:
     return drop
 
 
-async def read_all(drop: MaildirDrop, index: int) -> bytes:
-    return b"".join([chunk async for chunk in drop.read(index)])
+async def read_all(drop: MaildirDrop, index: int) -> bytes | Gone:
+    return await read_message(drop, Index(index))
+
+
+async def chunk_list(drop: MaildirDrop, index: int) -> list[bytes]:
+    """The chunks message `index` is read in."""
+    reader = await drop.open_message(Index(index))
+    assert not isinstance(reader, Gone)
+    chunks = [await reader.next()]
+    while not reader.done:
+        chunks.append(await reader.next())
+    reader.close()
+    return [chunk for chunk in chunks if chunk]
 
 
 async def listing(root: Path, store: MaildirStore | None = None) -> list[tuple[str, int]]:
@@ -148,6 +161,35 @@ async def test_read_finds_a_file_renamed_during_the_session(maildir: Path) -> No
     assert await read_all(drop, 0) == MSG_A
     assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=1)
     assert names(maildir, "cur") == [f"{POSTFIX}:2,ST"]
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_finding_a_renamed_file_is_done_off_the_event_loop(maildir: Path) -> None:
+    """A RETR of a file where the snapshot saw it opens it on the loop, with no thread hop;
+    a RETR of a renamed one lists cur/ and new/ in a worker thread, never on the loop (in
+    a 100,000-message maildrop that listing would stall every session)."""
+    for i in range(3):
+        put(maildir / "new" / f"1700000{i:03d}.M1P{i}.host", MSG_A)
+    drop = await opened(MaildirStore(), maildir)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    assert await read_all(drop, 0) == MSG_A
+    assert executor.calls == 0
+    os.rename(maildir / "new" / "1700000001.M1P1.host", maildir / "cur" / "1700000001.M1P1.host:2,")
+    assert await read_all(drop, 1) == MSG_A
+    assert executor.calls == 1
+    await drop.release()
 
 
 async def test_unusable_bases_get_stable_hashed_uidls(maildir: Path) -> None:
@@ -591,17 +633,17 @@ async def test_the_listing_follows_the_uidl_import_setting_and_file(maildir: Pat
     dovecot = MaildirStore(uidl_import="dovecot")
     size = wire_size(MSG_A)
     for _ in range(2):
-        assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+        assert await listing(maildir, dovecot) == [("000000074c0907b0", size)]
         assert await listing(maildir) == [(POSTFIX, size)]
-    assert await listing(maildir, dovecot) == [("000000074C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000074c0907b0", size)]
     uidlist.write_bytes(f"1 1275660208 9\n8 {POSTFIX}:2,\n".encode())
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     then = time.time_ns() - 3_600_000_000_000
     os.utime(uidlist, ns=(then, then))
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     assert stored(maildir)[0].trusted
     listing_id = file_id(maildir / LISTING)
-    assert await listing(maildir, dovecot) == [("000000084C0907B0", size)]
+    assert await listing(maildir, dovecot) == [("000000084c0907b0", size)]
     assert file_id(maildir / LISTING) == listing_id  # served from the cache
     uidlist.unlink()
     assert await listing(maildir, dovecot) == [(POSTFIX, size)]
@@ -617,7 +659,7 @@ async def test_an_imported_uidl_file_changed_within_two_seconds_is_read_again(
     put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
     age(maildir)
     dovecot = MaildirStore(uidl_import="dovecot")
-    correct = [("000000074C0907B0", wire_size(MSG_A))]
+    correct = [("000000074c0907b0", wire_size(MSG_A))]
     assert await listing(maildir, dovecot) == correct
     state, complete = stored(maildir)
     mtime = state.stats[10]  # the imported-UIDL file: (inode, size, mtime, ctime)
@@ -758,7 +800,7 @@ async def test_nul_bytes_and_a_megabyte_line_come_back_intact(maildir: Path) -> 
         assert await store.deliver(str(maildir), message) is None
     drop = await opened(store, maildir)
     assert [m.size for m in drop.messages] == [wire_size(m) for m in messages]
-    chunks = [chunk async for chunk in drop.read(1)]
+    chunks = await chunk_list(drop, 1)
     assert len(chunks) > 1 and b"".join(chunks) == messages[1]
     assert await read_all(drop, 0) == messages[0]
     await drop.release()
@@ -782,7 +824,7 @@ async def test_large_files_read_whole_from_the_page_cache_or_the_disk(
     with path.open("rb") as f:
         os.fsync(f.fileno())
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # drop the cached pages
-    chunks = [chunk async for chunk in drop.read(0)]
+    chunks = await chunk_list(drop, 0)
     assert b"".join(chunks) == message
     assert all(len(chunk) <= 256 * 1024 for chunk in chunks)
     await drop.release()
@@ -829,8 +871,7 @@ async def test_commit_follows_renames_and_counts_vanished(maildir: Path) -> None
     drop = await opened(MaildirStore(), maildir)
     os.unlink(maildir / "new" / "1700000001.M1P1.m")  # another agent expunged it
     os.rename(maildir / "new" / "1700000002.M1P1.m", maildir / "cur" / "1700000002.M1P1.m:2,T")
-    with pytest.raises(MessageGone):
-        await read_all(drop, 1)
+    assert await read_all(drop, 1) == GONE
     report = await drop.commit({0, 1, 2}, {3})
     assert report == CommitReport(deleted=2, missing=1, flagged=1)
     assert names(maildir, "new") == [] and names(maildir, "cur") == ["1700000003.M1P1.m:2,S"]
@@ -859,7 +900,7 @@ async def test_dovecot_uidlist_import(maildir: Path) -> None:
         + b"garbage line\n",
     )
     imported = await listing(maildir, MaildirStore(uidl_import="dovecot"))
-    assert [u for u, _ in imported] == ["from-the-old-server", "000000194C0907B0", COURIER]
+    assert [u for u, _ in imported] == ["from-the-old-server", "000000194c0907b0", COURIER]
     assert [u for u, _ in await listing(maildir)] == [POSTFIX, DOVECOT, COURIER]
 
 
@@ -867,7 +908,7 @@ async def test_dovecot_uidlist_version_1(maildir: Path) -> None:
     put(maildir / "cur" / f"{POSTFIX}:2,S", MSG_A)
     put(maildir / "dovecot-uidlist", f"1 1275660208 8\n7 {POSTFIX}:2,\n".encode())
     assert await listing(maildir, MaildirStore(uidl_import="dovecot")) == [
-        ("000000074C0907B0", wire_size(MSG_A))
+        ("000000074c0907b0", wire_size(MSG_A))
     ]
 
 
@@ -891,3 +932,72 @@ async def test_unusable_migration_files_import_nothing(maildir: Path, kind: str)
     put(maildir / "courierpop3dsizelist", b"/9 1 1\nx 1 1:1\n")
     store = MaildirStore(uidl_import=kind)  # type: ignore[arg-type]
     assert await listing(maildir, store) == [(POSTFIX, wire_size(MSG_A))]
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the work sent to its threads."""
+
+    submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and directory under `root` (but the lock): inode, mtime, ctime."""
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        if path.name != LOCK_NAME:
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+async def test_commit_of_messages_read_already_seen_touches_nothing(maildir: Path) -> None:
+    """RFC 1939 §6: QUIT after RETR of messages already in cur/ with the S flag (a client
+    that leaves mail on the server) has nothing to change: no file or directory changes
+    (names, inodes, mtimes, ctimes) and no work goes to a thread. A message not yet seen
+    among them is still renamed, in a thread."""
+    for i in range(5):
+        put(maildir / "cur" / f"170000000{i}.M1P1.m:2,S", b"%d\n" % i)
+    put(maildir / "cur" / "1700000009.M1P1.m:2,RS", b"9\n")
+    put(maildir / "new" / "1700000010.M1P1.n", b"new\n")
+    await listing(maildir)  # the listing cache written: later opens write nothing
+    executor = _CountingExecutor(max_workers=1)
+    asyncio.get_running_loop().set_default_executor(executor)
+    store = MaildirStore()
+
+    before = tree_state(maildir)
+    drop = await opened(store, maildir)
+    read = [i for i, m in enumerate(drop.messages) if m.size == 3]  # the six seen ones
+    assert len(read) == 6
+    for i in read:
+        await read_all(drop, i)
+    submitted = executor.submitted
+    assert await drop.commit(set(), set(read)) == CommitReport(deleted=0, missing=0, flagged=6)
+    assert executor.submitted == submitted  # no trip to a thread: no rename, stat, fsync
+    assert tree_state(maildir) == before
+
+    drop = await opened(store, maildir)  # the same with the unseen message among them
+    for i in range(len(drop.messages)):
+        await read_all(drop, i)
+    submitted = executor.submitted
+    report = await drop.commit(set(), set(range(len(drop.messages))))
+    assert report == CommitReport(deleted=0, missing=0, flagged=7)
+    assert executor.submitted == submitted + 1
+    assert names(maildir, "new") == []
+    assert "1700000010.M1P1.n:2,S" in names(maildir, "cur")
+    after = tree_state(maildir)
+    assert after != before
+    assert {k: v for k, v in after.items() if ".m:2," in k} == {
+        k: v for k, v in before.items() if ".m:2," in k}  # the seen files left alone
+
+
+async def test_a_seen_message_that_was_not_read_is_still_checked(maildir: Path) -> None:
+    """Only a message opened in this session is known to be in place; one that was not
+    is looked for at commit, and counted missing if it is gone."""
+    put(maildir / "cur" / "1700000000.M1P1.m:2,S", b"0\n")
+    drop = await opened(MaildirStore(), maildir)
+    os.unlink(maildir / "cur" / "1700000000.M1P1.m:2,S")
+    assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=1, flagged=0)

@@ -341,3 +341,19 @@ def test_concurrent_edits_are_serialized(tmp_path: Path) -> None:
     assert len(names) == workers * each
     assert set(names) == {f"w{n}-{i}" for n in range(workers) for i in range(each)}
     assert path.read_text().startswith("# shared\n")
+
+
+async def test_a_users_file_that_is_a_symlink_is_refused(users: Path, tmp_path: Path) -> None:
+    """open(2) with O_NOFOLLOW: a users file replaced by a link (here to a copy of the
+    real one) is neither read nor edited through; every login fails as temporary."""
+    link = tmp_path / "linked-users"
+    link.symlink_to(users)
+    db = PasswdFile(link, TEMPLATE)
+    assert await db.verify("plain", Secret(b"plain-pw")) is Verdict.TEMPORARY
+    assert any("cannot read" in problem for problem in db.check())
+    before = users.read_bytes()
+    with pytest.raises(OSError):
+        set_password(link, "plain", "{PLAIN}new")
+    assert users.read_bytes() == before
+    with pytest.raises(OSError):
+        list_users(link)

@@ -17,7 +17,7 @@ from popbox.auth import schemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
 from popbox.auth.postgres import PostgresUsers
 from popbox.cli.main import main
-from popbox.store.pg_pool import Database
+from popbox.pg.pool import Database
 
 pytest_plugins = ["pg"]
 

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import Client, MailEnv, ServerProcess
 from pg import add_user, fetch, free_port, fresh_database, pg_config
-from popbox.store.pg_pool import Database
+from popbox.pg.pool import Database
 from popbox.store.postgres import PostgresStore
 
 pytest_plugins = ["pg"]
@@ -42,7 +42,7 @@ async def alice(pg_dsn: str) -> AsyncIterator[str]:
     store = PostgresStore(Database(pg_dsn, max_size=2))
     for message in MESSAGES:
         assert await store.deliver(user, message) is None
-    await store.close()
+    await store.aclose()
     yield user
 
 

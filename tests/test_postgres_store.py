@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pg import fetch, free_port, fresh_database_async
+from popbox.pg.pool import Database
+from popbox.pg.schema import LOCK_NAMESPACE
+from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
-from popbox.store.base import CommitReport, Failure
-from popbox.store.pg_pool import Database
-from popbox.store.pg_schema import LOCK_NAMESPACE
+from popbox.store.base import CommitReport, Failure, Gone
 from popbox.store.postgres import PostgresDrop, PostgresStore
 
 MESSAGE = b"Subject: hello\n\nbody\n"
@@ -28,7 +29,7 @@ pytest_plugins = ["pg"]
 async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
     made = PostgresStore(Database(pg_dsn, min_size=1, max_size=4))
     yield made
-    await made.close()
+    await made.aclose()
 
 
 def mailbox() -> str:
@@ -71,12 +72,12 @@ async def test_two_stores_exclude_each_other(store: PostgresStore, pg_dsn: str) 
         assert await store.open(location) is Failure.IN_USE
         await again.release()
     finally:
-        await second.close()
+        await second.aclose()
 
 
 CHILD = """
 import asyncio, sys
-from popbox.store.pg_pool import Database
+from popbox.pg.pool import Database
 from popbox.store.postgres import PostgresStore
 
 async def main():
@@ -152,7 +153,7 @@ async def test_commit_proves_the_lease_in_its_transaction(
         assert await drop.commit({0}, set()) is Failure.TEMPORARY
         await taken.release()
     finally:
-        await other.close()
+        await other.aclose()
     assert len((await opened(store, location)).messages) == 1
 
 
@@ -165,13 +166,18 @@ async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
         assert await store.deliver(location, big) is None
         drop = await opened(store, location)
         assert drop.messages[0].size == wire_size(big)
-        chunks = [chunk async for chunk in drop.read(0)]
+        reader = await drop.open_message(Index(0))
+        assert not isinstance(reader, Gone)
+        chunks = [await reader.next()]
+        while not reader.done:
+            chunks.append(await reader.next())
+        reader.close()
         assert b"".join(chunks) == big
         assert len(chunks) == -(-len(big) // (256 * 1024))
         assert max(len(chunk) for chunk in chunks) == 256 * 1024
         await drop.release()
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_mark_seen_off(pg_dsn: str) -> None:
@@ -182,7 +188,7 @@ async def test_mark_seen_off(pg_dsn: str) -> None:
         drop = await opened(store, location)
         assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=0)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_database_down_is_temporary() -> None:
@@ -190,7 +196,7 @@ async def test_database_down_is_temporary() -> None:
     store = PostgresStore(Database(dead, connect_timeout=2))
     assert await store.open("alice") is Failure.TEMPORARY
     assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
-    await store.close()
+    await store.aclose()
 
 
 async def test_unusable_location_is_permanent(store: PostgresStore) -> None:
@@ -203,5 +209,34 @@ async def test_old_schema_is_refused(pg_server: str) -> None:
         store = PostgresStore(Database(empty))
         assert await store.open("alice") is Failure.TEMPORARY
         assert await store.deliver("alice", MESSAGE) is Failure.TEMPORARY
-        await store.close()
+        await store.aclose()
 
+
+
+async def test_messages_already_seen_get_no_update(store: PostgresStore, pg_dsn: str) -> None:
+    """RFC 1939 §6: a QUIT after retrieving messages that were already seen writes
+    nothing: no row gets a new version (its xmin, the transaction that wrote it, stays);
+    a message not seen yet among them is still marked."""
+    location = mailbox()
+    for _ in range(3):
+        assert await store.deliver(location, MESSAGE) is None
+
+    async def versions() -> list[tuple[str, bool]]:
+        rows = await fetch(pg_dsn, "SELECT m.xmin::text AS x, m.seen FROM messages m "
+                           "JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1 "
+                           "ORDER BY m.id", location)
+        return [(row["x"], row["seen"]) for row in rows]
+
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    marked = await versions()
+    assert [seen for _, seen in marked] == [True, True, False]
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    assert await versions() == marked
+    assert await lock_holders(pg_dsn, location) == []  # the lock is released all the same
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1, 2}) == CommitReport(deleted=0, missing=0, flagged=3)
+    after = await versions()
+    assert after[:2] == marked[:2]
+    assert after[2][1] and after[2][0] != marked[2][0]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from helpers import MailEnv, server_process
-from popbox.server import privileges
+from popbox import privileges
 
 
 def status_ids(pid: int) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def test_home_follows_the_user() -> None:
             os.umask(old)
         assert os.environ.get("HOME") == home
         return
-    script = ("import os; from popbox.server import privileges; "
+    script = ("import os; from popbox import privileges; "
               "privileges.drop('nobody', None, False); print(os.environ['HOME'], os.getuid())")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=30, check=True, env={**os.environ, "HOME": "/root"})

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popbox.proto import events as ev
+from popbox.proto.commands import Shape, reply_shape
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import MsgNo, State
 
@@ -20,8 +21,23 @@ def events_for(data: bytes, *, state: State = State.AUTHORIZATION, chunk: int = 
         conn.receive_data(piece)
         while (event := conn.next_event()) is not ev.NEED_DATA:
             out.append(event)
-            conn.send(ev.Ok())
+            answer_ok(conn, event)
     return out
+
+
+def answer_ok(conn: ServerConnection, event: object) -> None:
+    """+OK, and the end of the multi-line reply when the command's shape has one."""
+    conn.send(ev.Ok())
+    if isinstance(event, ev.Command) and reply_shape(event) in (Shape.LISTING, Shape.MESSAGE):
+        conn.send(ev.End())
+
+
+def listing(text: str, lines: tuple[str, ...]) -> bytes:
+    """The bytes of a listing answering CAPA: +OK, the lines, the end."""
+    conn = ServerConnection()
+    conn.receive_data(b"CAPA\r\n")
+    assert conn.next_event() == ev.Capa()
+    return conn.send(ev.Ok(text)) + conn.send(ev.Lines(lines)) + conn.send(ev.End())
 
 
 def logged_in() -> ServerConnection:
@@ -154,7 +170,7 @@ def test_pipelined_commands_wait_for_each_reply() -> None:
     assert conn.next_event() is ev.PAUSED
     conn.send(ev.Ok())
     assert conn.next_event() == ev.List(None)
-    conn.send(ev.Ok())
+    answer_ok(conn, ev.List(None))
     assert conn.next_event() == ev.Noop()
     conn.send(ev.Ok())
     assert conn.next_event() is ev.NEED_DATA
@@ -191,10 +207,10 @@ def test_sasl_exchange() -> None:
     conn = ServerConnection()
     conn.receive_data(b"AUTH LOGIN\r\n")
     assert conn.next_event() == ev.Auth("LOGIN")
-    assert conn.send(ev.Challenge(b"Username:")) == b"+ VXNlcm5hbWU6\r\n"
+    assert conn.send(ev.Continuation(b"Username:")) == b"+ VXNlcm5hbWU6\r\n"
     conn.receive_data(b"YQ==\r\n")
     assert conn.next_event() == ev.SaslResponse(b"a")
-    conn.send(ev.Challenge(b"Password:"))
+    conn.send(ev.Continuation(b"Password:"))
     conn.receive_data(b"*\r\n")
     assert conn.next_event() == ev.SaslCancel()
     conn.send(ev.Err("cancelled"))
@@ -206,13 +222,13 @@ def test_sasl_bad_base64_and_long_response() -> None:
     conn = ServerConnection()
     conn.receive_data(b"AUTH PLAIN\r\n")
     conn.next_event()
-    conn.send(ev.Challenge(b""))
+    conn.send(ev.Continuation(b""))
     conn.receive_data(b"not base64!\r\n")
     assert conn.next_event() == ev.Invalid(ev.Problem.BAD_BASE64, "AUTH")
     conn.send(ev.Err("bad"))
     conn.receive_data(b"AUTH PLAIN\r\n")
     conn.next_event()
-    conn.send(ev.Challenge(b""))
+    conn.send(ev.Continuation(b""))
     long = b"QUFB" * 1000  # 4000 octets: longer than a command line, fine for SASL
     conn.receive_data(long + b"\r\n")
     assert conn.next_event() == ev.SaslResponse(b"AAA" * 1000)
@@ -242,7 +258,7 @@ def test_reply_bytes() -> None:
 
     conn = ServerConnection()
     assert conn.send(ev.Err("locked", RespCode.IN_USE)) == b"-ERR [IN-USE] locked\r\n"
-    assert conn.send(ev.MultiLine("caps", ("TOP", ".odd"))) == b"+OK caps\r\nTOP\r\n..odd\r\n.\r\n"
+    assert listing("caps", ("TOP", ".odd")) == b"+OK caps\r\nTOP\r\n..odd\r\n.\r\n"
     assert conn.send(ev.Ok("a\r\nb")) == b"+OK a  b\r\n"
 
 
@@ -256,7 +272,7 @@ def test_never_raises_on_arbitrary_bytes(pieces: list[bytes], logged: bool) -> N
         while (event := conn.next_event()) not in (ev.NEED_DATA,):
             assert event is not ev.PAUSED
             if isinstance(event, ev.Auth) and event.mechanism:
-                conn.send(ev.Challenge(b""))
+                conn.send(ev.Continuation(b""))
             else:
                 conn.send(ev.Err("no"))
             if conn.state is State.CLOSED:
@@ -280,5 +296,95 @@ def test_multiline_fast_path_matches_line_by_line(lines: list[str]) -> None:
     for line in lines:
         raw = line.replace("\r", " ").replace("\n", " ").encode()
         expected += (b"." + raw if raw.startswith(b".") else raw) + b"\r\n"
-    wire = ServerConnection().send(ev.MultiLine("x", tuple(lines)))
+    wire = listing("x", tuple(lines))
     assert wire == b"+OK x\r\n" + expected + b".\r\n"
+
+
+def test_table_names_each_commands_verb_shape_and_capability() -> None:
+    """RFC 2449 §§3, 5: the table gives each command's verb and reply shape; CAPA lists
+    the capabilities of the commands offered, before-login ones only before login."""
+    from popbox.proto import commands
+
+    assert commands.verb(ev.Top(MsgNo(1), 0)) == "TOP"
+    assert commands.verb(ev.SaslCancel()) == "AUTH"
+    assert commands.reply_shape(ev.List(None)) is Shape.LISTING
+    assert commands.reply_shape(ev.List(MsgNo(1))) is Shape.SINGLE
+    assert commands.reply_shape(ev.Auth(None)) is Shape.LISTING
+    assert commands.reply_shape(ev.Auth("PLAIN")) is Shape.SASL
+    assert commands.reply_shape(ev.Retr(MsgNo(1))) is Shape.MESSAGE
+    offered = {"TOP": "", "UIDL": "", "UTF8": "USER", "USER": "", "SASL": "PLAIN LOGIN"}
+    assert commands.capabilities(State.AUTHORIZATION, offered) == [
+        "TOP", "UIDL", "UTF8 USER", "USER", "SASL PLAIN LOGIN"]
+    assert commands.capabilities(State.TRANSACTION, offered) == ["TOP", "UIDL", "UTF8 USER"]
+    assert commands.capabilities(State.AUTHORIZATION, {"TOP": ""}) == ["TOP"]
+
+
+def test_one_transition_table_for_both_roles() -> None:
+    """RFC 1939 §3: +OK to PASS/APOP/AUTH enters TRANSACTION, any reply to QUIT ends the
+    conversation, QUIT received in TRANSACTION is the UPDATE state; nothing else moves."""
+    from popbox.proto import state
+
+    a, t = State.AUTHORIZATION, State.TRANSACTION
+    assert state.after_reply(a, ev.Pass(b"x"), ok=True) is t
+    assert state.after_reply(a, ev.Pass(b"x"), ok=False) is a
+    assert state.after_reply(a, ev.SaslResponse(b""), ok=True) is t
+    assert state.after_reply(t, ev.Quit(), ok=False) is State.CLOSED
+    assert state.after_reply(t, ev.Stat(), ok=True) is t
+    assert state.after_reply(a, None, ok=True) is a
+    assert state.on_receive(t, ev.Quit()) is State.UPDATE
+    assert state.on_receive(a, ev.Quit()) is a
+
+
+def test_a_bare_auth_listing_does_not_log_in() -> None:
+    """RFC 5034 §4 and the RFC 1734 probe: +OK, mechanisms, "." leaves AUTHORIZATION."""
+    conn = ServerConnection()
+    conn.receive_data(b"AUTH\r\n")
+    assert conn.next_event() == ev.Auth(None)
+    wire = conn.send(ev.Ok()) + conn.send(ev.Lines(("PLAIN",))) + conn.send(ev.End())
+    assert wire == b"+OK\r\nPLAIN\r\n.\r\n"
+    assert conn.state is State.AUTHORIZATION
+
+
+def test_message_body_is_framed_by_the_core() -> None:
+    """RFC 1939 §3: after +OK to RETR, stored pieces come out with CRLF line ends and
+    leading dots doubled, then the terminator; the next command waits until End."""
+    conn = logged_in()
+    conn.receive_data(b"RETR 1\r\nNOOP\r\n")
+    assert conn.next_event() == ev.Retr(MsgNo(1))
+    wire = conn.send(ev.Ok("12 octets")) + conn.send(ev.Data(b".a\nb\r"))
+    assert conn.next_event() is ev.PAUSED
+    wire += conn.send(ev.Data(b"\nc")) + conn.send(ev.End())
+    assert wire == b"+OK 12 octets\r\n..a\r\nb\r\nc\r\n.\r\n"
+    assert conn.next_event() == ev.Noop()
+
+
+def test_no_nuls_workaround_in_message_bodies() -> None:
+    """Dovecot's outlook-no-nuls: NUL octets in a body are sent as 0x80."""
+    conn = ServerConnection(no_nuls=True)
+    conn.receive_data(b"USER a\r\nPASS b\r\nTOP 1 0\r\n")
+    for _ in range(2):
+        conn.next_event()
+        conn.send(ev.Ok())
+    assert conn.next_event() == ev.Top(MsgNo(1), 0)
+    conn.send(ev.Ok())
+    assert conn.send(ev.Data(b"a\0b\n")) + conn.send(ev.End()) == b"a\x80b\r\n.\r\n"
+
+
+def test_replies_out_of_place_are_local_errors() -> None:
+    """A body piece without +OK to RETR, a status line inside a body or a listing: the
+    caller broke the protocol, and the core says so instead of sending it."""
+    conn = logged_in()
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send(ev.Data(b"x"))
+    conn.receive_data(b"RETR 1\r\nLIST\r\n")
+    conn.next_event()
+    conn.send(ev.Ok())
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send(ev.Ok())
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send(ev.Lines(("1 2",)))
+    conn.send(ev.End())
+    conn.next_event()
+    conn.send(ev.Ok())
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send(ev.Data(b"x"))

@@ -179,3 +179,31 @@ def test_sni_and_reload_on_sighup(tls_env: MailEnv, ca: trustme.CA, tmp_path: Pa
         server.proc.send_signal(signal.SIGHUP)
         assert server.wait_log("TLS certificates reloaded")
         assert "renewed.example" in peer_names("localhost")
+
+
+async def test_symlinked_key_files_need_follow_symlinks(
+    env: MailEnv, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The certificate and key are opened with O_NOFOLLOW: as symlinks (certbot's live/
+    layout) they are refused unless tls.follow_symlinks = true, and then served."""
+    from popbox.server.tls import TlsContexts
+
+    cert, key = tls_files(ca, tmp_path / "archive")
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "fullchain.pem").symlink_to(cert)
+    (live / "privkey.pem").symlink_to(key)
+    linked = {"cert": str(live / "fullchain.pem"), "key": str(live / "privkey.pem")}
+    with pytest.raises(OSError):
+        TlsContexts(env.config(tls=linked).tls)
+    config = env.config(tls={**linked, "follow_symlinks": True})
+    env.put("alice", b"Subject: hi\n\nover linked keys\n")
+    async with running_server(config) as (port, _):
+        client = await Client.connect(port)
+        assert (await client.line()).startswith(b"+OK")
+        assert (await client.cmd("STLS")).startswith(b"+OK")
+        await client.writer.start_tls(client_context(ca), server_hostname="localhost")
+        assert (await client.cmd("USER alice")).startswith(b"+OK")
+        assert (await client.cmd("PASS secret")).startswith(b"+OK")
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()

@@ -1,11 +1,28 @@
-"""The message on the wire: CRLF, byte-stuffing, terminator, sizes, TOP (RFC 1939 §3, §7)."""
+"""The message on the wire: CRLF, byte-stuffing, terminator, sizes, TOP (RFC 1939 §3, §7).
+
+Every test here runs twice, once with each kernel (the compiled `popbox.proto._speedups`
+and the Python `popbox.proto._native`); tests/test_wire_kernels.py checks that the two
+give the same bytes for any input cut into any chunks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import pairwise
+
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from popbox.proto.wire import MessageEncoder, SizeCounter, TopFilter, wire_size
+from kernels import KERNELS, using
+from popbox.client.crlf import LfConverter, to_lf
+from popbox.proto.wire import CrCarry, MessageEncoder, SizeCounter, TopFilter, wire_size
+
+
+@pytest.fixture(scope="module", params=sorted(KERNELS), autouse=True)
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    with using(KERNELS[request.param]):
+        yield request.param
 
 
 def encode(message: bytes, chunk: int | None = None, top: int | None = None) -> bytes:
@@ -115,3 +132,29 @@ def test_outlook_no_nuls_workaround_keeps_the_size() -> None:
     wire = enc.feed(message) + enc.finish()
     assert wire == b"Subject: x\r\n\r\na\x80b\r\n.\r\n"
     assert len(wire) - 3 == wire_size(message)
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=0, max_value=40), max_size=12))
+@example(b"a\r\nb\r", [2])
+@example(b"\r\r\n\r", [1, 1, 1])
+def test_cr_carry_never_splits_a_crlf(data: bytes, cuts: list[int]) -> None:
+    """RFC 1939 §3 line ends are CRLF: a chunk boundary between CR and LF must not hide one.
+    Every piece `CrCarry` passes on ends in something other than CR, and the pieces plus
+    the held CR are the input unchanged."""
+    carry = CrCarry()
+    bounds = [0, *sorted(min(cut * 5, len(data)) for cut in cuts), len(data)]
+    out = []
+    for start, end in pairwise(bounds):
+        piece = carry.feed(data[start:end])
+        assert not piece.endswith(b"\r")
+        out.append(piece)
+    assert b"".join(out) + (b"\r" if carry.held else b"") == data
+
+
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=17))
+@example(b"a\r\nb\r", 4)
+def test_lf_converter_in_pieces_equals_whole(data: bytes, step: int) -> None:
+    """The fetcher's CRLF -> LF conversion gives the same bytes however the data is cut."""
+    conv = LfConverter()
+    pieces = [conv.feed(data[i : i + step]) for i in range(0, len(data), step)]
+    assert b"".join(pieces) + conv.finish() == to_lf(data)

@@ -176,10 +176,33 @@ class AuthSection(_Section):
         return address == "local" or in_networks(address, self.local_networks)
 
 
+MboxLock = Literal["dotlock", "fcntl", "flock"]
+DEFAULT_MBOX_LOCKS: tuple[MboxLock, ...] = ("dotlock", "fcntl")  # as Debian's Postfix local
+
+
 class StoreSection(_Section):
     backend: Literal["maildir", "postgres"] = "maildir"
     mark_seen: bool = True
     uidl_import: Literal["dovecot", "courier"] | None = None
+    # mbox spools (locations "mbox:PATH", popbox.store.mbox): the format read and
+    # written, the spool locks in the order taken, how long to wait for them, after how
+    # many seconds without change a dotlock is broken, and where the index files go
+    # (None: ".popbox" beside the spool).
+    mbox_format: Literal["mboxrd", "mboxo"] = "mboxrd"
+    mbox_lock: list[MboxLock] = Field(default_factory=lambda: list(DEFAULT_MBOX_LOCKS))
+    mbox_lock_timeout: Annotated[float, Field(gt=0)] = 30.0
+    mbox_dotlock_stale: Annotated[float, Field(gt=0)] = 300.0
+    mbox_index_dir: Path | None = None
+
+    @field_validator("mbox_lock")
+    @classmethod
+    def _check_locks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a lock method is listed twice")
+        return value
+    # A maildir (or its cur/, new/, tmp/) that is a symlink is refused unless this is set;
+    # message files that are symlinks are never served.
+    follow_symlinks: bool = False
 
 
 class CertPair(_Section):
@@ -196,6 +219,7 @@ class TlsSection(_Section):
     sni: dict[str, CertPair] = Field(default_factory=dict)
     min_version: Literal["1.2", "1.3"] = "1.2"
     handshake_timeout: Annotated[float, Field(gt=0)] = 30.0
+    follow_symlinks: bool = False  # certificate or key files that are symlinks are refused
 
     @field_validator("implicit")
     @classmethod
@@ -463,4 +487,6 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         for key in ("jwks_file", "public_key_file", "client_secret_file", "ca_file")
     })
     admin = config.admin.model_copy(update={"socket": fix(config.admin.socket)})
-    return config.model_copy(update={"tls": tls, "auth": auth, "oauth": oauth, "admin": admin})
+    store = config.store.model_copy(update={"mbox_index_dir": fix(config.store.mbox_index_dir)})
+    return config.model_copy(
+        update={"tls": tls, "auth": auth, "oauth": oauth, "admin": admin, "store": store})

@@ -83,8 +83,16 @@ class PassDB(Protocol):
         """
         ...
 
+    async def aclose(self) -> None:
+        """Release what the database holds (a connection pool); a second call does nothing."""
+        ...
+
 
 class UserDB(Protocol):
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         """The user's mail location; None if unknown; Verdict.TEMPORARY on trouble."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the database holds (a connection pool); a second call does nothing."""
         ...

@@ -29,6 +29,10 @@ Editing (`add_user`, `set_password`, `delete_user`, for `popbox user`): under an
 is fsynced and renamed over the old one, so readers see the old or the new file, never a
 half-written one. Lines that are not the user's, comments included, are kept byte for byte;
 the file's mode and owner are kept, a new file gets mode 0600.
+
+The file is opened with O_NOFOLLOW and must be a regular file (popbox.fsutil): a users
+file that is a symlink is refused, for reading and for editing, so that no one who can
+replace it with a link makes popbox read or rewrite another file.
 """
 
 from __future__ import annotations
@@ -38,16 +42,17 @@ import contextlib
 import enum
 import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from popbox.auth import schemes
 from popbox.auth.base import CREDENTIAL_SCHEMES, Secret, UserInfo, Verdict
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.auth.verifier import Verifier
+from popbox.fsutil import open_regular, write_atomic
 
 _FALSE = frozenset({"n", "no", "0", "false"})
 
@@ -144,9 +149,14 @@ def _load(path: str, known: _Stamp | None) -> tuple[_Stamp, Table | None]:
     """The file's stamp, and its parsed content if the stamp is not `known`. Raises OSError."""
     if known is not None and _stamp(os.stat(path)) == known:
         return known, None
-    with open(path, "rb") as f:
+    with _open(path) as f:
         stamp = _stamp(os.fstat(f.fileno()))
         return stamp, parse(_decode(f.read()), path)
+
+
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
+    """The users file, never through a symlink and only if it is a regular file."""
+    return os.fdopen(open_regular(path), "rb")
 
 
 class PasswdFile:
@@ -189,7 +199,7 @@ class PasswdFile:
     def check(self) -> list[str]:
         """Read the file now (blocking) and list everything wrong with it, for check-config."""
         try:
-            with open(self._path, "rb") as f:
+            with _open(self._path) as f:
                 table = parse(_decode(f.read()), self._path)
         except OSError as e:
             return [f"{self._path}: cannot read: {e.strerror}"]
@@ -278,6 +288,9 @@ class PasswdFile:
             return await self._credentials.lookup(None, scheme, user)
         return await self._credentials.lookup(entry.password, scheme, entry.name)
 
+    async def aclose(self) -> None:
+        """Nothing to release: the file is opened and closed at each read."""
+
     async def lookup(self, user: str) -> UserInfo | Verdict | None:
         table = await self._current()
         if table is None:
@@ -327,7 +340,7 @@ def _check_field(value: str, what: str, forbidden: str = ":\r\n") -> None:
 
 @contextlib.contextmanager
 def _locked(path: str) -> Iterator[None]:
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -335,36 +348,12 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_atomic(path: str, data: bytes, like: os.stat_result | None) -> None:
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), like.st_mode & 0o7777 if like is not None else 0o600)
-            if like is not None and (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(f.fileno(), like.st_uid, like.st_gid)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _edit(path: str | os.PathLike[str], change: Callable[[list[str]], list[str] | Edit]) -> Edit:
     """Run `change` on the file's lines (with their endings) under the lock; write its result."""
-    target = os.path.realpath(os.fspath(path))
-    with _locked(os.fspath(path)):
+    target = os.fspath(path)
+    with _locked(target):
         try:
-            with open(target, "rb") as f:
+            with _open(target) as f:
                 like: os.stat_result | None = os.fstat(f.fileno())
                 lines = _lines(_decode(f.read()))
         except FileNotFoundError:
@@ -372,7 +361,13 @@ def _edit(path: str | os.PathLike[str], change: Callable[[list[str]], list[str] 
         result = change(lines)
         if isinstance(result, Edit):
             return result
-        _write_atomic(target, "".join(result).encode("utf-8", "surrogateescape"), like)
+        # The users file is the only copy of the passwords: durable before `popbox user` returns.
+        write_atomic(
+            target,
+            "".join(result).encode("utf-8", "surrogateescape"),
+            mode=like.st_mode & 0o7777 if like is not None else 0o600,
+            owner=(like.st_uid, like.st_gid) if like is not None else None,
+        )
         return Edit.DONE
 
 
@@ -455,6 +450,6 @@ def delete_user(path: str | os.PathLike[str], name: str) -> Edit:
 
 def list_users(path: str | os.PathLike[str]) -> list[str]:
     """The users of a file in file order (well-formed lines only). Raises OSError."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         table = parse(_decode(f.read()), os.fspath(path))
     return sorted(table.entries, key=lambda name: table.entries[name].line)

@@ -1,4 +1,4 @@
-"""PassDB and UserDB in PostgreSQL: the ``users`` table of popbox.store.pg_schema.
+"""PassDB and UserDB in PostgreSQL: the ``users`` table of popbox.pg.schema.
 
 One indexed query per request (``users`` by name, joined with its domain): ``password``
 is a ``{SCHEME}hash`` of any scheme popbox.auth.schemes knows (a Dovecot SQL passdb's
@@ -33,7 +33,7 @@ from popbox.auth.base import CREDENTIAL_SCHEMES, PassDB, Secret, UserDB, UserInf
 from popbox.auth.credentials import CredentialSource
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.auth.verifier import Verifier
-from popbox.store.pg_pool import DB_ERRORS, Database
+from popbox.pg.pool import DB_ERRORS, Database
 
 log = logging.getLogger("popbox")
 
@@ -92,6 +92,10 @@ class PostgresUsers:
     @property
     def db(self) -> Database:
         return self._db
+
+    async def aclose(self) -> None:
+        """Close the database pool (shared with a postgres store: closing twice is fine)."""
+        await self._db.close()
 
     async def _user(self, user: str) -> _User | Verdict | None:
         if not valid_username(user):

@@ -10,7 +10,7 @@ import asyncpg
 
 from popbox.auth.names import normalize_username, valid_username
 from popbox.auth.passwd_file import Edit
-from popbox.store.pg_pool import Connection
+from popbox.pg.pool import Connection
 
 
 def _checked(name: str) -> str:

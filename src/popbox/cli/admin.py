@@ -11,9 +11,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from popbox.cli.common import DEFAULT_CONFIG
 from popbox.config import ConfigError, load
-
-DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
 
 COLUMNS = ("user", "ip", "since", "state", "tls", "mechanism", "bytes", "worker")
 

@@ -1,4 +1,4 @@
-"""`popbox db upgrade|status --config X`: the PostgreSQL schema (popbox.store.pg_schema).
+"""`popbox db upgrade|status --config X`: the PostgreSQL schema (popbox.pg.schema).
 
 `upgrade` applies the missing migrations in one transaction (safe to run again, and from
 several hosts at once); `status` prints the schema version of the database and the one
@@ -14,10 +14,11 @@ import asyncio
 import sys
 from pathlib import Path
 
+from popbox.backends import database
+from popbox.cli.common import DEFAULT_CONFIG
 from popbox.config import Config, load
-from popbox.server.backends import database
-from popbox.store import pg_schema
-from popbox.store.pg_pool import DB_ERRORS
+from popbox.pg import schema as pg_schema
+from popbox.pg.pool import DB_ERRORS
 
 
 def _error(message: str) -> int:
@@ -82,5 +83,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ("status", _status, "show the schema version"),
     ):
         action = actions.add_parser(name, help=text)
-        action.add_argument("--config", type=Path, default=Path("/etc/popbox/popbox.toml"))
+        action.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
         action.set_defaults(func=_run, db_func=func)

@@ -1,44 +1,52 @@
-"""`popbox fetch`: download mail from a POP3 server into a Maildir or an mbox file.
+"""`popbox fetch`: download mail from POP3 servers into Maildirs, mbox files or other
+destinations, each message exactly once; the accounts come from an accounts file
+(`popbox.client.accounts`), or one account from the flags.
 
-The password comes from `--password-file` (its first line) or the environment variable
-POPBOX_FETCH_PASSWORD, never from the command line (where `ps` would show it). Messages
-are deleted from the server once their delivery is recorded, unless `--keep` (as
-fetchmail does). See `popbox.client.fetcher` for how every message is delivered exactly
-once.
+`popbox fetch` runs every account of the file, `popbox fetch NAME...` those, `--list` shows
+them and their last run, `--daemon` polls them until SIGTERM (`popbox.client.agent`). With
+`--server` the flags describe a one-off account instead; its password comes from
+`--password-file` (its first line) or the environment variable POPBOX_FETCH_PASSWORD, never
+from the command line (where `ps` would show it). Messages are deleted from the server once
+their delivery is recorded, unless `keep` (as fetchmail does). See `popbox.client.fetcher`
+for how every message is delivered exactly once.
 
-Exit statuses (sysexits.h): 0 done (also when there was no new mail); 64 usage; 69 the
-server lacks something needed ([SYS/PERM], UIDL with --keep, a login method); 74 the
-destination or the state file cannot be written; 75 try again later (connection refused
-or lost, timeout, TLS failure, [IN-USE], [LOGIN-DELAY], [SYS/TEMP], another fetch running
-with the same state file); 76 the server broke the protocol; 77 the login was refused;
-78 the login would send the password unencrypted (use TLS, or --allow-plaintext).
+Output: one line per account-run on stdout (errors on stderr, naming the account), or with
+`--json` one JSON object per account-run on stdout and nothing else there; `-v` lines go to
+stderr as they happen, every line flushed at once, so that both streams sent to one place
+keep their order. On a terminal a progress display per account is drawn on stdout.
+
+Exit statuses (sysexits.h): 0 done (also when there was no new mail); 64 usage (the
+flags, the accounts file, no password, a password command that cannot be started); 69 the
+server lacks something needed ([SYS/PERM], UIDL with keep, a login method) or the
+destination is not available; 74 the destination or the state file cannot be written; 75
+try again later (connection refused or lost, timeout, TLS failure, [IN-USE],
+[LOGIN-DELAY], [SYS/TEMP], the state file in use, the password command failed); 76 the
+server broke the protocol; 77 the login was refused; 78 the login would send the password
+unencrypted (use TLS, or allow_plaintext). Several accounts: 0 if all succeeded, else the
+most severe of their statuses in the order 64, 78, 77, 69, 76, 74, 75.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import ssl
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from popbox.client import errors as er
-from popbox.client.connection import Tls
-from popbox.client.destinations import MaildirTarget, MboxTarget, Target, open_destination
-from popbox.client.fetcher import AUTH_METHODS, Fetcher, Options, Report, Source
-from popbox.client.mbox import MboxBusy
-from popbox.client.state import StateBusy, StateError, StateFile
-from popbox.proto.client import LocalProtocolError
+from popbox.cli.fetch_output import PREFIX, Display, Output, list_accounts
+from popbox.client import accounts as ac
+from popbox.client.agent import EX_OK, EX_USAGE, Daemon, Outcome, Runner, overall, run_all
+from popbox.client.fetcher import AUTH_METHODS, Progress
 
-EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_IOERR, EX_TEMPFAIL = 0, 64, 69, 74, 75
-EX_PROTOCOL, EX_NOPERM, EX_CONFIG = 76, 77, 78
 PASSWORD_ENV = "POPBOX_FETCH_PASSWORD"  # noqa: S105 - the variable's name
-
-
-class _Usage(Exception):
-    pass
+ONE_OFF = ("server", "port", "tls", "user", "password_file", "maildir", "mbox", "mda", "lmtp",
+           "smtp", "recipient", "keep", "keep_days", "max_size", "oversize", "limit", "state",
+           "cafile", "insecure", "auth", "allow_plaintext", "timeout", "batch", "interval")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,36 +58,59 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="popbox fetch",
-        description="Download mail from a POP3 server into a Maildir or an mbox file, each "
-        "message exactly once. The password is read from --password-file or from "
-        f"${PASSWORD_ENV}.",
-    )
-    parser.add_argument("--server", required=True, help="the POP3 server's host name")
-    parser.add_argument("--port", type=int, help="default: 995 with implicit TLS, else 110")
-    parser.add_argument("--tls", choices=("implicit", "starttls", "none"),
-                        help="default: implicit on port 995, starttls on any other port")
-    parser.add_argument("--user", required=True)
-    parser.add_argument("--password-file", type=Path, help="the password is its first line")
-    where = parser.add_mutually_exclusive_group(required=True)
+        description="Download mail from POP3 servers, each message exactly once: every "
+        "account of the accounts file, the NAMEd ones, or (with --server) the one-off "
+        "account the flags describe, whose password is read from --password-file or "
+        f"${PASSWORD_ENV}.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="accounts to fetch "
+                        "(default: all)")
+    parser.add_argument("--config", type=Path, help="the accounts file (default: "
+                        "$XDG_CONFIG_HOME/popbox/fetch.toml)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the accounts and their last run, fetch nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per account-run on stdout")
+    parser.add_argument("--daemon", action="store_true",
+                        help="poll every account on its interval until SIGTERM")
+    one = parser.add_argument_group("a one-off account (no accounts file)")
+    one.add_argument("--server", help="the POP3 server's host name")
+    one.add_argument("--port", type=int, help="default: 995 with implicit TLS, else 110")
+    one.add_argument("--tls", choices=("implicit", "starttls", "none"),
+                     help="default: implicit on port 995, starttls on any other port")
+    one.add_argument("--user")
+    one.add_argument("--password-file", type=Path, help="the password is its first line")
+    where = one.add_mutually_exclusive_group()
     where.add_argument("--maildir", type=Path, help="deliver into this Maildir (created)")
     where.add_argument("--mbox", type=Path, help="append to this mbox file (mboxrd)")
-    parser.add_argument("--keep", action="store_true",
-                        help="leave the messages on the server (default: delete them once "
-                        "delivered)")
-    parser.add_argument("--limit", type=int, help="fetch at most this many new messages")
-    parser.add_argument("--state", type=Path, help="the state file (default: "
-                        "$XDG_STATE_HOME/popbox/fetch.json)")
-    parser.add_argument("--cafile", type=Path, help="trust the CA certificates in this file")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify the server's certificate")
-    parser.add_argument("--auth", choices=AUTH_METHODS, default="auto",
-                        help="login method (default: the strongest the server offers)")
-    parser.add_argument("--allow-plaintext", action="store_true",
-                        help="allow sending the password unencrypted to a remote server")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for the server at each step (default: 60)")
-    parser.add_argument("--batch", type=int, default=32,
-                        help="messages per state update (default: 32)")
+    where.add_argument("--mda", type=shlex.split, metavar="'CMD ARG...'",
+                       help="run this program per message (split like a shell, never "
+                       "run by one; %%u user, %%a account, %%i UIDL)")
+    where.add_argument("--lmtp", metavar="HOST:PORT|SOCKET", help="deliver over LMTP")
+    where.add_argument("--smtp", metavar="HOST:PORT", help="hand over to an SMTP server")
+    one.add_argument("--recipient", help="the LMTP/SMTP recipient (default: --user)")
+    one.add_argument("--keep", action="store_true", default=None,
+                     help="leave the messages on the server (default: delete them once "
+                     "delivered)")
+    one.add_argument("--keep-days", type=float, help="delete from the server this many "
+                     "days after delivery")
+    one.add_argument("--max-size", type=int, help="messages larger than this many octets "
+                     "get --oversize treatment")
+    one.add_argument("--oversize", choices=("skip", "delete", "headers"))
+    one.add_argument("--limit", type=int, help="fetch at most this many new messages")
+    one.add_argument("--state", type=Path, help="the state file (default: "
+                     "$XDG_STATE_HOME/popbox/fetch.json)")
+    one.add_argument("--cafile", type=Path, help="trust the CA certificates in this file")
+    one.add_argument("--insecure", action="store_true", default=None,
+                     help="do not verify the server's certificate")
+    one.add_argument("--auth", choices=AUTH_METHODS,
+                     help="login method (default: the strongest the server offers)")
+    one.add_argument("--allow-plaintext", action="store_true", default=None,
+                     help="allow sending the password unencrypted to a remote server")
+    one.add_argument("--timeout", type=float,
+                     help="seconds to wait for the server at each step (default: 60)")
+    one.add_argument("--batch", type=int, help="messages per state update (default: 32)")
+    one.add_argument("--interval", type=float,
+                     help="with --daemon: seconds between polls (default: 300)")
     parser.add_argument("-v", "--verbose", action="store_true", help="report each message")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     return parser
@@ -88,152 +119,112 @@ def build_parser() -> argparse.ArgumentParser:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `fetch`. Its options are parsed by its own parser (`build_parser`), so
     that a usage error exits with EX_USAGE (64) as sysexits.h asks."""
-    fetch = sub.add_parser("fetch", help="download mail from a POP3 server", add_help=False,
+    fetch = sub.add_parser("fetch", help="download mail from POP3 servers", add_help=False,
                            prefix_chars="+")
     fetch.add_argument("args", nargs=argparse.REMAINDER)
     fetch.set_defaults(func=lambda args: main(args.args))
 
 
 def default_state() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "popbox" / "fetch.json"
+    """The one-off account's state file."""
+    return ac.state_home() / "fetch.json"
 
 
-def _password(args: argparse.Namespace) -> str:
-    if args.password_file is not None:
-        try:
-            text = args.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Usage(f"cannot read {args.password_file}: {exc}") from None
-        password = text.splitlines()[0] if text else ""
-    else:
-        password = os.environ.get(PASSWORD_ENV, "")
-    if not password:
-        raise _Usage(f"no password: use --password-file or ${PASSWORD_ENV}")
-    return password
-
-
-def _context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.tls == "none":
-        if args.cafile or args.insecure:
-            raise _Usage("--cafile and --insecure need TLS")
+def _one_off(args: argparse.Namespace) -> ac.Account | None:
+    """The account the flags describe, or None when they describe none."""
+    keys: dict[str, Any] = {key: getattr(args, key) for key in ONE_OFF
+                            if getattr(args, key) is not None}
+    if not keys:
         return None
-    try:
-        context = ssl.create_default_context(cafile=args.cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise _Usage(f"cannot load {args.cafile}: {exc}") from None
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    if args.names:
+        raise ac.AccountsError("account names and one-off account flags exclude each other")
+    return ac.one_off(keys, default_state())
 
 
-def _source(args: argparse.Namespace) -> Source:
-    if args.tls is None:
-        args.tls = "implicit" if args.port in (None, 995) else "starttls"
-    tls: Tls = args.tls
-    port = args.port or (995 if tls == "implicit" else 110)
-    if not 0 < port < 65536:
-        raise _Usage(f"no such port: {port}")
-    if (args.limit is not None and args.limit < 0) or args.batch < 1 or args.timeout <= 0:
-        raise _Usage("--limit must not be negative; --batch and --timeout must be positive")
-    return Source(server=args.server.lower(), port=port, user=args.user,
-                  password=_password(args), tls=tls, ssl_context=_context(args),
-                  timeout=args.timeout, auth=args.auth, allow_plaintext=args.allow_plaintext)
-
-
-def _summary(source: Source, where: Path, report: Report) -> str:
-    account = f"{source.user}@{source.server}:{source.port}"
-    if not report.delivered and not report.found:
-        text = f"no new mail for {account}"
-    else:
-        text = f"{report.delivered} new message(s) for {account} delivered to {where}"
-        if report.found:
-            text += f", {report.found} found delivered by an interrupted run"
-    if report.deleted:
-        text += f"; {report.deleted} deleted on the server"
-    if report.left:
-        text += f"; {report.left} left for the next run (--limit)"
-    return text
-
-
-def _fail(status: int, message: str) -> int:
-    print(f"popbox fetch: {message}", file=sys.stderr)
-    return status
+def _choose(args: argparse.Namespace) -> tuple[list[ac.Account], int, ac.Accounts | None]:
+    """The accounts to run, how many at once, and the file's accounts (None: one-off)."""
+    account = _one_off(args)
+    if account is not None:
+        return [account], 1, None
+    loaded = ac.load(args.config or ac.default_config())
+    unknown = [name for name in args.names if name not in loaded.accounts]
+    if unknown:
+        raise ac.AccountsError(f"no such account: {', '.join(unknown)}")
+    if not loaded.accounts:
+        raise ac.AccountsError(f"{args.config or ac.default_config()}: no accounts")
+    chosen = [loaded.accounts[name] for name in args.names] or list(loaded.accounts.values())
+    return chosen, loaded.max_parallel, loaded
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    output = Output(as_json=args.json, quiet=args.quiet)
     try:
-        source = _source(args)
-    except _Usage as exc:
-        return _fail(EX_USAGE, str(exc))
-    state = StateFile(args.state or default_state())
-    target: Target = (MaildirTarget(args.maildir) if args.maildir is not None
-                      else MboxTarget(args.mbox))
-    destination = open_destination(target, state, account=source.user, user=source.user)
-    where = args.maildir or args.mbox
+        chosen, parallel, loaded = _choose(args)
+    except ac.AccountsError as exc:
+        for line in str(exc).splitlines():
+            output.line(PREFIX + line, error=True)
+        return EX_USAGE
+    if args.list:
+        list_accounts(chosen, output)
+        return EX_OK
+    env_password = os.environ.get(PASSWORD_ENV) if loaded is None else None
 
-    def log(text: str) -> None:
+    def log(account: ac.Account, text: str) -> None:
         if args.verbose:
-            print(f"popbox fetch: {text}", file=sys.stderr)
+            output.log(account, text)
 
-    try:
-        state.open()
-        try:
-            fetcher = Fetcher(source, destination, state,
-                              Options(keep=args.keep, limit=args.limit, batch=args.batch), log)
-            fetcher.prepare()
-            report = asyncio.run(fetcher.run())
-        finally:
-            state.close()
-    except BaseException as exc:  # every failure we know becomes one line
-        status = _status(exc)
-        if status is None:
-            raise
-        return _fail(status, _describe(exc, source))
-    if not args.quiet:
-        print(f"popbox fetch: {_summary(source, where, report)}")
-    return EX_OK
+    if args.daemon:
+        return _daemon(args, chosen, parallel, loaded is None, output, log, env_password)
+    display = Display(sys.stdout) if sys.stdout.isatty() and not args.json else None
 
+    def progress(account: ac.Account) -> Progress | None:
+        return display.hook(account) if display is not None else None
 
-def _status(exc: BaseException) -> int | None:
-    match exc:
-        case er.PopAuthError():
-            return EX_NOPERM
-        case er.PopPermanentError():
-            return EX_UNAVAILABLE
-        case er.PopError():
-            return EX_TEMPFAIL
-        case er.PopPlaintextRefused():
-            return EX_CONFIG
-        case er.PopUnsupportedError():
-            return EX_UNAVAILABLE
-        case er.PopConnectionError() | StateBusy() | MboxBusy():
-            return EX_TEMPFAIL
-        case er.PopProtocolError():
-            return EX_PROTOCOL
-        case StateError() | OSError():
-            return EX_IOERR
-        case LocalProtocolError():  # e.g. a user name with a line break
-            return EX_USAGE
-        case _:
-            return None
+    runner = Runner(log=log, progress=progress, env_password=env_password)
+
+    async def run() -> list[Outcome]:
+        return await run_all(runner, chosen, parallel, output.outcome)
+
+    if display is None:
+        outcomes = asyncio.run(run())
+    else:
+        with display:
+            outcomes = asyncio.run(run())
+    return overall(outcome.status for outcome in outcomes)
 
 
-def _describe(exc: BaseException, source: Source) -> str:
-    server = f"{source.server}:{source.port}"
-    match exc:
-        case er.PopAuthError():
-            return f"login to {server} as {source.user} refused: {exc}"
-        case er.PopInUseError():
-            return f"the mailbox of {source.user} on {server} is in use: {exc}"
-        case er.PopError():
-            return f"{server} answered {exc}"
-        case er.PopProtocolError():
-            return f"{server} broke the POP3 protocol: {exc}"
-        case OSError() if not isinstance(exc, MboxBusy):
-            name = f"{exc.filename}: " if exc.filename else ""
-            return f"{name}{exc.strerror or exc}"
-        case _:
-            return str(exc)
+def _daemon(args: argparse.Namespace, chosen: list[ac.Account], parallel: int,
+            one_off: bool, output: Output, log: Callable[[ac.Account, str], None],
+            env_password: str | None) -> int:
+    names = set(args.names)
+    path = args.config or ac.default_config()
+
+    def load() -> ac.Accounts:
+        if one_off:  # a one-off account has no file to re-read
+            return ac.Accounts({chosen[0].label: chosen[0]}, parallel)
+        loaded = ac.load(path)
+        if names:
+            return ac.Accounts({n: a for n, a in loaded.accounts.items() if n in names},
+                               loaded.max_parallel)
+        return loaded
+
+    def done(outcome: Outcome, delay: float, repeated: bool) -> None:
+        if not repeated:
+            output.outcome(outcome, delay)
+        elif output.as_json:  # the refusal is not said again, but the run is reported
+            output.line(json.dumps(outcome.as_json()))
+
+    def note(text: str) -> None:
+        output.line(PREFIX + text, error=True)
+
+    runner = Runner(log=log, env_password=env_password)
+
+    async def run() -> int:
+        daemon = Daemon(load, runner, done, note)
+        initial = ac.Accounts({a.label: a for a in chosen}, parallel)
+        return await daemon.run(initial)
+
+    status = asyncio.run(run())
+    note("stopped")
+    return status

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,10 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from popbox.auth.base import UserDB, UserInfo
 from popbox.auth.names import expand_location, normalize_username, valid_username
 from popbox.auth.passwd_file import PasswdFile, list_users
+from popbox.cli.common import DEFAULT_CONFIG, opened
 from popbox.config import AuthSection, Config, load
+from popbox.pg.pool import DB_ERRORS
 from popbox.store.maildir_import import UidlImport
 from popbox.store.pg_import import Counts, Source, count_files, import_maildir
-from popbox.store.pg_pool import DB_ERRORS
+
+if TYPE_CHECKING:
+    from popbox.store.postgres import PostgresStore
 
 DEFAULT_MAILDIRS = str(AuthSection.model_fields["mail_location"].default)
 
@@ -74,17 +79,21 @@ async def _sources(
 
 
 async def _import(args: argparse.Namespace, config: Config, console: Console) -> int:
-    from popbox.cli.lmtp import close_backends
-    from popbox.server.backends import build
     from popbox.store.postgres import PostgresStore
+    from popbox.store.routing import default_store
 
-    backends = build(config)
-    store = backends.store
-    assert isinstance(store, PostgresStore)
-    found = await _sources(args, config, backends.userdb)
-    if isinstance(found, str):
-        await close_backends(backends)
-        return _error(found)
+    async with opened(config) as backends:
+        store = default_store(backends.store)
+        assert isinstance(store, PostgresStore)
+        found = await _sources(args, config, backends.userdb)
+        if isinstance(found, str):
+            return _error(found)
+        return await _import_all(args, store, found, console)
+
+
+async def _import_all(
+    args: argparse.Namespace, store: PostgresStore, found: list[Source], console: Console
+) -> int:
     uidl_import: UidlImport | None = args.uidl_import
     total = Counts()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -106,8 +115,6 @@ async def _import(args: argparse.Namespace, config: Config, console: Console) ->
     except DB_ERRORS as exc:
         console.print(f"popbox: database: {exc or type(exc).__name__}")
         return 1
-    finally:
-        await close_backends(backends)
     print(f"{len(found)} maildirs: {total.imported} messages imported, {total.skipped} "
           f"already there, {total.missing} vanished, {total.failed} failed")
     return 1 if total.failed or total.busy else 0
@@ -127,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `import` to the `popbox` command's subparsers."""
     cmd = sub.add_parser("import", help="copy Maildirs into the PostgreSQL store")
-    cmd.add_argument("--config", type=Path, default=Path("/etc/popbox/popbox.toml"))
+    cmd.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     cmd.add_argument("--passwd-file", type=Path, help="users to import (default auth.passwd_file)")
     cmd.add_argument("--mail-location", help=f"their maildirs (default {DEFAULT_MAILDIRS})")
     cmd.add_argument("--maildir", type=Path, help="import this one maildir (with --user)")

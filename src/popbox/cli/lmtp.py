@@ -24,32 +24,24 @@ import pwd
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from popbox import privileges
+from popbox.cli.common import DEFAULT_CONFIG, opened, setup_logging, use_uvloop
 from popbox.config import Config, ConfigError, load
 from popbox.lmtp.agent import Agent, Outcome, trace_headers
-from popbox.server.context import Backends
 
 EX_OK, EX_USAGE, EX_NOUSER, EX_CANTCREAT, EX_TEMPFAIL = 0, 64, 67, 73, 75
-DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
 log = logging.getLogger("popbox")
+
+if TYPE_CHECKING:
+    from popbox.backends import Backends
 
 
 def _agent(config: Config, backends: Backends) -> Agent:
     return Agent(backends.userdb, backends.store,
                  recipient_delimiter=config.lmtp.recipient_delimiter,
                  strip_domain=config.lmtp.strip_domain)
-
-
-async def close_backends(backends: Backends) -> None:
-    """Close the database pools and lock connection a configuration opened."""
-    from popbox.auth.postgres import PostgresUsers
-    from popbox.store.postgres import PostgresStore
-
-    if isinstance(backends.store, PostgresStore):
-        await backends.store.close()
-    if isinstance(backends.userdb, PostgresUsers):
-        await backends.userdb.db.close()
 
 
 def _hand_over(paths: list[str], config: Config) -> None:
@@ -65,12 +57,10 @@ def _hand_over(paths: list[str], config: Config) -> None:
 
 async def _serve_lmtp(config: Config) -> None:
     from popbox.lmtp.server import LmtpServer
-    from popbox.server import privileges, sdnotify
-    from popbox.server.backends import build
+    from popbox.server import sdnotify
 
-    backends = build(config)
-    metrics_server = None
     delivered = None
+    metrics_server = None
     if config.lmtp.metrics_listen is not None:
         from popbox.server.metrics import Metrics, MetricsServer
 
@@ -81,48 +71,42 @@ async def _serve_lmtp(config: Config) -> None:
         def delivered(status: str) -> None:
             deliveries.labels(status).inc()
 
-    server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
-                        _agent(config, backends), delivered)
-    bound = await server.start()
-    _hand_over([b for b in bound if b.startswith("/")], config)
-    privileges.drop(config.server.user, config.server.group, config.server.allow_root)
-    for address in bound:
-        print(f"popbox lmtp: listening on {address}", flush=True)
-    if metrics_server is not None:
-        print(f"popbox lmtp: metrics on port {metrics_server.port}", flush=True)
-    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
-        sdnotify.notify("STOPPING=1")
+        async with opened(config) as backends:
+            server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
+                                _agent(config, backends), delivered)
+            bound = await server.start()
+            _hand_over([b for b in bound if b.startswith("/")], config)
+            privileges.drop(config.server.user, config.server.group, config.server.allow_root)
+            for address in bound:
+                print(f"popbox lmtp: listening on {address}", flush=True)
+            if metrics_server is not None:
+                print(f"popbox lmtp: metrics on port {metrics_server.port}", flush=True)
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                await stop.wait()
+                sdnotify.notify("STOPPING=1")
+            finally:
+                await server.shutdown(config.limits.shutdown_grace)
     finally:
-        await server.shutdown(config.limits.shutdown_grace)
-        await close_backends(backends)
         if metrics_server is not None:
             metrics_server.close()
 
 
 def _lmtp(args: argparse.Namespace) -> int:
-    from popbox.cli.main import setup_logging
-    from popbox.server.privileges import PrivilegeError
-
     config = load(args.config)
     if not config.lmtp.listen:
         print("popbox: lmtp.listen is empty: nothing to listen on", file=sys.stderr)
         return 2
     setup_logging(config.log)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     try:
         asyncio.run(_serve_lmtp(config))
-    except PrivilegeError as exc:
+    except privileges.PrivilegeError as exc:
         print(f"popbox: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -133,24 +117,17 @@ def _lmtp(args: argparse.Namespace) -> int:
 
 async def _deliver_one(config: Config, recipient: str, sender: str | None,
                        message: bytes) -> int:
-    from popbox.server.backends import build
-
-    backends = build(config)
-    agent = _agent(config, backends)
-    try:
+    async with opened(config) as backends:
+        agent = _agent(config, backends)
         location = await agent.resolve(recipient)
         if isinstance(location, Outcome):
             return EX_NOUSER if location is Outcome.NO_SUCH_USER else EX_TEMPFAIL
         data = (trace_headers(sender, recipient) if sender is not None else b"") + message
         outcome = await agent.deliver(location, data)
-    finally:
-        await close_backends(backends)
     return {Outcome.DELIVERED: EX_OK, Outcome.PERMANENT: EX_CANTCREAT}.get(outcome, EX_TEMPFAIL)
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    from popbox.cli.main import setup_logging
-
     try:
         config = load(args.config)
     except ConfigError as exc:

@@ -1,4 +1,8 @@
-"""`popbox` command line: serve, check-config, demo, user, pw, fetch, who, kick, reload..."""
+"""The `popbox` command: `serve` (the POP3 server, here), `check-config` and `demo`, and
+the subcommands other modules add: `user` and `pw` (popbox.cli.user), `db`
+(popbox.cli.db), `fetch` (popbox.cli.fetch), `lmtp` and `deliver` (popbox.cli.lmtp),
+`import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate), `who`, `kick`,
+`reload` and `stats` (popbox.cli.admin)."""
 
 from __future__ import annotations
 
@@ -17,20 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from popbox import __version__
-from popbox.config import Config, ConfigError, LogSection, load
+from popbox.cli.common import DEFAULT_CONFIG, setup_logging, use_uvloop
+from popbox.config import Config, ConfigError, load
 from popbox.server.admin import AdminError
-
-DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
-
-
-def setup_logging(section: LogSection) -> None:
-    """Logging as `[log]` says; a target that cannot be opened is a configuration error."""
-    from popbox import logs
-
-    try:
-        logs.setup(section)
-    except OSError as exc:
-        raise ConfigError(f"log.target {section.target!r}: {exc.strerror or exc}") from None
 
 
 def run_server(config: Config, announce: bool = False, config_path: Path | None = None) -> int:
@@ -126,20 +119,15 @@ def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None,
     config_path: Path | None = None,
 ) -> int:
-    from popbox import logs
-    from popbox.server import metrics, privileges, sdnotify
-    from popbox.server.backends import build
+    from popbox import logs, privileges
+    from popbox.backends import build
+    from popbox.server import metrics, sdnotify
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
 
     if not logs.configured():
         setup_logging(config.log)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     ctx = ServerContext.create(config, build(config))
     ctx.config_path = config_path
     metrics_server = None
@@ -283,13 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import admin, db, fetch, importer, lmtp
+    from popbox.cli import admin, db, fetch, importer, lmtp, migrate
 
     admin.add_commands(sub)  # who, kick, reload, stats
     db.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)
+    migrate.add_commands(sub)  # migrate dovecot, uidl audit
     return parser
 
 

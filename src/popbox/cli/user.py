@@ -163,9 +163,9 @@ _IN_DB = "the database"
 def _pg(config: Config, op: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Run `op(connection)` against the configured database; None (after saying why) if
     the database cannot be used."""
-    from popbox.server.backends import database
-    from popbox.store import pg_schema
-    from popbox.store.pg_pool import DB_ERRORS
+    from popbox.backends import database
+    from popbox.pg import schema as pg_schema
+    from popbox.pg.pool import DB_ERRORS
 
     async def main() -> Any:
         conn = await database(config).connect()

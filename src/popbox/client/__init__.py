@@ -3,7 +3,7 @@
 
     from popbox import client
 
-    async with await client.connect("pop.example.org", tls="implicit") as pop:
+    async with client.connect("pop.example.org", tls="implicit") as pop:
         await pop.login("alice", password)
         count, octets = await pop.stat()
         message = client.to_lf(await pop.retr(1))
@@ -25,6 +25,7 @@ from popbox.client.errors import (
     PopTimeoutError,
     PopTlsError,
     PopUnsupportedError,
+    PopUsageError,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "PopTimeoutError",
     "PopTlsError",
     "PopUnsupportedError",
+    "PopUsageError",
     "Sink",
     "Tls",
     "connect",

@@ -1,35 +1,28 @@
 """Line ends: POP3 delivers messages with CRLF (RFC 1939 §3); Maildir and mbox files keep
 LF, as MTAs write them. `to_lf` converts a whole message, `LfConverter` a stream of pieces
-(a CR at the end of one piece is held until the next shows whether LF follows)."""
+(a CR at the end of one piece is held until the next shows whether LF follows). The
+conversion itself is `proto.wire.kernel.to_lf` (C when built)."""
 
 from __future__ import annotations
 
-import re
-
-# bytes.replace with a two-byte pattern is slow on mail (see proto.wire): re is faster
-_CRLF = re.compile(rb"\r\n")
+from popbox.proto import wire
+from popbox.proto.wire import CrCarry
 
 
 def to_lf(data: bytes) -> bytes:
     """CRLF line ends to LF; a CR not followed by LF is kept."""
-    return _CRLF.sub(b"\n", data)
+    return wire.kernel.to_lf(data)
 
 
 class LfConverter:
-    __slots__ = ("_cr",)
+    __slots__ = ("_carry",)
 
     def __init__(self) -> None:
-        self._cr = False
+        self._carry = CrCarry()
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._cr:
-            chunk = b"\r" + chunk
-            self._cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._cr = True
-        return _CRLF.sub(b"\n", chunk)
+        return wire.kernel.to_lf(self._carry.feed(chunk))
 
     def finish(self) -> bytes:
-        tail, self._cr = (b"\r" if self._cr else b""), False
+        tail, self._carry.held = (b"\r" if self._carry.held else b""), False
         return tail

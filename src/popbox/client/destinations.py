@@ -2,7 +2,10 @@
 
 A target is frozen data (what the accounts file or the command line said); `open_destination`
 turns it into a `Destination` the fetcher writes to. Maildir and mbox deliveries are exactly
-once across crashes (see `popbox.client.maildir` and `popbox.client.mbox`).
+once across crashes (see `popbox.client.maildir` and `popbox.client.mbox`); MDA
+(`popbox.client.mda`), LMTP and SMTP (`popbox.client.smtp_client`) deliveries are at least
+once: the record follows the success reply, so a kill between the two delivers that one
+message again.
 """
 
 from __future__ import annotations
@@ -10,21 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbox.client.fetcher import Destination
+from popbox.client.fetcher import DeliveryDeferred, DeliveryFailed, Destination
 from popbox.client.maildir import Maildir
 from popbox.client.mbox import Mbox
+from popbox.client.mda import Mda
+from popbox.client.smtp_client import SmtpDestination
 from popbox.client.state import StateFile
 
-
-class DeliveryDeferred(Exception):
-    """The destination could not take a message now (an MDA's exit status 75 or a signal,
-    an LMTP/SMTP 4xx reply): it was not delivered, and the run ends; the next run tries it
-    again."""
-
-
-class DeliveryFailed(Exception):
-    """The destination refused a message for good (another MDA exit status, a 5xx reply):
-    it is left on the server and reported; the run goes on with the next message."""
+__all__ = ["DeliveryDeferred", "DeliveryFailed", "LmtpTarget", "MaildirTarget", "MboxTarget",
+           "MdaTarget", "SmtpTarget", "Target", "describe", "open_destination"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +76,16 @@ def describe(target: Target) -> str:
 def open_destination(target: Target, state: StateFile, *, account: str,
                      user: str) -> Destination:
     """The destination for `target`; `account` and `user` name the account (for `%a`,
-    `%u` and the default recipient)."""
+    `%u` and the default recipient). ValueError for a target that cannot work (an empty
+    command, an unknown %-sequence, a bad address)."""
     match target:
         case MaildirTarget(path):
             return Maildir(path)
         case MboxTarget(path):
             return Mbox(path, state.spool_dir)
-        case _:
-            raise ValueError(f"delivery to {describe(target)} is not available yet")
+        case MdaTarget(argv):
+            return Mda(argv, state.spool_dir, account=account, user=user)
+        case LmtpTarget(address, recipient):
+            return SmtpDestination(address, recipient or user, state.spool_dir, lmtp=True)
+        case SmtpTarget(address, recipient):
+            return SmtpDestination(address, recipient or user, state.spool_dir, lmtp=False)

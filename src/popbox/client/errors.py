@@ -5,12 +5,13 @@ RFC 3206 response code (None when the server sent none) and `text` the rest of t
 The subclass comes from the code when there is one, else from the command: a refused
 login is a `PopAuthError`. `PopProtocolError`: the server broke the protocol.
 `PopConnectionError`: the network failed (refused, reset, closed, timed out, TLS).
+`PopUsageError`: the command could not be sent at all (a user name with a line break, a
+command not valid in the current state); nothing went to the server.
 """
 
 from __future__ import annotations
 
 from popbox.proto import events as ev
-from popbox.proto import replies as rp
 
 
 class PopClientError(Exception):
@@ -64,6 +65,10 @@ class PopTlsError(PopConnectionError):
     """TLS could not be set up: handshake, certificate, or STLS refused."""
 
 
+class PopUsageError(PopClientError):
+    """The protocol does not allow what was asked; nothing was sent."""
+
+
 class PopPlaintextRefused(PopClientError):
     """The login would send a password in the clear to a remote host without TLS."""
 
@@ -82,7 +87,7 @@ _BY_CODE: dict[str, type[PopError]] = {
 _LOGIN = (ev.User, ev.Pass, ev.Apop, ev.Auth, ev.SaslResponse, ev.SaslCancel)
 
 
-def error_for(reply: rp.ErrReply, verb: str = "") -> PopError:
+def error_for(reply: ev.Err, verb: str = "") -> PopError:
     """The exception for an -ERR reply. Codes are hierarchical (RFC 2449 §8): `SYS/TEMP/X`
     is a `SYS/TEMP`."""
     kind: type[PopError] = PopAuthError if isinstance(reply.command, _LOGIN) else PopError

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbox.client.crlf import LfConverter
-from popbox.client.state import Journal, fsync_dir
+from popbox.client.state import Journal
+from popbox.fsutil import fsync_dir
 from popbox.proto.wire import SizeCounter
 
 _OURS = re.compile(r"\d+\.M\d{6}K([0-9a-f]{32})\.")
@@ -82,6 +83,8 @@ class MaildirWriter:
 
 
 class Maildir:
+    records_each = False  # recorded per batch, after `commit` made the batch durable
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._keys: set[str] = set()
@@ -108,10 +111,13 @@ class Maildir:
     def has(self, key: str) -> bool:
         return key in self._keys
 
-    def writer(self, key: str) -> MaildirWriter:
+    def writer(self, key: str, uidl: str = "") -> MaildirWriter:
         return MaildirWriter(self.path, key, self._keys.add)
 
     def commit(self, uidls: Sequence[str], journal: Journal) -> None:
         """The batch's links are durable, then its UIDLs are recorded."""
         fsync_dir(self.path / "new")
         journal.record(list(uidls))
+
+    def close(self) -> None:
+        pass

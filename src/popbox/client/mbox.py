@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbox.client.crlf import LfConverter
-from popbox.client.mbox_format import HEADER_LIMIT, MboxrdQuoter, envelope_sender, from_line
-from popbox.client.state import Journal, Pending, StateError, fsync_dir
+from popbox.client.state import Journal, Pending, StateError
+from popbox.fsutil import fsync_dir
+from popbox.store.mbox_format import HEADER_LIMIT, MboxrdQuoter, envelope_sender, from_line
 
 PIECE = 1 << 20
 LOCK_WAIT = 60.0  # seconds to wait for a mail reader's lock
@@ -137,6 +138,8 @@ def _pieces(prefix: bytes, spooled: Sequence[Path]) -> Iterator[bytes]:
 
 
 class Mbox:
+    records_each = False  # recorded per batch, after `commit` made the batch durable
+
     def __init__(self, path: Path, spool_dir: Path) -> None:
         self.path = path
         self.spool_dir = spool_dir
@@ -154,7 +157,7 @@ class Mbox:
     def has(self, key: str) -> bool:
         return False  # an mbox has no per-message names: the state file decides
 
-    def writer(self, key: str) -> MboxWriter:
+    def writer(self, key: str, uidl: str = "") -> MboxWriter:
         return MboxWriter(self.spool_dir / key, self._batch.append)
 
     def commit(self, uidls: Sequence[str], journal: Journal) -> None:
@@ -184,6 +187,9 @@ class Mbox:
         for path in spooled:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+    def close(self) -> None:
+        pass
 
 
 def recover(journal: Journal, spool_dir: Path) -> str:

@@ -2,16 +2,17 @@
 
     conn = ClientConnection()
     conn.receive_data(bytes_from_socket)      # b"" means the server closed
-    event = conn.next_event()                 # OkReply(command=None, ...): the greeting
+    event = conn.next_event()                 # Ok(text, command=None): the greeting
     out = conn.send(ev.User("alice"))         # bytes to write; the reply is now expected
     out += conn.send(ev.Stat())               # pipelining: replies come back in order
 
-What a reply looks like comes from the shared command table (`commands.TABLE`, its
-`Shape`): CAPA, RETR and TOP are multi-line after +OK; LIST and UIDL are multi-line only
-without an argument; AUTH with a mechanism is a SASL exchange (`+ base64` challenges until
-+OK or -ERR) and a bare AUTH is a multi-line listing. -ERR is always one line (RFC 2449
-§3). RETR and TOP bodies come out as `Data` pieces as they arrive (a 100 MB message is
-never held whole); listings as `Lines`.
+The replies are the events the server core sends (`proto.events`), with the `command`
+each answers filled in. What a reply looks like comes from the shared command table
+(`commands.reply_shape`): CAPA, RETR and TOP are multi-line after +OK; LIST and UIDL are
+multi-line only without an argument; AUTH with a mechanism is a SASL exchange (`+ base64`
+challenges until +OK or -ERR) and a bare AUTH is a multi-line listing. -ERR is always
+one line (RFC 2449 §3). RETR and TOP bodies come out as `Data` pieces as they arrive (a
+100 MB message is never held whole); listings as `Lines`, decoded as UTF-8.
 
 Framing (RFC 1939 §3): status and listing lines end with CRLF (a bare LF is accepted) and
 are at most `max_line` octets: a longer one is a `ProtocolError`, so an endless line costs
@@ -22,8 +23,9 @@ pieces split it, by holding back at most two octets ("." and "\\r" at a line sta
 Response codes (RFC 2449 §8, RFC 3206): `[IN-USE]`, `[AUTH]`, `[SYS/TEMP]`, ... at the
 start of the text are split off into `code`; unknown codes are kept as they are.
 
-State (RFC 1939 §3) follows the replies: +OK to PASS, APOP or a SASL exchange enters
-TRANSACTION; any reply to QUIT ends the conversation. A command not legal in the current
+State (RFC 1939 §3) follows the replies, through the table both roles share
+(`proto.state`): +OK to PASS, APOP or a SASL exchange enters TRANSACTION; any reply to
+QUIT ends the conversation. A command not legal in the current
 state is refused locally (`LocalProtocolError`), unless a reply that may change the state
 is still outstanding. Data received after +OK to STLS, before TLS starts, is a protocol
 error (RFC 2595 §4: it could only have been injected by someone on the path).
@@ -33,48 +35,40 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import re
 from collections import deque
 from dataclasses import dataclass
 from typing import assert_never
 
 from popbox.proto import events as ev
-from popbox.proto import replies as rp
-from popbox.proto.commands import MAX_COMMAND_LINE, MAX_SASL_LINE, TABLE, Shape
-from popbox.proto.types import State
+from popbox.proto import wire
+from popbox.proto.commands import (
+    MAX_COMMAND_LINE,
+    MAX_SASL_LINE,
+    Shape,
+    reply_shape,
+    spec_of,
+    verb,
+)
+from popbox.proto.events import LocalProtocolError
+from popbox.proto.state import STATE_CHANGERS, after_reply
+from popbox.proto.types import MsgNo, State, Uidl
+
+__all__ = ["ClientConnection", "LocalProtocolError", "apop_timestamp", "capabilities", "encode",
+           "listing", "numbers", "split_code", "uidl_line", "uidl_listing", "verb"]
 
 MAX_LINE = MAX_SASL_LINE  # a status or listing line, CRLF included (RFC 2449 §4 says 512)
 
 _CODE = re.compile(rb"\[([\x21-\x2e\x30-\x5c\x5e-\x7e]+(?:/[\x21-\x2e\x30-\x5c\x5e-\x7e]+)*)\] ?")
 _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
-_STATE_CHANGERS = (ev.Pass, ev.Apop, ev.Auth, ev.Quit)
 # Multi-byte patterns through re: bytes.find/replace search them slowly in mail (proto.wire)
 _TERMINATOR = re.compile(rb"\n\.\r\n")
-_STUFFED = re.compile(rb"\n\.")
-
-
-class LocalProtocolError(ValueError):
-    """We were asked to send something the protocol does not allow."""
-
-
-class _Kind(enum.Enum):
-    STATUS = "status"  # one line
-    LISTING = "listing"  # +OK, then lines
-    MESSAGE = "message"  # +OK, then a message body
-    SASL = "sasl"  # challenges until +OK/-ERR
-
-
-class _Mode(enum.Enum):
-    STATUS = "status"
-    LISTING = "listing"
-    MESSAGE = "message"
 
 
 @dataclass(slots=True)
 class _Expected:
     command: ev.Command | None  # None: the greeting
-    kind: _Kind
+    shape: Shape
 
 
 def apop_timestamp(greeting: str) -> str | None:
@@ -91,36 +85,56 @@ def split_code(text: bytes) -> tuple[str | None, str]:
     return code, rest.decode("utf-8", "replace")
 
 
-def _kind(command: ev.Command) -> _Kind:
-    match command:
-        case ev.Retr() | ev.Top():
-            return _Kind.MESSAGE
-        case ev.Auth(mechanism=None):
-            return _Kind.LISTING
-        case _:
-            pass
-    shape = TABLE[verb(command)].shape
-    match shape:
-        case Shape.SINGLE:
-            return _Kind.STATUS
-        case Shape.MULTI:
-            return _Kind.LISTING
-        case Shape.MULTI_WITHOUT_ARG:
-            assert isinstance(command, ev.List | ev.Uidl)
-            return _Kind.LISTING if command.msg is None else _Kind.STATUS
-        case Shape.SASL:
-            return _Kind.SASL
-        case _:
-            assert_never(shape)
+# --- what the replies say (RFC 1939 §§5, 7; RFC 2449 §5) ---
 
 
-def verb(command: ev.Command) -> str:
-    """The table's verb: each command event class is named after its verb."""
-    match command:
-        case ev.SaslResponse() | ev.SaslCancel():
-            return "AUTH"
-        case _:
-            return type(command).__name__.upper()
+def numbers(text: str) -> tuple[int, int] | None:
+    """The two numbers that open a STAT reply ("count octets") or a LIST line ("msg
+    octets"); anything after them is ignored (RFC 1939 §5); None when malformed."""
+    parts = text.split(None, 2)
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def listing(lines: list[str]) -> dict[MsgNo, int] | None:
+    """A LIST listing: message number -> octets; None if any line is malformed."""
+    sizes: dict[MsgNo, int] = {}
+    for line in lines:
+        pair = numbers(line)
+        if pair is None:
+            return None
+        sizes[MsgNo(pair[0])] = pair[1]
+    return sizes
+
+
+def uidl_line(text: str) -> tuple[MsgNo, Uidl] | None:
+    """A UIDL line or reply, "msg unique-id" (RFC 1939 §7); None when malformed."""
+    parts = text.split()
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    return MsgNo(int(parts[0])), Uidl(parts[1])
+
+
+def uidl_listing(lines: list[str]) -> dict[MsgNo, Uidl] | None:
+    """A UIDL listing: message number -> unique-id; None if any line is malformed."""
+    uidls: dict[MsgNo, Uidl] = {}
+    for line in lines:
+        pair = uidl_line(line)
+        if pair is None:
+            return None
+        uidls[pair[0]] = pair[1]
+    return uidls
+
+
+def capabilities(lines: list[str]) -> dict[str, list[str]]:
+    """A CAPA listing (RFC 2449 §5): capability name, upper-cased -> its arguments."""
+    caps: dict[str, list[str]] = {}
+    for line in lines:
+        name, *args = line.split() or [""]
+        if name:
+            caps[name.upper()] = args
+    return caps
 
 
 def _text(value: str, *, spaces: bool = False) -> bytes:
@@ -182,14 +196,14 @@ class ClientConnection:
         self._buffer = bytearray()
         self._expected: deque[_Expected] = deque()
         if greeting:
-            self._expected.append(_Expected(None, _Kind.STATUS))
-        self._mode = _Mode.STATUS
+            self._expected.append(_Expected(None, Shape.SINGLE))
+        self._mode = Shape.SINGLE  # what is being read: status lines, a listing, a body
         self._line_start = True
         self._end_next = False
         self._sasl_waiting = False
         self._tls_pending = False
         self._eof = False
-        self._error: rp.ProtocolError | None = None
+        self._error: ev.ProtocolError | None = None
 
     @property
     def state(self) -> State:
@@ -221,15 +235,15 @@ class ClientConnection:
         if self._sasl_waiting:
             raise LocalProtocolError("a SASL challenge must be answered first")
         for waiting in self._expected:
-            if waiting.kind is _Kind.SASL or isinstance(waiting.command, ev.Stls):
+            if waiting.shape is Shape.SASL or isinstance(waiting.command, ev.Stls):
                 # RFC 5034 §4: our next line answers the exchange; RFC 2595 §4: nothing
                 # may follow STLS until TLS is up
                 raise LocalProtocolError("nothing may follow AUTH or STLS until answered")
-        settled = not any(isinstance(e.command, _STATE_CHANGERS) for e in self._expected)
-        if settled and self._state not in TABLE[verb(command)].states:
+        settled = not any(isinstance(e.command, STATE_CHANGERS) for e in self._expected)
+        if settled and self._state not in spec_of(command).states:
             raise LocalProtocolError(f"{verb(command)} is not valid in {self._state.value}")
         data = encode(command)
-        self._expected.append(_Expected(command, _kind(command)))
+        self._expected.append(_Expected(command, reply_shape(command)))
         return data
 
     # --- input ---
@@ -244,31 +258,31 @@ class ClientConnection:
         """The shell has completed the TLS handshake after +OK to STLS."""
         self._tls_pending = False
 
-    def next_event(self) -> rp.ServerEvent | ev.Sentinel:
+    def next_event(self) -> ev.ServerEvent | ev.Sentinel:
         if self._error is not None:
             return self._error
         if self._tls_pending and self._buffer:
             return self._fail("data received after +OK to STLS, before TLS")
         match self._mode:
-            case _Mode.MESSAGE:
+            case Shape.MESSAGE:
                 event = self._body()
-            case _Mode.LISTING:
+            case Shape.LISTING:
                 event = self._listing()
-            case _Mode.STATUS:
+            case Shape.SINGLE | Shape.SASL:
                 event = self._status()
             case _:
                 assert_never(self._mode)
         if event is ev.NEED_DATA and self._eof:
             clean = not self._expected and not self._buffer
-            return rp.Closed(clean or self._state is State.CLOSED)
+            return ev.Closed(clean or self._state is State.CLOSED)
         return event
 
-    def _fail(self, reason: str) -> rp.ProtocolError:
-        self._error = rp.ProtocolError(reason)
+    def _fail(self, reason: str) -> ev.ProtocolError:
+        self._error = ev.ProtocolError(reason)
         self._buffer.clear()
         return self._error
 
-    def _line(self) -> bytes | rp.ProtocolError | None:
+    def _line(self) -> bytes | ev.ProtocolError | None:
         """The next complete line without its line end; None if there is none yet."""
         buf = self._buffer
         nl = buf.find(b"\n", 0, self._max_line)
@@ -281,13 +295,13 @@ class ClientConnection:
         del buf[: nl + 1]
         return line
 
-    def _status(self) -> rp.ServerEvent | ev.Sentinel:
+    def _status(self) -> ev.ServerEvent | ev.Sentinel:
         if self._state is State.CLOSED:
             return ev.NEED_DATA
         line = self._line()
         if line is None:
             return ev.NEED_DATA
-        if isinstance(line, rp.ProtocolError):
+        if isinstance(line, ev.ProtocolError):
             return line
         head = line[:4].upper()
         if head == b"+OK" or head.startswith(b"+OK "):
@@ -298,44 +312,38 @@ class ClientConnection:
             return self._continuation(line[2:])
         return self._fail(f"not a POP3 reply: {line[:40]!r}")
 
-    def _ok(self, text: bytes) -> rp.ServerEvent:
+    def _ok(self, text: bytes) -> ev.ServerEvent:
         if not self._expected:
             return self._fail("+OK with no command outstanding")
         expected = self._expected[0]
-        command, kind = expected.command, expected.kind
+        command, shape = expected.command, expected.shape
         code, decoded = split_code(text)
-        if command is not None and kind in (_Kind.LISTING, _Kind.MESSAGE):
-            self._mode = _Mode.LISTING if kind is _Kind.LISTING else _Mode.MESSAGE
+        if shape is Shape.LISTING or shape is Shape.MESSAGE:
+            self._mode = shape
             self._line_start = True
-            return rp.OkReply(command, decoded, code, multiline=True)
+            return ev.Ok(decoded, code, command, multiline=True)
         self._expected.popleft()
         self._sasl_waiting = False
-        match command:
-            case ev.Pass() | ev.Apop() | ev.Auth():
-                self._state = State.TRANSACTION
-            case ev.Quit():
-                self._state = State.CLOSED
-            case ev.Stls():
-                if self._buffer:
-                    return self._fail("data received after +OK to STLS, before TLS")
-                self._tls_pending = True
-            case _:
-                pass
-        return rp.OkReply(command, decoded, code)
+        self._state = after_reply(self._state, command, ok=True)
+        if isinstance(command, ev.Stls):
+            if self._buffer:
+                return self._fail("data received after +OK to STLS, before TLS")
+            self._tls_pending = True
+        return ev.Ok(decoded, code, command)
 
-    def _err(self, text: bytes) -> rp.ServerEvent:
+    def _err(self, text: bytes) -> ev.ServerEvent:
         code, decoded = split_code(text)
         if not self._expected:
-            return rp.ErrReply(None, decoded, code)  # e.g. an idle timeout notice
+            return ev.Err(decoded, code)  # e.g. an idle timeout notice
         command = self._expected.popleft().command
         self._sasl_waiting = False
-        if isinstance(command, ev.Quit):
-            self._state = State.CLOSED
-        return rp.ErrReply(command, decoded, code)
+        self._mode = Shape.SINGLE
+        self._state = after_reply(self._state, command, ok=False)
+        return ev.Err(decoded, code, command)
 
-    def _continuation(self, data: bytes) -> rp.ServerEvent:
+    def _continuation(self, data: bytes) -> ev.ServerEvent:
         expected = self._expected[0] if self._expected else None
-        if expected is None or expected.kind is not _Kind.SASL or self._sasl_waiting:
+        if expected is None or expected.shape is not Shape.SASL or self._sasl_waiting:
             return self._fail("unexpected SASL challenge")
         assert isinstance(expected.command, ev.Auth)
         try:
@@ -343,22 +351,21 @@ class ClientConnection:
         except (binascii.Error, ValueError):
             return self._fail("SASL challenge is not base64")
         self._sasl_waiting = True
-        return rp.Continuation(expected.command, decoded)
+        return ev.Continuation(decoded, expected.command)
 
-    def _end(self) -> rp.End:
+    def _end(self) -> ev.End:
         command = self._expected.popleft().command
-        assert command is not None
-        self._mode = _Mode.STATUS
-        return rp.End(command)
+        self._mode = Shape.SINGLE
+        return ev.End(command)
 
-    def _listing(self) -> rp.ServerEvent | ev.Sentinel:
+    def _listing(self) -> ev.ServerEvent | ev.Sentinel:
         if self._end_next:
             self._end_next = False
             return self._end()
-        lines: list[bytes] = []
+        lines: list[str] = []
         while True:
             line = self._line()
-            if isinstance(line, rp.ProtocolError):
+            if isinstance(line, ev.ProtocolError):
                 return line
             if line is None:
                 break
@@ -367,10 +374,10 @@ class ClientConnection:
                     return self._end()
                 self._end_next = True  # the lines first, the end on the next call
                 break
-            lines.append(line[1:] if line[:1] == b"." else line)
-        return rp.Lines(tuple(lines)) if lines else ev.NEED_DATA
+            lines.append((line[1:] if line[:1] == b"." else line).decode("utf-8", "replace"))
+        return ev.Lines(tuple(lines)) if lines else ev.NEED_DATA
 
-    def _body(self) -> rp.ServerEvent | ev.Sentinel:
+    def _body(self) -> ev.ServerEvent | ev.Sentinel:
         buf = self._buffer
         if self._line_start and buf.startswith(b".\r\n"):
             del buf[:3]
@@ -391,6 +398,4 @@ class ClientConnection:
         chunk = bytes(buf[:size])
         del buf[:size]
         at_start, self._line_start = self._line_start, chunk[-1:] == b"\n"
-        if at_start and chunk[:1] == b".":
-            chunk = chunk[1:]
-        return rp.Data(_STUFFED.sub(b"\n", chunk))
+        return ev.Data(wire.kernel.unstuff(chunk, at_start))

@@ -1,8 +1,16 @@
-"""The command table: verb, legal states, argument grammar and reply shape.
+"""The command table: verb, event class, legal states, argument grammar, reply shape and
+the capability each command belongs to.
 
-One table, read by the server core (which commands are legal now, how to parse them) and
-by the client core (what shape of answer to expect). Parsing is strict and total: every
-input line maps to a command event or to `Invalid`, never to an exception.
+One table, read by both cores and by the server's CAPA: the server core parses with it
+and refuses what is not legal in the current state; the client core takes each command's
+verb and the shape of its reply from it (`verb`, `reply_shape`) and refuses locally what
+the server would; CAPA lists the capabilities of the table's commands
+(`capabilities`, RFC 2449 §5). Parsing is strict and total: every input line maps to a
+command event or to `Invalid`, never to an exception.
+
+Reply shapes (RFC 2449 §3): SINGLE, one status line; LISTING, +OK and lines (CAPA, LIST
+and UIDL without an argument, a bare AUTH); MESSAGE, +OK and a message body (RETR, TOP);
+SASL, challenges until +OK or -ERR (AUTH with a mechanism). -ERR is always one line.
 
 - RFC 1939 §3: keywords are case-insensitive, arguments are separated by single spaces,
   message numbers are positive decimal integers.
@@ -16,7 +24,7 @@ import base64
 import binascii
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from popbox.proto import events as ev
@@ -37,10 +45,10 @@ BOTH = (State.AUTHORIZATION, State.TRANSACTION)
 class Shape(enum.Enum):
     """How the server answers (RFC 2449 §3): what a client must read."""
 
-    SINGLE = "single"
-    MULTI = "multi"
-    MULTI_WITHOUT_ARG = "multi-without-argument"  # LIST, UIDL: multi-line when no argument
-    SASL = "sasl"  # AUTH: challenges until +OK/-ERR; a bare AUTH is multi-line
+    SINGLE = "single"  # one status line
+    LISTING = "listing"  # +OK, then lines, then "."
+    MESSAGE = "message"  # +OK, then a byte-stuffed message, then "."
+    SASL = "sasl"  # challenges until +OK/-ERR
 
 
 Parsed = ev.Command | ev.Invalid
@@ -50,9 +58,11 @@ Parser = Callable[[list[bytes], bytes], Parsed]
 @dataclass(frozen=True, slots=True)
 class Spec:
     verb: str
+    event: type[ev.Command]
     states: tuple[State, ...]
-    shape: Shape
+    shape: Shape  # LIST and UIDL with an argument, and a bare AUTH: see `reply_shape`
     parse: Parser
+    capability: str | None = None  # RFC 2449 §6: the CAPA tag that announces it
 
 
 def _bad(verb: str, problem: ev.Problem = ev.Problem.BAD_ARGUMENTS) -> ev.Invalid:
@@ -164,31 +174,68 @@ def _parse_auth(args: list[bytes], rest: bytes) -> Parsed:
     return ev.Auth(mechanism.upper(), initial)
 
 
-def _spec(verb: str, states: tuple[State, ...], shape: Shape, parse: Parser) -> Spec:
-    return Spec(verb, states, shape, parse)
-
+S, L, M = Shape.SINGLE, Shape.LISTING, Shape.MESSAGE
 
 TABLE: dict[str, Spec] = {
     spec.verb: spec
     for spec in (
-        _spec("USER", AUTH_ONLY, Shape.SINGLE, _parse_user),
-        _spec("PASS", AUTH_ONLY, Shape.SINGLE, _parse_pass),
-        _spec("APOP", AUTH_ONLY, Shape.SINGLE, _parse_apop),
-        _spec("AUTH", AUTH_ONLY, Shape.SASL, _parse_auth),
-        _spec("STLS", AUTH_ONLY, Shape.SINGLE, _no_args(ev.Stls, "STLS")),
-        _spec("UTF8", BOTH, Shape.SINGLE, _no_args(ev.Utf8, "UTF8")),
-        _spec("CAPA", BOTH, Shape.MULTI, _no_args(ev.Capa, "CAPA")),
-        _spec("QUIT", BOTH, Shape.SINGLE, _no_args(ev.Quit, "QUIT")),
-        _spec("STAT", TRANSACTION_ONLY, Shape.SINGLE, _no_args(ev.Stat, "STAT")),
-        _spec("LIST", TRANSACTION_ONLY, Shape.MULTI_WITHOUT_ARG, _opt_msg_arg(ev.List, "LIST")),
-        _spec("UIDL", TRANSACTION_ONLY, Shape.MULTI_WITHOUT_ARG, _opt_msg_arg(ev.Uidl, "UIDL")),
-        _spec("RETR", TRANSACTION_ONLY, Shape.MULTI, _msg_arg(ev.Retr, "RETR")),
-        _spec("TOP", TRANSACTION_ONLY, Shape.MULTI, _parse_top),
-        _spec("DELE", TRANSACTION_ONLY, Shape.SINGLE, _msg_arg(ev.Dele, "DELE")),
-        _spec("NOOP", TRANSACTION_ONLY, Shape.SINGLE, _no_args(ev.Noop, "NOOP")),
-        _spec("RSET", TRANSACTION_ONLY, Shape.SINGLE, _no_args(ev.Rset, "RSET")),
+        Spec("TOP", ev.Top, TRANSACTION_ONLY, M, _parse_top, "TOP"),
+        Spec("UIDL", ev.Uidl, TRANSACTION_ONLY, L, _opt_msg_arg(ev.Uidl, "UIDL"), "UIDL"),
+        Spec("UTF8", ev.Utf8, BOTH, S, _no_args(ev.Utf8, "UTF8"), "UTF8"),
+        Spec("STLS", ev.Stls, AUTH_ONLY, S, _no_args(ev.Stls, "STLS"), "STLS"),
+        Spec("USER", ev.User, AUTH_ONLY, S, _parse_user, "USER"),
+        Spec("PASS", ev.Pass, AUTH_ONLY, S, _parse_pass, "USER"),
+        Spec("AUTH", ev.Auth, AUTH_ONLY, Shape.SASL, _parse_auth, "SASL"),
+        Spec("APOP", ev.Apop, AUTH_ONLY, S, _parse_apop),
+        Spec("CAPA", ev.Capa, BOTH, L, _no_args(ev.Capa, "CAPA")),
+        Spec("QUIT", ev.Quit, BOTH, S, _no_args(ev.Quit, "QUIT")),
+        Spec("STAT", ev.Stat, TRANSACTION_ONLY, S, _no_args(ev.Stat, "STAT")),
+        Spec("LIST", ev.List, TRANSACTION_ONLY, L, _opt_msg_arg(ev.List, "LIST")),
+        Spec("RETR", ev.Retr, TRANSACTION_ONLY, M, _msg_arg(ev.Retr, "RETR")),
+        Spec("DELE", ev.Dele, TRANSACTION_ONLY, S, _msg_arg(ev.Dele, "DELE")),
+        Spec("NOOP", ev.Noop, TRANSACTION_ONLY, S, _no_args(ev.Noop, "NOOP")),
+        Spec("RSET", ev.Rset, TRANSACTION_ONLY, S, _no_args(ev.Rset, "RSET")),
     )
 }
+
+# The verb of every command event; the lines inside an AUTH exchange belong to AUTH.
+_VERBS: dict[type, str] = {spec.event: spec.verb for spec in TABLE.values()}
+_VERBS[ev.SaslResponse] = _VERBS[ev.SaslCancel] = "AUTH"
+
+
+def spec_of(command: ev.Command) -> Spec:
+    return TABLE[_VERBS[type(command)]]
+
+
+def verb(command: ev.Command) -> str:
+    return _VERBS[type(command)]
+
+
+def reply_shape(command: ev.Command) -> Shape:
+    """What the reply to `command` looks like after +OK. LIST and UIDL are listings only
+    without an argument (RFC 1939 §5); a bare AUTH lists the mechanisms (RFC 1734 style)."""
+    match command:
+        case ev.List(msg) | ev.Uidl(msg) if msg is not None:
+            return Shape.SINGLE
+        case ev.Auth(None):
+            return Shape.LISTING
+        case _:
+            return spec_of(command).shape
+
+
+def capabilities(state: State, offered: Mapping[str, str]) -> list[str]:
+    """The CAPA lines (RFC 2449 §5) for the table's commands, in table order: each
+    capability in `offered` (tag -> its arguments, "" for none) once. A capability whose
+    commands are legal only before login is listed only before login; the others in both
+    states (RFC 2449 §5: the client learns what it may do after login)."""
+    lines: list[str] = []
+    for spec in TABLE.values():
+        tag = spec.capability
+        if tag is None or tag not in offered or any(line.split()[0] == tag for line in lines):
+            continue
+        if state is State.AUTHORIZATION or State.TRANSACTION in spec.states:
+            lines.append(f"{tag} {offered[tag]}" if offered[tag] else tag)
+    return lines
 
 
 def parse_command(line: bytes, state: State) -> Parsed:

@@ -1,7 +1,16 @@
-"""Events: what the peer said (commands) and what we answer (replies).
+"""Events: the one vocabulary both cores speak, as frozen dataclasses with slots.
 
-Frozen dataclasses with slots, shared by the server core and, later, the client core.
-Secrets (PASS arguments, SASL payloads) have a redacting repr.
+Commands (RFC 1939 §§4-7, RFC 2449 §5, RFC 2595 §4, RFC 5034 §4, RFC 6856 §3) are what
+the client core sends and the server core hands out. Replies are what the server core
+sends and the client core hands out: a status line (`Ok`, `Err`; RFC 1939 §3), a SASL
+challenge (`Continuation`, RFC 5034 §4), then, for a multi-line reply (RFC 1939 §3), the
+`Lines` of a listing or the `Data` of a message, closed by `End`. Fields the sender
+leaves empty are filled by the receiving client core: the `command` a reply answers
+(None for the greeting), `multiline` on an `Ok` that opens a multi-line reply.
+
+Response codes (RFC 2449 §8) are strings: `RespCode` members on the server side, any
+code a server sent on the client side. Secrets (PASS arguments, SASL payloads) have a
+redacting repr.
 """
 
 from __future__ import annotations
@@ -9,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from popbox.proto.types import MsgNo, RespCode
+from popbox.proto.types import MsgNo
 
 
 class Sentinel(enum.Enum):
@@ -155,35 +164,81 @@ Command = (
 Event = Command | Invalid | ConnectionClosed
 
 
-# --- replies ---
+# --- replies (RFC 1939 §3, RFC 2449 §8, RFC 5034 §4) ---
 
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """`+OK text`. For RETR/TOP the message body follows (proto.wire.MessageEncoder)."""
+    """`+OK text`. Opens a multi-line reply when the command's shape says so."""
 
     text: str = ""
+    code: str | None = None
+    command: Command | None = None
+    multiline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Err:
+    """`-ERR [code] text`: always one line (RFC 2449 §3)."""
+
     text: str
-    code: RespCode | None = None
+    code: str | None = None
+    command: Command | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class MultiLine:
-    """`+OK text`, then each line byte-stuffed, then the terminator."""
+class Continuation:
+    """A SASL server challenge, `+ base64` (RFC 5034 §4), as decoded bytes."""
 
-    text: str
+    data: bytes = field(repr=False)
+    command: Auth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """Lines of a listing (CAPA, LIST, UIDL, bare AUTH): un-stuffed, without CRLF."""
+
     lines: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Challenge:
-    """A SASL server challenge: `+ base64` (RFC 5034 §4)."""
+class Data:
+    """A piece of a message (RETR, TOP) as stored (server) or un-stuffed (client)."""
 
     data: bytes = field(repr=False)
 
 
-Reply = Ok | Err | MultiLine | Challenge
+@dataclass(frozen=True, slots=True)
+class End:
+    """The multi-line reply to `command` is complete."""
+
+    command: Command | None = None
+
+
+END = End()  # the server's: the same value every time
+
+Reply = Ok | Err | Continuation | Lines | Data | End
+
+
+# --- what else the client core reports ---
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """The server broke the protocol; the connection is unusable."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The server closed the connection; `clean` when nothing was outstanding."""
+
+    clean: bool
+
+
+ServerEvent = Reply | ProtocolError | Closed
+
+
+class LocalProtocolError(ValueError):
+    """This side was asked to send something the protocol does not allow."""

@@ -10,14 +10,21 @@ Framing: lines end with CRLF; a bare LF is accepted too. The input buffer never 
 than `MAX_SASL_LINE` octets of an unfinished line: the rest of an over-long line is
 discarded as it arrives and the line is reported once as `Invalid(LINE_TOO_LONG)`.
 
+Replies (RFC 1939 §3): `Ok`, `Err` or `Continuation` answers the pending command. When
+the command's shape (`commands.reply_shape`) is a listing, `Ok` is followed by `Lines`
+(byte-stuffed here) and `End`; when it is a message (RETR, TOP), by `Data` pieces of the
+message as stored and `End`: the core turns LF into CRLF, stuffs and terminates them
+(`proto.wire.MessageEncoder`), so every byte on the wire comes from `send`. Anything
+else is a `LocalProtocolError`.
+
 Pipelining (RFC 2449 §6.6): every complete line already received is a command to answer
 in order; `next_event()` hands out the next one only after the previous one was answered
-(it says PAUSED meanwhile), so replies can never be reordered or doubled.
+in full (it says PAUSED meanwhile), so replies can never be reordered or doubled.
 
-State (RFC 1939 §3) is derived from the replies the server sends: +OK to PASS, APOP or
-AUTH enters TRANSACTION; QUIT in TRANSACTION enters UPDATE, and any reply to QUIT ends the
-conversation. +OK to STLS throws away everything received after the STLS line (RFC 2595
-§4, the CVE-2011-0411 command-injection class); the shell then starts TLS.
+State (RFC 1939 §3) follows the table in `proto.state`, from the replies the server
+sends. +OK to STLS throws away everything received after the STLS line (RFC 2595 §4, the
+CVE-2011-0411 command-injection class); the shell then starts TLS. PASS is legal only
+right after +OK to USER (RFC 1939 §7).
 """
 
 from __future__ import annotations
@@ -27,17 +34,27 @@ from collections import deque
 from typing import assert_never
 
 from popbox.proto import events as ev
-from popbox.proto.commands import MAX_SASL_LINE, parse_command, parse_sasl_response
+from popbox.proto.commands import (
+    MAX_SASL_LINE,
+    TABLE,
+    Shape,
+    parse_command,
+    parse_sasl_response,
+)
+from popbox.proto.commands import reply_shape as _reply_shape
+from popbox.proto.state import ON_ERR, ON_OK, ON_RECEIVE
 from popbox.proto.types import State
+from popbox.proto.wire import MessageEncoder
 
 _TOO_LONG = object()
 
 
 class ServerConnection:
-    __slots__ = ("_buffer", "_discarding", "_eof", "_lines", "_pending", "_sasl", "_state",
-                 "_user_accepted", "utf8")
+    __slots__ = ("_buffer", "_discarding", "_encoder", "_eof", "_lines", "_listing",
+                 "_no_nuls", "_pending", "_sasl", "_state", "_user_accepted")
 
-    def __init__(self) -> None:
+    def __init__(self, *, no_nuls: bool = False) -> None:
+        """`no_nuls`: send NUL octets in message bodies as 0x80 (`MessageEncoder`)."""
         self._state = State.AUTHORIZATION
         self._buffer = bytearray()
         self._lines: deque[bytes | object] = deque()
@@ -46,7 +63,9 @@ class ServerConnection:
         self._pending: ev.Event | None = None
         self._sasl = False
         self._user_accepted = False
-        self.utf8 = False
+        self._no_nuls = no_nuls
+        self._listing = False  # after +OK to a listing, until End
+        self._encoder: MessageEncoder | None = None  # after +OK to RETR/TOP, until End
 
     @property
     def state(self) -> State:
@@ -58,9 +77,9 @@ class ServerConnection:
         return len(self._buffer)
 
     @property
-    def in_sasl(self) -> bool:
-        """True while an AUTH exchange waits for the client's next response."""
-        return self._sasl
+    def replying(self) -> bool:
+        """A multi-line reply is open: only its `Lines` or `Data`, then `End`, may follow."""
+        return self._listing or self._encoder is not None
 
     # --- input ---
 
@@ -116,47 +135,73 @@ class ServerConnection:
         if isinstance(event, ev.Pass) and not self._user_accepted:
             event = ev.Invalid(ev.Problem.PASS_WITHOUT_USER, "PASS")
         self._user_accepted = False
-        if isinstance(event, ev.Quit) and self._state is State.TRANSACTION:
-            self._state = State.UPDATE
+        moves = ON_RECEIVE.get(type(event))
+        if moves is not None:
+            self._state = _move(moves, self._state)
         self._pending = event
         return event
 
     # --- output ---
 
     def send(self, reply: ev.Reply) -> bytes:
-        """Bytes for `reply`; answers the pending command, if any, and moves the state."""
-        pending, self._pending = self._pending, None
-        self._advance(pending, reply)
+        """Bytes for `reply`: the status line that answers the pending command (if any)
+        and moves the state, or a piece of the multi-line reply it opened."""
+        encoder = self._encoder
+        if encoder is not None:
+            if type(reply) is ev.Data:
+                return encoder.feed(reply.data)
+            if type(reply) is ev.End:
+                self._encoder = self._pending = None
+                return encoder.finish()
+            raise ev.LocalProtocolError(f"{type(reply).__name__} inside a message body")
+        if self._listing:
+            if type(reply) is ev.Lines:
+                return _stuffed(reply.lines)
+            if type(reply) is ev.End:
+                self._listing = False
+                self._pending = None
+                return b".\r\n"
+            raise ev.LocalProtocolError(f"{type(reply).__name__} inside a listing")
+        pending = self._pending
         match reply:
             case ev.Ok(text):
+                shape = _MULTI.get(type(pending), Shape.SINGLE)  # (inline: a call per reply)
+                if shape is None:
+                    assert isinstance(pending, ev.List | ev.Uidl | ev.Auth)
+                    shape = _reply_shape(pending)
+                if shape is Shape.MESSAGE:
+                    self._encoder = MessageEncoder(no_nuls=self._no_nuls)
+                elif shape is Shape.LISTING:
+                    self._listing = True
+                else:
+                    self._pending = None
+                    self._advance(pending, ok=True)
                 return _status(b"+OK", text)
             case ev.Err(text, code):
-                return _status(b"-ERR", f"[{code.value}] {text}" if code else text)
-            case ev.MultiLine(text, lines):
-                return _status(b"+OK", text) + _multiline(lines)
-            case ev.Challenge(data):
+                self._pending = None
+                self._advance(pending, ok=False)
+                return _status(b"-ERR", f"[{code}] {text}" if code else text)
+            case ev.Continuation(data):
+                self._pending = None
+                self._sasl = True
                 return b"+ " + base64.b64encode(data) + b"\r\n"
+            case ev.Lines() | ev.Data() | ev.End():
+                raise ev.LocalProtocolError(f"{type(reply).__name__} without a multi-line +OK")
             case _:
                 assert_never(reply)
 
-    def _advance(self, pending: ev.Event | None, reply: ev.Reply) -> None:
-        ok = isinstance(reply, ev.Ok | ev.MultiLine)
-        self._sasl = isinstance(reply, ev.Challenge)
+    def _advance(self, pending: ev.Event | None, *, ok: bool) -> None:
+        self._sasl = False
+        moves = (ON_OK if ok else ON_ERR).get(type(pending))
+        if moves is not None:
+            self._state = _move(moves, self._state)
         match pending:
             case ev.User():
                 self._user_accepted = ok
-            case ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse() if ok:
-                if isinstance(pending, ev.Auth) and pending.mechanism is None:
-                    return  # a bare AUTH only lists mechanisms
-                self._state = State.TRANSACTION
-            case ev.Quit():
-                self._state = State.CLOSED
             case ev.Stls() if ok:
                 self._lines.clear()
                 self._buffer.clear()
                 self._discarding = False
-            case ev.Utf8() if ok:
-                self.utf8 = True
             case _:
                 pass
 
@@ -164,6 +209,23 @@ class ServerConnection:
         """The shell ended the conversation (timeout, shutdown, too many errors)."""
         self._state = State.CLOSED
         self._pending = None
+        self._encoder = None
+        self._listing = False
+
+
+# The commands whose +OK may open a multi-line reply; a class hashes in C, so the common
+# single-line commands cost one dictionary miss (and RETR, TOP and CAPA one hit).
+_MULTI: dict[type, Shape | None] = {
+    spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
+}
+_MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = None  # it depends on the argument
+
+
+def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:
+    for before, after in moves:
+        if before is state:
+            return after
+    return state
 
 
 def _clean(text: str) -> bytes:
@@ -174,9 +236,10 @@ def _status(indicator: bytes, text: str) -> bytes:
     return indicator + b" " + _clean(text) + b"\r\n" if text else indicator + b"\r\n"
 
 
-def _multiline(lines: tuple[str, ...]) -> bytes:
+def _stuffed(lines: tuple[str, ...]) -> bytes:
+    """Listing lines on the wire: each ended by CRLF, a leading "." doubled."""
     if not lines:
-        return b".\r\n"
+        return b""
     body = "\r\n".join(lines)
     # Fast path for long listings (LIST/UIDL of 100,000 messages): one join, one encode,
     # when no line holds a line break of its own or starts with the termination octet.
@@ -186,7 +249,7 @@ def _multiline(lines: tuple[str, ...]) -> bytes:
         and not body.startswith(".")
         and "\n." not in body
     ):
-        return body.encode("utf-8", "replace") + b"\r\n.\r\n"
+        return body.encode("utf-8", "replace") + b"\r\n"
     out = [b"." + raw if raw.startswith(b".") else raw for raw in map(_clean, lines)]
-    out.append(b".")
-    return b"\r\n".join(out) + b"\r\n"
+    out.append(b"")
+    return b"\r\n".join(out)

@@ -1,7 +1,11 @@
 """Value types shared by every layer: states, message numbers, UIDLs, response codes.
 
-Message numbers (1-based, per session, RFC 1939 §4) and unique-ids (RFC 1939 §7, UIDL)
-are distinct types so that neither is mistaken for a list index or a file name.
+Three kinds of number and name, three types, so that none is mistaken for another (the
+three index spaces of Dovecot's pop3-client.h): `MsgNo`, the 1-based message number a
+client sees (RFC 1939 §4), exists only at the wire; `Index`, the 0-based position in a
+session's snapshot, is what the server and the store speak; `Uidl` is a message's
+unique-id (RFC 1939 §7). `MsgNo(1).index()` does not exist on purpose: `to_index` is
+the one conversion.
 """
 
 from __future__ import annotations
@@ -11,6 +15,15 @@ from typing import NewType
 
 MsgNo = NewType("MsgNo", int)
 """A message number as the client sees it: 1 is the first message of the snapshot."""
+
+Index = NewType("Index", int)
+"""A position in a session's snapshot: 0 is message number 1."""
+
+
+def to_index(msg: MsgNo) -> Index:
+    # Not Index(msg - 1): calling a NewType is a Python call too, on every command.
+    return msg - 1  # type: ignore[return-value]
+
 
 Uidl = NewType("Uidl", str)
 """A unique-id listing: 1 to 70 characters in 0x21..0x7E (RFC 1939 §7)."""
@@ -25,8 +38,9 @@ class State(enum.Enum):
     CLOSED = "CLOSED"
 
 
-class RespCode(enum.Enum):
-    """Extended response codes: RFC 2449 §8, RFC 3206, RFC 6856."""
+class RespCode(enum.StrEnum):
+    """Extended response codes: RFC 2449 §8, RFC 3206, RFC 6856. Strings, so a code the
+    server sends and one a client reads compare equal."""
 
     IN_USE = "IN-USE"
     LOGIN_DELAY = "LOGIN-DELAY"

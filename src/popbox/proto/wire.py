@@ -11,31 +11,70 @@ terminator: exactly what `poplib` and fetchmail count after un-stuffing. `wire_s
 `SizeCounter` and `MessageEncoder` implement one definition, so sizes always equal the
 bytes actually sent.
 
-All work is done with whole-chunk operations in C (no per-line Python loop), with at
-most one byte ("\r" at a chunk end) carried between chunks; TOP is the one filter that
-looks at line boundaries, and it stops looking once it is past the headers.
+All work is done with whole-chunk operations (no per-line Python loop), with at most one
+byte ("\r" at a chunk end) carried between chunks; TOP is the one filter that looks at
+line boundaries, and it stops looking once it is past the headers.
 
-Measured on 1 MB of mail (CPython 3.11): `bytes.replace`, `count` and `in` with a
-two-byte pattern whose first byte is as common as "\n" take 1-2.5 ms, because their
-search cannot skip ahead; a compiled regular expression finds the same two bytes in
-about 0.4 ms, and a one-byte `replace`/`in` (memchr) costs 0.3 ms or less. So every
-two-byte pattern here goes through `re`.
+The per-chunk work (`kernel.encode`, `kernel.octets`) is compiled C,
+`popbox.proto._speedups`, built from source when popbox is installed; where it was not
+built, or with POPBOX_PURE_PYTHON=1 in the environment, it is the same code in Python,
+`popbox.proto._native`. `KERNEL_NAME` says which ("c" or "python"). Both give the same
+bytes for any input cut into any chunks (tests/test_wire_kernels.py).
 """
 
 from __future__ import annotations
 
-import re
+import os
+from typing import Protocol
+
+from popbox.proto import _native
 
 TERMINATOR = b".\r\n"
-
-_CRLF = re.compile(rb"\r\n")
-_DOT_LINE = re.compile(rb"\n\.")
+PURE_PYTHON_ENV = "POPBOX_PURE_PYTHON"
 
 
-def _crlf(data: bytes) -> bytes:
-    if data.find(b"\r") >= 0:  # a quick scan saves a whole pass for LF-only stored mail
-        data = _CRLF.sub(b"\n", data)
-    return data.replace(b"\n", b"\r\n")
+class Kernel(Protocol):
+    """One chunk's work, whole (popbox.proto._native documents each function)."""
+
+    def encode(self, chunk: bytes, at_line_start: bool, no_nuls: bool, /) -> bytes: ...
+    def octets(self, chunk: bytes, /) -> int: ...
+    def to_lf(self, chunk: bytes, /) -> bytes: ...
+    def unstuff(self, chunk: bytes, at_line_start: bool, /) -> bytes: ...
+
+
+def _kernel() -> Kernel:
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return _native
+    try:
+        from popbox.proto import _speedups
+    except ImportError:  # built without a C compiler: the same code in Python
+        return _native
+    return _speedups
+
+
+kernel: Kernel = _kernel()
+KERNEL_NAME = "python" if kernel is _native else "c"
+
+
+class CrCarry:
+    """A "\\r" that ends one chunk may be the first half of a CRLF split between two
+    chunks: `feed` holds it back and puts it in front of the next chunk, so every filter
+    sees each CRLF whole. `held` says whether a "\\r" is waiting (the caller's `finish`
+    decides what a final lone "\\r" becomes)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.held:
+            chunk = b"\r" + chunk
+            self.held = False
+        if chunk.endswith(b"\r"):
+            self.held = True
+            return chunk[:-1]
+        return chunk
 
 
 def wire_size(data: bytes) -> int:
@@ -48,30 +87,24 @@ def wire_size(data: bytes) -> int:
 class SizeCounter:
     """Streaming `wire_size`: feed the stored bytes in chunks, then `finish()`."""
 
-    __slots__ = ("_last", "_pending_cr", "_size")
+    __slots__ = ("_carry", "_last", "_size")
 
     def __init__(self) -> None:
         self._size = 0
-        self._pending_cr = False
+        self._carry = CrCarry()
         self._last = b"\n"
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
+        chunk = self._carry.feed(chunk)
         if chunk:
-            crlf = _CRLF.subn(b"", chunk)[1] if chunk.find(b"\r") >= 0 else 0
-            self._size += len(chunk) + chunk.count(b"\n") - crlf
+            self._size += kernel.octets(chunk)
             self._last = chunk[-1:]
 
     def finish(self) -> int:
         size = self._size
-        if self._pending_cr:
+        if self._carry.held:
             size += 1
             return size + 2
         if self._last != b"\n":
@@ -89,37 +122,25 @@ class MessageEncoder:
     which break old Outlook versions, are sent as 0x80. The size does not change.
     """
 
-    __slots__ = ("_at_line_start", "_no_nuls", "_pending_cr")
+    __slots__ = ("_at_line_start", "_carry", "_no_nuls")
 
     def __init__(self, *, no_nuls: bool = False) -> None:
         self._at_line_start = True
-        self._pending_cr = False
+        self._carry = CrCarry()
         self._no_nuls = no_nuls
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
+        chunk = self._carry.feed(chunk)
         if not chunk:
             return b""
-        # Stuffing before the CRLF pass is the same (a "." starts a line after "\n" either
-        # way) and scans fewer bytes.
-        data = _DOT_LINE.sub(b"\n..", chunk)
-        if self._at_line_start and data[:1] == b".":
-            data = b"." + data
-        data = _crlf(data)
-        if self._no_nuls:
-            data = data.replace(b"\0", b"\x80")
-        self._at_line_start = data[-1:] == b"\n"
+        data = kernel.encode(chunk, self._at_line_start, self._no_nuls)
+        self._at_line_start = chunk[-1:] == b"\n"
         return data
 
     def finish(self) -> bytes:
         tail = b""
-        if self._pending_cr:
-            self._pending_cr = False
+        if self._carry.held:
+            self._carry.held = False
             tail = b"\r"
             self._at_line_start = False
         if not self._at_line_start:

@@ -16,24 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from popbox.auth.base import PassDB, UserDB
-from popbox.auth.oauth import TokenValidator
+from popbox.backends import Backends
 from popbox.config import Config
+from popbox.server.clock import SYSTEM, Clock
 from popbox.server.metrics import Metrics
 from popbox.server.observe import Observer
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
-from popbox.store.base import MailStore
 
 log = logging.getLogger("popbox")
-
-
-@dataclass(frozen=True, slots=True)
-class Backends:
-    passdb: PassDB
-    userdb: UserDB
-    store: MailStore
-    tokens: TokenValidator | None = None  # OAUTHBEARER / XOAUTH2, when [oauth] is set
 
 
 @dataclass(slots=True)
@@ -45,6 +36,7 @@ class ServerContext:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
+    clock: Clock = SYSTEM
     observe: Observer = field(default_factory=lambda: Observer(Config()))
     config_path: Path | None = None  # what `popbox reload` reads again
     # Listen on exactly these (plain, implicit TLS) addresses; set by the listener.
@@ -52,7 +44,7 @@ class ServerContext:
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
-    def create(cls, config: Config, backends: Backends) -> ServerContext:
+    def create(cls, config: Config, backends: Backends, clock: Clock = SYSTEM) -> ServerContext:
         tls = TlsContexts(config.tls) if config.tls.enabled else None
         limits = config.limits
         penalties = PenaltyBook(
@@ -60,7 +52,7 @@ class ServerContext:
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
         metrics = Metrics() if config.metrics.listen or config.admin.socket else None
-        return cls(config, backends, tls, penalties=penalties,
+        return cls(config, backends, tls, penalties=penalties, clock=clock,
                    observe=Observer(config, metrics))
 
     def reload_tls(self) -> None:

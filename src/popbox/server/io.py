@@ -1,5 +1,6 @@
-"""Transport glue between asyncio and one session: a `Protocol` that feeds the sans-IO
-core directly (no StreamReader copy), with flow control both ways.
+"""Transport glue between asyncio and one session: a `Protocol` that moves bytes and
+pauses, with flow control both ways. Incoming bytes go straight to `received` (the
+session's sans-IO core: no StreamReader copy); the session writes what its core makes.
 
 Input is pulled: bytes that arrive while the session is busy stop the transport from
 reading until the session asks for more (`receive()`), so a client that pipelines
@@ -35,7 +36,6 @@ from typing import cast
 
 from popbox.config import in_networks
 from popbox.proto import proxy
-from popbox.proto.server import ServerConnection
 
 log = logging.getLogger("popbox")
 
@@ -48,10 +48,14 @@ class _ProxyWait:
     timer: asyncio.TimerHandle
 
 
+def _drop(data: bytes) -> None:
+    """Where bytes go before a session has taken the connection."""
+
+
 class SessionIO(asyncio.Protocol):
     __slots__ = ("_closed", "_deadline", "_drain", "_input", "_paused", "_peer", "_proxied_tls",
-                 "_proxy", "_proxy_from", "_reading", "_timer", "_upgrading", "conn", "loop",
-                 "on_open", "transport")
+                 "_proxy", "_proxy_from", "_reading", "_timer", "_upgrading", "loop", "on_open",
+                 "received", "transport")
 
     def __init__(
         self, on_open: Callable[[SessionIO], None], proxy_networks: list[str] | None = None,
@@ -60,7 +64,7 @@ class SessionIO(asyncio.Protocol):
         self.on_open = on_open
         self._proxy: _ProxyWait | None = None
         self._peer = "local"
-        self.conn = ServerConnection()
+        self.received: Callable[[bytes], None] = _drop  # set by the session: its core's input
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self._input: asyncio.Future[None] | None = None
@@ -116,7 +120,7 @@ class SessionIO(asyncio.Protocol):
         if self._proxy is not None:
             self._proxy_data(self._proxy, data)
             return
-        self.conn.receive_data(data)
+        self.received(data)
         waiter = self._input
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -124,7 +128,7 @@ class SessionIO(asyncio.Protocol):
             self._stop_reading()
 
     def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
+        self.received(b"")
         self._wake_input()
         return False
 
@@ -134,7 +138,7 @@ class SessionIO(asyncio.Protocol):
             self._timer.cancel()
         if self._proxy is not None:
             self._proxy.timer.cancel()
-        self.conn.receive_data(b"")
+        self.received(b"")
         self._wake_input()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost"))

@@ -15,14 +15,12 @@ for SCRAM mocks are supplied here, so the mechanisms themselves stay pure.
 
 from __future__ import annotations
 
-import functools
-import os
 import secrets
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
-from popbox.config import Config, ConfigError
+from popbox.backends import server_secret
+from popbox.config import Config
 from popbox.proto import sasl
 from popbox.proto.sasl_cram import CramMd5, challenge
 from popbox.proto.sasl_oauth import OAuthBearer, XOAuth2
@@ -82,17 +80,3 @@ def create(
                          bindings=bindings, plus_offered=plus_offered)
         case _:
             raise ValueError(f"unknown SASL mechanism {name!r}")
-
-
-@functools.cache
-def server_secret(path: Path | None) -> bytes:
-    """`auth.secret_file`'s bytes (read once), or a random secret for this process."""
-    if path is None:
-        return os.urandom(32)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"auth.secret_file: cannot read {path}: {exc.strerror}") from None
-    if len(data) < 16:
-        raise ConfigError(f"auth.secret_file: {path} must hold at least 16 random bytes")
-    return data

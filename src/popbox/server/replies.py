@@ -6,6 +6,8 @@ sends is built here from a value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from popbox.auth.base import Verdict
 from popbox.proto.events import Err, Problem
 from popbox.proto.types import RespCode
@@ -28,6 +30,15 @@ SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
 ALREADY_SECURE = Err("TLS is already active.")
 MESSAGE_GONE = Err("Message was removed by another agent.", RespCode.SYS_PERM)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A multi-line answer (CAPA, LIST, UIDL, bare AUTH): sent as `Ok(text)`, `Lines`,
+    `End` (RFC 1939 §3)."""
+
+    text: str
+    lines: tuple[str, ...]
 
 
 def problem(p: Problem, verb: str) -> Err:

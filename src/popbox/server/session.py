@@ -1,4 +1,11 @@
-"""One POP3 session: reads bytes, feeds the core, answers each event, writes bytes.
+"""One POP3 session: a router between the core, the transport and the two policies.
+
+The session owns its sans-IO core (`proto.server.ServerConnection`): the transport
+(`server.io.SessionIO`) hands it the bytes that arrive, and everything the core makes is
+written back. Each command goes to the policy of its state: `Authorization` before
+login (and CAPA's contents), `Transaction` after it; the session does what needs the
+transport (STLS, flushing, streaming a message body) and keeps the budgets (bad
+commands, login failures, timeouts).
 
 The loop reads whatever the client sent, answers every complete command in order
 (pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
@@ -20,16 +27,15 @@ import logging
 import ssl
 from typing import assert_never
 
-from popbox import __version__
 from popbox.proto import events as ev
+from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
-from popbox.proto.wire import MessageEncoder, TopFilter
 from popbox.server import replies
+from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
-from popbox.server.login import Login
-from popbox.server.transaction import Transaction
-from popbox.store.base import Failure, MessageGone, StoreError
+from popbox.server.transaction import Body, Transaction
+from popbox.store.base import Failure, StoreError
 
 log = logging.getLogger("popbox")
 
@@ -37,17 +43,19 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_out", "bad", "bytes_sent", "conn", "ctx", "io", "login", "login_deadline",
+    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "login_deadline",
                  "peer", "record", "retr_count", "txn")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
         self.io = io
-        self.conn = io.conn
+        no_nuls = "outlook-no-nuls" in ctx.config.server.workarounds
+        self.conn = ServerConnection(no_nuls=no_nuls)
+        io.received = self.conn.receive_data
         self.peer = io.peer
-        self.login = Login(ctx, self.peer, secure=io.secure)
+        self.authz = Authorization(ctx, self.peer, secure=io.secure)
         if io.secure:
-            self.login.tls_started(self._ssl_object())
+            self.authz.tls_started(self._ssl_object())
         self.txn: Transaction | None = None
         self.bad = 0
         self.retr_count = 0
@@ -76,12 +84,15 @@ class Session:
         try:
             greeting = self.ctx.config.server.greeting
             if self.ctx.config.auth.apop:
-                greeting = f"{greeting} {self.login.timestamp}"
+                greeting = f"{greeting} {self.authz.timestamp}"
             self._emit(self.conn.send(ev.Ok(greeting)))
             reason = await self._serve()
         except asyncio.CancelledError:
             reason = "shutdown"
-            self._emit(self.conn.send(replies.SHUTTING_DOWN))
+            if self.conn.replying:  # in the middle of a message: nothing more can be said
+                self.conn.close()
+            else:
+                self._emit(self.conn.send(replies.SHUTTING_DOWN))
             self.io.write(b"".join(self._out))
             raise
         except (TimeoutError, ConnectionError) as exc:
@@ -119,7 +130,7 @@ class Session:
                 return "quit"
             case ev.Invalid():
                 return "bad-commands"
-            case _ if self.login.failures >= self.ctx.config.limits.max_auth_failures:
+            case _ if self.authz.failures >= self.ctx.config.limits.max_auth_failures:
                 return "auth-failures"
             case _:
                 return "disconnect"
@@ -143,10 +154,16 @@ class Session:
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
 
-    def _reply(self, reply: ev.Reply) -> None:
+    def _reply(self, reply: ev.Ok | ev.Err | ev.Continuation | replies.Listing) -> None:
+        conn = self.conn
         if reply.__class__ is ev.Err:
             self.record.failed()
-        self._emit(self.conn.send(reply))
+        if isinstance(reply, replies.Listing):
+            self._emit(conn.send(ev.Ok(reply.text)))
+            self._emit(conn.send(ev.Lines(reply.lines)))
+            self._emit(conn.send(ev.END))
+        else:
+            self._emit(conn.send(reply))
 
     async def _flush(self) -> None:
         if self._out:
@@ -164,31 +181,44 @@ class Session:
             case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
                   | ev.Rset()):
                 assert self.txn is not None
-                await self._transaction(self.txn, event)
+                answer = await self.txn.handle(event)
+                if isinstance(answer, Body):
+                    await self._send_body(self.txn, answer)
+                else:
+                    self._reply(answer)
             case ev.ConnectionClosed():
                 pass
             case ev.Invalid(problem, verb):
                 self._invalid(problem, verb)
             case ev.Capa():
-                self._reply(ev.MultiLine("Capability list follows", await self._capabilities()))
+                caps = await self.authz.capabilities(self.conn.state)
+                self._reply(replies.Listing("Capability list follows", caps))
             case ev.Quit():
-                await self._quit()
+                self._reply(await self.txn.quit() if self.txn else ev.Ok("Logging out."))
             case ev.Utf8():
                 self._reply(ev.Ok("UTF8 enabled"))
             case ev.Stls():
                 await self._starttls()
             case (ev.User() | ev.Pass() | ev.Apop() | ev.Auth() | ev.SaslResponse()
                   | ev.SaslCancel()):
-                reply = await self.login.handle(event)
-                if isinstance(reply, Transaction):
-                    self.txn = reply
-                    count, size = reply.stat()
-                    reply = ev.Ok(f"Logged in. {count} messages ({size} octets).")
-                self._reply(reply)
-                if self.login.failures >= self.ctx.config.limits.max_auth_failures:
+                verdict = await self.authz.handle(event)
+                self._reply(await self._open(verdict) if isinstance(verdict, Authenticated)
+                            else verdict)
+                if self.authz.failures >= self.ctx.config.limits.max_auth_failures:
                     self.conn.close()  # enough guesses on one connection
             case _:
                 assert_never(event)
+
+    async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
+        """Lock and list the maildrop of a client that has logged in."""
+        maildrop = await self.ctx.backends.store.open(auth.info.mail_location)
+        refused = self.authz.opened(auth, maildrop)
+        if refused is not None:
+            return refused
+        assert not isinstance(maildrop, Failure)
+        self.txn = Transaction(maildrop, self.ctx.observe.store_error)
+        count, size = self.txn.stat()
+        return ev.Ok(f"Logged in. {count} messages ({size} octets).")
 
     async def _starttls(self) -> None:
         """RFC 2595 §4: +OK, then the TLS handshake; the core has dropped anything the
@@ -197,14 +227,14 @@ class Session:
         if tls is None:
             self._reply(replies.STLS_UNAVAILABLE)
             return
-        if self.login.secure:
+        if self.authz.secure:
             self._reply(replies.ALREADY_SECURE)
             return
         self._reply(ev.Ok("Begin TLS negotiation now."))
         await self._flush()
         self.ctx.observe.starttls(None)
         await self.io.start_tls(tls.context, self.ctx.config.tls.handshake_timeout)
-        self.login.tls_started(self._ssl_object())
+        self.authz.tls_started(self._ssl_object())
         log.info("starttls ip=%s", self.peer)
         self.ctx.observe.starttls(self._ssl_object())
 
@@ -225,121 +255,36 @@ class Session:
         found = transport.get_extra_info("ssl_object") if transport is not None else None
         return found if isinstance(found, ssl.SSLObject) else None
 
-    async def _capabilities(self) -> tuple[str, ...]:
-        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8 USER"]
-        if self.conn.state is State.AUTHORIZATION:
-            if self.ctx.tls is not None and not self.login.secure:
-                caps.append("STLS")
-            if self.login.cleartext_allowed:
-                caps.append("USER")
-            sasl_mechanisms = await self.login.mechanisms()
-            if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
-                caps.append("SASL " + " ".join(sasl_mechanisms))
-        caps += [
-            "EXPIRE NEVER",
-            # RFC 2449 §6.8: the global value before login, the user's own after it.
-            f"LOGIN-DELAY {self.login.login_delay}",
-            f"IMPLEMENTATION popbox-{__version__}",
-        ]
-        return tuple(caps)
-
-    async def _quit(self) -> None:
-        txn = self.txn
-        if txn is None:
-            self._reply(ev.Ok("Logging out."))
-            return
-        # RFC 1939 §6: the UPDATE state. Shielded: a shutdown must not cut a commit in half.
-        seen = txn.retrieved - txn.deleted
-        result = await asyncio.shield(txn.maildrop.commit(txn.deleted, seen))
-        if isinstance(result, Failure):
-            self.ctx.observe.store_error(result)
-            self._reply(replies.failure(result))
-            return
-        self._reply(ev.Ok(f"Logging out, {result.deleted} messages deleted."))
-
-    # --- TRANSACTION (RFC 1939 §5) ---
-
-    async def _transaction(self, txn: Transaction, event: ev.Command) -> None:
-        match event:
-            case ev.Stat():
-                count, size = txn.stat()
-                self._reply(ev.Ok(f"{count} {size}"))
-            case ev.List(None):
-                count, size = txn.stat()
-                lines = txn.lines(list(map(str, txn.maildrop.messages.sizes)))
-                self._reply(ev.MultiLine(f"{count} messages ({size} octets)", lines))
-            case ev.Uidl(None):
-                lines = txn.lines(txn.maildrop.messages.uidls)
-                self._reply(ev.MultiLine("Unique-ID listing follows", lines))
-            case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg) if msg is not None:
-                index = txn.index(msg)
-                if isinstance(index, ev.Err):
-                    self._reply(index)
-                elif isinstance(event, ev.List):
-                    self._reply(ev.Ok(f"{msg} {txn.size(index)}"))
-                elif isinstance(event, ev.Uidl):
-                    self._reply(ev.Ok(f"{msg} {txn.uidl(index)}"))
-                else:
-                    txn.deleted.add(index)
-                    self._reply(ev.Ok(f"Message {msg} deleted."))
-            case ev.Retr(msg) | ev.Top(msg):
-                index = txn.index(msg)
-                if isinstance(index, ev.Err):
-                    self._reply(index)
-                    return
-                top = event.lines if isinstance(event, ev.Top) else None
-                await self._send_message(txn, index, top)
-            case ev.Noop():
-                self._reply(ev.Ok())
-            case ev.Rset():
-                txn.rset()
-                count, size = txn.stat()
-                self._reply(ev.Ok(f"Maildrop has {count} messages ({size} octets)."))
-            case _:
-                raise AssertionError(f"not a transaction command: {event!r}")
-
-    async def _send_message(self, txn: Transaction, index: int, top: int | None) -> None:
-        """RETR / TOP: +OK, the byte-stuffed message (or its top), the terminator."""
-        chunks = txn.maildrop.read(index)
-        chunk: bytes | None
+    async def _send_body(self, txn: Transaction, body: Body) -> None:
+        """RETR / TOP: +OK, the message (or its top) through the core, the end."""
+        conn = self.conn
+        self._emit(conn.send(body.ok))
+        reader, limit = body.reader, body.limit
+        chunk, body.first = body.first, b""  # held only here: dropped once it is sent
         try:
-            chunk = await anext(chunks, b"")
-        except MessageGone:
-            self.ctx.observe.store_error(Failure.GONE)
-            self._reply(replies.MESSAGE_GONE)
-            return
-        except StoreError as exc:
-            self.ctx.observe.store_error(exc.failure)
-            self._reply(replies.failure(exc.failure))
-            return
-        size = txn.size(index)
-        self._reply(ev.Ok(f"{size} octets" if top is None else "Top of message follows"))
-        encoder = MessageEncoder(no_nuls="outlook-no-nuls" in self.ctx.config.server.workarounds)
-        limit = TopFilter(top) if top is not None else None
-        try:
-            while chunk is not None:
-                data = encoder.feed(limit.feed(chunk) if limit else chunk)
+            while True:
+                data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
                 if data:
                     self.bytes_sent += len(data)
                     self._emit(data)
                     del data
-                if limit is not None and limit.done:
+                if reader.done or (limit is not None and limit.done):
                     break
                 if big:
                     # Send it and wait for the client if it lags, before reading more. A
                     # small message goes out in one write with its +OK line and terminator.
                     await self._flush()
-                chunk = await anext(chunks, None)
+                chunk = await reader.next()
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
-            log.error("message read failed mid-stream ip=%s index=%d", self.peer, index)
+            log.error("message read failed mid-stream ip=%s index=%d", self.peer, body.index)
             self.ctx.observe.store_error(Failure.TEMPORARY)
             raise ConnectionError("store failed while streaming") from None
         finally:
-            await chunks.aclose()
-        self._emit(encoder.finish())
-        if top is None:
-            txn.retrieved.add(index)
+            reader.close()
+        self._emit(conn.send(ev.END))
+        txn.sent(body)
+        if limit is None:
             self.retr_count += 1

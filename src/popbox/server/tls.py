@@ -4,15 +4,24 @@ TLS 1.2 or newer, forward-secret AEAD cipher suites only for TLS 1.2, the server
 preference order, no compression, no renegotiation. One default certificate, plus one per
 domain chosen by SNI. `reload()` loads every certificate again into the same contexts, so
 new handshakes use the new files while running sessions go on.
+
+Certificate and key files are opened as regular files, never through a symlink unless
+`tls.follow_symlinks` is set (certbot's ``live/`` directory is made of symlinks), and
+never blocking on a FIFO (popbox.fsutil); OpenSSL then reads the opened file through
+``/proc/self/fd``, so what was checked is what is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 from popbox.config import TlsSection
+from popbox.fsutil import open_regular
 from popbox.server.binding import certificate_hash
 
 log = logging.getLogger("popbox")
@@ -38,6 +47,7 @@ def _context(minimum: str) -> ssl.SSLContext:
 class TlsContexts:
     def __init__(self, section: TlsSection) -> None:
         assert section.cert is not None and section.key is not None
+        self._follow = section.follow_symlinks
         self._files: dict[str, tuple[Path, Path]] = {"": (section.cert, section.key)}
         for domain, pair in section.sni.items():
             self._files[domain.lower()] = (pair.cert, pair.key)
@@ -71,11 +81,23 @@ class TlsContexts:
     def reload(self) -> None:
         """(Re)load every certificate chain and key. Raises ssl.SSLError/OSError."""
         for name, (cert, key) in self._files.items():
-            self._contexts[name].load_cert_chain(cert, key)
+            with self._opened(cert) as cert_path, self._opened(key) as key_path:
+                self._contexts[name].load_cert_chain(cert_path, key_path)
+                with open(cert_path, "rb") as f:
+                    pem = f.read()
             try:
-                self._end_points[name] = certificate_hash(cert.read_bytes())
+                self._end_points[name] = certificate_hash(pem)
             except ValueError:
                 self._end_points.pop(name, None)  # no tls-server-end-point for this one
+
+    @contextlib.contextmanager
+    def _opened(self, path: Path) -> Iterator[str]:
+        """A path by which OpenSSL reads the regular file `path` as opened here."""
+        fd = open_regular(os.path.realpath(path) if self._follow else path)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
 
     def end_point(self, ssl_object: ssl.SSLObject) -> bytes | None:
         """RFC 5929 §4.1 binding data of the certificate this connection was served."""

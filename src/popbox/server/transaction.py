@@ -1,18 +1,40 @@
-"""The TRANSACTION state's bookkeeping (RFC 1939 §5).
+"""The TRANSACTION state's policy (RFC 1939 §5) and the UPDATE state (§6).
 
-Message numbers are fixed for the session; DELE only marks, RSET unmarks, and nothing
-reaches the store until QUIT. Retrieved messages are remembered so the store can mark
-them seen at commit.
+`handle()` answers every TRANSACTION command: STAT, LIST, UIDL, DELE, NOOP and RSET with a
+reply, RETR and TOP with a `Body` (the +OK line and the opened message) that the session
+streams through the core. Message numbers are fixed for the session; DELE only marks,
+RSET unmarks, and nothing reaches the store until `quit()` commits once. Retrieved
+messages (a RETR streamed to its end, never a TOP: RFC 1939 §7 and fetchmail's peek)
+are remembered so the store can mark them seen at commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import assert_never
 
+from popbox.proto import events as ev
 from popbox.proto.events import Err
-from popbox.proto.types import MsgNo
+from popbox.proto.types import Index, MsgNo, Uidl, to_index
+from popbox.proto.wire import TopFilter
 from popbox.server import replies
-from popbox.store.base import Maildrop
+from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
+
+Command = ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset
+
+
+@dataclass(slots=True)
+class Body:
+    """The answer to RETR or TOP: `ok`, then `first` and the rest of `reader`, each through
+    `limit` (TOP's, else None), then the end of the reply. The session closes `reader`."""
+
+    ok: ev.Ok
+    index: Index
+    first: bytes
+    reader: Reader
+    limit: TopFilter | None
 
 # "1", "2", ...: made once and shared by every session. Formatting the numbers of a
 # 100,000-message LIST or UIDL cost as much as the rest of the listing.
@@ -29,27 +51,29 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "maildrop", "retrieved", "store_error")
 
-    def __init__(self, maildrop: Maildrop) -> None:
+    def __init__(self, maildrop: Maildrop,
+                 store_error: Callable[[Failure], object] = lambda failure: None) -> None:
         self.maildrop = maildrop
+        self.store_error = store_error  # told of every store failure a client is answered
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
-        self.deleted: set[int] = set()
-        self.retrieved: set[int] = set()
+        self.deleted: set[Index] = set()
+        self.retrieved: set[Index] = set()
 
-    def index(self, msg: MsgNo) -> int | Err:
+    def index(self, msg: MsgNo) -> Index | Err:
         """The snapshot index of `msg`, or the error for a missing or deleted message."""
-        index = msg - 1
+        index = to_index(msg)
         if not 0 <= index < self.count:
             return replies.NO_SUCH_MESSAGE
         if index in self.deleted:
             return replies.ALREADY_DELETED
         return index
 
-    def size(self, index: int) -> int:
+    def size(self, index: Index) -> int:
         return self.maildrop.messages.sizes[index]
 
-    def uidl(self, index: int) -> str:
+    def uidl(self, index: Index) -> Uidl:
         return self.maildrop.messages.uidls[index]
 
     def lines(self, column: Sequence[str]) -> tuple[str, ...]:
@@ -71,3 +95,73 @@ class Transaction:
 
     def rset(self) -> None:
         self.deleted.clear()
+
+    async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
+        """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
+        match event:  # RETR first: most commands of a session are RETR
+            case ev.Retr(msg) | ev.Top(msg):  # (inline: a coroutine less per message)
+                index = self.index(msg)
+                if isinstance(index, Err):
+                    return index
+                try:
+                    reader = await self.maildrop.open_message(index)
+                except StoreError as exc:
+                    self.store_error(exc.failure)
+                    return replies.failure(exc.failure)
+                if isinstance(reader, Gone):
+                    self.store_error(Failure.GONE)
+                    return replies.MESSAGE_GONE
+                try:
+                    first = await reader.next()
+                except StoreError as exc:
+                    reader.close()
+                    self.store_error(exc.failure)
+                    return replies.failure(exc.failure)
+                if isinstance(event, ev.Retr):
+                    return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
+                limit = TopFilter(event.lines)
+                return Body(ev.Ok("Top of message follows"), index, first, reader, limit)
+            case ev.Stat():
+                count, size = self.stat()
+                return ev.Ok(f"{count} {size}")
+            case ev.List(None):
+                count, size = self.stat()
+                lines = self.lines(list(map(str, self.maildrop.messages.sizes)))
+                return replies.Listing(f"{count} messages ({size} octets)", lines)
+            case ev.Uidl(None):
+                lines = self.lines(self.maildrop.messages.uidls)
+                return replies.Listing("Unique-ID listing follows", lines)
+            case ev.List(msg) | ev.Uidl(msg) | ev.Dele(msg):
+                assert msg is not None
+                index = self.index(msg)
+                if isinstance(index, Err):
+                    return index
+                if isinstance(event, ev.List):
+                    return ev.Ok(f"{msg} {self.size(index)}")
+                if isinstance(event, ev.Uidl):
+                    return ev.Ok(f"{msg} {self.uidl(index)}")
+                self.deleted.add(index)
+                return ev.Ok(f"Message {msg} deleted.")
+            case ev.Noop():
+                return ev.Ok()
+            case ev.Rset():
+                self.rset()
+                count, size = self.stat()
+                return ev.Ok(f"Maildrop has {count} messages ({size} octets).")
+            case _:
+                assert_never(event)
+
+    def sent(self, body: Body) -> None:
+        """`body` went out to its end: a RETR marks the message seen at commit."""
+        if body.limit is None:
+            self.retrieved.add(body.index)
+
+    async def quit(self) -> ev.Ok | Err:
+        """RFC 1939 §6, the UPDATE state: commit the deletions and the seen marks once.
+        Shielded: a shutdown must not cut a commit in half."""
+        seen = self.retrieved - self.deleted
+        result = await asyncio.shield(self.maildrop.commit(self.deleted, seen))
+        if isinstance(result, Failure):
+            self.store_error(result)
+            return replies.failure(result)
+        return ev.Ok(f"Logging out, {result.deleted} messages deleted.")

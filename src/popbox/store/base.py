@@ -1,23 +1,26 @@
 """The mail store contract.
 
 A POP3 session sees its maildrop through a `Maildrop`: a snapshot listing taken when the
-session opened it (numbers never change inside a session, RFC 1939 §4), a way to stream
-one message's stored bytes, and ONE `commit` after QUIT (RFC 1939 §6, the UPDATE state).
+session opened it (numbers never change inside a session, RFC 1939 §4), a way to open
+one message (`open_message` -> a `Reader` of its stored bytes, in chunks) and ONE
+`commit` after QUIT (RFC 1939 §6, the UPDATE state). Messages are addressed by `Index`,
+the 0-based snapshot position, never by the client's message number.
 DELE and RSET never reach the store. Opening a maildrop takes its exclusive lock; a
 second open of the same maildrop anywhere answers `Failure.IN_USE` at once. The lock is
 released by `release()` and dies with the process that holds it.
 
-Expected outcomes are values (`Failure`), not exceptions.
+Expected outcomes are values (`Failure`; `Gone` for a message another agent removed
+after the snapshot), not exceptions. `StoreError` is for I/O trouble while reading.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Iterator, Sequence, Set
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, overload
 
-from popbox.proto.types import Uidl
+from popbox.proto.types import Index, Uidl
 
 
 class Failure(enum.Enum):
@@ -26,7 +29,15 @@ class Failure(enum.Enum):
     IN_USE = "in-use"  # another session holds the maildrop lock
     TEMPORARY = "temporary"  # I/O or database trouble that may pass
     PERMANENT = "permanent"  # the maildrop is unusable (missing, corrupt, not a maildir)
-    GONE = "gone"  # the message vanished underneath (another agent removed it)
+    GONE = "gone"  # the message vanished in the middle of being read
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The message was removed by another agent after the snapshot was taken."""
+
+
+GONE = Gone()
 
 
 class MessageInfo(NamedTuple):
@@ -76,6 +87,23 @@ class CommitReport:
     flagged: int  # messages marked seen
 
 
+class Reader(Protocol):
+    """One opened message, read as stored in chunks: `next()` until `done`."""
+
+    @property
+    def done(self) -> bool:
+        """The last chunk has been returned."""
+        ...
+
+    async def next(self) -> bytes:
+        """The next chunk (b"" only at the end). Raises `StoreError` on I/O trouble."""
+        ...
+
+    def close(self) -> None:
+        """Give the message up, read to the end or not. Called once."""
+        ...
+
+
 class Maildrop(Protocol):
     """A locked maildrop, opened for one session."""
 
@@ -84,16 +112,13 @@ class Maildrop(Protocol):
         """The snapshot: index 0 is message number 1."""
         ...
 
-    def read(self, index: int) -> AsyncGenerator[bytes, None]:
-        """Stream message `index` (0-based) as stored, in chunks.
-
-        Raises `MessageGone` (before the first chunk) when the message has vanished, and
-        `StoreError` on other I/O trouble; the server turns both into one `-ERR` line.
-        """
+    async def open_message(self, index: Index) -> Reader | Gone:
+        """Open message `index`, or say it is gone. Raises `StoreError` on I/O trouble;
+        the server turns that and `Gone` into one `-ERR` line each."""
         ...
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
-        """Apply the session's changes (0-based indexes) once, then release the lock."""
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
+        """Apply the session's changes once, then release the lock."""
         ...
 
     async def release(self) -> None:
@@ -112,6 +137,10 @@ class MailStore(Protocol):
         """Store one new message durably (used by delivery agents, the demo and tests)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the store holds for the process (pools, lock connections)."""
+        ...
+
 
 class StoreError(Exception):
     """An I/O failure while streaming a message."""
@@ -121,8 +150,16 @@ class StoreError(Exception):
         self.failure = failure
 
 
-class MessageGone(StoreError):
-    """The message was removed by another agent after the snapshot was taken."""
 
-    def __init__(self) -> None:
-        super().__init__(Failure.GONE)
+async def read_message(maildrop: Maildrop, index: Index) -> bytes | Gone:
+    """Message `index` whole, as stored (for tools and tests; sessions stream it)."""
+    reader = await maildrop.open_message(index)
+    if isinstance(reader, Gone):
+        return reader
+    try:
+        parts = [await reader.next()]
+        while not reader.done:
+            parts.append(await reader.next())
+    finally:
+        reader.close()
+    return b"".join(parts)

@@ -51,7 +51,9 @@ class FileLock:
 
         OSError from creating or opening the lock file propagates to the caller.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: a symlink planted as the lock file cannot make popbox create or
+        # open a file elsewhere.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             _lock(fd)
         except OSError as exc:

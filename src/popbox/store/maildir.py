@@ -9,17 +9,28 @@ Courier and qmail write them. The pieces:
   sizes without reading files, UIDLs from file names or imported from Dovecot/Courier;
   a maildir unchanged since its last listing is served from the listing cache,
   popbox.store.maildir_listing, without reading its directories).
-* read: the file may have been renamed by another agent since the snapshot (new->cur,
-  flag changes); it is found again by its base. Streamed in large chunks, each read in a
-  worker thread (``asyncio.to_thread``), so the event loop never waits on the disk;
-  opening the file and reading the first chunk share one thread hop.
+* read: the file is opened on the event loop with ``O_NOFOLLOW | O_NONBLOCK`` and checked
+  with fstat(2) to be a regular file (popbox.fsutil.open_regular): no symlink is followed
+  and no FIFO can hold the open. A message that cannot be opened (EACCES, EIO, not a
+  regular file) is logged and its RETR/TOP fails alone; the session goes on. If the file
+  was renamed by another agent since the snapshot (new->cur, flag changes), it is found
+  again by its base in a worker thread, since that lists ``cur/`` and ``new/``. The bytes
+  are read on the loop when the page cache holds them (`_FileReader`), else in a thread.
+* symlinks: the maildir and its ``cur/``, ``new/`` and ``tmp/`` must be real directories,
+  unless `follow_symlinks` is set; message files that are symlinks are never listed
+  (popbox.store.maildir_scan).
 * commit (after QUIT only): unlink the deleted files; rename the retrieved ones into
   ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
   counted as missing; directories are fsync'ed; then the lock is released - by the worker
   thread, so a cancelled commit still finishes before anyone else can open the maildrop.
-* deliver: the Maildir protocol: write ``tmp/<unique>``, fsync, rename into ``new/``,
-  fsync ``new/``. The name is Dovecot's ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus
-  ``,S=<file size>,W=<CRLF size>`` so that no reader ever has to open it to list it.
+  A message read from ``cur/`` under a name with the ``S`` flag is remembered as seen
+  when it is opened, so it costs the commit nothing: a session that retrieved only such
+  messages and deleted none (a client that leaves mail on the server, at every poll)
+  commits with no system call but the lock's close and no trip to a thread.
+* deliver: the Maildir protocol: write a new file in ``tmp/``, fsync, rename into
+  ``new/``, fsync ``new/`` (popbox.fsutil.write_atomic). The name is Dovecot's
+  ``<sec>.M<usec>P<pid>Q<n>.<host>`` plus ``,S=<file size>,W=<CRLF size>`` so that no
+  reader ever has to open it to list it.
 
 Error mapping: the path is a file, or access is denied -> Failure.PERMANENT; other
 OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
@@ -28,22 +39,27 @@ OSError -> Failure.TEMPORARY; lock held elsewhere -> Failure.IN_USE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import errno
 import logging
 import os
 import socket
+import stat
 import time
-from collections.abc import AsyncGenerator, Callable, Set
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Set
+from typing import TYPE_CHECKING
 
+from popbox.fsutil import NotRegularFile, fsync_dir, open_regular, write_atomic
+from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
+    Reader,
     Snapshot,
     StoreError,
 )
@@ -56,6 +72,8 @@ from popbox.store.maildir_scan import Entry, EntryTable, find_files, pick, take
 LOCK_NAME = "popbox.lock"
 CHUNK_SIZE = 256 * 1024
 INLINE_READ = 64 * 1024  # messages up to this wire size are read on the event loop
+_MESSAGE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG  # the file type bits of st_mode, a regular file
 
 
 class _FileReader:
@@ -126,14 +144,6 @@ def _failure(exc: OSError) -> Failure:
     return Failure.PERMANENT if exc.errno in _PERMANENT_ERRNOS else Failure.TEMPORARY
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def ensure_maildir(root: str) -> None:
     """Create the maildir and its subdirectories (0700) where missing. OSError propagates;
     a path that exists and is not a directory raises NotADirectoryError."""
@@ -154,6 +164,7 @@ class MaildirStore:
     with the ``S`` flag, as Dovecot and Courier do. `uidl_import`: "dovecot" or
     "courier" to list the UIDLs that server gave out (migration), None (default) for
     popbox's own. `hostname`: used in delivered file names (default: this host).
+    `follow_symlinks`: accept a maildir (or its cur/, new/, tmp/) that is a symlink.
     """
 
     def __init__(
@@ -163,6 +174,7 @@ class MaildirStore:
         uidl_import: UidlImport | None = None,
         chunk_size: int = CHUNK_SIZE,
         hostname: str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         if uidl_import not in (None, "dovecot", "courier"):
             raise ValueError(f"unknown uidl_import {uidl_import!r}")
@@ -172,12 +184,23 @@ class MaildirStore:
         self.uidl_import: UidlImport | None = uidl_import
         self.chunk_size = chunk_size
         self.hostname = hostname or socket.gethostname()
+        self.follow_symlinks = follow_symlinks
+
+    def _refuse_symlinks(self, root: str) -> None:
+        """OSError(ELOOP) if the maildir or one of its directories is a symlink (and that is
+        not allowed); missing ones are fine (they are created as real directories)."""
+        if self.follow_symlinks:
+            return
+        for path in (root, *(os.path.join(root, sub) for sub in ("cur", "new", "tmp"))):
+            if os.path.islink(path):
+                raise OSError(errno.ELOOP, "a symlink (store.follow_symlinks is off)", path)
 
     async def open(self, location: str) -> MaildirDrop | Failure:
         return await asyncio.to_thread(self._open, location)
 
     def _open(self, root: str) -> MaildirDrop | Failure:
         try:
+            self._refuse_symlinks(root)
             if not os.path.isdir(os.path.join(root, "tmp")):  # one stat for a whole maildir
                 ensure_maildir(root)
             lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
@@ -205,35 +228,31 @@ class MaildirStore:
             lock.release()
             raise
 
+    async def aclose(self) -> None:
+        """Nothing to release: each maildrop's lock goes with its session."""
+
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)
 
     def _deliver(self, root: str, message: bytes) -> Failure | None:
         try:
+            self._refuse_symlinks(root)
             ensure_maildir(root)
             unique = unique_name(time.time_ns(), self.hostname)
             name = f"{unique},S={len(message)},W={wire_size(message)}"
-            tmp = os.path.join(root, "tmp", name)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(message)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.rename(tmp, os.path.join(root, "new", name))
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            _fsync_dir(os.path.join(root, "new"))
+            # Accepted mail must survive a power cut (RFC 5321 §6.1): the file is flushed
+            # before it appears in new/, and new/ after it.
+            write_atomic(
+                os.path.join(root, "new", name), message, staging=os.path.join(root, "tmp")
+            )
         except OSError as exc:
             log.warning("delivery to %s failed: %s", root, exc)
             return _failure(exc)
         return None
 
 
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def _in_range(indexes: Set[int], count: int) -> bool:
+    return not indexes or (min(indexes) >= 0 and max(indexes) < count)
 
 
 class MaildirDrop:
@@ -249,6 +268,8 @@ class MaildirDrop:
         self._mark_seen = mark_seen
         self._chunk = chunk
         self._committing = False
+        # Indexes opened from cur/ under a name with the S flag: nothing to flag at commit.
+        self._seen: set[Index] = set()
 
     @property
     def messages(self) -> Snapshot:
@@ -262,46 +283,75 @@ class MaildirDrop:
         except OSError as exc:
             raise StoreError(Failure.TEMPORARY) from exc
 
-    def _open_file(self, index: int) -> int:
+    def _open_file(self, index: Index) -> int | None:
+        """The message's file where the snapshot saw it (on the loop: one open, one
+        fstat); None if it is not there any more."""
         sub, name = self._entries.where(index)
         path = f"{self._root}/{sub}/{name}"  # (os.path.join: ten calls in Python)
-        for attempt in range(3):
-            try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                entry = self._entries[index]
-                if attempt == 2 or not self._relocate(entry):
-                    raise MessageGone() from None
-                path = entry.path(self._root)
-            except OSError as exc:
-                raise StoreError(Failure.TEMPORARY) from exc
-        raise MessageGone()  # pragma: no cover - the loop always returns or raises
-
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
-        small = self._messages.sizes[index] <= INLINE_READ
-        reader = _FileReader(self._open_file(index), self._chunk, small=small)
+        # popbox.fsutil.open_regular's rule, written out: this runs once per RETR/TOP.
         try:
-            while not reader.done:
-                # Yielded straight from the expression: no local keeps the chunk alive while
-                # the session waits for a slow client (memory per stalled session).
-                yield await reader.next()
-        finally:
-            reader.close()
+            fd = os.open(path, _MESSAGE_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._unreadable(path, exc) from exc
+        mode = os.fstat(fd).st_mode
+        if mode & _S_IFMT != _S_IFREG:
+            os.close(fd)
+            raise self._unreadable(path, NotRegularFile(path, mode))
+        if self._mark_seen and sub == "cur" and has_flag(name, "S"):
+            self._seen.add(index)
+        return fd
+
+    def _open_moved(self, index: Index) -> int | Gone:
+        """Find the renamed file again and open it (in a worker thread: it lists cur/ and
+        new/). GONE if it was removed."""
+        entry = self._entries[index]
+        for _ in range(2):
+            if not self._relocate(entry):
+                break
+            path = entry.path(self._root)
+            try:
+                return open_regular(path)
+            except FileNotFoundError:
+                continue  # renamed again meanwhile
+            except OSError as exc:
+                raise self._unreadable(path, exc) from exc
+        return GONE
+
+    def _unreadable(self, path: str, exc: OSError) -> StoreError:
+        log.warning("maildir %s: message %s cannot be read: %s", self._root, path, exc)
+        return StoreError(Failure.PERMANENT if isinstance(exc, NotRegularFile) else _failure(exc))
+
+    async def open_message(self, index: Index) -> _FileReader | Gone:
+        fd = self._open_file(index)
+        if fd is None:
+            moved = await asyncio.to_thread(self._open_moved, index)
+            if isinstance(moved, Gone):
+                return moved
+            fd = moved
+        return _FileReader(fd, self._chunk, small=self._messages.sizes[index] <= INLINE_READ)
 
     # -- the UPDATE state ----------------------------------------------------------
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._committing or not self._lock.held:
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
-        if any(not 0 <= i < count for i in (*delete, *seen)):
+        if not (_in_range(delete, count) and _in_range(seen, count)):
             raise IndexError("message index out of range")
         self._committing = True
         to_flag = frozenset(seen) - frozenset(delete) if self._mark_seen else frozenset()
+        already = len(to_flag & self._seen)
+        if already:
+            to_flag -= self._seen
         if not delete and not to_flag:  # nothing to change: no trip to a thread
             self._lock.release()
-            return CommitReport(deleted=0, missing=0, flagged=0)
-        return await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+            return CommitReport(deleted=0, missing=0, flagged=already)
+        report = await asyncio.to_thread(self._commit, frozenset(delete), to_flag)
+        if isinstance(report, Failure) or not already:
+            return report
+        return dataclasses.replace(report, flagged=report.flagged + already)
 
     def _commit(self, delete: frozenset[int], to_flag: frozenset[int]) -> CommitReport | Failure:
         try:
@@ -320,22 +370,26 @@ class MaildirDrop:
         for attempt in range(2):
             retry: list[int] = []
             for i in pending:
-                entry = self._entries[i]
+                sub, name = self._entries.where(i)
+                path = f"{self._root}/{sub}/{name}"
                 try:
                     if i in delete:
-                        os.unlink(entry.path(self._root))
+                        os.unlink(path)
                         deleted += 1
-                        changed.add(entry.sub)
-                    else:
-                        old_sub = entry.sub
-                        outcome = self._flag_seen(entry)
-                        if outcome == "renamed":
-                            changed.update((old_sub, "cur"))
-                        flagged += outcome != "skipped"
+                        changed.add(sub)
+                    elif sub == "cur" and has_flag(name, "S"):
+                        # Seen already: only make sure it is still there. access(2) costs
+                        # a third of a stat (no stat_result), and a QUIT pays it per message.
+                        if not os.access(path, os.F_OK):
+                            raise FileNotFoundError(errno.ENOENT, "vanished", name)
+                        flagged += 1
+                    elif self._flag_seen(self._entries[i]):
+                        changed.update((sub, "cur"))
+                        flagged += 1
                 except FileNotFoundError:
                     retry.append(i)
                 except OSError as exc:
-                    log.warning("maildir %s: %s failed: %s", self._root, entry.name, exc)
+                    log.warning("maildir %s: %s failed: %s", self._root, name, exc)
                     failed = failed or i in delete
             if not retry:
                 break
@@ -347,7 +401,7 @@ class MaildirDrop:
                 missing += len(retry)
         for sub in changed:
             try:
-                _fsync_dir(os.path.join(self._root, sub))
+                fsync_dir(os.path.join(self._root, sub))
             except OSError as exc:
                 log.warning("maildir %s: fsync of %s failed: %s", self._root, sub, exc)
         if failed:
@@ -357,20 +411,18 @@ class MaildirDrop:
     def _pick(self, entry: Entry, found: dict[str, list[tuple[str, str]]]) -> bool:
         return pick(self._root, entry, found.get(entry.base, []))
 
-    def _flag_seen(self, entry: Entry) -> Literal["renamed", "already", "skipped"]:
-        """Move the file to cur/ with the S flag added (other flags and fields kept)."""
-        if entry.sub == "cur" and has_flag(entry.name, "S"):
-            os.stat(entry.path(self._root))  # still there? (FileNotFoundError: missing)
-            return "already"
+    def _flag_seen(self, entry: Entry) -> bool:
+        """Move the file to cur/ with the S flag added (other flags and fields kept);
+        False when it is not ours to rename (info of another kind, or the target exists)."""
         new_name = with_flag(entry.name, "S")
         if new_name is None:  # info of another kind than "2,": not ours to change
-            return "skipped"
+            return False
         target = os.path.join(self._root, "cur", new_name)
         if os.path.lexists(target):  # never replace another file
-            return "skipped"
+            return False
         os.rename(entry.path(self._root), target)
         entry.sub, entry.name = "cur", new_name
-        return "renamed"
+        return True
 
     async def release(self) -> None:
         if not self._committing:
@@ -379,5 +431,7 @@ class MaildirDrop:
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
-    def _conforms(store: MaildirStore, drop: MaildirDrop) -> tuple[MailStore, Maildrop]:
-        return store, drop
+    def _conforms(
+        store: MaildirStore, drop: MaildirDrop, reader: _FileReader
+    ) -> tuple[MailStore, Maildrop, Reader]:
+        return store, drop, reader

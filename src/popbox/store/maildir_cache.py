@@ -21,9 +21,10 @@ the same name keeps its cached size; nothing that follows the Maildir protocol d
 
 The cache is only a hint about sizes: a file that is missing, truncated, foreign or
 corrupt is ignored and rebuilt, never trusted and never fatal. It is replaced atomically
-(write a temporary file in the maildir root, fsync, rename over) and only when its
-content changed. The maildrop lock is held while it is written, so there is one writer at
-a time, and temporary files it finds are orphans of a writer that died: they are removed.
+(popbox.fsutil.write_atomic: a temporary file in the maildir root renamed over it), not
+fsynced (a torn file fails its digest), and only when its content changed. The
+maildrop lock is held while it is written, so there is one writer at a time, and
+temporary files it finds are orphans of a writer that died: they are removed.
 
 Format (little-endian), version 2::
 
@@ -39,14 +40,14 @@ after an upgrade, and is replaced by version 2 at its first use.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import struct
 import sys
 from array import array
+
+from popbox.fsutil import read_regular, unlink_quietly, write_atomic
 
 CACHE_NAME = "popbox-sizes"
 MAGIC = b"popbox-sizes\n"
@@ -148,8 +149,7 @@ def load(root: str) -> tuple[Sizes, bool]:
     whether the file is current (of this version: else it should be saved again)."""
     path = os.path.join(root, CACHE_NAME)
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_BYTES + 1)
+        data = read_regular(path, _MAX_BYTES + 1)  # never through a planted symlink
     except FileNotFoundError:
         return {}, True
     except OSError as exc:
@@ -165,26 +165,13 @@ def load(root: str) -> tuple[Sizes, bool]:
 def save(root: str, sizes: Sizes) -> None:
     """Replace the cache atomically. Failure only costs speed next time: logged, not raised."""
     path = os.path.join(root, CACHE_NAME)
-    tmp = os.path.join(root, f"{CACHE_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     remove_orphans(root, CACHE_NAME)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encode(sizes))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
+        # No fsync: after a crash a torn or empty file fails its digest and is rebuilt,
+        # and an older intact one is still true (a base name's content never changes).
+        write_atomic(path, encode(sizes), fsync=False)
     except OSError as exc:
         log.warning("size cache %s not written: %s", path, exc)
-
-
-def unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def remove_orphans(root: str, cache_name: str) -> None:

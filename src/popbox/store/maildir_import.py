@@ -10,7 +10,8 @@ the client downloads everything again. Two servers keep theirs in the maildir ro
   is the POP3 UIDL Dovecot gave out (pop3_save_uidl, migrations). Version 1: header
   ``1 <uidvalidity> <next uid>``, lines ``<uid> <file name>``. Without ``P``, the UIDL is
   Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (Dovecot 1.x-2.3 default, in
-  mail-storage-settings.c): the uid then the uidvalidity, each 8 upper-case hex digits.
+  mail-storage-settings.c): the uid then the uidvalidity, each 8 hex digits, which Dovecot
+  prints in lower case despite the ``X`` (seen from Dovecot 2.3.19 in popbox's tests).
   ASSUMPTION: the server used that default. Dovecot 2.4 spells the same default
   ``%{uid | hex(8)}%{uidvalidity | hex(8)}``; sites that changed the setting need their
   own mapping. The ``O<n>`` field (Dovecot's POP3 order after a migration) is not used:
@@ -31,6 +32,7 @@ import logging
 import os
 from typing import Literal
 
+from popbox.fsutil import read_regular
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.store.maildir_names import base_of
 
@@ -47,8 +49,7 @@ def load_imported_uidls(root: str, kind: UidlImport | None) -> dict[str, Uidl]:
         return {}
     name = DOVECOT_UIDLIST if kind == "dovecot" else COURIER_SIZELIST
     try:
-        with open(os.path.join(root, name), "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
+        text = read_regular(os.path.join(root, name)).decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -63,7 +64,7 @@ def _digits(text: str) -> bool:
 
 
 def _hex_uidl(uid: int, uidvalidity: int) -> Uidl:
-    return Uidl(f"{uid:08X}{uidvalidity:08X}")
+    return Uidl(f"{uid:08x}{uidvalidity:08x}")  # as Dovecot 2.3.19 prints %08Xu%08Xv
 
 
 def parse_dovecot(lines: list[str]) -> dict[str, Uidl]:

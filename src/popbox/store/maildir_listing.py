@@ -63,7 +63,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
 import struct
 import sys
 import time
@@ -72,8 +71,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import cast
 
+from popbox.fsutil import read_regular, write_atomic
 from popbox.proto.types import Uidl
-from popbox.store.maildir_cache import remove_orphans, unlink_quietly
+from popbox.store.maildir_cache import remove_orphans
 from popbox.store.maildir_import import COURIER_SIZELIST, DOVECOT_UIDLIST, UidlImport
 
 LISTING_NAME = "popbox-listing"
@@ -292,26 +292,12 @@ def _listing(
     return Listing(subs, text, sizes, uidls, inos)
 
 
-def _read_file(path: str, limit: int) -> bytes:
-    """Up to `limit` octets of the file: open, fstat, one read, close (a buffered
-    `open()` makes twice the system calls, and every login reads this file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        want = min(os.fstat(fd).st_size + 1, limit)
-        data = os.read(fd, want)
-        if len(data) == want and want < limit:  # it grew meanwhile: read the rest
-            data += os.read(fd, limit - want)
-        return data
-    finally:
-        os.close(fd)
-
-
 def load(root: str) -> tuple[Watch, Listing] | None:
     """The maildir's stored listing and the state it derives from, if it has an intact
     one (a corrupt one is logged and ignored)."""
     path = os.path.join(root, LISTING_NAME)
     try:
-        data = _read_file(path, _MAX_BYTES + 1)
+        data = read_regular(path, _MAX_BYTES + 1)  # never through a planted symlink
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -326,17 +312,10 @@ def load(root: str) -> tuple[Watch, Listing] | None:
 def save(root: str, state: Watch, listing: Listing) -> None:
     """Replace the stored listing atomically. Failure only costs speed: logged, not raised."""
     path = os.path.join(root, LISTING_NAME)
-    tmp = os.path.join(root, f"{LISTING_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     remove_orphans(root, LISTING_NAME)
     try:
-        data = encode(state, listing)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
+        # No fsync: a file torn by a crash fails its digest, and an older intact one names
+        # older directory stamps, so it is not trusted (see the module's notes).
+        write_atomic(path, encode(state, listing), fsync=False)
     except (OSError, ValueError, OverflowError) as exc:  # OverflowError: a ,W= over 2**63
         log.warning("listing cache %s not written: %s", path, exc)

@@ -1,8 +1,14 @@
 """Taking a maildir's snapshot, and finding a message's file again later.
 
-The listing (cr.yp.to/proto/maildir.html): every file in ``cur/`` and ``new/`` whose name
-does not start with a dot is a message; ``tmp/``, subdirectories (Maildir++ folders
-``.Foo`` live in the root anyway) and popbox's own files in the root are not. ``cur/`` is
+The listing (cr.yp.to/proto/maildir.html): every regular file in ``cur/`` and ``new/``
+whose name does not start with a dot is a message; ``tmp/``, subdirectories (Maildir++
+folders ``.Foo`` live in the root anyway) and popbox's own files in the root are not.
+Symlinks, FIFOs, sockets, devices and directories in ``cur/`` and ``new/`` are left out
+and logged once per file: a link could point at another user's mail or at /etc/shadow,
+and opening a FIFO waits for a writer. The file type comes from readdir(2)'s d_type
+(``DirEntry.is_file(follow_symlinks=False)``), so telling them apart costs no stat(2)
+per file. A file whose size must be measured and that cannot be read (mode 000, EIO) is
+left out of that session and logged; the rest of the maildrop is served. ``cur/`` is
 read before ``new/``: an agent moving a message new->cur while we list can then make us
 miss it for one session, never list it twice. readdir(2) gives no guarantee while a
 directory changes, so a base seen twice is stat'ed and one file seen under two names (a
@@ -34,11 +40,13 @@ lists.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
 
+from popbox.fsutil import open_regular
 from popbox.proto.types import Uidl, is_valid_uidl
 from popbox.proto.wire import SizeCounter
 from popbox.store import maildir_cache, maildir_listing
@@ -51,6 +59,20 @@ _NO_UIDL = Uidl("")  # until _assign_uidls
 _ORDER = attrgetter("key")
 _CUR_MASK = bytes.maketrans(b"cn", b"\x01\x00")  # sub bytes -> 1 where cur/
 _NEW_MASK = bytes.maketrans(b"cn", b"\x00\x01")
+_REPORTED_MAX = 10_000  # paths remembered as already logged (then forgotten, and logged again)
+
+log = logging.getLogger(__name__)
+_reported: set[str] = set()
+
+
+def report_once(path: str, why: str) -> None:
+    """Log that the file at `path` is left out, once per file (per process)."""
+    if path in _reported:
+        return
+    if len(_reported) >= _REPORTED_MAX:
+        _reported.clear()
+    _reported.add(path)
+    log.warning("maildir file %s left out: %s", path, why)
 
 
 @dataclass(slots=True)
@@ -79,10 +101,13 @@ def _measure(path: str, chunk_size: int) -> tuple[int, int]:
     """(physical size, wire size) of a file, read once in chunks."""
     counter = SizeCounter()
     physical = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
+    fd = open_regular(path)
+    try:
+        while chunk := os.read(fd, chunk_size):
             physical += len(chunk)
             counter.feed(chunk)
+    finally:
+        os.close(fd)
     return physical, counter.finish()
 
 
@@ -93,9 +118,22 @@ def _scan(root: str) -> Scanned:
     scanned: Scanned = []
     for sub in SUBDIRS:
         with os.scandir(os.path.join(root, sub)) as it:
-            names = [d.name for d in it if not d.name.startswith(".") and not d.is_dir()]
+            entries = [d for d in it if not d.name.startswith(".")]
+        names = [d.name for d in entries if d.is_file(follow_symlinks=False)]
+        if len(names) != len(entries):
+            for d in entries:
+                if not d.is_file(follow_symlinks=False):
+                    report_once(d.path, _kind(d))
         scanned.append((sub, names))
     return scanned
+
+
+def _kind(d: os.DirEntry[str]) -> str:
+    if d.is_symlink():
+        return "a symlink"
+    if d.is_dir(follow_symlinks=False):
+        return "a directory"
+    return "not a regular file (FIFO, socket or device)"
 
 
 def _entries(scanned: Scanned) -> list[Entry]:
@@ -154,6 +192,9 @@ def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
                 try:
                     hit = _measure(e.path(root), chunk_size)
                 except FileNotFoundError:  # renamed or removed meanwhile: next session
+                    continue
+                except OSError as exc:  # unreadable (EACCES, EIO), or no longer regular
+                    report_once(e.path(root), f"cannot be read: {exc.strerror or exc}")
                     continue
             fresh[key] = hit
             e.size = hit[1]

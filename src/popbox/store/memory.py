@@ -17,17 +17,19 @@ Nothing here blocks, so nothing goes to a thread. State lives in one process onl
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncGenerator, Set
+from collections.abc import Set
 from typing import TYPE_CHECKING
 
-from popbox.proto.types import Uidl, is_valid_uidl
+from popbox.proto.types import Index, Uidl, is_valid_uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
+    Reader,
     Snapshot,
 )
 
@@ -35,7 +37,7 @@ CHUNK_SIZE = 64 * 1024
 
 
 class MemoryStore:
-    """Maildrops in memory. `chunk_size`: how `read` splits a message (tests use it to
+    """Maildrops in memory. `chunk_size`: how a `MemoryReader` splits a message (tests use it to
     exercise streaming)."""
 
     def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
@@ -52,6 +54,9 @@ class MemoryStore:
             return Failure.IN_USE
         self._locked.add(location)
         return MemoryMaildrop(self, location, list(self._boxes.get(location, ())))
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         self.add(location, message)
@@ -99,6 +104,27 @@ class MemoryStore:
         self._locked.discard(location)
 
 
+class MemoryReader:
+    """A message in `step`-sized chunks (popbox.store.base.Reader)."""
+
+    __slots__ = ("_data", "_offset", "_step", "done")
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = data
+        self._step = step
+        self._offset = 0
+        self.done = False
+
+    async def next(self) -> bytes:
+        chunk = self._data[self._offset : self._offset + self._step]
+        self._offset += len(chunk)
+        self.done = self._offset >= len(self._data)
+        return chunk
+
+    def close(self) -> None:
+        self.done = True
+
+
 class MemoryMaildrop:
     """One session's locked view of an in-memory maildrop."""
 
@@ -112,15 +138,11 @@ class MemoryMaildrop:
     def messages(self) -> Snapshot:
         return self._messages
 
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+    async def open_message(self, index: Index) -> MemoryReader | Gone:
         data = self._store._find(self._location, self._messages.uidls[index])
-        if data is None:
-            raise MessageGone()
-        step = self._store.chunk_size
-        for start in range(0, len(data), step):
-            yield data[start : start + step]
+        return GONE if data is None else MemoryReader(data, self._store.chunk_size)
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if not self._open:
             raise RuntimeError("maildrop already committed or released")
         count = len(self._messages)
@@ -151,5 +173,7 @@ class MemoryMaildrop:
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
-    def _conforms(store: MemoryStore, drop: MemoryMaildrop) -> tuple[MailStore, Maildrop]:
-        return store, drop
+    def _conforms(
+        store: MemoryStore, drop: MemoryMaildrop, reader: MemoryReader
+    ) -> tuple[MailStore, Maildrop, Reader]:
+        return store, drop, reader

@@ -36,14 +36,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from popbox.store.base import Failure
-from popbox.store.pg_pool import (
+from popbox.pg.pool import (
     DB_ERRORS,
     Connection,
     Database,
     RawConnection,
 )
-from popbox.store.pg_schema import LOCK_NAMESPACE
+from popbox.pg.schema import LOCK_NAMESPACE
+from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")
 

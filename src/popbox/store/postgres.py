@@ -1,7 +1,7 @@
 """PostgresStore: maildrops in PostgreSQL, shared by any number of popbox frontends.
 
 Location = a mailbox name (the userdb's mail location for this backend, by default the
-user name). The tables are popbox.store.pg_schema's. The pieces:
+user name). The tables are popbox.pg.schema's. The pieces:
 
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
@@ -10,12 +10,15 @@ user name). The tables are popbox.store.pg_schema's. The pieces:
   never reads a message body.
 * read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
   message is never in memory at once, and a slow client holds no connection between
-  chunks. A row gone before the first chunk is MessageGone.
+  chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
+  first chunk, so the answer is known before +OK.
 * commit (after QUIT only): ONE transaction proves the lease still holds (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
   deletes the session's deleted messages and sets ``seen`` on the retrieved ones; rows
   already gone count as missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
+  Messages the snapshot found seen get no UPDATE; a session with nothing else to write
+  (it retrieved only seen messages and deleted none) runs no transaction at all.
 * deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
   size counted by popbox.proto.wire. Never retried: an error means "not stored".
@@ -27,27 +30,29 @@ that cannot name a mailbox (empty, NUL, over 1024 bytes) is Failure.PERMANENT.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Set
-from dataclasses import dataclass
+from collections.abc import Set
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from popbox.proto.types import Uidl
+from popbox.pg.pool import DB_ERRORS, Connection, Database
+from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
+    GONE,
     CommitReport,
     Failure,
+    Gone,
     Maildrop,
     MailStore,
-    MessageGone,
+    Reader,
     Snapshot,
     StoreError,
 )
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
-from popbox.store.pg_pool import DB_ERRORS, Connection, Database
 
 log = logging.getLogger("popbox")
 
@@ -61,10 +66,11 @@ ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Row:
     id: int
     raw_size: int
+    seen: bool  # as the snapshot found it
 
 
 def valid_location(location: str) -> bool:
@@ -114,7 +120,7 @@ class PostgresStore:
             return lease
         try:
             rows = await self.db.run(lambda conn: conn.fetch(
-                "SELECT id, uidl, size, raw_size FROM messages WHERE mailbox_id = $1 "
+                "SELECT id, uidl, size, raw_size, seen FROM messages WHERE mailbox_id = $1 "
                 "ORDER BY id", box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
@@ -124,7 +130,7 @@ class PostgresStore:
             await self.locks.release(lease)
             raise
         infos = Snapshot([Uidl(r["uidl"]) for r in rows], [r["size"] for r in rows])
-        entries = tuple(_Row(r["id"], r["raw_size"]) for r in rows)
+        entries = tuple(_Row(r["id"], r["raw_size"], r["seen"]) for r in rows)
         return PostgresDrop(self, box, lease, infos, entries)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
@@ -157,16 +163,44 @@ class PostgresStore:
             log.warning("postgres: delivery to %r failed: %s", location, exc)
             return Failure.TEMPORARY
 
-    async def uidls(self, location: str) -> set[str]:
+    async def uidls(self, location: str) -> set[Uidl]:
         """The UIDLs of a mailbox now (for import). Raises DB_ERRORS."""
         rows = await self.db.run(lambda conn: conn.fetch(
             "SELECT m.uidl FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
             "WHERE b.name = $1", location))
-        return {r["uidl"] for r in rows}
+        return {Uidl(r["uidl"]) for r in rows}
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.locks.close()
         await self.db.close()
+
+
+class _RowReader:
+    """A message row read a chunk per query (popbox.store.base.Reader); the first chunk
+    was fetched by `open_message`."""
+
+    __slots__ = ("_drop", "_entry", "_first", "_offset", "done")
+
+    def __init__(self, drop: PostgresDrop, entry: _Row, first: bytes) -> None:
+        self._drop = drop
+        self._entry = entry
+        self._first: bytes | None = first
+        self._offset = 0
+        self.done = False
+
+    async def next(self) -> bytes:
+        chunk = self._first
+        self._first = None
+        if chunk is None:
+            chunk = await self._drop._chunk(self._entry.id, self._offset)
+            if chunk is None:  # deleted while being read
+                raise StoreError(Failure.GONE)
+        self._offset += len(chunk)
+        self.done = not chunk or self._offset >= self._entry.raw_size
+        return chunk
+
+    def close(self) -> None:
+        self.done = True
 
 
 class PostgresDrop:
@@ -198,19 +232,12 @@ class PostgresDrop:
             raise StoreError(Failure.TEMPORARY) from exc
         return chunk
 
-    async def read(self, index: int) -> AsyncGenerator[bytes, None]:
+    async def open_message(self, index: Index) -> _RowReader | Gone:
         entry = self._entries[index]
-        offset = 0
-        while offset < entry.raw_size or offset == 0:
-            chunk = await self._chunk(entry.id, offset)
-            if chunk is None:
-                raise MessageGone()
-            if not chunk:
-                return
-            yield chunk
-            offset += len(chunk)
+        first = await self._chunk(entry.id, 0)
+        return GONE if first is None else _RowReader(self, entry, first)
 
-    async def commit(self, delete: Set[int], seen: Set[int]) -> CommitReport | Failure:
+    async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._state != "open":
             raise RuntimeError("maildrop already committed or released")
         count = len(self._entries)
@@ -218,13 +245,24 @@ class PostgresDrop:
             raise IndexError("message index out of range")
         self._state = "committing"
         doomed = [self._entries[i].id for i in delete]
-        flag = [self._entries[i].id for i in set(seen) - set(delete)]
-        if not self._store.mark_seen:
-            flag = []
+        flag: list[int] = []
+        already = 0  # seen in the snapshot: no UPDATE
+        if self._store.mark_seen:
+            for i in set(seen) - set(delete):
+                if self._entries[i].seen:
+                    already += 1
+                else:
+                    flag.append(self._entries[i].id)
         try:
-            return await asyncio.shield(self._commit(doomed, flag))
+            if not doomed and not flag:  # nothing to write: no transaction
+                await asyncio.shield(self._store.locks.release(self._lease))
+                return CommitReport(deleted=0, missing=0, flagged=already)
+            report = await asyncio.shield(self._commit(doomed, flag))
         finally:
             self._state = "done"
+        if isinstance(report, Failure) or not already:
+            return report
+        return dataclasses.replace(report, flagged=report.flagged + already)
 
     async def _commit(self, doomed: list[int], flag: list[int]) -> CommitReport | Failure:
         store = self._store
@@ -267,5 +305,7 @@ class PostgresDrop:
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
-    def _conforms(store: PostgresStore, drop: PostgresDrop) -> tuple[MailStore, Maildrop]:
-        return store, drop
+    def _conforms(
+        store: PostgresStore, drop: PostgresDrop, reader: _RowReader
+    ) -> tuple[MailStore, Maildrop, Reader]:
+        return store, drop, reader

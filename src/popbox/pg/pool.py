@@ -2,7 +2,7 @@
 
 The backends are built before the event loop runs, so the asyncpg pool is opened lazily,
 on first use, inside the running loop (one pool per process). Opening it checks the
-schema version (popbox.store.pg_schema): a database that `popbox db upgrade` has not
+schema version (popbox.pg.schema): a database that `popbox db upgrade` has not
 brought to this popbox's version is refused (logged, and every operation fails as
 temporary), one that a newer popbox upgraded is used with a warning.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from popbox.store import pg_schema
+from popbox.pg import schema
 
 log = logging.getLogger("popbox")
 
@@ -133,14 +133,14 @@ class Database:
 
 
 async def _check_version(conn: Connection) -> None:
-    version = await pg_schema.current_version(conn)
-    if version is None or version < pg_schema.LATEST:
+    version = await schema.current_version(conn)
+    if version is None or version < schema.LATEST:
         message = (
             f"database schema version {version or 0}, this popbox needs "
-            f"{pg_schema.LATEST}: run `popbox db upgrade`"
+            f"{schema.LATEST}: run `popbox db upgrade`"
         )
         log.error("postgres: %s", message)
         raise SchemaError(message)
-    if version > pg_schema.LATEST:
+    if version > schema.LATEST:
         log.warning("postgres: database schema version %d is newer than this popbox's %d",
-                    version, pg_schema.LATEST)
+                    version, schema.LATEST)

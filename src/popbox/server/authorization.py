@@ -1,5 +1,6 @@
 """The AUTHORIZATION state's policy: USER/PASS, APOP and SASL AUTH (RFC 1939 §7,
-RFC 5034), ending in a locked maildrop (a `Transaction`) or one `-ERR` from `replies`.
+RFC 5034), ending in `Authenticated(user, info)` or one `-ERR` from `replies`. Opening
+the maildrop is the session's next step; `opened()` hears how it went.
 
 Plaintext mechanisms are refused on a connection that is neither TLS nor from
 `auth.local_networks` unless `auth.cleartext = "always"` (RFC 8314 §5.1 spirit). An
@@ -11,33 +12,52 @@ SASL: `mechanisms()` is what this connection is offered (see `server.mechanisms`
 accepts nothing else. A mechanism's requests are fulfilled here: `NeedCredential` from the
 passdb's `credentials()` (an invalid user name is looked up as nobody, so it gets the
 mock), `NeedToken` from the token validator, whose user must be the one the client
-named. `Authenticated` and a verified `Credentials` lead to the same maildrop opening.
-Over TLS the shell calls `tls_started()`, which records the channel binding data.
+named. A mechanism's `Authenticated` and a verified `Credentials` lead to the same
+userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Over TLS the shell calls
+`tls_started()`, which records the channel binding data. Time comes from the context's
+clock (`server.clock`): the penalty book and LOGIN-DELAY read it, token checks use its
+wall time, and the penalty wait sleeps on it.
+
+`capabilities(state)` is what CAPA says on this connection (RFC 2449 §5): the table's
+capabilities this connection may use (`commands.capabilities`), then the server's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from popbox import __version__
 from popbox.auth.base import Secret, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
 from popbox.config import in_networks
-from popbox.proto import apop, sasl
+from popbox.proto import apop, commands, sasl
 from popbox.proto import events as ev
+from popbox.proto.types import State
 from popbox.server import mechanisms, replies
 from popbox.server.binding import channel_bindings
 from popbox.server.context import ServerContext
 from popbox.server.logfmt import quote
-from popbox.server.transaction import Transaction
-from popbox.store.base import Failure
+from popbox.store.base import Failure, Maildrop
 
 log = logging.getLogger("popbox")
 
 Check = Callable[[], Awaitable[Verdict]]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The client proved who it is; the userdb says where its mail is."""
+
+    user: str
+    info: UserInfo
+    mechanism: str  # USER, APOP or the SASL mechanism: for the log
+    login_delay: int  # the user's LOGIN-DELAY (RFC 2449 §6.8), seconds
+
+
+Answer = ev.Ok | ev.Err | ev.Continuation | replies.Listing | Authenticated
 
 
 async def _accepted() -> Verdict:
@@ -50,7 +70,7 @@ def login_delay(info: UserInfo, default: int) -> int:
     return int(value) if value.isascii() and value.isdigit() else default
 
 
-class Login:
+class Authorization:
     __slots__ = ("_failed_user", "_mechanism", "_mechanism_name", "bindings", "ctx",
                  "failures", "login_delay", "peer", "secure", "timestamp", "user")
 
@@ -89,13 +109,49 @@ class Login:
             bearer=self.ctx.backends.tokens is not None,
         )
 
-    async def handle(self, event: ev.Command) -> ev.Reply | Transaction:
+    async def capabilities(self, state: State) -> tuple[str, ...]:
+        """RFC 2449 §5: the CAPA lines for this connection in `state`."""
+        offered = {"TOP": "", "UIDL": "", "UTF8": "USER"}
+        if state is State.AUTHORIZATION:
+            if self.ctx.tls is not None and not self.secure:
+                offered["STLS"] = ""
+            if self.cleartext_allowed:
+                offered["USER"] = ""
+            sasl_mechanisms = await self.mechanisms()
+            if sasl_mechanisms:  # SCRAM and CRAM-MD5 may be offered without TLS
+                offered["SASL"] = " ".join(sasl_mechanisms)
+        return (
+            *commands.capabilities(state, offered),
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            # RFC 2449 §6.8: the global value before login, the user's own after it.
+            f"LOGIN-DELAY {self.login_delay}",
+            f"IMPLEMENTATION popbox-{__version__}",
+        )
+
+    async def handle(self, event: ev.Command) -> Answer:
         result = await self._handle(event)
         if result is replies.AUTH_FAILED:
             await self._penalize()
-        elif isinstance(result, Transaction):
-            self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
         return result
+
+    def opened(self, auth: Authenticated, maildrop: Maildrop | Failure) -> ev.Err | None:
+        """The session opened (or failed to open) the maildrop of `auth`: on success the
+        login counts (LOGIN-DELAY, the penalty book, the log) and None is returned."""
+        if isinstance(maildrop, Failure):
+            self.ctx.observe.store_error(maildrop)
+            self._log_failure(auth.user, auth.mechanism, maildrop.value)
+            return replies.failure(maildrop)
+        self.ctx.record_login(auth.user, self.ctx.clock.monotonic(), auth.login_delay)
+        self.user = auth.user
+        self.login_delay = auth.login_delay
+        self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
+        log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(auth.user),
+                 auth.mechanism, self.peer, len(maildrop.messages))
+        self.ctx.observe.login(auth.user, auth.mechanism, "ok")
+        return None
 
     async def _penalize(self) -> None:
         """Count the failure and wait before answering it (see server.penalty)."""
@@ -105,16 +161,17 @@ class Login:
             return
         book = self.ctx.penalties
         keys = book.keys(self.peer, normalize_username(self._failed_user) or None)
-        now = time.monotonic()
+        clock = self.ctx.clock
+        now = clock.monotonic()
         book.failed(keys, now)
         delay = book.delay(keys, now)
         if delay > 0:
             log.info("login penalty user=%s ip=%s delay=%.0f", quote(self._failed_user),
                      self.peer, delay)
             self.ctx.observe.penalty(delay)
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
 
-    async def _handle(self, event: ev.Command) -> ev.Reply | Transaction:
+    async def _handle(self, event: ev.Command) -> Answer:
         match event:
             case ev.User(name):
                 if not self.cleartext_allowed:
@@ -130,7 +187,7 @@ class Login:
             case ev.Apop(name, digest):
                 return await self._apop(name, digest)
             case ev.Auth(None):
-                return ev.MultiLine("Mechanisms follow", await self.mechanisms())
+                return replies.Listing("Mechanisms follow", await self.mechanisms())
             case ev.Auth(mechanism, initial):
                 assert mechanism is not None
                 return await self._auth(mechanism, initial)
@@ -143,7 +200,7 @@ class Login:
             case _:
                 raise AssertionError(f"not a login command: {event!r}")
 
-    async def _auth(self, name: str, initial: bytes | None) -> ev.Reply | Transaction:
+    async def _auth(self, name: str, initial: bytes | None) -> Answer:
         info = sasl.INFO.get(name)
         if info is None or name not in mechanisms.enabled(self.ctx.config):
             return replies.UNKNOWN_MECHANISM
@@ -159,7 +216,7 @@ class Login:
         self._mechanism_name = name
         return await self._sasl_step(mech.start(initial))
 
-    async def _sasl_step(self, step: sasl.Step) -> ev.Reply | Transaction:
+    async def _sasl_step(self, step: sasl.Step) -> Answer:
         """Run the mechanism until it needs the client again or is done."""
         name = self._mechanism_name
         while True:
@@ -167,7 +224,7 @@ class Login:
             assert mech is not None
             match step:
                 case sasl.Challenge(data):
-                    return ev.Challenge(data)
+                    return ev.Continuation(data)
                 case sasl.NeedCredential(user, scheme):
                     found = await self._credential(user, scheme)
                     if found is Verdict.TEMPORARY:
@@ -193,7 +250,7 @@ class Login:
                         return replies.AUTH_FAILED
                     return await self._verify(authcid, Secret(password))
 
-    async def _verify(self, user: str, password: Secret) -> ev.Reply | Transaction:
+    async def _verify(self, user: str, password: Secret) -> Answer:
         passdb = self.ctx.backends.passdb
         return await self._login(
             user, self._mechanism_name, lambda: passdb.verify(user, password)
@@ -208,7 +265,7 @@ class Login:
         validator = self.ctx.backends.tokens
         if validator is None:
             return Verdict.REJECTED
-        owner = await validator.validate(token, time.time())
+        owner = await validator.validate(token, self.ctx.clock.time())
         if isinstance(owner, str) and claimed and (
             normalize_username(claimed) != normalize_username(owner)
         ):
@@ -220,7 +277,7 @@ class Login:
         self._log_failure(user, self._mechanism_name, Verdict.TEMPORARY.value)
         return replies.verdict(Verdict.TEMPORARY)
 
-    async def _apop(self, name: str, digest: str) -> ev.Reply | Transaction:
+    async def _apop(self, name: str, digest: str) -> Answer:
         """RFC 1939 §7: digest = MD5(timestamp + shared secret), in lowercase hex."""
         if not self.ctx.config.auth.apop:
             return replies.APOP_DISABLED
@@ -234,7 +291,7 @@ class Login:
 
         return await self._login(name, "APOP", check)
 
-    async def _login(self, user: str, mechanism: str, check: Check) -> ev.Reply | Transaction:
+    async def _login(self, user: str, mechanism: str, check: Check) -> Answer:
         verdict = await check() if valid_username(user) else Verdict.REJECTED
         if verdict is not Verdict.OK:
             self._log_failure(user, mechanism, verdict.value)
@@ -243,23 +300,11 @@ class Login:
         if not isinstance(info, UserInfo):
             self._log_failure(user, mechanism, "userdb-" + ("temporary" if info else "missing"))
             return replies.failure(Failure.TEMPORARY if info else Failure.PERMANENT)
-        now = time.monotonic()
         delay = login_delay(info, self.ctx.config.limits.login_delay)
-        if self.ctx.login_too_soon(user, now, delay):
+        if self.ctx.login_too_soon(user, self.ctx.clock.monotonic(), delay):
             self._log_failure(user, mechanism, "login-delay")
             return replies.LOGIN_DELAY
-        maildrop = await self.ctx.backends.store.open(info.mail_location)
-        if isinstance(maildrop, Failure):
-            self.ctx.observe.store_error(maildrop)
-            self._log_failure(user, mechanism, maildrop.value)
-            return replies.failure(maildrop)
-        self.ctx.record_login(user, now, delay)
-        self.user = user
-        self.login_delay = delay
-        log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(user), mechanism,
-                 self.peer, len(maildrop.messages))
-        self.ctx.observe.login(user, mechanism, "ok")
-        return Transaction(maildrop)
+        return Authenticated(user, info, mechanism, delay)
 
     def _log_failure(self, user: str, mechanism: str, reason: str) -> None:
         self._failed_user = user

@@ -1,0 +1,306 @@
+/* The inner loops of popbox.proto.wire and popbox.client.crlf, compiled.
+ *
+ * popbox.proto._native holds the same four functions in Python; wire.py and crlf.py
+ * import this module when it was built and fall back to those otherwise (or when
+ * POPBOX_PURE_PYTHON is set). Each function does one pass over one chunk. The state
+ * between chunks (a "\r" held back at a chunk end, whether the next chunk starts a
+ * line) stays in the Python classes, which pass in what a function needs.
+ *
+ * Every function walks the chunk line by line: memchr finds the next "\n" and a line's
+ * bytes are copied with memcpy, so the cost is per line, not per byte.
+ *
+ * Sizes: a chunk of n bytes encodes to at most 2n bytes (a line of k >= 1 bytes plus its
+ * "\n" gains at most a "." and a "\r"), checked against PY_SSIZE_T_MAX before any
+ * arithmetic; the decoders only shrink.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* A read-only view of a bytes-like argument: bytes directly, anything else through
+ * the buffer protocol. */
+typedef struct {
+    const char *buf;
+    Py_ssize_t len;
+    Py_buffer view;
+    int has_view;
+} input;
+
+static int
+input_get(PyObject *obj, input *in)
+{
+    if (PyBytes_CheckExact(obj)) {
+        in->buf = PyBytes_AS_STRING(obj);
+        in->len = PyBytes_GET_SIZE(obj);
+        in->has_view = 0;
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, &in->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    in->buf = (const char *)in->view.buf;
+    in->len = in->view.len;
+    in->has_view = 1;
+    return 0;
+}
+
+static void
+input_release(input *in)
+{
+    if (in->has_view) {
+        PyBuffer_Release(&in->view);
+        in->has_view = 0;
+    }
+}
+
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs == expected)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)",
+                 name, expected, nargs);
+    return -1;
+}
+
+/* Shrinks `*out` to `used` bytes (it was allocated larger). */
+static PyObject *
+finish_bytes(PyObject *out, Py_ssize_t used)
+{
+    if (used != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, used) < 0)
+        return NULL; /* _PyBytes_Resize released `out` */
+    return out;
+}
+
+static void
+replace_nuls(char *p, Py_ssize_t n)
+{
+    char *end = p + n;
+    while (p < end && (p = memchr(p, '\0', (size_t)(end - p))) != NULL)
+        *p++ = (char)0x80;
+}
+
+/* encode(chunk, at_line_start, no_nuls) -> bytes
+ *
+ * RFC 1939 section 3: CRLF line ends (a "\r\n" stays, a lone "\n" becomes "\r\n", a lone
+ * "\r" is kept), a "." that starts a line doubled, and with `no_nuls` each NUL sent as
+ * 0x80. The first byte starts a line when `at_line_start`. */
+static PyObject *
+encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    input in;
+    int line_start, no_nuls;
+    PyObject *out;
+    char *o;
+    Py_ssize_t cap, used = 0;
+    const char *p, *end;
+
+    if (check_nargs("encode", nargs, 3) < 0)
+        return NULL;
+    if ((line_start = PyObject_IsTrue(args[1])) < 0)
+        return NULL;
+    if ((no_nuls = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    if (input_get(args[0], &in) < 0)
+        return NULL;
+    if (in.len > PY_SSIZE_T_MAX / 2) {
+        input_release(&in);
+        return PyErr_NoMemory();
+    }
+    /* A first guess that fits mail with lines of 16 bytes or more; a chunk that needs
+     * more is grown once, to the bound of what its rest can need. */
+    cap = in.len + in.len / 16 + 2;
+    if (cap > 2 * in.len)
+        cap = 2 * in.len;
+    out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL) {
+        input_release(&in);
+        return NULL;
+    }
+    p = in.buf;
+    end = in.buf + in.len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = nl != NULL ? nl : end;
+        Py_ssize_t len = stop - p;
+        Py_ssize_t content = len;
+        int dot = line_start && len > 0 && *p == '.';
+        Py_ssize_t need;
+
+        if (nl != NULL && content > 0 && stop[-1] == '\r')
+            content--; /* the "\r" of "\r\n" is written back with the "\n" */
+        need = dot + content + (nl != NULL ? 2 : 0);
+        if (need > cap - used) {
+            /* The rest of the input needs at most twice its length: no overflow, as
+             * used <= 2 * (p - in.buf) and in.len <= PY_SSIZE_T_MAX / 2. */
+            Py_ssize_t grown = used + 2 * (end - p);
+            if (_PyBytes_Resize(&out, grown) < 0) {
+                input_release(&in);
+                return NULL;
+            }
+            cap = grown;
+        }
+        o = PyBytes_AS_STRING(out) + used;
+        if (dot)
+            *o++ = '.';
+        memcpy(o, p, (size_t)content);
+        if (no_nuls)
+            replace_nuls(o, content);
+        o += content;
+        if (nl != NULL) {
+            *o++ = '\r';
+            *o++ = '\n';
+            p = nl + 1;
+            line_start = 1;
+        }
+        else {
+            p = end;
+        }
+        used += need;
+    }
+    input_release(&in);
+    return finish_bytes(out, used);
+}
+
+/* octets(chunk) -> int
+ *
+ * The length of `chunk` once its line ends are CRLF: its length plus one for every "\n"
+ * not already preceded by "\r". */
+static PyObject *
+octets(PyObject *module, PyObject *arg)
+{
+    input in;
+    size_t size;
+    const char *p, *end, *nl;
+
+    if (input_get(arg, &in) < 0)
+        return NULL;
+    size = (size_t)in.len; /* + at most in.len more: fits in size_t */
+    p = in.buf;
+    end = in.buf + in.len;
+    while (p < end && (nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        if (nl == in.buf || nl[-1] != '\r')
+            size++;
+        p = nl + 1;
+    }
+    input_release(&in);
+    return PyLong_FromSize_t(size);
+}
+
+/* to_lf(chunk) -> bytes: every "\r\n" becomes "\n"; a lone "\r" is kept. */
+static PyObject *
+to_lf(PyObject *module, PyObject *arg)
+{
+    input in;
+    PyObject *out;
+    char *o;
+    const char *p, *end, *nl;
+
+    if (input_get(arg, &in) < 0)
+        return NULL;
+    out = PyBytes_FromStringAndSize(NULL, in.len);
+    if (out == NULL) {
+        input_release(&in);
+        return NULL;
+    }
+    o = PyBytes_AS_STRING(out);
+    p = in.buf;
+    end = in.buf + in.len;
+    while (p < end) {
+        Py_ssize_t len;
+        nl = memchr(p, '\n', (size_t)(end - p));
+        if (nl == NULL) {
+            len = end - p;
+            memcpy(o, p, (size_t)len);
+            o += len;
+            break;
+        }
+        len = nl - p;
+        if (len > 0 && nl[-1] == '\r')
+            len--;
+        memcpy(o, p, (size_t)len);
+        o += len;
+        *o++ = '\n';
+        p = nl + 1;
+    }
+    input_release(&in);
+    return finish_bytes(out, o - PyBytes_AS_STRING(out));
+}
+
+/* unstuff(chunk, at_line_start) -> bytes
+ *
+ * RFC 1939 section 3, the client's side: the first "." of every line is removed (the
+ * first byte starts a line when `at_line_start`). The terminator line must already be
+ * cut off. */
+static PyObject *
+unstuff(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    input in;
+    int line_start;
+    PyObject *out;
+    char *o;
+    const char *p, *end;
+
+    if (check_nargs("unstuff", nargs, 2) < 0)
+        return NULL;
+    if ((line_start = PyObject_IsTrue(args[1])) < 0)
+        return NULL;
+    if (input_get(args[0], &in) < 0)
+        return NULL;
+    out = PyBytes_FromStringAndSize(NULL, in.len);
+    if (out == NULL) {
+        input_release(&in);
+        return NULL;
+    }
+    o = PyBytes_AS_STRING(out);
+    p = in.buf;
+    end = in.buf + in.len;
+    while (p < end) {
+        const char *nl;
+        Py_ssize_t len;
+        if (line_start && *p == '.')
+            p++;
+        if (p == end)
+            break;
+        nl = memchr(p, '\n', (size_t)(end - p));
+        len = (nl != NULL ? nl + 1 : end) - p;
+        memcpy(o, p, (size_t)len);
+        o += len;
+        p += len;
+        line_start = 1;
+    }
+    input_release(&in);
+    return finish_bytes(out, o - PyBytes_AS_STRING(out));
+}
+
+static PyMethodDef methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+     "encode(chunk, at_line_start, no_nuls) -> the chunk as sent: CRLF, dot-stuffed"},
+    {"octets", octets, METH_O, "octets(chunk) -> the chunk's length with CRLF line ends"},
+    {"to_lf", to_lf, METH_O, "to_lf(chunk) -> the chunk with CRLF line ends made LF"},
+    {"unstuff", (PyCFunction)(void (*)(void))unstuff, METH_FASTCALL,
+     "unstuff(chunk, at_line_start) -> the chunk without the stuffed dots"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "popbox.proto._speedups",
+    .m_doc = "Compiled inner loops of popbox.proto.wire and popbox.client.crlf.",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&module);
+}
