@@ -56,13 +56,13 @@ def _hand_over(paths: list[str], config: Config) -> None:
 
 
 async def _serve_lmtp(config: Config) -> None:
+    from popbox import sdnotify
     from popbox.lmtp.server import LmtpServer
-    from popbox.server import sdnotify
 
     delivered = None
     metrics_server = None
     if config.lmtp.metrics_listen is not None:
-        from popbox.server.metrics import Metrics, MetricsServer
+        from popbox.metrics import Metrics, MetricsServer
 
         metrics = Metrics()
         metrics_server = MetricsServer(config.lmtp.metrics_listen, metrics.registry)

@@ -33,7 +33,7 @@ def run_server(config: Config, announce: bool = False, config_path: Path | None 
         setup_logging(config.log)
 
         def report(resolved: Config) -> None:
-            from popbox.server import sdnotify
+            from popbox import sdnotify
 
             sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
             if announce:
@@ -71,8 +71,8 @@ def _supervisor_services(
     worker's) and the admin socket (passed on to every worker's). Returns the sockets the
     workers must not inherit (the metrics one first, with its port) and what to do when a
     worker exits."""
-    from popbox import logs
-    from popbox.server import admin, metrics, sdnotify
+    from popbox import logs, metrics, sdnotify
+    from popbox.server import admin
 
     stack.enter_context(metrics.multiprocess_directory())  # before prometheus-client loads
     sockets: list[tuple[socket.socket, int]] = []
@@ -119,9 +119,8 @@ def _run_one(
     config: Config, announce: bool, notify: Callable[[], None] | None = None,
     config_path: Path | None = None,
 ) -> int:
-    from popbox import logs, privileges
+    from popbox import logs, metrics, privileges, sdnotify
     from popbox.backends import build
-    from popbox.server import metrics, sdnotify
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
 

@@ -20,11 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from popbox import logs
+from popbox import logs, sdnotify
 from popbox.auth.passwd_file import PasswdFile
 from popbox.backends import Backends, users_file
 from popbox.config import Config, ConfigError, load, parse_address
-from popbox.server import sdnotify
 from popbox.server.admin import WORKER_DIR_ENV
 from popbox.server.context import ServerContext
 from popbox.server.tls import TlsContexts

@@ -16,9 +16,9 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from popbox import logs
+from popbox import logs, sdnotify
 from popbox.config import parse_address
-from popbox.server import control, sdnotify
+from popbox.server import control
 from popbox.server.admin import RELOADED, WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO

@@ -29,9 +29,9 @@ import time
 from typing import Protocol
 
 from popbox.config import Config
+from popbox.metrics import Metrics
 from popbox.proto import events as ev
 from popbox.server.logfmt import quote
-from popbox.server.metrics import Metrics
 from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")

@@ -19,9 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from popbox import logs
+from popbox import logs, sdnotify
 from popbox.config import Config, parse_address
-from popbox.server import sdnotify
 
 log = logging.getLogger("popbox")
 
