@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import smtplib
 
-from metrics_helpers import metrics_port, scrape, value
-
 from helpers import MailEnv
+from metrics_helpers import metrics_port, scrape, value
 from pg import LmtpProcess
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import poplib
 
 import pytest
-from metrics_helpers import metrics_port, scrape, scrape_when_idle, total, value
 from prometheus_client import generate_latest
 
 from helpers import Client, MailEnv, ServerProcess, running_server
+from metrics_helpers import metrics_port, scrape, scrape_when_idle, total, value
 from popbox.config import ConfigError, from_dict
 from popbox.server.observe import COMMAND_SAMPLE
 
@@ -119,3 +119,27 @@ async def test_one_command_in_every_sample_is_timed(env: MailEnv) -> None:
     assert 'popbox_command_seconds_count{command="USER"} 1.0' in text
     noop_count = f'popbox_commands_total{{command="NOOP",result="ok"}} {float(noops)}'
     assert noop_count in text
+
+
+async def test_a_message_gone_during_the_session_counts_as_a_store_error(env: MailEnv) -> None:
+    """RFC 1939 §5: RETR of a message another program removed since login is an -ERR;
+    the metrics count it as a store error of kind "gone" and as a failed RETR."""
+    env.put("alice", MESSAGES[0])
+    env.put("alice", MESSAGES[1])
+    config = env.config(metrics={"listen": "127.0.0.1:0"})
+    async with running_server(config) as (port, ctx):
+        client = await Client.connect(port)
+        assert (await client.login()).startswith(b"+OK")
+        md = env.maildir("alice")
+        first = sorted(list((md / "new").iterdir()) + list((md / "cur").iterdir()))[0]
+        first.unlink()
+        assert (await client.cmd("RETR 1")).startswith(b"-ERR")
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()
+        assert await client.reader.read() == b""
+        metrics = ctx.observe.metrics
+        assert metrics is not None
+    text = generate_latest(metrics.registry).decode()
+    assert 'popbox_store_errors_total{kind="gone"} 1.0' in text
+    assert 'popbox_commands_total{command="RETR",result="err"} 1.0' in text
+    assert len(env.messages("alice")) == 1
