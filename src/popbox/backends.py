@@ -98,12 +98,17 @@ def server_secret(path: Path | None) -> bytes:
     return data
 
 
-def _passwd_file(config: Config, shared: Shared) -> UserBackend:
+def users_file(config: Config) -> PasswdFile:
+    """The passdb and userdb of `auth.passwd_file` (also what a reload reads again)."""
     auth = config.auth
     return PasswdFile(
         auth.passwd_file, auth.mail_location, derive=auth.derive_credentials,
         secret=server_secret(auth.secret_file), cache_ttl=auth.cache_ttl,
     )
+
+
+def _passwd_file(config: Config, shared: Shared) -> UserBackend:
+    return users_file(config)
 
 
 def _postgres_users(config: Config, shared: Shared) -> UserBackend:

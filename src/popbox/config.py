@@ -43,6 +43,15 @@ def parse_address(value: str) -> tuple[str, int]:
     return (host if host not in ("", "*") else "", int(port_text))
 
 
+def check_loopback(listen: str, public: bool) -> None:
+    """Metrics on `listen`: refused on a non-loopback address unless `public`."""
+    host, _ = parse_address(listen)
+    loopback = host == "localhost" or (host != "" and ipaddress.ip_address(host).is_loopback)
+    if not loopback and not public:
+        raise ValueError(f"listen {listen!r} is not a loopback address; metrics would be "
+                         "public: set public = true if that is intended")
+
+
 def check_networks(value: list[str]) -> list[str]:
     for item in value:
         ipaddress.ip_network(item, strict=False)
@@ -346,6 +355,15 @@ class LmtpSection(_Section):
     timeout: Annotated[float, Field(gt=0)] = 300.0  # RFC 5321 §4.5.3.2: 5 minutes
     recipient_delimiter: str = ""  # e.g. "+": alice+lists@x is delivered to alice@x
     strip_domain: bool = False  # look recipients up by their local part only
+    # Prometheus /metrics of `popbox lmtp` (popbox_lmtp_deliveries_total), as [metrics]
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_loopback(value, public=False)
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -356,8 +374,59 @@ class LmtpSection(_Section):
         return value
 
 
+LOGOUT_FIELDS = ("user", "ip", "reason", "top", "retr", "dele", "bytes", "duration", "mech",
+                 "tls", "commands")
+
+
 class LogSection(_Section):
+    """Where log lines go and how they look (see the README's logs section)."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": `date popbox[pid]: event key=value ...`; "json": one object a line, the same
+    # fields, with "v" (the format's version).
+    format: Literal["text", "json"] = "text"
+    # "stderr", "syslog" (/dev/log, facility mail) or a file name (SIGUSR1 reopens it).
+    target: str = "stderr"
+    # The fields of a logged-in session's `logout` line, in order (pop3_logout_format).
+    logout_fields: list[str] = Field(
+        default_factory=lambda: ["user", "ip", "reason", "retr", "dele", "bytes"])
+
+    @field_validator("logout_fields")
+    @classmethod
+    def _check_fields(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in LOGOUT_FIELDS:
+                known = ", ".join(LOGOUT_FIELDS)
+                raise ValueError(f"unknown logout field {name!r}; known: {known}")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str) -> str:
+        if not value:
+            raise ValueError('give "stderr", "syslog" or a file name')
+        return value
+
+
+class MetricsSection(_Section):
+    """Prometheus `/metrics` over HTTP. Off unless `listen` is set; only on a loopback
+    address unless `public` says the operator has protected the port some other way."""
+
+    listen: str | None = None  # e.g. "127.0.0.1:9110"
+    public: bool = False
+
+    @model_validator(mode="after")
+    def _loopback(self) -> MetricsSection:
+        if self.listen is not None:
+            check_loopback(self.listen, self.public)
+        return self
+
+
+class AdminSection(_Section):
+    """The admin socket of `popbox who`, `kick`, `reload`, `stats` (a unix socket)."""
+
+    socket: Path | None = None  # e.g. /run/popbox/admin.sock; off when unset
+    group: str | None = None  # may use it too (mode 0660); otherwise only root and the owner
 
 
 class Config(_Section):
@@ -370,6 +439,8 @@ class Config(_Section):
     postgres: PostgresSection = Field(default_factory=PostgresSection)
     lmtp: LmtpSection = Field(default_factory=LmtpSection)
     log: LogSection = Field(default_factory=LogSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    admin: AdminSection = Field(default_factory=AdminSection)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -449,5 +520,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         key: fix(getattr(config.oauth, key))
         for key in ("jwks_file", "public_key_file", "client_secret_file", "ca_file")
     })
+    admin = config.admin.model_copy(update={"socket": fix(config.admin.socket)})
     store = config.store.model_copy(update={"mbox_index_dir": fix(config.store.mbox_index_dir)})
-    return config.model_copy(update={"tls": tls, "auth": auth, "oauth": oauth, "store": store})
+    return config.model_copy(
+        update={"tls": tls, "auth": auth, "oauth": oauth, "admin": admin, "store": store})

@@ -9,20 +9,7 @@ import re
 import signal
 from pathlib import Path
 
-from helpers import Client, MailEnv, ServerProcess
-
-
-def children_of(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry))
-    return out
+from helpers import Client, MailEnv, ServerProcess, children_of
 
 
 async def test_two_workers_share_the_port_and_the_lock(env: MailEnv) -> None:

@@ -7,13 +7,11 @@ has no import cycles; `popbox.cli.main` only assembles the subcommands."""
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from popbox.config import Config
+from popbox.config import Config, ConfigError, LogSection
 
 if TYPE_CHECKING:
     from popbox.backends import Backends
@@ -21,12 +19,14 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("/etc/popbox/popbox.toml")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s popbox[%(process)d]: %(message)s",
-    )
+def setup_logging(section: LogSection) -> None:
+    """Logging as `[log]` says; a target that cannot be opened is a configuration error."""
+    from popbox import logs
+
+    try:
+        logs.setup(section)
+    except OSError as exc:
+        raise ConfigError(f"log.target {section.target!r}: {exc.strerror or exc}") from None
 
 
 def use_uvloop() -> None:

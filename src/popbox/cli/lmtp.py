@@ -56,24 +56,45 @@ def _hand_over(paths: list[str], config: Config) -> None:
 
 
 async def _serve_lmtp(config: Config) -> None:
+    from popbox import sdnotify
     from popbox.lmtp.server import LmtpServer
 
-    async with opened(config) as backends:
-        server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
-                            _agent(config, backends))
-        bound = await server.start()
-        _hand_over([b for b in bound if b.startswith("/")], config)
-        privileges.drop(config.server.user, config.server.group, config.server.allow_root)
-        for address in bound:
-            print(f"popbox lmtp: listening on {address}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await server.shutdown(config.limits.shutdown_grace)
+    delivered = None
+    metrics_server = None
+    if config.lmtp.metrics_listen is not None:
+        from popbox.metrics import Metrics, MetricsServer
+
+        metrics = Metrics()
+        metrics_server = MetricsServer(config.lmtp.metrics_listen, metrics.registry)
+        deliveries = metrics.lmtp_deliveries
+
+        def delivered(status: str) -> None:
+            deliveries.labels(status).inc()
+
+    try:
+        async with opened(config) as backends:
+            server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
+                                _agent(config, backends), delivered)
+            bound = await server.start()
+            _hand_over([b for b in bound if b.startswith("/")], config)
+            privileges.drop(config.server.user, config.server.group, config.server.allow_root)
+            for address in bound:
+                print(f"popbox lmtp: listening on {address}", flush=True)
+            if metrics_server is not None:
+                print(f"popbox lmtp: metrics on port {metrics_server.port}", flush=True)
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                await stop.wait()
+                sdnotify.notify("STOPPING=1")
+            finally:
+                await server.shutdown(config.limits.shutdown_grace)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 def _lmtp(args: argparse.Namespace) -> int:
@@ -81,7 +102,7 @@ def _lmtp(args: argparse.Namespace) -> int:
     if not config.lmtp.listen:
         print("popbox: lmtp.listen is empty: nothing to listen on", file=sys.stderr)
         return 2
-    setup_logging(config.log.level)
+    setup_logging(config.log)
     use_uvloop()
     try:
         asyncio.run(_serve_lmtp(config))
@@ -112,7 +133,7 @@ def _deliver(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"popbox: configuration error:\n{exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    setup_logging(config.log.level)
+    setup_logging(config.log)
     limit = config.lmtp.max_message_size
     message = sys.stdin.buffer.read(limit + 1)
     if len(message) > limit:

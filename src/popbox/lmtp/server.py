@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from popbox.config import LmtpSection, parse_address
 from popbox.lmtp.agent import Agent, Outcome, trace_headers
@@ -55,10 +56,12 @@ def _data_reply(address: str, outcome: Outcome) -> Reply:
 
 
 class LmtpServer:
-    def __init__(self, settings: LmtpSection, hostname: str, agent: Agent) -> None:
+    def __init__(self, settings: LmtpSection, hostname: str, agent: Agent,
+                 delivered: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.hostname = hostname
         self.agent = agent
+        self.delivered = delivered or (lambda _status: None)  # each outcome, for metrics
         self._servers: list[asyncio.Server] = []
         self._sessions: set[asyncio.Task[None]] = set()
 
@@ -146,12 +149,14 @@ class LmtpServer:
     async def _deliver(self, message: Message) -> list[Reply]:
         if message.data is None:
             log.info("lmtp: message refused: over %d octets", self.settings.max_message_size)
+            self.delivered("too-big")
             return [Reply(552, "5.3.4", "Message too big for system")] * len(message.recipients)
         replies = []
         for address, location in message.recipients:
             data = trace_headers(message.sender, address) + message.data
             outcome = await self.agent.deliver(location, data)
             log.info("lmtp: to=<%s> size=%d status=%s", address, len(data), outcome.value)
+            self.delivered(outcome.value)
             replies.append(_data_reply(address, outcome))
         return replies
 

@@ -179,6 +179,7 @@ class Authorization:
         """The session opened (or failed to open) the maildrop of `auth`: on success the
         login counts (LOGIN-DELAY, the penalty book, the log) and None is returned."""
         if isinstance(maildrop, Failure):
+            self.ctx.observe.store_error(maildrop)
             self._log_failure(auth.user, auth.mechanism, maildrop.value)
             return replies.failure(maildrop)
         self.ctx.record_login(auth.user, self.ctx.clock.monotonic(), auth.login_delay)
@@ -188,6 +189,7 @@ class Authorization:
         self.ctx.penalties.succeeded(self.ctx.penalties.keys(self.peer, self.user))
         log.info("login ok user=%s mech=%s ip=%s messages=%d", quote(auth.user),
                  auth.mechanism, self.peer, len(maildrop.messages))
+        self.ctx.observe.login(auth.user, auth.mechanism, "ok")
         return None
 
     async def _penalize(self) -> None:
@@ -205,6 +207,7 @@ class Authorization:
         if delay > 0:
             log.info("login penalty user=%s ip=%s delay=%.0f", quote(self._failed_user),
                      self.peer, delay)
+            self.ctx.observe.penalty(delay)
             await clock.sleep(delay)
 
     async def _handle(self, event: ev.Command) -> Answer:
@@ -352,3 +355,4 @@ class Authorization:
         self._failed_user = user
         log.info("login failed user=%s mech=%s ip=%s reason=%s", quote(user), mechanism,
                  self.peer, reason)
+        self.ctx.observe.login(user, mechanism, reason)

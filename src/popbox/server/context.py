@@ -12,12 +12,16 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from popbox.backends import Backends
 from popbox.config import Config
+from popbox.metrics import Metrics
 from popbox.server.clock import SYSTEM, Clock
 from popbox.server.mailproc import MailAccess, MailHost
+from popbox.server.observe import Observer
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
 
@@ -35,6 +39,10 @@ class ServerContext:
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
     clock: Clock = SYSTEM
     mail: MailAccess | None = None  # None: made from config and the store, in process only
+    observe: Observer = field(default_factory=lambda: Observer(Config()))
+    config_path: Path | None = None  # what `popbox reload` reads again
+    # Listen on exactly these (plain, implicit TLS) addresses; set by the listener.
+    rebind: Callable[[list[str], list[str]], Awaitable[tuple[list[str], list[str]]]] | None = None
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -49,7 +57,9 @@ class ServerContext:
             window=limits.penalty_window, v6_prefix=limits.penalty_ipv6_prefix,
         )
         mail = MailAccess(config, backends.store, mail_host)
-        return cls(config, backends, tls, penalties=penalties, clock=clock, mail=mail)
+        metrics = Metrics() if config.metrics.listen or config.admin.socket else None
+        return cls(config, backends, tls, penalties=penalties, clock=clock, mail=mail,
+                   observe=Observer(config, metrics))
 
     def __post_init__(self) -> None:
         if self.mail is None:

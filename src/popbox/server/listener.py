@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
+from popbox import logs, sdnotify
+from popbox.config import parse_address
+from popbox.server import control
+from popbox.server.admin import RELOADED, WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
@@ -23,10 +29,18 @@ log = logging.getLogger("popbox")
 Address = tuple[str, int]
 
 
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+Key = tuple[str, int, bool]  # host, port, implicit TLS
+
+
 class Listener:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server] = []  # every one ever opened, for shutdown
+        self._open_now: dict[Key, tuple[asyncio.Server, list[Address]]] = {}
 
     def _open(self, io: SessionIO) -> None:
         task = asyncio.get_running_loop().create_task(Session(self.ctx, io).run())
@@ -38,6 +52,8 @@ class Listener:
         return SessionIO(self._open, config.server.proxy_networks, config.limits.login_timeout)
 
     async def _bind(self, host: str, port: int, tls: ssl.SSLContext | None) -> list[Address]:
+        if (host, port, tls is not None) in self._open_now:
+            return self._open_now[host, port, tls is not None][1]
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             self._protocol, host or None, port,
@@ -51,7 +67,43 @@ class Listener:
                 name = sock.getsockname()
                 bound.append((name[0], name[1]))
                 log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
+        self._open_now[host, port, tls is not None] = (server, bound)
         return bound
+
+    async def rebind(self, listen: list[str], implicit: list[str]) -> tuple[list[str], list[str]]:
+        """Listen on exactly these addresses: open the new ones (all or none: an address
+        that cannot be bound raises OSError and nothing changes), stop listening on the
+        others; sessions go on. An address with port 0 that the running server listens on
+        already stays as it is. Returns the addresses as now bound (host:port)."""
+        wanted: list[Key] = []
+        for items, secure in ((listen, False), (implicit, True)):
+            for item in items:
+                host, port = parse_address(item)
+                if port == 0:
+                    port = next((p for (h, p, s) in self._open_now if h == host and s == secure),
+                                0)
+                wanted.append((host, port, secure))
+        added: list[Key] = []
+        try:
+            for host, port, secure in wanted:
+                if (host, port, secure) not in self._open_now:
+                    tls = self.ctx.tls.context if secure and self.ctx.tls is not None else None
+                    await self._bind(host, port, tls)
+                    added.append((host, port, secure))
+        except OSError:
+            for key in added:
+                self._open_now.pop(key)[0].close()
+            raise
+        for key in list(self._open_now):
+            if key not in wanted:
+                server, bound = self._open_now.pop(key)
+                server.close()
+                for host, port in bound:
+                    log.info("stopped listening on %s:%d%s", host, port,
+                             " (TLS)" if key[2] else "")
+        plain = [_format(h, p) for (h, p, s) in wanted if not s]
+        secure_items = [_format(h, p) for (h, p, s) in wanted if s]
+        return plain, secure_items
 
     async def start(self) -> tuple[list[Address], list[Address]]:
         """Bind every configured address: (plain POP3 addresses, POP3S addresses)."""
@@ -85,19 +137,45 @@ async def serve(
     ctx: ServerContext, ready: Callable[[list[Address], list[Address]], None] | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the TLS
-    certificates (new handshakes use them; running sessions go on)."""
+    certificates (new handshakes use them; running sessions go on); SIGUSR1 reopens the
+    log file."""
     listener = Listener(ctx)
     plain, implicit = await listener.start()
+    ctx.rebind = listener.rebind
+    admin = admin_socket(ctx)
+    if admin is not None:
+        await admin.start()
+        folder = os.environ.get(WORKER_DIR_ENV)
+        if folder and (Path(folder) / RELOADED).exists():
+            await control.reload(ctx)  # a worker started after a reload catches up
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload_tls)
+    loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
     if ready is not None:
         ready(plain, implicit)
     try:
         await stop.wait()
+        sdnotify.notify("STOPPING=1")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        if admin is not None:
+            await admin.close()
         await listener.shutdown()
+
+
+def admin_socket(ctx: ServerContext) -> WorkerAdmin | None:
+    """This process's admin socket: the configured one, or with several workers one in
+    the supervisor's folder (see server.admin)."""
+    section = ctx.config.admin
+    if section.socket is None:
+        return None
+    folder = os.environ.get(WORKER_DIR_ENV)
+    if folder:
+        path, group = Path(folder) / f"{os.getpid()}.sock", None
+    else:
+        path, group = section.socket, section.group
+    return WorkerAdmin(path, group, lambda request: control.handle(ctx, request))

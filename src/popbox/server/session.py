@@ -35,7 +35,6 @@ from popbox.server import replies
 from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
-from popbox.server.logfmt import quote
 from popbox.server.transaction import Body, Transaction
 from popbox.store.base import Failure, StoreError
 
@@ -46,7 +45,7 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 class Session:
     __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
-                 "login_deadline", "peer", "retr_count", "txn", "utf8")
+                 "login_deadline", "peer", "record", "retr_count", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -83,6 +82,8 @@ class Session:
 
     async def _run(self) -> None:
         log.info("connect ip=%s", self.peer)
+        self.record = self.ctx.observe.connected(self, self.peer, self.io.transport,
+                                                 self._ssl_object())
         reason = "disconnect"
         try:
             greeting = self.ctx.config.server.greeting
@@ -112,7 +113,10 @@ class Session:
             # Answer everything already received (pipelining), flush once, then wait.
             while (event := conn.next_event()) is not ev.NEED_DATA:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
+                self.record.command(event)
                 await self._handle(event)
+                if self.record.timing:
+                    self.record.timed()
                 if conn.state is State.CLOSED:
                     await self._flush()
                     return self._close_reason(event)
@@ -144,13 +148,9 @@ class Session:
     async def _end(self, reason: str) -> None:
         if self.txn is not None:
             await asyncio.shield(self.txn.maildrop.release())
-            log.info(
-                "logout user=%s ip=%s reason=%s retr=%d dele=%d bytes=%d",
-                quote(self.authz.user or ""), self.peer, reason, self.retr_count,
-                len(self.txn.deleted) if reason == "quit" else 0, self.bytes_sent,
-            )
-        else:
-            log.info("disconnect ip=%s reason=%s", self.peer, reason)
+        self.ctx.observe.logout(
+            self.record, reason, retr=self.retr_count, octets=self.bytes_sent,
+            dele=len(self.txn.deleted) if self.txn is not None and reason == "quit" else 0)
         self.io.close()
 
     # --- output ---
@@ -160,6 +160,8 @@ class Session:
 
     def _reply(self, reply: ev.Ok | ev.Err | ev.Continuation | replies.Listing) -> None:
         conn = self.conn
+        if reply.__class__ is ev.Err:
+            self.record.failed()
         if self.lang != replies.DEFAULT_LANGUAGE and not isinstance(reply, ev.Continuation):
             reply = replies.localize(reply, self.lang)
         if isinstance(reply, replies.Listing):
@@ -242,7 +244,8 @@ class Session:
             return refused
         assert not isinstance(maildrop, Failure)
         self.txn = Transaction(maildrop, auth.user, utf8=self.utf8 or (
-            "8bit-headers" in self.ctx.config.server.workarounds))
+            "8bit-headers" in self.ctx.config.server.workarounds),
+            store_error=self.ctx.observe.store_error)
         count, size = self.txn.stat()
         return ev.Ok(f"Logged in. {count} messages ({size} octets).")
 
@@ -258,9 +261,11 @@ class Session:
             return
         self._reply(ev.Ok("Begin TLS negotiation now."))
         await self._flush()
+        self.ctx.observe.starttls(None)
         await self.io.start_tls(tls.context, self.ctx.config.tls.handshake_timeout)
         self.authz.tls_started(self._ssl_object())
         log.info("starttls ip=%s", self.peer)
+        self.ctx.observe.starttls(self._ssl_object())
 
     def _invalid(self, problem: ev.Problem, verb: str) -> None:
         limits = self.ctx.config.limits
@@ -309,6 +314,7 @@ class Session:
         except StoreError:
             # Half a message is on the wire: the only honest thing left is to hang up.
             txn.unsent(body.index, "read failed mid-stream")
+            self.ctx.observe.store_error(Failure.TEMPORARY)
             raise ConnectionError("store failed while streaming") from None
         finally:
             reader.close()

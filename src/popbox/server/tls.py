@@ -51,12 +51,32 @@ class TlsContexts:
         self._files: dict[str, tuple[Path, Path]] = {"": (section.cert, section.key)}
         for domain, pair in section.sni.items():
             self._files[domain.lower()] = (pair.cert, pair.key)
+        self._min = section.min_version
         self._contexts = {name: _context(section.min_version) for name in self._files}
         self._end_points: dict[str, bytes] = {}
         self.reload()
         self.context = self._contexts[""]
         if len(self._contexts) > 1:
             self.context.sni_callback = self._pick
+
+    def compatible(self, section: TlsSection) -> bool:
+        """Whether `update(section)` can apply it: the same names and minimum version."""
+        names = {""} | {domain.lower() for domain in section.sni}
+        return section.enabled and names == set(self._files) and section.min_version == self._min
+
+    def update(self, section: TlsSection) -> None:
+        """Load the certificate files `section` names into the running contexts."""
+        assert section.cert is not None and section.key is not None
+        files = {"": (section.cert, section.key)}
+        for domain, pair in section.sni.items():
+            files[domain.lower()] = (pair.cert, pair.key)
+        old, self._files = self._files, files
+        try:
+            self.reload()
+        except (OSError, ssl.SSLError):
+            self._files = old
+            self.reload()
+            raise
 
     def reload(self) -> None:
         """(Re)load every certificate chain and key. Raises ssl.SSLError/OSError."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -93,14 +93,18 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "user", "utf8")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "store_error", "user",
+                 "utf8")
 
-    def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False) -> None:
+    def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False,
+                 store_error: Callable[[Failure], object] = lambda failure: None) -> None:
         """`user` names the session in the log; `utf8`: the client said UTF8 (RFC 6856
-        §2), so headers go out as stored."""
+        §2), so headers go out as stored; `store_error` is told of every store failure a
+        client is answered."""
         self.maildrop = maildrop
         self.user = user
         self.utf8 = utf8
+        self.store_error = store_error
         self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
@@ -153,15 +157,18 @@ class Transaction:
                     reader = await self.maildrop.open_message(index)
                 except StoreError as exc:
                     self.unsent(index, exc.failure.value)
+                    self.store_error(exc.failure)
                     return replies.failure(exc.failure)
                 if isinstance(reader, Gone):
                     self.unsent(index, "gone")
+                    self.store_error(Failure.GONE)
                     return replies.MESSAGE_GONE
                 try:
                     first = await reader.next()
                 except StoreError as exc:
                     reader.close()
                     self.unsent(index, exc.failure.value)
+                    self.store_error(exc.failure)
                     return replies.failure(exc.failure)
                 if reader.done and wire_size(first) != self.size(index):
                     reader.close()
@@ -225,5 +232,6 @@ class Transaction:
         seen = self.retrieved - self.deleted
         result = await asyncio.shield(self.maildrop.commit(self.deleted, seen))
         if isinstance(result, Failure):
+            self.store_error(result)
             return replies.failure(result)
         return ev.Ok(f"Logging out, {result.deleted} messages deleted.")

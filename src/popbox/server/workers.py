@@ -4,8 +4,9 @@ The supervisor resolves any port 0 first (a bound, never listening SO_REUSEPORT 
 holds the number), then forks the workers; each binds its own SO_REUSEPORT sockets, so the
 kernel spreads new connections across them. Maildrop locks work across processes, so a
 user still gets one session at a time. SIGTERM/SIGINT are passed on to every worker,
-which shut down gracefully; a worker that dies on its own is started again (at most once
-a second), so one crash does not take the service down.
+which shut down gracefully, and so is SIGUSR1 (reopen the log file); a worker that dies
+on its own is started again (at most once a second), so one crash does not take the
+service down.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from popbox import logs, sdnotify
 from popbox.config import Config, parse_address
 
 log = logging.getLogger("popbox")
@@ -53,14 +56,33 @@ def resolve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
 Notify = Callable[[], None]
 
 
+def _watchdog(healthy: Callable[[], bool]) -> None:
+    """systemd's watchdog: ping from a thread while `healthy()` (every worker is running)."""
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return
+
+    def run() -> None:
+        while True:
+            if healthy():
+                sdnotify.notify("WATCHDOG=1")
+            time.sleep(interval)
+
+    threading.Thread(target=run, name="watchdog", daemon=True).start()
+
+
 def supervise(
     config: Config,
     run_worker: Callable[[Config, Notify], int],
     ready: Callable[[Config], None],
+    *,
+    not_inherited: Sequence[socket.socket] = (),
+    exited: Callable[[int], None] | None = None,
 ) -> int:
     """Run `config.server.workers` copies of `run_worker(config, notify)`; call
     `ready(config)` once every worker has called `notify()` (it is listening); return when
-    all have exited after SIGTERM/SIGINT."""
+    all have exited after SIGTERM/SIGINT. Workers close the sockets of `not_inherited`
+    (the supervisor's own); `exited(pid)` is called for every worker that is gone."""
     config, reserved = resolve_ports(config)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -69,11 +91,13 @@ def supervise(
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            for sock in reserved:
+            for sock in (*reserved, *not_inherited):
                 sock.close()
-            os.close(ready_r)
+            if ready_r >= 0:  # closed already when a worker is started again
+                os.close(ready_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, lambda _signum, _frame: logs.reopen())
             code = 1
 
             def notify() -> None:
@@ -89,12 +113,20 @@ def supervise(
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if not stopping:
+            sdnotify.notify("STOPPING=1")
         stopping = True
         for pid in children:
             os.kill(pid, signal.SIGTERM)
 
+    def reopen(signum: int, _frame: object) -> None:
+        logs.reopen()
+        for pid in children:
+            os.kill(pid, signal.SIGUSR1)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, reopen)
     for index in range(config.server.workers):
         spawn(index)
     os.close(ready_w)
@@ -106,8 +138,10 @@ def supervise(
             break
         started += len(got)
     os.close(ready_r)
+    ready_r = -1
     if started == config.server.workers:
         ready(config)
+        _watchdog(lambda: not stopping and len(children) == config.server.workers)
     status = 0
     last_restart = 0.0
     while children:
@@ -115,6 +149,8 @@ def supervise(
         if pid not in children:
             continue
         index = children.pop(pid)
+        if exited is not None:
+            exited(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             status = status or (code if code > 0 else 0)
