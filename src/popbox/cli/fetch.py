@@ -149,11 +149,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     fetch.set_defaults(func=lambda args: main(args.args))
 
 
-def default_state() -> Path:
-    """The one-off account's state file."""
-    return ac.state_home() / "fetch.json"
-
-
 def _one_off(args: argparse.Namespace) -> ac.Account | None:
     """The account the flags describe, or None when they describe none."""
     keys: dict[str, Any] = {key: getattr(args, key) for key in ONE_OFF
@@ -167,7 +162,7 @@ def _one_off(args: argparse.Namespace) -> ac.Account | None:
         return None
     elif args.names:
         raise ac.AccountsError("account names and one-off account flags exclude each other")
-    return ac.one_off(keys, default_state())
+    return ac.one_off(keys, ac.one_off_state())
 
 
 def _choose(args: argparse.Namespace) -> tuple[list[ac.Account], int, ac.Accounts | None]:

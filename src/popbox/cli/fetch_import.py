@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from popbox.client.accounts import one_off_state
 from popbox.client.import_state import TOOLS, ImportStateError, read, record
 from popbox.client.state import StateBusy, StateError, StateFile
 
@@ -80,10 +81,8 @@ def main(argv: list[str], find_account: AccountFinder | None = None) -> int:
                          + (" (or --account)" if find_account else ""))
         if not 0 < args.port < 65536:
             return _fail(EX_USAGE, f"--port {args.port} is not a port")
-        from popbox.cli.fetch import default_state
-
         server, port, user = args.server, args.port, args.user
-        state_path = args.state or default_state()
+        state_path = args.state or one_off_state()
     try:
         found = read(args.tool, args.file, server, port, user)
     except ImportStateError as exc:

@@ -267,6 +267,11 @@ def state_home() -> Path:
     return Path(base) / "popbox"
 
 
+def one_off_state() -> Path:
+    """The state file of an account made by the command line's flags alone."""
+    return state_home() / "fetch.json"
+
+
 def _problems(exc: ValidationError, where: str, origin: str,
               names: dict[str, str] | None = None) -> list[str]:
     lines = []
