@@ -51,11 +51,12 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "maildrop", "retrieved")
+    __slots__ = ("count", "deleted", "maildrop", "retrieved", "sizes")
 
     def __init__(self, maildrop: Maildrop) -> None:
         self.maildrop = maildrop
-        self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
+        self.sizes = maildrop.messages.sizes  # the snapshot's: fixed for the session
+        self.count = len(self.sizes)
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
 
@@ -69,7 +70,7 @@ class Transaction:
         return index
 
     def size(self, index: Index) -> int:
-        return self.maildrop.messages.sizes[index]
+        return self.sizes[index]
 
     def uidl(self, index: Index) -> Uidl:
         return self.maildrop.messages.uidls[index]
@@ -113,7 +114,7 @@ class Transaction:
                     reader.close()
                     return replies.failure(exc.failure)
                 if isinstance(event, ev.Retr):
-                    return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
+                    return Body(ev.Ok(f"{self.sizes[index]} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
                 return Body(ev.Ok("Top of message follows"), index, first, reader, limit)
             case ev.Stat():

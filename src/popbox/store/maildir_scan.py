@@ -60,6 +60,7 @@ _NO_UIDL = Uidl("")  # until _assign_uidls
 _ORDER = attrgetter("key")
 _CUR_MASK = bytes.maketrans(b"cn", b"\x01\x00")  # sub bytes -> 1 where cur/
 _NEW_MASK = bytes.maketrans(b"cn", b"\x00\x01")
+_C = ord("c")  # Listing.subs: b"c" for cur/
 _REPORTED_MAX = 10_000  # paths remembered as already logged (then forgotten, and logged again)
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,8 @@ class EntryTable:
         entry = self._made.get(index)
         if entry is not None:
             return entry.sub, entry.name
-        return self._listing.sub(index), self._listing.names[index]
+        listing = self._listing
+        return ("cur" if listing.subs[index] == _C else "new"), listing.names[index]
 
     def __getitem__(self, index: int) -> Entry:
         index = range(len(self._listing))[index]  # IndexError, negative indexes
