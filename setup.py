@@ -1,8 +1,9 @@
-"""The compiled part of popbox: popbox.proto._speedups, the wire encoder's inner loop.
+"""The compiled parts of popbox: popbox.proto._speedups, the wire encoder's inner loop,
+and popbox.store._measure, the Maildir size pass.
 
-Everything else is declared in pyproject.toml. The extension is optional: without a C
-compiler or the Python headers the build goes on without it and popbox uses the same
-code in Python (popbox.proto._native).
+Everything else is declared in pyproject.toml. The extensions are optional: without a C
+compiler or the Python headers the build goes on without them and popbox uses the same
+code in Python (popbox.proto._native, popbox.store.maildir_measure).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             ["src/popbox/proto/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "popbox.store._measure",
+            ["src/popbox/store/_measure.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -120,7 +120,8 @@ class Session:
                 if conn.state is State.CLOSED:
                     await self._flush()
                     return self._close_reason(event)
-            await self._flush()
+            if not self._send_out():  # (a coroutine only when the client lags)
+                await self._flush()
             try:
                 await self.io.receive(self._deadline())
             except TimeoutError:
@@ -171,12 +172,17 @@ class Session:
         else:
             self._emit(conn.send(reply))
 
-    async def _flush(self) -> None:
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
+    def _send_out(self) -> bool:
+        """Write what is queued, in one write; False if the client is not keeping up."""
+        out = self._out
+        if out:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
             self.io.write(data)
-        if not self.io.writable:  # the client is not keeping up: wait, but not forever
+        return self.io.writable
+
+    async def _flush(self) -> None:
+        if not self._send_out():  # the client is not keeping up: wait, but not forever
             async with asyncio.timeout(self.ctx.config.limits.send_timeout):
                 await self.io.drain()
 
@@ -286,8 +292,8 @@ class Session:
 
     async def _send_body(self, txn: Transaction, body: Body) -> None:
         """RETR / TOP: +OK, the message (or its top) through the core, the end."""
-        conn = self.conn
-        self._emit(conn.send(body.ok))
+        conn, emit = self.conn, self._out.append
+        emit(conn.send(body.ok))
         reader, limit = body.reader, body.limit
         chunk, body.first = body.first, b""  # held only here: dropped once it is sent
         # A message longer than its first chunk is measured as it goes (the first was
@@ -302,7 +308,7 @@ class Session:
                 big = len(data) >= FLUSH_AT
                 if data:
                     self.bytes_sent += len(data)
-                    self._emit(data)
+                    emit(data)
                     del data
                 if reader.done or (limit is not None and limit.done):
                     break
@@ -321,7 +327,7 @@ class Session:
         if counter is not None and counter.finish() != txn.size(body.index):
             txn.unsent(body.index, "size changed mid-stream")
             raise ConnectionError("message changed while streaming")
-        self._emit(conn.send(ev.END))
+        emit(conn.send(ev.END))
         txn.sent(body)
         if limit is None:
             self.retr_count += 1

@@ -93,8 +93,8 @@ def _numbers(count: int) -> Sequence[str]:
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "store_error", "user",
-                 "utf8")
+    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "sizes", "store_error",
+                 "user", "utf8")
 
     def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False,
                  store_error: Callable[[Failure], object] = lambda failure: None) -> None:
@@ -105,7 +105,8 @@ class Transaction:
         self.user = user
         self.utf8 = utf8
         self.store_error = store_error
-        self.count = len(maildrop.messages)  # the snapshot's: fixed for the session
+        self.sizes = maildrop.messages.sizes  # the snapshot's: fixed for the session
+        self.count = len(self.sizes)
         self.deleted: set[Index] = set()
         self.retrieved: set[Index] = set()
         self.last = 0  # RFC 1460 §5: the highest message number accessed
@@ -120,7 +121,7 @@ class Transaction:
         return index
 
     def size(self, index: Index) -> int:
-        return self.maildrop.messages.sizes[index]
+        return self.sizes[index]
 
     def uidl(self, index: Index) -> Uidl:
         return self.maildrop.messages.uidls[index]
@@ -180,7 +181,7 @@ class Transaction:
                     if guard.active:  # the header goes on past the first chunk
                         reader = _Guarded(reader, guard)
                 if isinstance(event, ev.Retr):
-                    return Body(ev.Ok(f"{self.size(index)} octets"), index, first, reader, None)
+                    return Body(ev.Ok(f"{self.sizes[index]} octets"), index, first, reader, None)
                 limit = TopFilter(event.lines)
                 return Body(ev.Ok("Top of message follows"), index, first, reader, limit)
             case ev.Stat():

@@ -110,7 +110,10 @@ class _FileReader:
     async def next(self) -> bytes:
         """The next chunk; b"" (and `done`) at the end of the file."""
         if self._small and self._offset == 0:
-            data = _read(os.read, self._fd, self._chunk)
+            try:  # (inline: a call less per RETR)
+                data = os.read(self._fd, self._chunk)
+            except OSError as exc:
+                raise StoreError(Failure.TEMPORARY) from exc
             self.done = len(data) < self._chunk  # a regular file's read is short only at EOF
         else:
             cached = _read_cached(self._fd, self._chunk, self._offset)

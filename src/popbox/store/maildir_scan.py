@@ -16,7 +16,8 @@ rename during the listing) is kept once.
 
 Sizes: ``,W=`` in the name, else the size cache (popbox.store.maildir_cache), keyed by
 base - no stat(2) per message: Maildir files are never rewritten and a base is never
-reused - else the file is read once, streaming.
+reused - else the file is read once, streaming: all such files of a directory in one
+batch (popbox.store.maildir_measure: compiled, in parallel threads for a large batch).
 
 Order: by delivery time, then microseconds, then base (popbox.store.maildir_names), so
 message numbers are oldest first and do not change when flags do.
@@ -48,10 +49,10 @@ from operator import attrgetter
 
 from popbox.fsutil import open_regular
 from popbox.proto.types import Uidl, is_valid_uidl
-from popbox.proto.wire import SizeCounter
 from popbox.store import maildir_cache, maildir_listing
 from popbox.store.maildir_import import UidlImport, load_imported_uidls
 from popbox.store.maildir_listing import Listing
+from popbox.store.maildir_measure import measure_fd, sizes
 from popbox.store.maildir_names import base_of, hashed_uidl, name_fields, uidl_for_base
 
 SUBDIRS = ("cur", "new")
@@ -59,6 +60,7 @@ _NO_UIDL = Uidl("")  # until _assign_uidls
 _ORDER = attrgetter("key")
 _CUR_MASK = bytes.maketrans(b"cn", b"\x01\x00")  # sub bytes -> 1 where cur/
 _NEW_MASK = bytes.maketrans(b"cn", b"\x00\x01")
+_C = ord("c")  # Listing.subs: b"c" for cur/
 _REPORTED_MAX = 10_000  # paths remembered as already logged (then forgotten, and logged again)
 
 log = logging.getLogger(__name__)
@@ -99,16 +101,11 @@ def measure(path: str, chunk_size: int) -> int:
 
 def _measure(path: str, chunk_size: int) -> tuple[int, int]:
     """(physical size, wire size) of a file, read once in chunks."""
-    counter = SizeCounter()
-    physical = 0
     fd = open_regular(path)
     try:
-        while chunk := os.read(fd, chunk_size):
-            physical += len(chunk)
-            counter.feed(chunk)
+        return measure_fd(fd, chunk_size)
     finally:
         os.close(fd)
-    return physical, counter.finish()
 
 
 Scanned = list[tuple[str, list[str]]]  # (subdir, message file names), cur/ first
@@ -180,28 +177,43 @@ def _drop_double_listings(root: str, found: list[Entry]) -> list[Entry]:
 
 def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
     """Fill in the sizes not given by ,W= (popbox.store.maildir_cache: keyed by base, or
-    by base and inode for the files that share a base - those already have `ino` set)."""
+    by base and inode for the files that share a base - those already have `ino` set).
+    The files the cache does not know are measured in one batch per subdirectory
+    (popbox.store.maildir_measure); one the batch could not measure is tried again alone,
+    to tell a file that is gone (skipped: next session) from one that cannot be read
+    (logged and left out)."""
     cached, current = maildir_cache.load(root)
     fresh: maildir_cache.Sizes = {}
-    kept: list[Entry] = []
+    unknown: dict[str, list[tuple[str, Entry]]] = {sub: [] for sub in SUBDIRS}
     for e in found:
         if e.size < 0:
             key = e.base if e.ino is None else f"{e.base}/{e.ino:x}"
             hit = cached.get(key)
             if hit is None or (e.physical is not None and hit[0] != e.physical):
+                unknown[e.sub].append((key, e))
+                continue
+            fresh[key] = hit
+            e.size = hit[1]
+    left_out: set[int] = set()
+    for sub, todo in unknown.items():
+        names = [e.name for _, e in todo]
+        for (key, e), hit in zip(todo, sizes(os.path.join(root, sub), names, chunk_size),
+                                 strict=True):
+            if hit is None:
                 try:
                     hit = _measure(e.path(root), chunk_size)
                 except FileNotFoundError:  # renamed or removed meanwhile: next session
+                    left_out.add(id(e))
                     continue
                 except OSError as exc:  # unreadable (EACCES, EIO), or no longer regular
                     report_once(e.path(root), f"cannot be read: {exc.strerror or exc}")
+                    left_out.add(id(e))
                     continue
             fresh[key] = hit
             e.size = hit[1]
-        kept.append(e)
     if fresh != cached or not current:
         maildir_cache.save(root, fresh)
-    return kept
+    return [e for e in found if id(e) not in left_out] if left_out else found
 
 
 def _assign_uidls(root: str, found: list[Entry], kind: UidlImport | None) -> None:
@@ -319,7 +331,8 @@ class EntryTable:
         entry = self._made.get(index)
         if entry is not None:
             return entry.sub, entry.name
-        return self._listing.sub(index), self._listing.names[index]
+        listing = self._listing
+        return ("cur" if listing.subs[index] == _C else "new"), listing.names[index]
 
     def __getitem__(self, index: int) -> Entry:
         index = range(len(self._listing))[index]  # IndexError, negative indexes
