@@ -28,7 +28,6 @@ import asyncio
 import os
 import ssl
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -128,23 +127,10 @@ def _migrate_dovecot(args: argparse.Namespace) -> int:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write `path` whole or not at all, readable by its owner only (it may name a
-    database password)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    database password): fsynced, as a configuration file must survive a crash."""
+    from popbox.fsutil import write_atomic
+
+    write_atomic(path, data, mode=0o600)
 
 
 # --- uidl audit ---

@@ -26,6 +26,8 @@ import keyring.backend
 import keyring.errors
 from keyring.backends import chainer, fail
 
+from popbox.fsutil import write_atomic
+
 SERVICE = "popbox"
 
 
@@ -120,13 +122,7 @@ class SecretStore:
         folder = self.file.parent
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temp = folder / f".secrets.{os.getpid()}.tmp"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.file)
+            write_atomic(self.file, json.dumps(data).encode("utf-8"), mode=0o600)
         except OSError as exc:
             raise SecretStoreError(f"cannot write {self.file}: {exc.strerror}") from None
 

@@ -19,9 +19,10 @@ file names (popbox.store.maildir_names), so moving new->cur or changing flags ke
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable
+
+from popbox.fsutil import write_atomic
 
 RETRIEVED = "popbox.retrieved"
 TRASHED = "popbox.trashed"
@@ -66,12 +67,6 @@ def forget(root: str, bases: set[str], name: str = RETRIEVED) -> None:
     if not bases or not os.path.exists(path):
         return
     kept = {base: when for base, when in read(root, name).items() if base not in bases}
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write("".join(f"{b} {w:.0f}\n" for b, w in kept.items()).encode("ascii", "replace"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # No fsync, as for appends: a record lost in a crash only keeps mail longer.
+    data = "".join(f"{b} {w:.0f}\n" for b, w in kept.items()).encode("ascii", "replace")
+    write_atomic(path, data, fsync=False)

@@ -25,13 +25,13 @@ again before serving a message, so a stale index can never serve the wrong mail.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from popbox.fsutil import write_atomic
 from popbox.proto.types import is_valid_uidl
 from popbox.proto.wire import SizeCounter
 from popbox.store.mbox_format import FROM_LINE, FROM_LINE_MAX, MboxFormat, Unquoter, find_starts
@@ -202,20 +202,7 @@ def save(path: str, index: Index) -> None:
     lines = [f"{_MAGIC} {index.ino} {index.size}\n"]
     lines.extend(f"{e.start} {e.body} {e.cend} {e.end} {e.size} {e.key} {int(e.seen)} {e.uidl}\n"
                  for e in index.entries)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by a killed process of the same pid
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write("".join(lines).encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, "".join(lines).encode("ascii"))  # fsynced, its folder too
 
 
 def _reusable(fd: int, st: os.stat_result, old: Index) -> bool:
