@@ -21,7 +21,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trustme
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_UID = 65534
@@ -252,3 +257,17 @@ service imap-login {{
 
     def count(self, user: str) -> int:
         return sum(1 for sub in ("new", "cur") for _ in (self.maildir(user) / sub).iterdir())
+
+
+@contextlib.contextmanager
+def running_dovecot(ca: trustme.CA, *, lmtp: bool = False) -> Iterator[Dovecot]:
+    """A started Dovecot with a certificate for 127.0.0.1 and localhost from `ca`,
+    stopped (and its folder removed) on exit."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
+                     cert.private_key_pem.bytes(), lmtp=lmtp)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

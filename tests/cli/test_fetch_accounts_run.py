@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from agent_helpers import agent_argv, agent_env, popbox_account, run_agent, write_accounts
-from dovecot_peer import Dovecot, unavailable
+from dovecot_peer import Dovecot, running_dovecot, unavailable
 from fetch_helpers import maildir_files, read_mboxrd
 from helpers import MailEnv, running_server
 from popbox.client import to_lf
@@ -46,14 +46,8 @@ def dovecot() -> Iterator[Dovecot | None]:
     if unavailable() is not None:
         yield None
         return
-    cert = trustme.CA().issue_cert("127.0.0.1")
-    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
-                     cert.private_key_pem.bytes())
-    server.start()
-    try:
+    with running_dovecot(trustme.CA()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_two_accounts_two_servers_then_list(env: MailEnv, tmp_path: Path,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from dovecot_peer import Dovecot, unavailable
+from dovecot_peer import Dovecot, running_dovecot, unavailable
 from helpers import server_process
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
@@ -34,14 +34,8 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def dovecot(ca: trustme.CA) -> Iterator[Dovecot]:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
-                     cert.private_key_pem.bytes())
-    server.start()
-    try:
+    with running_dovecot(ca) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def popbox(*argv: str, password: str | None = None) -> subprocess.CompletedProcess[str]:

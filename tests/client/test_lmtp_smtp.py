@@ -18,7 +18,7 @@ import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from delivery_helpers import fetch, fetch_once
-from dovecot_peer import Dovecot, unavailable
+from dovecot_peer import Dovecot, running_dovecot, unavailable
 from helpers import MailEnv, crlf, running_server
 from pg import LmtpProcess
 from popbox.client.destinations import (
@@ -85,14 +85,8 @@ async def test_into_popbox_lmtp(env: MailEnv, tmp_path: Path) -> None:
 def dovecot() -> Iterator[Dovecot]:
     if unavailable() is not None:
         pytest.skip(str(unavailable()))
-    cert = trustme.CA().issue_cert("127.0.0.1")
-    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
-                     cert.private_key_pem.bytes(), lmtp=True)
-    server.start()
-    try:
+    with running_dovecot(trustme.CA(), lmtp=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def dovecot_messages(dovecot: Dovecot, user: str) -> list[bytes]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from dovecot_peer import Dovecot
+from dovecot_peer import Dovecot, running_dovecot
 from dovecot_peer import unavailable as dovecot_unavailable
 from helpers import MailEnv
 from popbox.backends import build
@@ -319,14 +319,8 @@ def test_evaluate_without_uidl() -> None:
 def dovecot(ca: trustme.CA) -> Iterator[Dovecot]:
     if dovecot_unavailable() is not None:
         pytest.skip(str(dovecot_unavailable()))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = Dovecot(b"".join(p.bytes() for p in cert.cert_chain_pems),
-                     cert.private_key_pem.bytes())
-    server.start()
-    try:
+    with running_dovecot(ca) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_dovecot_passes_every_check(dovecot: Dovecot, ca: trustme.CA) -> None:
