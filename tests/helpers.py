@@ -120,6 +120,18 @@ async def running_server(config: Config) -> AsyncIterator[tuple[int, ServerConte
         await listener.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def running_tls_server(config: Config) -> AsyncIterator[tuple[int, int]]:
+    """popbox in this process with a plain (STLS) and an implicit TLS listener: their ports."""
+    ctx = ServerContext.create(config, build(config))
+    listener = Listener(ctx)
+    plain, implicit = await listener.start()
+    try:
+        yield plain[0][1], implicit[0][1]
+    finally:
+        await listener.shutdown()
+
+
 class Client:
     """A raw POP3 client for tests: sends lines, reads status lines and multi-line data."""
 

@@ -12,7 +12,6 @@ fetch password set` (the `keyring` library with a file backend in a temporary ho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -28,13 +27,9 @@ import trustme
 import keyring_file_backend
 from agent_helpers import agent_env, popbox_account, start_agent, write_accounts
 from fetch_helpers import FETCH_TIMEOUT, Result, maildir_files
-from helpers import MailEnv, running_server
+from helpers import MailEnv, running_server, running_tls_server
 from oauth_helpers import AuthServer, access_token, trust_jwts
-from popbox.backends import build
 from popbox.client.tls import fingerprint_of
-from popbox.config import Config
-from popbox.server.context import ServerContext
-from popbox.server.listener import Listener
 
 TESTS = Path(__file__).parent.parent
 MESSAGE = b"Subject: one\r\n\r\nbody\r\n"
@@ -180,18 +175,6 @@ def cert() -> trustme.LeafCert:
     return trustme.CA().issue_cert("127.0.0.1")
 
 
-@contextlib.asynccontextmanager
-async def popbox_tls(config: Config) -> AsyncIterator[tuple[int, int]]:
-    """popbox with a plain (STLS) listener and an implicit TLS one: their ports."""
-    ctx = ServerContext.create(config, build(config))
-    listener = Listener(ctx)
-    plain_ports, implicit_ports = await listener.start()
-    try:
-        yield plain_ports[0][1], implicit_ports[0][1]
-    finally:
-        await listener.shutdown()
-
-
 @pytest.fixture
 def tls_env(env: MailEnv, cert: trustme.LeafCert, tmp_path: Path) -> Iterator[MailEnv]:
     chain, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -211,7 +194,7 @@ async def test_pins_urls_and_tls_min_version_from_the_file(
     tls_env.add_user("bob")
     tls_env.put("alice", MESSAGE)
     tls_env.put("bob", MESSAGE)
-    async with popbox_tls(tls_env.config()) as (port, tls_port):
+    async with running_tls_server(tls_env.config()) as (port, tls_port):
         config = write_accounts(tmp_path / "fetch.toml", {
             "implicit": {"url": f"pops://alice@127.0.0.1:{tls_port}", "password": "secret",
                          "tls_fingerprint": pin, "tls_min_version": "1.3", "maildir": "A"},

@@ -18,14 +18,10 @@ from typing import Any
 import pytest
 import trustme
 
-from helpers import MailEnv, crlf, running_server, server_process
+from helpers import MailEnv, crlf, running_server, running_tls_server, server_process
 from popbox import client
-from popbox.backends import build
 from popbox.client import PopClient
-from popbox.config import Config
 from popbox.proto.types import MsgNo
-from popbox.server.context import ServerContext
-from popbox.server.listener import Listener
 
 MESSAGES = [
     b"From: a@example.org\nSubject: one\n\nbody one\n.dotted line\n..two dots\n.\n",
@@ -44,18 +40,6 @@ def mail(env: MailEnv) -> MailEnv:
 
 async def plain(port: int, **kwargs: Any) -> PopClient:
     return await client.connect("127.0.0.1", port, tls="none", timeout=TIMEOUT, **kwargs)
-
-
-@contextlib.asynccontextmanager
-async def tls_server(config: Config) -> AsyncIterator[tuple[int, int]]:
-    """popbox in this process with a plain (STLS) and an implicit TLS listener."""
-    ctx = ServerContext.create(config, build(config))
-    listener = Listener(ctx)
-    plain_ports, implicit_ports = await listener.start()
-    try:
-        yield plain_ports[0][1], implicit_ports[0][1]
-    finally:
-        await listener.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +239,7 @@ async def test_login_delay_and_sys_temp(mail: MailEnv) -> None:
 async def test_stls_and_implicit_tls(tls_mail: MailEnv, ca: trustme.CA) -> None:
     """RFC 2595 §4: STLS, then the capabilities are asked again (no STLS any more);
     RFC 8314 §3.3: implicit TLS. Certificates are verified against the test CA."""
-    async with tls_server(tls_mail.config()) as (port, tls_port):
+    async with running_tls_server(tls_mail.config()) as (port, tls_port):
         pop = await client.connect("127.0.0.1", port, tls="starttls",
                                    ssl_context=trusting(ca), timeout=TIMEOUT)
         async with pop:
@@ -275,7 +259,7 @@ async def test_tls_failures(tls_mail: MailEnv, mail: MailEnv) -> None:
     """A certificate from an unknown CA fails both ways with PopTlsError; so does STLS
     against a server that does not offer it."""
     stranger = trusting(trustme.CA())
-    async with tls_server(tls_mail.config()) as (port, tls_port):
+    async with running_tls_server(tls_mail.config()) as (port, tls_port):
         for where, tls in ((tls_port, "implicit"), (port, "starttls")):
             with pytest.raises(client.PopTlsError, match="certificate verify failed"):
                 await client.connect("127.0.0.1", where, tls=tls,  # type: ignore[arg-type]

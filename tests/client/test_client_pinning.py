@@ -17,13 +17,9 @@ import pytest
 import trustme
 
 from fetch_helpers import fetch_argv, run_fetch
-from helpers import MailEnv
+from helpers import MailEnv, running_tls_server
 from popbox import client
-from popbox.backends import build
 from popbox.client.tls import fingerprint_of, parse_fingerprint
-from popbox.config import Config
-from popbox.server.context import ServerContext
-from popbox.server.listener import Listener
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +105,6 @@ async def recorder(cert: trustme.LeafCert, *, implicit: bool, stls: bool = False
         yield found, server.sockets[0].getsockname()[1]
 
 
-@contextlib.asynccontextmanager
-async def popbox_tls(config: Config) -> AsyncIterator[tuple[int, int]]:
-    ctx = ServerContext.create(config, build(config))
-    listener = Listener(ctx)
-    plain_ports, implicit_ports = await listener.start()
-    try:
-        yield plain_ports[0][1], implicit_ports[0][1]
-    finally:
-        await listener.shutdown()
-
-
 @pytest.fixture
 def tls_env(env: MailEnv, cert: trustme.LeafCert, tmp_path: Path) -> MailEnv:
     chain, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -133,7 +118,7 @@ def tls_env(env: MailEnv, cert: trustme.LeafCert, tmp_path: Path) -> MailEnv:
 async def test_the_pin_replaces_the_ca_check(tls_env: MailEnv, cert: trustme.LeafCert) -> None:
     """The pinned certificate is accepted from a CA nobody trusts, implicit and after STLS;
     another pin, or TLS 1.3 asked of a server that does it, behave as they must."""
-    async with popbox_tls(tls_env.config()) as (port, tls_port):
+    async with running_tls_server(tls_env.config()) as (port, tls_port):
         for where, mode in ((tls_port, "implicit"), (port, "starttls")):
             async with client.connect("127.0.0.1", where, tls=mode,  # type: ignore[arg-type]
                                       tls_fingerprint=pin_of(cert),
