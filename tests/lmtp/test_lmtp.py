@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from helpers import Client, MailEnv, ServerProcess
 from pg import LmtpClient, LmtpProcess, add_user, fetch, free_port, pg_config
 from popbox.auth.base import UserInfo, Verdict
+from popbox.config import from_dict
 from popbox.lmtp.agent import Agent, Outcome
 from popbox.lmtp.core import LmtpCore, Message, Output, RcptTo, Reply
+from popbox.server.mailproc import MailAccess
 from popbox.store.memory import MemoryStore
 
 pytest_plugins = ["pg"]
@@ -374,14 +376,18 @@ class _Users:
 
 async def test_agent_recipient_names() -> None:
     store = MemoryStore()
-    agent = Agent(_Users("alice@example.org", "bob"), store, recipient_delimiter="+-")
-    assert await agent.resolve("alice+news@Example.ORG") == "alice@example.org"
-    assert await agent.resolve("alice-x@example.org") == "alice@example.org"
-    assert await agent.resolve("Alice@example.org") == "alice@example.org"  # case retried
+    mail = MailAccess(from_dict({}), store)
+    agent = Agent(_Users("alice@example.org", "bob"), mail, recipient_delimiter="+-")
+    alice = UserInfo("alice@example.org", "alice@example.org")
+    assert await agent.resolve("alice+news@Example.ORG") == alice
+    assert await agent.resolve("alice-x@example.org") == alice
+    assert await agent.resolve("Alice@example.org") == alice  # case retried
     assert await agent.resolve("+alice@example.org") is Outcome.NO_SUCH_USER
     assert await agent.resolve("../x@example.org") is Outcome.NO_SUCH_USER
     assert await agent.resolve("bob@example.org") is Outcome.NO_SUCH_USER
-    local = Agent(_Users("bob"), store, strip_domain=True)
-    assert await local.resolve("bob@example.org") == "bob"
-    assert await local.deliver("bob", b"Subject: x\n\n") is Outcome.DELIVERED
+    local = Agent(_Users("bob"), mail, strip_domain=True)
+    bob = await local.resolve("bob@example.org")
+    assert bob == UserInfo("bob", "bob")
+    assert isinstance(bob, UserInfo)
+    assert await local.deliver(bob, b"Subject: x\n\n") is Outcome.DELIVERED
     assert [data for _, data in store.contents("bob")] == [b"Subject: x\n\n"]

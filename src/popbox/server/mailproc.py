@@ -78,6 +78,7 @@ class _Op(enum.IntEnum):
     CLOSE = 4  # reader (no answer)
     COMMIT = 5  # handle, deletions, seen -> report
     RELEASE = 6  # handle (answered once released)
+    DELIVER = 7  # location, message -> nothing, or the failure (LMTP, `popbox deliver`)
 
 
 class _Status(enum.IntEnum):
@@ -207,6 +208,9 @@ class _MailServer:
         except (ValueError, KeyError, IndexError, struct.error, RuntimeError):
             log.error("mail process: bad request %d from the front", op)
             reply = (_Status.FAILURE, Failure.TEMPORARY.value.encode())
+        except Exception:  # a store bug: the front gets an answer, never waits for good
+            log.exception("mail process: operation %d failed", op)
+            reply = (_Status.FAILURE, Failure.TEMPORARY.value.encode())
         if reply is not None:
             self.writer.write(_frame(request, reply[0], *reply[1:]))
 
@@ -279,6 +283,13 @@ class _MailServer:
                 found_drop = self.drops.pop(handle, None)
                 if found_drop is not None:
                     await found_drop.release()
+                return (_Status.OK,)
+            case _Op.DELIVER:
+                (size,) = _U32.unpack_from(body)
+                location = body[4:4 + size].decode()
+                failure = await self.store.deliver(location, body[4 + size:])
+                if failure is not None:
+                    return _Status.FAILURE, failure.value.encode()
                 return (_Status.OK,)
         raise ValueError(f"unknown operation {op}")
 
@@ -622,6 +633,22 @@ class MailProcesses:
         uidls = [Uidl(u) for u in text.split("\n")] if count else []
         return RemoteMaildrop(self, channel, handle, Snapshot(uidls, sizes.tolist()))
 
+    async def deliver(self, owner: Owner, location: str, message: bytes) -> Failure | None:
+        """Store one message at `location` by the mail process running as `owner`."""
+        channel = await self._channel(owner)
+        if channel is None:
+            return Failure.TEMPORARY
+        channel.users += 1
+        try:
+            where = location.encode()
+            status, body = await channel.call(_Op.DELIVER, _U32.pack(len(where)), where,
+                                              message)
+        except ConnectionError:
+            return Failure.TEMPORARY
+        finally:
+            self.done_with(channel)
+        return None if status == _Status.OK else _failure(body)
+
     async def _channel(self, owner: Owner) -> _Channel | None:
         channel = self.channels.get(owner)
         if channel is not None and channel.alive:
@@ -665,30 +692,56 @@ class MailProcesses:
 
 
 class MailAccess:
-    """Opens a logged-in user's maildrop with the right identity (see the module's
-    docstring): in process for the front's own, through a mail process otherwise."""
+    """Opens a logged-in user's maildrop, and stores mail delivered to a user, with the
+    right identity (see the module's docstring): in process for the front's own, through
+    a mail process otherwise."""
 
     def __init__(self, config: Config, store: MailStore, host: MailHost | None = None) -> None:
         self.config = config
         self.store = store
         self.processes = MailProcesses(host, config.auth.mail_process_idle)
 
-    async def open(self, info: UserInfo) -> Maildrop | Failure:
+    def route(self, info: UserInfo) -> Owner | Refused | None:
+        """Who does `info`'s mail I/O: None for this process itself, an `Owner` for a
+        mail process, or why nobody may."""
         owner = owner_of(info, self.config)
         if owner is None or self._in_database(info.mail_location):
+            return None
+        if isinstance(owner, Owner) and self.processes.host is None:
+            return Refused.NOT_ROOT
+        return owner
+
+    async def open(self, info: UserInfo) -> Maildrop | Failure:
+        owner = self.route(info)
+        if owner is None:
             return await self.store.open(info.mail_location)
         if isinstance(owner, Refused):
-            log.error("mail access refused user=%s uid=%s gid=%s: %s", info.name, info.uid,
-                      info.gid, owner.value)
-            return Failure.PERMANENT
-        if self.processes.host is None:
-            log.error("mail access refused user=%s uid=%s: %s", info.name, info.uid,
-                      Refused.NOT_ROOT.value)
+            _refused(info, owner)
             return Failure.PERMANENT
         return await self.processes.open(owner, info.mail_location)
+
+    async def deliver(self, info: UserInfo, message: bytes) -> Failure | Refused | None:
+        """Store `message` for `info` durably: None when stored, else the failure, or why
+        `info`'s mail may not be written at all (nothing is written then)."""
+        owner = self.route(info)
+        if owner is None:
+            return await self.store.deliver(info.mail_location, message)
+        if isinstance(owner, Refused):
+            _refused(info, owner)
+            return owner
+        return await self.processes.deliver(owner, info.mail_location, message)
+
+    def close(self) -> None:
+        """Let every mail process go (they exit once they see their socket close)."""
+        self.processes.close()
 
     def _in_database(self, location: str) -> bool:
         """Mail kept in PostgreSQL has no file owner: the front reads it itself."""
         kind, colon, _ = location.partition(":")
         return self.config.store.backend == "postgres" and not (
             colon and kind in ("maildir", "mbox"))
+
+
+def _refused(info: UserInfo, why: Refused) -> None:
+    log.error("mail access refused user=%s uid=%s gid=%s: %s", info.name, info.uid,
+              info.gid, why.value)
