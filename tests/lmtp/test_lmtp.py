@@ -391,3 +391,22 @@ async def test_agent_recipient_names() -> None:
     assert isinstance(bob, UserInfo)
     assert await local.deliver(bob, b"Subject: x\n\n") is Outcome.DELIVERED
     assert [data for _, data in store.contents("bob")] == [b"Subject: x\n\n"]
+
+
+class _OwnedUsers:
+    """A userdb whose one user has a uid of its own (4242), not this process's."""
+
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
+        return UserInfo(user, user, uid=4242, gid=4242) if user == "carol" else None
+
+
+async def test_without_a_mail_host_another_uids_mail_is_refused_not_written() -> None:
+    """RFC 3463 §3.4 X.3.5: a delivery agent that cannot take on the mail's owner (no
+    mail host: not started as root) writes nothing with its own identity; the recipient
+    is REFUSED (451 4.3.5 at RCPT, `popbox deliver` 75) and the store stays empty."""
+    store = MemoryStore()
+    agent = Agent(_OwnedUsers(), MailAccess(from_dict({}), store))
+    assert await agent.resolve("carol") is Outcome.REFUSED
+    carol = UserInfo("carol", "carol", uid=4242, gid=4242)
+    assert await agent.deliver(carol, b"Subject: x\n\n") is Outcome.REFUSED
+    assert store.contents("carol") == []
