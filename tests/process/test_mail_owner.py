@@ -33,7 +33,8 @@ from helpers import Client, MailEnv, running_server, server_process
 from pg import add_user
 from popbox.backends import file_store
 from popbox.config import from_dict
-from popbox.server.mailproc import MailHost, Owner, Refused, check_owner
+from popbox.server.mailowner import Owner, Refused, check_owner
+from popbox.server.mailproc import MailHost
 
 pytest_plugins = ["pg"]
 
@@ -169,7 +170,7 @@ async def test_planted_links_to_another_users_mail_are_refused_by_the_kernel(
     assert secret.read_bytes() == b"Subject: b\n\nBOB SECRET\n"
     script = (
         "import os, sys\n"
-        "from popbox.server.mailproc import Owner, become\n"
+        "from popbox.server.mailowner import Owner, become\n"
         f"become(Owner({site.alice.uid}, {site.alice.gid}))\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"

@@ -26,7 +26,8 @@ import logging
 
 from popbox.auth.base import UserDB, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
-from popbox.server.mailproc import MailAccess, Refused
+from popbox.server.mailowner import Refused
+from popbox.server.mailproc import MailAccess
 from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")

@@ -5,16 +5,18 @@ a process running with exactly that uid, that gid and the supplementary groups o
 account that owns the uid, never as root and never as another uid (what Dovecot does with
 its per-user mail processes). The process model:
 
-* The **mail host** is forked by `popbox serve` while it is still root, before the front
-  drops its privileges and before any client is served. It does one thing: on request from
-  its front, over a private socketpair, it checks the uid and gid (`auth.first_valid_uid`,
+* The **mail host** is forked by `popbox serve` (each worker), `popbox lmtp` and
+  `popbox deliver` while they are still root, before the front drops its privileges and
+  before any client is served. It does one thing: on request from its front, over a
+  private socketpair, it checks the uid and gid (`auth.first_valid_uid`,
   `auth.first_valid_gid`; uid 0 and gid 0 always refused) and forks a **mail process**
   that takes on that identity, then hands the front one end of a new socketpair to it
   (SCM_RIGHTS). The host never opens a path; it reads no mail and no configuration file.
-* A **mail process** (one per uid and front, started on the first login of that uid) does
-  only store I/O: open a maildrop, open a message and read it in chunks, commit, release,
-  over a small RPC on its socketpair (`_Op`). Every session of that uid on that front
-  shares it. When the front has had no session for the uid for `auth.mail_process_idle`
+* A **mail process** (one per uid and front, started on the first login of, or delivery
+  to, that uid) does only store I/O: open a maildrop, open a message and read it in
+  chunks, commit, release, and store a delivered message, over a small RPC on its
+  socketpair (`_Op`). Every session of, and delivery to, that uid on that front
+  shares it. When the front has had no use for the uid for `auth.mail_process_idle`
   seconds it closes the socket, and the mail process releases what it holds and exits.
 * The **front** (TLS, parsing, authentication, limits, penalties) keeps the connection:
   TLS state cannot be passed with a descriptor, so the client's bytes never leave it; a
@@ -26,7 +28,8 @@ its per-user mail processes). The process model:
 A user without a uid in the userdb, or whose uid and gid are the front's own (the virtual
 `vmail` case), is served by the front's own store, in process, as before. A uid other
 than the front's own when popbox was not started as root cannot be taken on: that login
-is refused (``-ERR [SYS/PERM]``), rather than reading the mail as the wrong user.
+is refused (``-ERR [SYS/PERM]``), and a delivery to that user too (popbox.lmtp.agent:
+451 4.3.5), rather than reading or writing the mail as the wrong user.
 
 Wire format of the RPC (both ends are popbox, on one machine): a frame is a 9-byte header
 (length of what follows the length field, request id, operation or status) and a body.
@@ -40,7 +43,6 @@ import contextlib
 import enum
 import logging
 import os
-import pwd
 import resource
 import signal
 import socket
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field
 from popbox.auth.base import UserInfo
 from popbox.config import Config
 from popbox.proto.types import Index, Uidl
+from popbox.server.mailowner import Owner, Refused, become, check_owner, owner_of
 from popbox.store.base import (
     GONE,
     CommitReport,
@@ -86,68 +89,6 @@ class _Status(enum.IntEnum):
     FAILURE = 1  # body: the Failure's value
     GONE = 2
     STORE_ERROR = 3  # body: the Failure's value
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """The identity a user's mail is read with."""
-
-    uid: int
-    gid: int
-
-
-class Refused(enum.Enum):
-    """Why a user's mail is not read at all."""
-
-    SYSTEM_ACCOUNT = "uid or gid below auth.first_valid_uid/first_valid_gid"
-    NOT_ROOT = "popbox was not started as root, so it cannot take on the mail's owner"
-    NO_GID = "the userdb gives a uid without a gid, and no account has that uid"
-
-
-def check_owner(owner: Owner, first_uid: int, first_gid: int) -> Refused | None:
-    """Dovecot's first_valid_uid/gid: uid 0, gid 0 and system accounts never read mail."""
-    if owner.uid == 0 or owner.gid == 0 or owner.uid < first_uid or owner.gid < first_gid:
-        return Refused.SYSTEM_ACCOUNT
-    return None
-
-
-def owner_of(info: UserInfo, config: Config) -> Owner | Refused | None:
-    """Whose identity reads `info`'s mail: None for the front's own (no uid in the userdb,
-    or the front's own uid and gid), else an `Owner`, or why it is refused."""
-    if info.uid is None:
-        return None
-    gid = info.gid
-    if gid is None:
-        try:
-            gid = pwd.getpwuid(info.uid).pw_gid
-        except KeyError:
-            return Refused.NO_GID
-    owner = Owner(info.uid, gid)
-    refused = check_owner(owner, config.auth.first_valid_uid, config.auth.first_valid_gid)
-    if refused is not None:
-        return refused
-    if owner.uid == os.geteuid() and owner.gid in (os.getegid(), *os.getgroups()):
-        return None
-    return owner
-
-
-def become(owner: Owner) -> None:
-    """Take on `owner` for good: its groups (those of the account with that uid, else the
-    gid alone), gid and uid; called as root in a fresh mail process."""
-    try:
-        entry: pwd.struct_passwd | None = pwd.getpwuid(owner.uid)
-    except KeyError:
-        entry = None
-    groups = os.getgrouplist(entry.pw_name, owner.gid) if entry is not None else [owner.gid]
-    os.setgroups(groups)
-    os.setresgid(owner.gid, owner.gid, owner.gid)
-    os.setresuid(owner.uid, owner.uid, owner.uid)
-    if os.getresuid() != (owner.uid,) * 3 or os.getresgid() != (owner.gid,) * 3:
-        raise PermissionError("could not take on the mail owner's identity")
-    os.umask(0o077)
-    if entry is not None:
-        os.environ["HOME"] = entry.pw_dir
-        os.environ["USER"] = os.environ["LOGNAME"] = entry.pw_name
 
 
 # -- framing ------------------------------------------------------------------------
