@@ -78,9 +78,8 @@ async def test_only_regular_files_are_served(
 ) -> None:
     """Symlinks (to another user's message, to /etc/passwd and /etc/shadow, to a
     directory), a FIFO, a directory and a socket in new/ are not messages: the login
-    answers at once, STAT
-    counts the two real messages, RETR gives exactly them, each planted entry is logged
-    once, and a second login logs nothing again."""
+    answers at once, STAT counts the two real messages, RETR gives exactly them, each
+    planted entry is logged once, and a second login logs nothing again."""
     env.add_user("bob")
     planted = plant(env)
     with bind_socket(env.maildir("alice") / "new" / planted[-1]):
