@@ -174,7 +174,7 @@ class AuthSection(_Section):
             raise ValueError("a character is translated twice")
         return value
     # A user the userdb gives a uid/gid has their mail read, and delivered mail written,
-    # only with that identity (popbox.server.mailproc); as Dovecot's, lower uids and gids
+    # only with that identity (popbox.mailproc); as Dovecot's, lower uids and gids
     # (system accounts) and uid/gid 0 are refused. A mail process with no session or
     # delivery exits after mail_process_idle.
     first_valid_uid: Annotated[int, Field(ge=1)] = 500

@@ -1,6 +1,6 @@
 """Delivery as the mail's owner: `popbox lmtp` (over real LMTP, smtplib.LMTP) and
 `popbox deliver`, started as root, write the mail of users whose userdb entry gives a uid
-of their own by a mail process with that uid, gid and groups (popbox.server.mailproc),
+of their own by a mail process with that uid, gid and groups (popbox.mailproc),
 never as root or as `server.user`. Two real system accounts made with useradd.
 
 RFC 2033 §4.2 (one reply per recipient after DATA), RFC 5321 §6.1 (a 250 means stored),

@@ -22,7 +22,7 @@ from popbox.auth.base import UserInfo, Verdict
 from popbox.config import from_dict
 from popbox.lmtp.agent import Agent, Outcome
 from popbox.lmtp.core import LmtpCore, Message, Output, RcptTo, Reply
-from popbox.server.mailproc import MailAccess
+from popbox.mailproc import MailAccess
 from popbox.store.memory import MemoryStore
 
 pytest_plugins = ["pg"]

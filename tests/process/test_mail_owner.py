@@ -1,4 +1,4 @@
-"""Mail access as the mail's owner (popbox.server.mailproc): two real system accounts made
+"""Mail access as the mail's owner (popbox.mailproc): two real system accounts made
 with useradd, each with a ~/Maildir of their own (mode 0700); the front runs as nobody and
 each user's mail is read by a process with that user's uid, gid and groups.
 
@@ -33,8 +33,8 @@ from helpers import Client, MailEnv, running_server, server_process
 from pg import add_user
 from popbox.backends import file_store
 from popbox.config import from_dict
-from popbox.server.mailowner import Owner, Refused, check_owner
-from popbox.server.mailproc import MailHost
+from popbox.mailowner import Owner, Refused, check_owner
+from popbox.mailproc import MailHost
 
 pytest_plugins = ["pg"]
 
@@ -170,7 +170,7 @@ async def test_planted_links_to_another_users_mail_are_refused_by_the_kernel(
     assert secret.read_bytes() == b"Subject: b\n\nBOB SECRET\n"
     script = (
         "import os, sys\n"
-        "from popbox.server.mailowner import Owner, become\n"
+        "from popbox.mailowner import Owner, become\n"
         f"become(Owner({site.alice.uid}, {site.alice.gid}))\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"

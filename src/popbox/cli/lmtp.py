@@ -6,7 +6,7 @@ sockets are handed to that user first), prints one "listening on" line per addre
 runs until SIGTERM/SIGINT (then running deliveries get `limits.shutdown_grace` seconds).
 It is a process of its own, next to `popbox serve`: both use the same configuration file
 and so the same userdb and store. Both `lmtp` and `deliver`, started as root, first fork
-the mail host of popbox.server.mailproc, so that the mail of a user with a uid of their
+the mail host of popbox.mailproc, so that the mail of a user with a uid of their
 own is written by a mail process with that uid, gid and groups, never by root or by
 server.user; virtual users' mail is written by the process itself.
 
@@ -35,7 +35,7 @@ from popbox import privileges
 from popbox.cli.common import DEFAULT_CONFIG, opened, setup_logging, use_uvloop
 from popbox.config import Config, ConfigError, load
 from popbox.lmtp.agent import Agent, Outcome, trace_headers
-from popbox.server.mailproc import MailAccess, MailHost
+from popbox.mailproc import MailAccess, MailHost
 
 EX_OK, EX_USAGE, EX_NOUSER, EX_CANTCREAT, EX_TEMPFAIL = 0, 64, 67, 73, 75
 log = logging.getLogger("popbox")

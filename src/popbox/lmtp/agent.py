@@ -1,6 +1,6 @@
 """Final delivery, shared by `popbox lmtp` and `popbox deliver`: recipient address ->
 userdb -> the user's mail, written with the identity of its owner
-(popbox.server.mailproc.MailAccess: in process for virtual users, by a mail process with
+(popbox.mailproc.MailAccess: in process for virtual users, by a mail process with
 the user's uid, gid and groups when the userdb gives the user a uid of their own).
 
 Recipients: the address as given (domain lowercased, popbox.auth.names), without the
@@ -26,8 +26,8 @@ import logging
 
 from popbox.auth.base import UserDB, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
-from popbox.server.mailowner import Refused
-from popbox.server.mailproc import MailAccess
+from popbox.mailowner import Refused
+from popbox.mailproc import MailAccess
 from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 
 from popbox.auth.base import UserInfo
 from popbox.config import Config
+from popbox.mailowner import Owner, Refused, become, check_owner, owner_of
 from popbox.proto.types import Index, Uidl
-from popbox.server.mailowner import Owner, Refused, become, check_owner, owner_of
 from popbox.store.base import (
     GONE,
     CommitReport,

@@ -1,4 +1,4 @@
-"""Whose identity a user's mail is read and written with (popbox.server.mailproc).
+"""Whose identity a user's mail is read and written with (popbox.mailproc).
 
 The userdb may give a user a uid and gid (system users, per-domain owners). `owner_of`
 says whether that names the running process itself (the virtual `vmail` case: no uid,
