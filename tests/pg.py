@@ -11,8 +11,9 @@ fresh database with popbox's schema for each test module, dropped after it;
 `fresh_database` makes an empty one. Set-up work runs on a private event loop, so the
 fixtures serve sync and async tests alike. (Modules import helpers from here before
 pytest loads it as a plugin, so it is left as written: PYTEST_DONT_REWRITE.)
-Also here: users in the database, popbox configurations on it, `popbox lmtp` in a child
-process, and a small raw LMTP client.
+`throwaway_cluster()` starts a cluster for one test alone. Also here: users in the
+database, popbox configurations on it, `popbox lmtp` in a child process, and a small raw
+LMTP client.
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ class _Cluster:
             self._sh([self.pg_ctl, "-D", self.data, "-m", "immediate", "-w", "stop"])
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """The DSN of a cluster of its own, for a test that does to its server what a shared
+    one must not see (fill its disk); stopped and removed after."""
+    cluster = _Cluster()
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
 
 
 def _start_server() -> tuple[str, _Cluster | None]:

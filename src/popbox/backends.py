@@ -152,7 +152,7 @@ LOCATION_TYPES: Mapping[str, Callable[[Config, Shared], MailStore]] = {
 
 
 def file_store(config: Config) -> MailStore:
-    """The stores of a mail process (popbox.server.mailproc): those of files with an
+    """The stores of a mail process (popbox.mailproc): those of files with an
     owner, Maildir and mbox; the PostgreSQL store is always read by the front."""
     shared = Shared(config)
     maildir = _maildir(config, shared)

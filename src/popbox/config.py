@@ -173,9 +173,10 @@ class AuthSection(_Section):
         if len({pair[0] for pair in value}) != len(value):
             raise ValueError("a character is translated twice")
         return value
-    # A user the userdb gives a uid/gid has their mail read only with that identity
-    # (popbox.server.mailproc); as Dovecot's, lower uids and gids (system accounts) and
-    # uid/gid 0 are refused. A mail process with no session exits after mail_process_idle.
+    # A user the userdb gives a uid/gid has their mail read, and delivered mail written,
+    # only with that identity (popbox.mailproc); as Dovecot's, lower uids and gids
+    # (system accounts) and uid/gid 0 are refused. A mail process with no session or
+    # delivery exits after mail_process_idle.
     first_valid_uid: Annotated[int, Field(ge=1)] = 500
     first_valid_gid: Annotated[int, Field(ge=1)] = 1
     mail_process_idle: Annotated[float, Field(gt=0, le=86_400)] = 60.0

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from helpers import Client, MailEnv, ServerProcess
 from pg import LmtpClient, LmtpProcess, add_user, fetch, free_port, pg_config
 from popbox.auth.base import UserInfo, Verdict
+from popbox.config import from_dict
 from popbox.lmtp.agent import Agent, Outcome
 from popbox.lmtp.core import LmtpCore, Message, Output, RcptTo, Reply
+from popbox.mailproc import MailAccess
 from popbox.store.memory import MemoryStore
 
 pytest_plugins = ["pg"]
@@ -374,14 +376,37 @@ class _Users:
 
 async def test_agent_recipient_names() -> None:
     store = MemoryStore()
-    agent = Agent(_Users("alice@example.org", "bob"), store, recipient_delimiter="+-")
-    assert await agent.resolve("alice+news@Example.ORG") == "alice@example.org"
-    assert await agent.resolve("alice-x@example.org") == "alice@example.org"
-    assert await agent.resolve("Alice@example.org") == "alice@example.org"  # case retried
+    mail = MailAccess(from_dict({}), store)
+    agent = Agent(_Users("alice@example.org", "bob"), mail, recipient_delimiter="+-")
+    alice = UserInfo("alice@example.org", "alice@example.org")
+    assert await agent.resolve("alice+news@Example.ORG") == alice
+    assert await agent.resolve("alice-x@example.org") == alice
+    assert await agent.resolve("Alice@example.org") == alice  # case retried
     assert await agent.resolve("+alice@example.org") is Outcome.NO_SUCH_USER
     assert await agent.resolve("../x@example.org") is Outcome.NO_SUCH_USER
     assert await agent.resolve("bob@example.org") is Outcome.NO_SUCH_USER
-    local = Agent(_Users("bob"), store, strip_domain=True)
-    assert await local.resolve("bob@example.org") == "bob"
-    assert await local.deliver("bob", b"Subject: x\n\n") is Outcome.DELIVERED
+    local = Agent(_Users("bob"), mail, strip_domain=True)
+    bob = await local.resolve("bob@example.org")
+    assert bob == UserInfo("bob", "bob")
+    assert isinstance(bob, UserInfo)
+    assert await local.deliver(bob, b"Subject: x\n\n") is Outcome.DELIVERED
     assert [data for _, data in store.contents("bob")] == [b"Subject: x\n\n"]
+
+
+class _OwnedUsers:
+    """A userdb whose one user has a uid of its own (4242), not this process's."""
+
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
+        return UserInfo(user, user, uid=4242, gid=4242) if user == "carol" else None
+
+
+async def test_without_a_mail_host_another_uids_mail_is_refused_not_written() -> None:
+    """RFC 3463 §3.4 X.3.5: a delivery agent that cannot take on the mail's owner (no
+    mail host: not started as root) writes nothing with its own identity; the recipient
+    is REFUSED (451 4.3.5 at RCPT, `popbox deliver` 75) and the store stays empty."""
+    store = MemoryStore()
+    agent = Agent(_OwnedUsers(), MailAccess(from_dict({}), store))
+    assert await agent.resolve("carol") is Outcome.REFUSED
+    carol = UserInfo("carol", "carol", uid=4242, gid=4242)
+    assert await agent.deliver(carol, b"Subject: x\n\n") is Outcome.REFUSED
+    assert store.contents("carol") == []

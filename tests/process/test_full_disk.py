@@ -12,8 +12,6 @@ cannot write its destination, EX_TEMPFAIL (75) for `popbox deliver`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -28,6 +26,7 @@ from fetch_helpers import fetch_argv, maildir_files, read_mboxrd, run_fetch
 from helpers import Client, MailEnv, running_server
 from pg import LmtpClient, LmtpProcess
 from popbox.proto.wire import wire_size
+from tmpfs import Disk, mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
                                 reason="mounting a tmpfs needs root")
@@ -37,42 +36,10 @@ MESSAGES = [b"Subject: one\n\nfirst body\n" + _PAD, b"Subject: two\n\nsecond bod
             b"Subject: three\n\nthird body\n" + _PAD]
 
 
-class Disk:
-    """A 1 MiB tmpfs; `fill()` takes every free page, `free()` gives them back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ballast = path / "ballast"
-
-    def fill(self) -> None:
-        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for size in (65536, 4096, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        os.write(fd, b"\0" * size)
-        finally:
-            os.close(fd)
-        probe = self.path / "probe"
-        with pytest.raises(OSError) as caught:  # the disk really is full
-            probe.write_bytes(b"x" * 4096)
-        assert caught.value.errno == errno.ENOSPC
-        probe.unlink()
-
-    def free(self) -> None:
-        self.ballast.unlink()
-
-
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Disk]:
-    path = tmp_path / "disk"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(path)],
-                   check=True, timeout=30)
-    try:
-        yield Disk(path)
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+    with mounted(tmp_path / "disk") as made:
+        yield made
 
 
 async def _lmtp(port: int, message: bytes, *recipients: str) -> list[tuple[int, str]]:

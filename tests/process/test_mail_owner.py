@@ -1,4 +1,4 @@
-"""Mail access as the mail's owner (popbox.server.mailproc): two real system accounts made
+"""Mail access as the mail's owner (popbox.mailproc): two real system accounts made
 with useradd, each with a ~/Maildir of their own (mode 0700); the front runs as nobody and
 each user's mail is read by a process with that user's uid, gid and groups.
 
@@ -8,11 +8,8 @@ RFC 1939 §4 (the AUTHORIZATION state ends with the maildrop opened for that use
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import pwd
-import select
 import shutil
 import signal
 import subprocess
@@ -24,30 +21,25 @@ from pathlib import Path
 
 import pytest
 
+from accounts import (
+    CAN_MAKE_ACCOUNTS,
+    Account,
+    mail_processes,
+    proc_status,
+    system_accounts,
+    wait_exit,
+)
 from helpers import Client, MailEnv, running_server, server_process
 from pg import add_user
 from popbox.backends import file_store
 from popbox.config import from_dict
-from popbox.server.mailproc import MailHost, Owner, Refused, check_owner
+from popbox.mailowner import Owner, Refused, check_owner
+from popbox.mailproc import MailHost
 
 pytest_plugins = ["pg"]
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None,
-    reason="needs root and useradd to make system accounts",
-)
-
-
-@dataclass
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-    @property
-    def maildir(self) -> Path:
-        return self.home / "Maildir"
+pytestmark = pytest.mark.skipif(not CAN_MAKE_ACCOUNTS,
+                                reason="needs root and useradd to make system accounts")
 
 
 @dataclass
@@ -77,103 +69,30 @@ class Site:
         return path
 
 
-_SERIAL = itertools.count()
-
-
 def _named(base: str, text: bytes) -> str:
     wire = len(text) + text.count(b"\n")
     return f"{base},S={len(text)},W={wire}"
 
 
-def _useradd(name: str, home: Path) -> Account:
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                    "/usr/sbin/nologin", "--user-group", name], check=True, timeout=30)
-    entry = pwd.getpwnam(name)
-    md = home / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (md / sub).mkdir(parents=True)
-    for path in (home, md, md / "cur", md / "new", md / "tmp"):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-        path.chmod(0o700)
-    return Account(name, entry.pw_uid, entry.pw_gid, home)
-
-
 @pytest.fixture
 def site() -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="popbox-owners-"))
-    base.chmod(0o755)  # the homes below are reachable; each user's own is 0700
-    tag = f"{os.getpid() % 100000}{next(_SERIAL)}"
-    made: list[str] = []
     try:
-        accounts = []
-        for who in ("a", "b"):
-            name = f"pbx{tag}{who}"
-            made.append(name)
-            accounts.append(_useradd(name, base / name))
-        alice, bob = accounts
-        users = base / "users"
-        users.write_text(
-            f"alice:{{PLAIN}}secret:{alice.uid}:{alice.gid}::{alice.home}::\n"
-            f"bob:{{PLAIN}}secret:{bob.uid}:{bob.gid}::{bob.home}::\n"
-            f"rootish:{{PLAIN}}secret:0:0::{alice.home}::\n"
-            f"daemonish:{{PLAIN}}secret:1:1::{alice.home}::\n"
-            f"lowgid:{{PLAIN}}secret:{alice.uid}:5::{alice.home}::\n"
-        )
-        nobody = pwd.getpwnam("nobody")
-        os.chown(users, nobody.pw_uid, nobody.pw_gid)
-        users.chmod(0o600)
-        yield Site(base, alice, bob, users)
+        with system_accounts(base, 2) as (alice, bob):
+            users = base / "users"
+            users.write_text(
+                f"alice:{{PLAIN}}secret:{alice.uid}:{alice.gid}::{alice.home}::\n"
+                f"bob:{{PLAIN}}secret:{bob.uid}:{bob.gid}::{bob.home}::\n"
+                f"rootish:{{PLAIN}}secret:0:0::{alice.home}::\n"
+                f"daemonish:{{PLAIN}}secret:1:1::{alice.home}::\n"
+                f"lowgid:{{PLAIN}}secret:{alice.uid}:5::{alice.home}::\n"
+            )
+            nobody = pwd.getpwnam("nobody")
+            os.chown(users, nobody.pw_uid, nobody.pw_gid)
+            users.chmod(0o600)
+            yield Site(base, alice, bob, users)
     finally:
-        for name in made:
-            # -f: also while a mail process of that user is still on its way out
-            subprocess.run(["userdel", "-f", name], check=False, timeout=30,
-                           capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry))
-    return found
-
-
-def _status(pid: int) -> dict[str, list[str]]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.split()
-    return fields
-
-
-def _mail_processes(server: int) -> dict[int, int]:
-    """The processes under `server` (workers, their hosts, the hosts' mail processes)
-    that run as neither root nor nobody: pid -> real uid."""
-    found, todo = {}, _children(server)
-    nobody = pwd.getpwnam("nobody").pw_uid
-    while todo:
-        pid = todo.pop()
-        with contextlib.suppress(OSError):
-            uid = int(_status(pid)["Uid"][0])
-            if uid not in (0, nobody):
-                found[pid] = uid
-            todo += _children(pid)
-    return found
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 async def _all_messages(client: Client) -> list[bytes]:
@@ -200,15 +119,15 @@ async def test_each_user_reads_only_their_own_mail_as_their_own_uid(site: Site, 
     site.put(site.bob, "1700000002.M1P1.host", b"Subject: b\n\nfor bob\n")
     with server_process(site.config(workers=workers)) as server:
         if workers == 1:
-            assert int(_status(server.proc.pid)["Uid"][1]) == pwd.getpwnam("nobody").pw_uid
+            assert int(proc_status(server.proc.pid)["Uid"][1]) == pwd.getpwnam("nobody").pw_uid
         for who, text in ((site.alice, b"for alice"), (site.bob, b"for bob")):
             client = await Client.connect(server.port)
             login = "alice" if who is site.alice else "bob"
             assert (await client.login(login)).startswith(b"+OK")
-            mail = _mail_processes(server.proc.pid)
+            mail = mail_processes(server.proc.pid)
             mine = [pid for pid, uid in mail.items() if uid == who.uid]
             assert len(mine) == 1, mail
-            status = _status(mine[0])
+            status = proc_status(mine[0])
             assert status["Uid"] == [str(who.uid)] * 4
             assert status["Gid"] == [str(who.gid)] * 4
             expected_groups = sorted(os.getgrouplist(who.name, who.gid))
@@ -217,8 +136,8 @@ async def test_each_user_reads_only_their_own_mail_as_their_own_uid(site: Site, 
             assert len(bodies) == 1 and text in bodies[0], bodies
             assert (await client.cmd("QUIT")).startswith(b"+OK")
             await client.close()
-            assert _wait_exit(mine[0], 10), "an idle mail process stays"
-        assert set(_mail_processes(server.proc.pid).values()) <= {site.alice.uid, site.bob.uid}
+            assert wait_exit(mine[0], 10), "an idle mail process stays"
+        assert set(mail_processes(server.proc.pid).values()) <= {site.alice.uid, site.bob.uid}
     log = server.final_log
     assert "Traceback" not in log, log
 
@@ -251,7 +170,7 @@ async def test_planted_links_to_another_users_mail_are_refused_by_the_kernel(
     assert secret.read_bytes() == b"Subject: b\n\nBOB SECRET\n"
     script = (
         "import os, sys\n"
-        "from popbox.server.mailproc import Owner, become\n"
+        "from popbox.mailowner import Owner, become\n"
         f"become(Owner({site.alice.uid}, {site.alice.gid}))\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
@@ -276,7 +195,7 @@ async def test_uid_zero_and_system_accounts_are_refused(site: Site) -> None:
             reply = await client.login(user)
             assert reply.startswith(b"-ERR [SYS/PERM]"), (user, reply)
             await client.close()
-        assert _mail_processes(server.proc.pid) == {}
+        assert mail_processes(server.proc.pid) == {}
     assert server.final_log.count("mail access refused") == 3, server.final_log
 
 
@@ -326,10 +245,10 @@ async def test_a_dead_mail_process_costs_its_sessions_only_a_temporary_error(sit
         second = await Client.connect(server.port)
         assert (await second.login("alice")).startswith(b"-ERR [IN-USE]")
         await second.close()
-        (pid,) = _mail_processes(server.proc.pid)
+        (pid,) = mail_processes(server.proc.pid)
         assert (await client.cmd("DELE 1")).startswith(b"+OK")
         os.kill(pid, signal.SIGKILL)
-        assert _wait_exit(pid, 10)
+        assert wait_exit(pid, 10)
         assert (await client.cmd("RSET")).startswith(b"+OK")  # the session's own state
         assert (await client.cmd("RETR 1")).startswith(b"-ERR [SYS/TEMP]")
         assert (await client.cmd("DELE 1")).startswith(b"+OK")
@@ -358,7 +277,7 @@ async def test_the_postgresql_userdb_uid_and_gid_columns_name_the_owner(
     with server_process(config) as server:
         client = await Client.connect(server.port)
         assert (await client.login("carol")).startswith(b"+OK Logged in. 1 messages")
-        assert list(_mail_processes(server.proc.pid).values()) == [site.alice.uid]
+        assert list(mail_processes(server.proc.pid).values()) == [site.alice.uid]
         status, lines = await client.multi("RETR 1")
         assert status.startswith(b"+OK") and b"for carol" in lines
         assert (await client.cmd("QUIT")).startswith(b"+OK")

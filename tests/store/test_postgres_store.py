@@ -240,3 +240,49 @@ async def test_messages_already_seen_get_no_update(store: PostgresStore, pg_dsn:
     after = await versions()
     assert after[:2] == marked[:2]
     assert after[2][1] and after[2][0] != marked[2][0]
+
+
+_RAISE = ("""
+CREATE FUNCTION popbox_test_raise() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE box text;
+BEGIN
+  SELECT name INTO box FROM mailboxes WHERE id = NEW.mailbox_id;
+  IF box LIKE TG_OP || '-%' THEN
+    RAISE EXCEPTION 'raised by the test' USING ERRCODE = split_part(box, '-', 2);
+  END IF;
+  RETURN NEW;
+END $$
+""", """
+CREATE TRIGGER popbox_test_raise BEFORE INSERT OR UPDATE ON messages
+  FOR EACH ROW EXECUTE FUNCTION popbox_test_raise()
+""")
+
+
+async def test_disk_full_from_the_server_is_full_and_out_of_memory_is_not(
+    store: PostgresStore, pg_dsn: str,
+) -> None:
+    """The server's own errors, raised by a trigger with a chosen SQLSTATE for mailboxes
+    named after it: 53100 disk_full (what PostgreSQL reports for ENOSPC) on the INSERT of
+    a delivery, or on the UPDATE of a commit, is Failure.FULL; 53200 out_of_memory and
+    53000 insufficient_resources are Failure.TEMPORARY. Nothing is stored or changed.
+    (tests/process/test_postgres_full_disk.py fills a real disk.)"""
+    for statement in _RAISE:
+        await fetch(pg_dsn, statement)
+    try:
+        for state, expected in (("53100", Failure.FULL), ("53200", Failure.TEMPORARY),
+                                ("53000", Failure.TEMPORARY)):
+            location = f"INSERT-{state}-{uuid.uuid4().hex}"
+            assert await store.deliver(location, MESSAGE) is expected, state
+            location = f"UPDATE-{state}-{uuid.uuid4().hex}"
+            assert await store.deliver(location, MESSAGE) is None
+            drop = await opened(store, location)
+            assert await drop.commit(set(), {Index(0)}) is expected, state
+            drop = await opened(store, location)  # the lock was released
+            assert len(drop.messages) == 1
+            await drop.release()
+            seen = await fetch(pg_dsn, "SELECT m.seen FROM messages m JOIN mailboxes b ON "
+                               "b.id = m.mailbox_id WHERE b.name = $1", location)
+            assert [row["seen"] for row in seen] == [False]
+    finally:
+        await fetch(pg_dsn, "DROP TRIGGER popbox_test_raise ON messages")
+        await fetch(pg_dsn, "DROP FUNCTION popbox_test_raise()")

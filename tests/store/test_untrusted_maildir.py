@@ -44,6 +44,7 @@ def plant(env: MailEnv) -> list[str]:
         "1600000003.M3P3.evil": lambda p: os.mkfifo(p),
         "1600000004.M4P4.evil": lambda p: p.mkdir(),
         "1600000005.M5P5.evil": lambda p: p.symlink_to(env.maildir("bob") / "new"),
+        "1600000007.M7P7.evil": lambda p: p.symlink_to("/etc/shadow"),
     }
     for name, make in planted.items():
         make(new / name)
@@ -75,10 +76,10 @@ def crlf(message: bytes) -> bytes:
 async def test_only_regular_files_are_served(
     env: MailEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Symlinks (to another user's message, to /etc/passwd, to a directory), a FIFO, a
-    directory and a socket in new/ are not messages: the login answers at once, STAT
-    counts the two real messages, RETR gives exactly them, each planted entry is logged
-    once, and a second login logs nothing again."""
+    """Symlinks (to another user's message, to /etc/passwd and /etc/shadow, to a
+    directory), a FIFO, a directory and a socket in new/ are not messages: the login
+    answers at once, STAT counts the two real messages, RETR gives exactly them, each
+    planted entry is logged once, and a second login logs nothing again."""
     env.add_user("bob")
     planted = plant(env)
     with bind_socket(env.maildir("alice") / "new" / planted[-1]):

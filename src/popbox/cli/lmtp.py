@@ -5,12 +5,17 @@
 sockets are handed to that user first), prints one "listening on" line per address, and
 runs until SIGTERM/SIGINT (then running deliveries get `limits.shutdown_grace` seconds).
 It is a process of its own, next to `popbox serve`: both use the same configuration file
-and so the same userdb and store.
+and so the same userdb and store. Both `lmtp` and `deliver`, started as root, first fork
+the mail host of popbox.mailproc, so that the mail of a user with a uid of their
+own is written by a mail process with that uid, gid and groups, never by root or by
+server.user; virtual users' mail is written by the process itself.
 
 `deliver` exits per sysexits.h, as MTAs expect of a delivery agent: 0 stored; 67
 EX_NOUSER no such user; 75 EX_TEMPFAIL try again later (the store or userdb is down,
-the configuration cannot be read); 73 EX_CANTCREAT the store refuses this mailbox, or
-the message is over `lmtp.max_message_size`; 64 EX_USAGE bad command line.
+the mailbox is full, the configuration cannot be read, or the user's mail may not be
+written from here: a uid below auth.first_valid_uid, another uid without root); 73
+EX_CANTCREAT the store refuses this mailbox, or the message is over
+`lmtp.max_message_size`; 64 EX_USAGE bad command line.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from popbox import privileges
 from popbox.cli.common import DEFAULT_CONFIG, opened, setup_logging, use_uvloop
 from popbox.config import Config, ConfigError, load
 from popbox.lmtp.agent import Agent, Outcome, trace_headers
+from popbox.mailproc import MailAccess, MailHost
 
 EX_OK, EX_USAGE, EX_NOUSER, EX_CANTCREAT, EX_TEMPFAIL = 0, 64, 67, 73, 75
 log = logging.getLogger("popbox")
@@ -38,10 +44,22 @@ if TYPE_CHECKING:
     from popbox.backends import Backends
 
 
-def _agent(config: Config, backends: Backends) -> Agent:
-    return Agent(backends.userdb, backends.store,
-                 recipient_delimiter=config.lmtp.recipient_delimiter,
+def _agent(config: Config, backends: Backends, mail: MailAccess) -> Agent:
+    return Agent(backends.userdb, mail, recipient_delimiter=config.lmtp.recipient_delimiter,
                  strip_domain=config.lmtp.strip_domain)
+
+
+def _start_host(config: Config) -> MailHost | None:
+    """Started as root: the mail host, forked now, before any thread or event loop."""
+    from popbox.backends import file_store
+
+    return MailHost.start(config, lambda: file_store(config)) if os.geteuid() == 0 else None
+
+
+def _stop_host(host: MailHost | None) -> None:
+    if host is not None:
+        host.close()  # it, and any mail process left, see the socket close and exit
+        os.waitpid(host.pid, 0)
 
 
 def _hand_over(paths: list[str], config: Config) -> None:
@@ -55,7 +73,7 @@ def _hand_over(paths: list[str], config: Config) -> None:
         os.chown(path, entry.pw_uid, gid)
 
 
-async def _serve_lmtp(config: Config) -> None:
+async def _serve_lmtp(config: Config, host: MailHost | None) -> None:
     from popbox import sdnotify
     from popbox.lmtp.server import LmtpServer
 
@@ -73,8 +91,9 @@ async def _serve_lmtp(config: Config) -> None:
 
     try:
         async with opened(config) as backends:
+            mail = MailAccess(config, backends.store, host)
             server = LmtpServer(config.lmtp, config.lmtp.hostname or config.server.hostname,
-                                _agent(config, backends), delivered)
+                                _agent(config, backends, mail), delivered)
             bound = await server.start()
             _hand_over([b for b in bound if b.startswith("/")], config)
             privileges.drop(config.server.user, config.server.group, config.server.allow_root)
@@ -92,6 +111,7 @@ async def _serve_lmtp(config: Config) -> None:
                 sdnotify.notify("STOPPING=1")
             finally:
                 await server.shutdown(config.limits.shutdown_grace)
+                mail.close()
     finally:
         if metrics_server is not None:
             metrics_server.close()
@@ -103,27 +123,34 @@ def _lmtp(args: argparse.Namespace) -> int:
         print("popbox: lmtp.listen is empty: nothing to listen on", file=sys.stderr)
         return 2
     setup_logging(config.log)
+    host = _start_host(config)
     use_uvloop()
     try:
-        asyncio.run(_serve_lmtp(config))
+        asyncio.run(_serve_lmtp(config, host))
     except privileges.PrivilegeError as exc:
         print(f"popbox: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"popbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        _stop_host(host)
     return 0
 
 
-async def _deliver_one(config: Config, recipient: str, sender: str | None,
-                       message: bytes) -> int:
+async def _deliver_one(config: Config, host: MailHost | None, recipient: str,
+                       sender: str | None, message: bytes) -> int:
     async with opened(config) as backends:
-        agent = _agent(config, backends)
-        location = await agent.resolve(recipient)
-        if isinstance(location, Outcome):
-            return EX_NOUSER if location is Outcome.NO_SUCH_USER else EX_TEMPFAIL
-        data = (trace_headers(sender, recipient) if sender is not None else b"") + message
-        outcome = await agent.deliver(location, data)
+        mail = MailAccess(config, backends.store, host)
+        try:
+            agent = _agent(config, backends, mail)
+            user = await agent.resolve(recipient)
+            if isinstance(user, Outcome):
+                return EX_NOUSER if user is Outcome.NO_SUCH_USER else EX_TEMPFAIL
+            data = (trace_headers(sender, recipient) if sender is not None else b"") + message
+            outcome = await agent.deliver(user, data)
+        finally:
+            mail.close()
     return {Outcome.DELIVERED: EX_OK, Outcome.PERMANENT: EX_CANTCREAT}.get(outcome, EX_TEMPFAIL)
 
 
@@ -139,7 +166,11 @@ def _deliver(args: argparse.Namespace) -> int:
     if len(message) > limit:
         print(f"popbox: message over {limit} octets", file=sys.stderr)
         return EX_CANTCREAT
-    status = asyncio.run(_deliver_one(config, args.recipient, args.sender, message))
+    host = _start_host(config)
+    try:
+        status = asyncio.run(_deliver_one(config, host, args.recipient, args.sender, message))
+    finally:
+        _stop_host(host)
     if status != EX_OK:
         print(f"popbox: {args.recipient}: not delivered (exit {status})", file=sys.stderr)
     return status

@@ -122,9 +122,9 @@ def _run_one(
 ) -> int:
     from popbox import logs, metrics, privileges, sdnotify
     from popbox.backends import build, file_store
+    from popbox.mailproc import MailHost
     from popbox.server.context import ServerContext
     from popbox.server.listener import Address, serve
-    from popbox.server.mailproc import MailHost
 
     if not logs.configured():
         setup_logging(config.log)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 MAX_LINE = 4096  # command lines; RFC 5321 §4.5.3.1.4 requires at least 512
 MAX_ERRORS = 20
@@ -57,14 +58,17 @@ class RcptTo:
     address: str
 
 
+T = TypeVar("T")  # what the shell accepted a recipient with (where its mail goes)
+
+
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Generic[T]):
     sender: str  # "" for the null reverse-path
-    recipients: tuple[tuple[str, str], ...]  # (address, location) in RCPT order
+    recipients: tuple[tuple[str, T], ...]  # (address, the shell's target) in RCPT order
     data: bytes | None  # None: over the size limit
 
 
-Event = Output | RcptTo | Message
+Event = Output | RcptTo | Message[T]
 
 
 def parse_path(arg: str, keyword: str) -> tuple[str, dict[str, str]] | None:
@@ -98,7 +102,7 @@ def parse_path(arg: str, keyword: str) -> tuple[str, dict[str, str]] | None:
     return address, found
 
 
-class LmtpCore:
+class LmtpCore(Generic[T]):
     """One LMTP connection's protocol state."""
 
     def __init__(self, hostname: str, max_size: int, max_recipients: int = 100) -> None:
@@ -108,7 +112,7 @@ class LmtpCore:
         self._buf = bytearray()
         self._hello = False
         self._sender: str | None = None
-        self._rcpts: list[tuple[str, str]] = []
+        self._rcpts: list[tuple[str, T]] = []
         self._pending_rcpt: str | None = None
         self._waiting = False  # for the shell's answer to RcptTo or Message
         self._closed = False
@@ -127,7 +131,7 @@ class LmtpCore:
 
     # --- events --------------------------------------------------------------------
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> Event[T] | None:
         if self._closed or self._waiting:
             return None
         if self._in_data:
@@ -159,7 +163,7 @@ class LmtpCore:
     def _reply(self, reply: Reply) -> Output:
         return Output(reply.encode())
 
-    def _error(self, reply: Reply) -> Event:
+    def _error(self, reply: Reply) -> Event[T]:
         self._errors += 1
         if self._errors > MAX_ERRORS:
             self._closed = True
@@ -170,7 +174,7 @@ class LmtpCore:
         self._sender = None
         self._rcpts = []
 
-    def _command(self, line: str) -> Event:
+    def _command(self, line: str) -> Event[T]:
         verb, _, arg = line.partition(" ")
         match verb.upper():
             case "LHLO":
@@ -196,7 +200,7 @@ class LmtpCore:
             case _:
                 return self._error(Reply(500, "5.5.2", "Command not recognized"))
 
-    def _lhlo(self, name: str) -> Event:
+    def _lhlo(self, name: str) -> Event[T]:
         if not name:
             return self._error(Reply(501, "5.5.4", "Syntax: LHLO hostname"))
         self._hello = True
@@ -206,7 +210,7 @@ class LmtpCore:
         text = "".join(f"250-{item}\r\n" for item in lines[:-1]) + f"250 {lines[-1]}\r\n"
         return Output(text.encode())
 
-    def _mail(self, arg: str) -> Event:
+    def _mail(self, arg: str) -> Event[T]:
         if not self._hello:
             return self._error(Reply(503, "5.5.1", "Say LHLO first"))
         if self._sender is not None:
@@ -229,7 +233,7 @@ class LmtpCore:
         self._sender = sender
         return self._reply(Reply(250, "2.1.0", "Ok"))
 
-    def _rcpt(self, arg: str) -> Event:
+    def _rcpt(self, arg: str) -> Event[T]:
         if self._sender is None:
             return self._error(Reply(503, "5.5.1", "Need MAIL first"))
         parsed = parse_path(arg, "TO")
@@ -244,17 +248,17 @@ class LmtpCore:
         self._waiting = True
         return RcptTo(address)
 
-    def recipient(self, reply: Reply, location: str | None) -> bytes:
+    def recipient(self, reply: Reply, target: T | None) -> bytes:
         """The shell's answer to RcptTo: accepted (with where to deliver) or not."""
         if self._pending_rcpt is None:
             raise RuntimeError("no recipient is waiting for an answer")
-        if location is not None and reply.code == 250:
-            self._rcpts.append((self._pending_rcpt, location))
+        if target is not None and reply.code == 250:
+            self._rcpts.append((self._pending_rcpt, target))
         self._pending_rcpt = None
         self._waiting = False
         return reply.encode()
 
-    def _data_command(self) -> Event:
+    def _data_command(self) -> Event[T]:
         if self._sender is None:
             return self._error(Reply(503, "5.5.1", "Need MAIL first"))
         if not self._rcpts:
@@ -264,7 +268,7 @@ class LmtpCore:
 
     # --- message data (RFC 5321 §4.5.2) ----------------------------------------------
 
-    def _data_step(self) -> Event | None:
+    def _data_step(self) -> Event[T] | None:
         buf = self._buf
         end = skip = -1
         if self._bol and (buf.startswith(b".\r\n") or buf.startswith(b".\n")):
@@ -306,7 +310,7 @@ class LmtpCore:
         self._parts.append(_CRLF.sub(b"\n", _DOT_LINE.sub(b"\n", part)))
         self._bol = ends_line
 
-    def _finish(self) -> Event:
+    def _finish(self) -> Event[T]:
         self._in_data = False
         self._waiting = True
         data = None if self._size > self.max_size else b"".join(self._parts)

@@ -9,6 +9,8 @@ in RCPT order:
     250 2.1.5 (RCPT) / 250 2.0.0 (after DATA)  stored durably by the store
     550 5.1.1  no such user                     552 5.3.4  over lmtp.max_message_size
     451 4.3.0  userdb or store trouble (the MTA keeps the message and retries)
+    451 4.3.5  (RCPT) no process here may write this user's mail: a uid or gid below
+               auth.first_valid_uid/gid, or another uid without root (kept and retried)
     452 4.3.1  no space or quota left for the mailbox (ENOSPC, EDQUOT; retried likewise)
     550 5.2.0  the store refuses this mailbox for good
 
@@ -28,6 +30,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from popbox.auth.base import UserInfo
 from popbox.config import LmtpSection, parse_address
 from popbox.lmtp.agent import Agent, Outcome, trace_headers
 from popbox.lmtp.core import LmtpCore, Message, Output, RcptTo, Reply
@@ -37,11 +40,13 @@ log = logging.getLogger("popbox")
 READ_SIZE = 256 * 1024
 
 
-def _rcpt_reply(address: str, found: str | Outcome) -> Reply:
-    if isinstance(found, str):
+def _rcpt_reply(address: str, found: UserInfo | Outcome) -> Reply:
+    if isinstance(found, UserInfo):
         return Reply(250, "2.1.5", f"<{address}> Ok")
     if found is Outcome.NO_SUCH_USER:
         return Reply(550, "5.1.1", f"<{address}> User unknown")
+    if found is Outcome.REFUSED:  # RFC 3463 §3.4: X.3.5 system incorrectly configured
+        return Reply(451, "4.3.5", f"<{address}> Mailbox owner not permitted here")
     return Reply(451, "4.3.0", f"<{address}> Temporary lookup failure")
 
 
@@ -52,6 +57,8 @@ def _data_reply(address: str, outcome: Outcome) -> Reply:
         return Reply(550, "5.2.0", f"<{address}> Mailbox unavailable")
     if outcome is Outcome.FULL:  # RFC 3463 §3.4: X.3.1 mail system full
         return Reply(452, "4.3.1", f"<{address}> Insufficient system storage")
+    if outcome is Outcome.REFUSED:
+        return Reply(451, "4.3.5", f"<{address}> Mailbox owner not permitted here")
     return Reply(451, "4.3.0", f"<{address}> Temporary failure, try again later")
 
 
@@ -119,7 +126,7 @@ class LmtpServer:
                 await writer.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        core = LmtpCore(self.hostname, self.settings.max_message_size,
+        core: LmtpCore[UserInfo] = LmtpCore(self.hostname, self.settings.max_message_size,
                         self.settings.max_recipients)
         writer.write(core.greeting())
         while not core.closed:
@@ -140,21 +147,21 @@ class LmtpServer:
                     writer.write(data)
                 case RcptTo(address):
                     found = await self.agent.resolve(address)
-                    location = found if isinstance(found, str) else None
-                    writer.write(core.recipient(_rcpt_reply(address, found), location))
+                    user = found if isinstance(found, UserInfo) else None
+                    writer.write(core.recipient(_rcpt_reply(address, found), user))
                 case Message():
                     writer.write(core.delivered(await self._deliver(event)))
         await writer.drain()
 
-    async def _deliver(self, message: Message) -> list[Reply]:
+    async def _deliver(self, message: Message[UserInfo]) -> list[Reply]:
         if message.data is None:
             log.info("lmtp: message refused: over %d octets", self.settings.max_message_size)
             self.delivered("too-big")
             return [Reply(552, "5.3.4", "Message too big for system")] * len(message.recipients)
         replies = []
-        for address, location in message.recipients:
+        for address, user in message.recipients:
             data = trace_headers(message.sender, address) + message.data
-            outcome = await self.agent.deliver(location, data)
+            outcome = await self.agent.deliver(user, data)
             log.info("lmtp: to=<%s> size=%d status=%s", address, len(data), outcome.value)
             self.delivered(outcome.value)
             replies.append(_data_reply(address, outcome))

@@ -7,7 +7,9 @@ brought to this popbox's version is refused (logged, and every operation fails a
 temporary), one that a newer popbox upgraded is used with a warning.
 
 Failures: every error of the database or of the connection to it is one of `DB_ERRORS`;
-the callers turn them into `Failure.TEMPORARY` / `Verdict.TEMPORARY`. `run()` retries an
+the callers turn them into `Failure.TEMPORARY` / `Verdict.TEMPORARY`, except that a
+server out of disk space (`disk_full`: SQLSTATE 53100, what PostgreSQL reports for
+ENOSPC under its data directory or a tablespace) makes a write `Failure.FULL`. `run()` retries an
 idempotent operation once on a fresh connection when its connection turned out to be
 dead (after a database restart every pooled connection is), and never retries writes.
 """
@@ -46,6 +48,15 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     ConnectionError,
 )
+
+
+
+def disk_full(exc: BaseException) -> bool:
+    """The server had no disk space left for the statement (SQLSTATE 53100 disk_full).
+    Out of memory (53200), too many connections (53300) and the like are not: they are
+    other resources, temporary failures like any other."""
+    return isinstance(exc, asyncpg.exceptions.DiskFullError)
+
 
 if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
     RawConnection: TypeAlias = asyncpg.Connection[Any]

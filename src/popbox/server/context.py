@@ -18,9 +18,9 @@ from pathlib import Path
 
 from popbox.backends import Backends
 from popbox.config import Config
+from popbox.mailproc import MailAccess, MailHost
 from popbox.metrics import Metrics
 from popbox.server.clock import SYSTEM, Clock
-from popbox.server.mailproc import MailAccess, MailHost
 from popbox.server.observe import Observer
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts

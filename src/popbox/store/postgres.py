@@ -27,8 +27,11 @@ user name). The tables are popbox.pg.schema's. The pieces:
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
   size counted by popbox.proto.wire. Never retried: an error means "not stored".
 
-Errors: any database or connection trouble is Failure.TEMPORARY (logged); a location
-that cannot name a mailbox (empty, NUL, over 1024 bytes) is Failure.PERMANENT.
+Errors: any database or connection trouble is Failure.TEMPORARY (logged), except a server
+out of disk space (SQLSTATE 53100, popbox.pg.pool.disk_full) when making a mailbox,
+delivering, committing or changing the trash: that is Failure.FULL (nothing was applied:
+each is one statement or one transaction). A location that cannot name a mailbox (empty,
+NUL, over 1024 bytes) is Failure.PERMANENT.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from collections.abc import Callable, Sequence, Set
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from popbox.pg.pool import DB_ERRORS, Connection, Database
+from popbox.pg.pool import DB_ERRORS, Connection, Database, disk_full
 from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import wire_size
 from popbox.store.base import (
@@ -131,7 +134,7 @@ class PostgresStore:
             box = await self.db.run(lambda conn: mailbox_id(conn, location, create=True))
         except DB_ERRORS as exc:
             log.warning("postgres: mailbox %r not opened: %s", location, exc)
-            return Failure.TEMPORARY
+            return _failure(exc)
         assert box is not None
         lease = await self.locks.acquire(box)
         if isinstance(lease, Failure):
@@ -179,7 +182,7 @@ class PostgresStore:
             return await self.db.run(insert, retry=False)
         except DB_ERRORS as exc:
             log.warning("postgres: delivery to %r failed: %s", location, exc)
-            return Failure.TEMPORARY
+            return _failure(exc)
 
     async def purge(self, location: str, before: float) -> int | Failure:
         return await self._in_trash(
@@ -209,7 +212,7 @@ class PostgresStore:
             rows = await self.db.run(lambda conn: conn.fetch(statement, box, when))
         except DB_ERRORS as exc:
             log.warning("postgres: mailbox %r: trash: %s", location, exc)
-            return Failure.TEMPORARY
+            return _failure(exc)
         finally:
             await self.locks.release(lease)
         return len(rows)
@@ -360,7 +363,7 @@ class PostgresDrop:
             return result
         except DB_ERRORS as exc:
             log.warning("postgres: mailbox %d: commit failed: %s", self._box, exc)
-            return Failure.TEMPORARY
+            return _failure(exc)
         finally:
             await store.locks.release(self._lease)
 
@@ -368,6 +371,10 @@ class PostgresDrop:
         if self._state == "open":
             self._state = "done"
             await self._store.locks.release(self._lease)
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure.FULL if disk_full(exc) else Failure.TEMPORARY
 
 
 if TYPE_CHECKING:  # mypy proves the classes implement the contract

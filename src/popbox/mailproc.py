@@ -5,16 +5,18 @@ a process running with exactly that uid, that gid and the supplementary groups o
 account that owns the uid, never as root and never as another uid (what Dovecot does with
 its per-user mail processes). The process model:
 
-* The **mail host** is forked by `popbox serve` while it is still root, before the front
-  drops its privileges and before any client is served. It does one thing: on request from
-  its front, over a private socketpair, it checks the uid and gid (`auth.first_valid_uid`,
+* The **mail host** is forked by `popbox serve` (each worker), `popbox lmtp` and
+  `popbox deliver` while they are still root, before the front drops its privileges and
+  before any client is served. It does one thing: on request from its front, over a
+  private socketpair, it checks the uid and gid (`auth.first_valid_uid`,
   `auth.first_valid_gid`; uid 0 and gid 0 always refused) and forks a **mail process**
   that takes on that identity, then hands the front one end of a new socketpair to it
   (SCM_RIGHTS). The host never opens a path; it reads no mail and no configuration file.
-* A **mail process** (one per uid and front, started on the first login of that uid) does
-  only store I/O: open a maildrop, open a message and read it in chunks, commit, release,
-  over a small RPC on its socketpair (`_Op`). Every session of that uid on that front
-  shares it. When the front has had no session for the uid for `auth.mail_process_idle`
+* A **mail process** (one per uid and front, started on the first login of, or delivery
+  to, that uid) does only store I/O: open a maildrop, open a message and read it in
+  chunks, commit, release, and store a delivered message, over a small RPC on its
+  socketpair (`_Op`). Every session of, and delivery to, that uid on that front
+  shares it. When the front has had no use for the uid for `auth.mail_process_idle`
   seconds it closes the socket, and the mail process releases what it holds and exits.
 * The **front** (TLS, parsing, authentication, limits, penalties) keeps the connection:
   TLS state cannot be passed with a descriptor, so the client's bytes never leave it; a
@@ -26,7 +28,8 @@ its per-user mail processes). The process model:
 A user without a uid in the userdb, or whose uid and gid are the front's own (the virtual
 `vmail` case), is served by the front's own store, in process, as before. A uid other
 than the front's own when popbox was not started as root cannot be taken on: that login
-is refused (``-ERR [SYS/PERM]``), rather than reading the mail as the wrong user.
+is refused (``-ERR [SYS/PERM]``), and a delivery to that user too (popbox.lmtp.agent:
+451 4.3.5), rather than reading or writing the mail as the wrong user.
 
 Wire format of the RPC (both ends are popbox, on one machine): a frame is a 9-byte header
 (length of what follows the length field, request id, operation or status) and a body.
@@ -40,7 +43,6 @@ import contextlib
 import enum
 import logging
 import os
-import pwd
 import resource
 import signal
 import socket
@@ -51,6 +53,7 @@ from dataclasses import dataclass, field
 
 from popbox.auth.base import UserInfo
 from popbox.config import Config
+from popbox.mailowner import Owner, Refused, become, check_owner, owner_of
 from popbox.proto.types import Index, Uidl
 from popbox.store.base import (
     GONE,
@@ -78,6 +81,7 @@ class _Op(enum.IntEnum):
     CLOSE = 4  # reader (no answer)
     COMMIT = 5  # handle, deletions, seen -> report
     RELEASE = 6  # handle (answered once released)
+    DELIVER = 7  # location, message -> nothing, or the failure (LMTP, `popbox deliver`)
 
 
 class _Status(enum.IntEnum):
@@ -85,68 +89,6 @@ class _Status(enum.IntEnum):
     FAILURE = 1  # body: the Failure's value
     GONE = 2
     STORE_ERROR = 3  # body: the Failure's value
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """The identity a user's mail is read with."""
-
-    uid: int
-    gid: int
-
-
-class Refused(enum.Enum):
-    """Why a user's mail is not read at all."""
-
-    SYSTEM_ACCOUNT = "uid or gid below auth.first_valid_uid/first_valid_gid"
-    NOT_ROOT = "popbox was not started as root, so it cannot take on the mail's owner"
-    NO_GID = "the userdb gives a uid without a gid, and no account has that uid"
-
-
-def check_owner(owner: Owner, first_uid: int, first_gid: int) -> Refused | None:
-    """Dovecot's first_valid_uid/gid: uid 0, gid 0 and system accounts never read mail."""
-    if owner.uid == 0 or owner.gid == 0 or owner.uid < first_uid or owner.gid < first_gid:
-        return Refused.SYSTEM_ACCOUNT
-    return None
-
-
-def owner_of(info: UserInfo, config: Config) -> Owner | Refused | None:
-    """Whose identity reads `info`'s mail: None for the front's own (no uid in the userdb,
-    or the front's own uid and gid), else an `Owner`, or why it is refused."""
-    if info.uid is None:
-        return None
-    gid = info.gid
-    if gid is None:
-        try:
-            gid = pwd.getpwuid(info.uid).pw_gid
-        except KeyError:
-            return Refused.NO_GID
-    owner = Owner(info.uid, gid)
-    refused = check_owner(owner, config.auth.first_valid_uid, config.auth.first_valid_gid)
-    if refused is not None:
-        return refused
-    if owner.uid == os.geteuid() and owner.gid in (os.getegid(), *os.getgroups()):
-        return None
-    return owner
-
-
-def become(owner: Owner) -> None:
-    """Take on `owner` for good: its groups (those of the account with that uid, else the
-    gid alone), gid and uid; called as root in a fresh mail process."""
-    try:
-        entry: pwd.struct_passwd | None = pwd.getpwuid(owner.uid)
-    except KeyError:
-        entry = None
-    groups = os.getgrouplist(entry.pw_name, owner.gid) if entry is not None else [owner.gid]
-    os.setgroups(groups)
-    os.setresgid(owner.gid, owner.gid, owner.gid)
-    os.setresuid(owner.uid, owner.uid, owner.uid)
-    if os.getresuid() != (owner.uid,) * 3 or os.getresgid() != (owner.gid,) * 3:
-        raise PermissionError("could not take on the mail owner's identity")
-    os.umask(0o077)
-    if entry is not None:
-        os.environ["HOME"] = entry.pw_dir
-        os.environ["USER"] = os.environ["LOGNAME"] = entry.pw_name
 
 
 # -- framing ------------------------------------------------------------------------
@@ -206,6 +148,9 @@ class _MailServer:
             reply = (_Status.STORE_ERROR, exc.failure.value.encode())
         except (ValueError, KeyError, IndexError, struct.error, RuntimeError):
             log.error("mail process: bad request %d from the front", op)
+            reply = (_Status.FAILURE, Failure.TEMPORARY.value.encode())
+        except Exception:  # a store bug: the front gets an answer, never waits for good
+            log.exception("mail process: operation %d failed", op)
             reply = (_Status.FAILURE, Failure.TEMPORARY.value.encode())
         if reply is not None:
             self.writer.write(_frame(request, reply[0], *reply[1:]))
@@ -279,6 +224,13 @@ class _MailServer:
                 found_drop = self.drops.pop(handle, None)
                 if found_drop is not None:
                     await found_drop.release()
+                return (_Status.OK,)
+            case _Op.DELIVER:
+                (size,) = _U32.unpack_from(body)
+                location = body[4:4 + size].decode()
+                failure = await self.store.deliver(location, body[4 + size:])
+                if failure is not None:
+                    return _Status.FAILURE, failure.value.encode()
                 return (_Status.OK,)
         raise ValueError(f"unknown operation {op}")
 
@@ -622,6 +574,22 @@ class MailProcesses:
         uidls = [Uidl(u) for u in text.split("\n")] if count else []
         return RemoteMaildrop(self, channel, handle, Snapshot(uidls, sizes.tolist()))
 
+    async def deliver(self, owner: Owner, location: str, message: bytes) -> Failure | None:
+        """Store one message at `location` by the mail process running as `owner`."""
+        channel = await self._channel(owner)
+        if channel is None:
+            return Failure.TEMPORARY
+        channel.users += 1
+        try:
+            where = location.encode()
+            status, body = await channel.call(_Op.DELIVER, _U32.pack(len(where)), where,
+                                              message)
+        except ConnectionError:
+            return Failure.TEMPORARY
+        finally:
+            self.done_with(channel)
+        return None if status == _Status.OK else _failure(body)
+
     async def _channel(self, owner: Owner) -> _Channel | None:
         channel = self.channels.get(owner)
         if channel is not None and channel.alive:
@@ -665,30 +633,56 @@ class MailProcesses:
 
 
 class MailAccess:
-    """Opens a logged-in user's maildrop with the right identity (see the module's
-    docstring): in process for the front's own, through a mail process otherwise."""
+    """Opens a logged-in user's maildrop, and stores mail delivered to a user, with the
+    right identity (see the module's docstring): in process for the front's own, through
+    a mail process otherwise."""
 
     def __init__(self, config: Config, store: MailStore, host: MailHost | None = None) -> None:
         self.config = config
         self.store = store
         self.processes = MailProcesses(host, config.auth.mail_process_idle)
 
-    async def open(self, info: UserInfo) -> Maildrop | Failure:
+    def route(self, info: UserInfo) -> Owner | Refused | None:
+        """Who does `info`'s mail I/O: None for this process itself, an `Owner` for a
+        mail process, or why nobody may."""
         owner = owner_of(info, self.config)
         if owner is None or self._in_database(info.mail_location):
+            return None
+        if isinstance(owner, Owner) and self.processes.host is None:
+            return Refused.NOT_ROOT
+        return owner
+
+    async def open(self, info: UserInfo) -> Maildrop | Failure:
+        owner = self.route(info)
+        if owner is None:
             return await self.store.open(info.mail_location)
         if isinstance(owner, Refused):
-            log.error("mail access refused user=%s uid=%s gid=%s: %s", info.name, info.uid,
-                      info.gid, owner.value)
-            return Failure.PERMANENT
-        if self.processes.host is None:
-            log.error("mail access refused user=%s uid=%s: %s", info.name, info.uid,
-                      Refused.NOT_ROOT.value)
+            _refused(info, owner)
             return Failure.PERMANENT
         return await self.processes.open(owner, info.mail_location)
+
+    async def deliver(self, info: UserInfo, message: bytes) -> Failure | Refused | None:
+        """Store `message` for `info` durably: None when stored, else the failure, or why
+        `info`'s mail may not be written at all (nothing is written then)."""
+        owner = self.route(info)
+        if owner is None:
+            return await self.store.deliver(info.mail_location, message)
+        if isinstance(owner, Refused):
+            _refused(info, owner)
+            return owner
+        return await self.processes.deliver(owner, info.mail_location, message)
+
+    def close(self) -> None:
+        """Let every mail process go (they exit once they see their socket close)."""
+        self.processes.close()
 
     def _in_database(self, location: str) -> bool:
         """Mail kept in PostgreSQL has no file owner: the front reads it itself."""
         kind, colon, _ = location.partition(":")
         return self.config.store.backend == "postgres" and not (
             colon and kind in ("maildir", "mbox"))
+
+
+def _refused(info: UserInfo, why: Refused) -> None:
+    log.error("mail access refused user=%s uid=%s gid=%s: %s", info.name, info.uid,
+              info.gid, why.value)
