@@ -338,6 +338,7 @@ async def test_unwritable_cache_does_not_break_open(maildir: Path) -> None:
     assert not [p for p in maildir.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.timeout(600)  # 200,000 file writes: minutes when the machine is busy
 async def test_hundred_thousand_messages_second_open_reads_none(tmp_path: Path) -> None:
     root = tmp_path / "Big"
     for sub in ("cur", "new", "tmp"):

@@ -2,7 +2,8 @@
 
 cr.yp.to/proto/maildir.html: the messages are the files in cur/ and new/. A symlink there
 (to another user's mail, to /etc/passwd), a FIFO (open(2) waits for a writer, fifo(7)),
-a socket, a directory named like a message: left out and logged, and the real messages
+a socket, a directory named like a message, an empty file (no header at all, RFC 5322
+§3.6): left out and logged, and the real messages
 served (RFC 1939 §5: STAT/LIST count only them). A file popbox may not read (mode 000)
 costs only itself. A maildir whose cur/ is a symlink is refused unless
 `store.follow_symlinks` is set."""
@@ -45,6 +46,8 @@ def plant(env: MailEnv) -> list[str]:
         "1600000004.M4P4.evil": lambda p: p.mkdir(),
         "1600000005.M5P5.evil": lambda p: p.symlink_to(env.maildir("bob") / "new"),
         "1600000007.M7P7.evil": lambda p: p.symlink_to("/etc/shadow"),
+        "1600000008.M8P8.empty": lambda p: p.write_bytes(b""),
+        "1600000009.M9P9.empty,S=0,W=0": lambda p: p.write_bytes(b""),
     }
     for name, make in planted.items():
         make(new / name)
@@ -77,7 +80,8 @@ async def test_only_regular_files_are_served(
     env: MailEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Symlinks (to another user's message, to /etc/passwd and /etc/shadow, to a
-    directory), a FIFO, a directory and a socket in new/ are not messages: the login
+    directory), a FIFO, a directory, a socket and empty files (measured, or named with
+    W=0) in new/ are not messages: the login
     answers at once, STAT counts the two real messages, RETR gives exactly them, each
     planted entry is logged once, and a second login logs nothing again."""
     env.add_user("bob")

@@ -8,7 +8,8 @@ and logged once per file: a link could point at another user's mail or at /etc/s
 and opening a FIFO waits for a writer. The file type comes from readdir(2)'s d_type
 (``DirEntry.is_file(follow_symlinks=False)``), so telling them apart costs no stat(2)
 per file. A file whose size must be measured and that cannot be read (mode 000, EIO) is
-left out of that session and logged; the rest of the maildrop is served. ``cur/`` is
+left out of that session and logged; the rest of the maildrop is served. An empty file
+(0 octets, by ``,W=`` or measured) is no message: left out and logged too. ``cur/`` is
 read before ``new/``: an agent moving a message new->cur while we list can then make us
 miss it for one session, never list it twice. readdir(2) gives no guarantee while a
 directory changes, so a base seen twice is stat'ed and one file seen under two names (a
@@ -239,11 +240,24 @@ def _assign_uidls(root: str, found: list[Entry], kind: UidlImport | None) -> Non
             e.uidl = alt
 
 
+def _without_empty(root: str, found: list[Entry]) -> list[Entry]:
+    """An empty file is no message (RFC 5322 §3.6: a message has at least its Date and
+    From fields) but the remains of a failed delivery or a planted file: left out and
+    logged. A name whose ``,W=`` claims another size is caught at RETR (its size no
+    longer matches)."""
+    for e in found:
+        if e.size == 0:
+            report_once(e.path(root), "empty file (0 octets): not a message")
+    return [e for e in found if e.size]
+
+
 def _finish(
     root: str, found: list[Entry], uidl_import: UidlImport | None, chunk_size: int
 ) -> list[Entry]:
     found = _drop_double_listings(root, found)
     found = _sizes(root, found, chunk_size)
+    if any(e.size == 0 for e in found):
+        found = _without_empty(root, found)
     found.sort(key=_ORDER)
     _assign_uidls(root, found, uidl_import)
     return found
