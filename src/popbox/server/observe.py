@@ -185,6 +185,12 @@ class Observer:
         if self.metrics is not None:
             self.metrics.tls_handshakes.labels(record.tls, "ok").inc()
 
+    def tls_failed(self, peer: str, reason: str) -> None:
+        """An implicit-TLS handshake failed: no session was started."""
+        log.info("tls handshake failed ip=%s reason=%s", peer, quote(reason))
+        if self.metrics is not None:
+            self.metrics.tls_handshakes.labels("unknown", "failed").inc()
+
     def store_error(self, failure: Failure) -> None:
         if self.metrics is None:
             return
