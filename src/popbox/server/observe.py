@@ -49,7 +49,7 @@ NAMES: dict[type, str] = {
 # Login results as metric labels: the reasons the login policy logs, a bounded set.
 LOGIN_RESULTS = frozenset({
     "ok", "rejected", "temporary", "in-use", "permanent", "login-delay", "userdb-missing",
-    "userdb-temporary", "authzid-not-allowed",
+    "userdb-temporary", "authzid-not-allowed", "disabled",
 })
 
 class Observed(Protocol):

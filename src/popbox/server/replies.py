@@ -29,6 +29,7 @@ CLEARTEXT_REFUSED = Err(
 APOP_DISABLED = Err("APOP is not enabled on this server.", RespCode.AUTH)
 UNKNOWN_MECHANISM = Err("Unsupported authentication mechanism.")
 AUTH_CANCELLED = Err("Authentication cancelled.")
+POP3_DISABLED = Err("POP3 access is disabled for this account.", RespCode.AUTH)
 LOGIN_DELAY = Err("Logged in too recently, try again later.", RespCode.LOGIN_DELAY)
 NO_SUCH_MESSAGE = Err("There is no such message.")
 ALREADY_DELETED = Err("Message is deleted.")
@@ -115,6 +116,8 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "Unsupported authentication mechanism.":
             "Dieses Anmeldeverfahren wird nicht unterstützt.",
         "Authentication cancelled.": "Anmeldung abgebrochen.",
+        "POP3 access is disabled for this account.":
+            "Der POP3-Zugang ist für dieses Konto gesperrt.",
         "Logged in too recently, try again later.":
             "Zu kurz nach der letzten Anmeldung, bitte später erneut versuchen.",
         "There is no such message.": "Diese Nachricht gibt es nicht.",
