@@ -29,9 +29,11 @@ from popbox.server.admin import AdminError
 
 def run_server(config: Config, announce: bool = False, config_path: Path | None = None) -> int:
     if config.server.workers > 1:
+        from popbox.server import userip
         from popbox.server.workers import supervise
 
         setup_logging(config.log)
+        userip.shared_fd()  # inherited by every worker: one count of sessions per user+ip
 
         def report(resolved: Config) -> None:
             from popbox import sdnotify

@@ -196,6 +196,12 @@ class Authorization:
         self.ctx.observe.login(auth.user, auth.mechanism, "ok")
         return None
 
+    def limited(self, auth: Authenticated) -> ev.Err:
+        """`auth`'s user has `limits.max_connections_per_user_ip` sessions from this
+        address already (server.userip)."""
+        self._log_failure(auth.user, auth.mechanism, "user-ip-limit")
+        return replies.TOO_MANY_USER_IP
+
     async def _penalize(self) -> None:
         """Count the failure and wait before answering it (see server.penalty)."""
         self.failures += 1

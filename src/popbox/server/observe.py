@@ -50,6 +50,7 @@ NAMES: dict[type, str] = {
 LOGIN_RESULTS = frozenset({
     "ok", "rejected", "temporary", "in-use", "permanent", "login-delay", "userdb-missing",
     "userdb-temporary", "authzid-not-allowed", "disabled",
+    "user-ip-limit",
 })
 
 class Observed(Protocol):
