@@ -95,6 +95,9 @@ class ServerSection(_Section):
     # RFC 1460's LAST (the highest message number accessed), for clients older than
     # RFC 1725, which dropped it. Off: LAST is an unknown command.
     enable_last: bool = False
+    # Keep each user's last login time and client address beside the mail
+    # (popbox.store.last_login; `popbox last USER`).
+    last_login: bool = False
 
     @field_validator("listen")
     @classmethod

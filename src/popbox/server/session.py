@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import assert_never
 
 from popbox.proto import events as ev
@@ -38,6 +39,7 @@ from popbox.server.io import SessionIO
 from popbox.server.transaction import Body, Transaction
 from popbox.server.userip import Slot
 from popbox.store.base import Failure, StoreError
+from popbox.store.last_login import LastLogin
 
 log = logging.getLogger("popbox")
 
@@ -260,6 +262,8 @@ class Session:
             self.slot = None
             return refused
         assert not isinstance(maildrop, Failure)
+        if self.ctx.config.server.last_login:
+            self.ctx.mail.note_login(auth.info, LastLogin(time.time(), self.peer))
         self.txn = Transaction(maildrop, auth.user, utf8=self.utf8 or (
             "8bit-headers" in self.ctx.config.server.workarounds),
             store_error=self.ctx.observe.store_error)
