@@ -28,6 +28,7 @@ import ssl
 import time
 from typing import assert_never
 
+from popbox.auth.names import normalize_username
 from popbox.proto import events as ev
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
@@ -250,7 +251,7 @@ class Session:
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
         assert self.ctx.mail is not None
-        slot = self.ctx.user_ip.take(auth.user, self.peer,
+        slot = self.ctx.user_ip.take(normalize_username(auth.user), self.peer,
                                      self.ctx.config.limits.max_connections_per_user_ip)
         if slot is None:
             return self.authz.limited(auth)
