@@ -79,7 +79,7 @@ class _Op(enum.IntEnum):
     CLOSE = 4  # reader (no answer)
     COMMIT = 5  # handle, deletions, seen -> report
     RELEASE = 6  # handle (answered once released)
-    LOGIN = 7  # when, address and location: the last login record (no answer)
+    LOGIN = 8  # when, address and location: the last login record (no answer)
 
 
 class _Status(enum.IntEnum):
