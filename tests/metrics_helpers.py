@@ -49,3 +49,15 @@ def scrape_when_idle(port: int, timeout: float = 10) -> Samples:
         if total(samples, "popbox_sessions") == 0 or time.monotonic() > deadline:
             return samples
         time.sleep(0.05)
+
+
+def scrape_until(port: int, name: str, wanted: float, timeout: float = 10, **labels: str
+                 ) -> Samples:
+    """Scrape until the sample `name{labels}` reaches `wanted` (or the timeout passes:
+    the caller's assertion then says what it was)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if value(samples, name, **labels) >= wanted or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)

@@ -95,6 +95,9 @@ class ServerSection(_Section):
     # RFC 1460's LAST (the highest message number accessed), for clients older than
     # RFC 1725, which dropped it. Off: LAST is an unknown command.
     enable_last: bool = False
+    # Keep each user's last login time and client address beside the mail
+    # (popbox.store.last_login; `popbox last USER`).
+    last_login: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -117,6 +120,9 @@ class LimitsSection(_Section):
     login_delay: Annotated[int, Field(ge=0)] = 0  # RFC 2449 §6.8: seconds between logins
     max_connections: Annotated[int, Field(ge=1)] = 10000
     max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    # Sessions of one user from one address at once, across workers (server.userip);
+    # 0: no limit. As Dovecot's mail_max_userip_connections.
+    max_connections_per_user_ip: Annotated[int, Field(ge=0, le=2048)] = 10
     # Failed logins: each failure is answered after a delay that doubles from
     # penalty_initial to penalty_cap, per client network and per user name (0 turns it
     # off); after max_auth_failures on one connection it is closed.
@@ -129,6 +135,15 @@ class LimitsSection(_Section):
 
     _check_exempt = field_validator("penalty_exempt")(classmethod(
         lambda cls, value: check_networks(value)))
+
+    @field_validator("max_connections_per_user_ip")
+    @classmethod
+    def _check_user_ip(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 would refuse a second login with this limit instead of "
+                             "[IN-USE] (the maildrop lock allows one session already): "
+                             "use 0 (no limit) or at least 2")
+        return value
 
 
 class AuthSection(_Section):

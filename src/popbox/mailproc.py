@@ -66,6 +66,7 @@ from popbox.store.base import (
     Snapshot,
     StoreError,
 )
+from popbox.store.last_login import LastLogin, Recorded
 
 log = logging.getLogger("popbox")
 
@@ -82,6 +83,7 @@ class _Op(enum.IntEnum):
     COMMIT = 5  # handle, deletions, seen -> report
     RELEASE = 6  # handle (answered once released)
     DELIVER = 7  # location, message -> nothing, or the failure (LMTP, `popbox deliver`)
+    LOGIN = 8  # when, address and location: the last login record (no answer)
 
 
 class _Status(enum.IntEnum):
@@ -219,6 +221,12 @@ class _MailServer:
                     return _Status.FAILURE, report.value.encode()
                 return _Status.OK, struct.pack(">III", report.deleted, report.missing,
                                                report.flagged)
+            case _Op.LOGIN:
+                (when,) = struct.unpack_from(">d", body)
+                address, _, location = body[8:].decode().partition("\n")
+                if isinstance(self.store, Recorded):
+                    await self.store.record_login(location, LastLogin(when, address))
+                return None
             case _Op.RELEASE:
                 (handle,) = _U32.unpack(body)
                 found_drop = self.drops.pop(handle, None)
@@ -641,6 +649,13 @@ class MailAccess:
         self.config = config
         self.store = store
         self.processes = MailProcesses(host, config.auth.mail_process_idle)
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def note_login(self, info: UserInfo, login: LastLogin) -> None:
+        """`record_login` in the background: the session does not wait for it."""
+        task = asyncio.get_running_loop().create_task(self.record_login(info, login))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def route(self, info: UserInfo) -> Owner | Refused | None:
         """Who does `info`'s mail I/O: None for this process itself, an `Owner` for a
@@ -675,6 +690,19 @@ class MailAccess:
     def close(self) -> None:
         """Let every mail process go (they exit once they see their socket close)."""
         self.processes.close()
+
+    async def record_login(self, info: UserInfo, login: LastLogin) -> None:
+        """Write the user's last login record (popbox.store.last_login) where their mail
+        is opened: in process, or by their mail process (which the session has open)."""
+        owner = self.route(info)
+        if owner is None:
+            if isinstance(self.store, Recorded):
+                await self.store.record_login(info.mail_location, login)
+            return
+        channel = self.processes.channels.get(owner) if isinstance(owner, Owner) else None
+        if channel is not None:
+            channel.cast(_Op.LOGIN, struct.pack(">d", login.when),
+                         f"{login.address}\n{info.mail_location}".encode())
 
     def _in_database(self, location: str) -> bool:
         """Mail kept in PostgreSQL has no file owner: the front reads it itself."""

@@ -64,11 +64,17 @@ async def test_disabled_user_and_domain(users: PostgresUsers, pg_dsn: str) -> No
     (row,) = await fetch(pg_dsn, "INSERT INTO domains (name, enabled) VALUES ($1, false) "
                          "RETURNING id", domain)
     await add_user(pg_dsn, bob, domain_id=row["id"])
+    await add_user(pg_dsn, carol := name())
     for who in (alice, bob):
-        assert await users.verify(who, Secret(b"secret")) is Verdict.REJECTED
-        assert await users.credentials(who, "PLAIN") is None
-        assert await users.plaintext(who) is None
-        assert isinstance(await users.lookup(who), UserInfo)  # mail is still accepted
+        # The password is still checked: only a client that proves it hears "disabled".
+        assert await users.verify(who, Secret(b"secret")) is Verdict.OK
+        assert await users.verify(who, Secret(b"wrong")) is Verdict.REJECTED
+        assert await users.credentials(who, "PLAIN") == Secret(b"secret")
+        assert await users.plaintext(who) == Secret(b"secret")
+        info = await users.lookup(who)
+        assert isinstance(info, UserInfo) and info.disabled  # mail is still accepted
+    info = await users.lookup(carol)
+    assert isinstance(info, UserInfo) and not info.disabled
 
 
 async def test_lookup(users: PostgresUsers, pg_dsn: str) -> None:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,33 @@ async def test_uid_zero_and_system_accounts_are_refused(site: Site) -> None:
             await client.close()
         assert mail_processes(server.proc.pid) == {}
     assert server.final_log.count("mail access refused") == 3, server.final_log
+
+
+async def test_last_login_is_written_by_the_users_mail_process(site: Site) -> None:
+    """`server.last_login`: Alice's record is written in her Maildir by her mail process
+    (so it is hers, mode 0600), and `popbox last`, started as root, reads it as her."""
+    config = site.config()
+    config.write_text(config.read_text().replace("workers = 1\n",
+                                                 "workers = 1\nlast_login = true\n"))
+    with server_process(config) as server:
+        client = await Client.connect(server.port)
+        assert (await client.login("alice")).startswith(b"+OK")
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()
+        record = site.alice.maildir / "popbox-last-login"
+        deadline = time.monotonic() + 10
+        while not record.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    info = record.lstat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (
+        site.alice.uid, site.alice.gid, 0o600)
+    assert record.read_text().endswith(" 127.0.0.1\n")
+    result = subprocess.run([sys.executable, "-m", "popbox", "last", "alice", "--config",
+                             str(config)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("alice: 20") and result.stdout.endswith(
+        " UTC from 127.0.0.1\n")
 
 
 def test_the_host_itself_refuses_root_and_system_accounts(site: Site) -> None:

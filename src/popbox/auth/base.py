@@ -44,6 +44,9 @@ class UserInfo:
     uid: int | None = None
     gid: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    # POP3 logins are refused (passwd-file `nopop3`, PostgreSQL `enabled` false for the
+    # user or the domain) once the client has proved who it is; mail is still delivered.
+    disabled: bool = False
 
 
 CREDENTIAL_SCHEMES = frozenset({"PLAIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"})

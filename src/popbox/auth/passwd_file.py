@@ -6,8 +6,9 @@ after the password may be left out, `#` starts a comment line, blank lines are i
 The extra fields are space-separated `key=value` (or a bare `key`): `userdb_mail=` and
 `userdb_home=` override the mail location template and the home directory, other
 `userdb_*` fields reach `UserInfo.extra` without their prefix, `nopassword` accepts any
-password and `nologin` refuses the login. A line that cannot be read is skipped and
-reported (`problems`, `check()`), never fatal.
+password, `nologin` refuses the login (as a wrong password) and `nopop3` refuses POP3
+with its own answer once the password is right (`UserInfo.disabled`). A line that cannot
+be read is skipped and reported (`problems`, `check()`), never fatal.
 
 Reading: the parsed file is kept in memory and re-read when its inode, size or mtime
 changes, looked at (one `os.stat`, in a thread) at most once per `stat_interval`.
@@ -323,7 +324,8 @@ class PasswdFile:
         }
         if entry.home:
             extra["home"] = entry.home
-        return UserInfo(entry.name, location, entry.uid, entry.gid, extra)
+        return UserInfo(entry.name, location, entry.uid, entry.gid, extra,
+                        disabled=entry.flag("nopop3"))
 
 
 # --- editing -----------------------------------------------------------------------------

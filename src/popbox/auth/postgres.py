@@ -3,8 +3,11 @@
 One indexed query per request (``users`` by name, joined with its domain): ``password``
 is a ``{SCHEME}hash`` of any scheme popbox.auth.schemes knows (a Dovecot SQL passdb's
 values verify unchanged), verified by `auth.verifier.Verifier` (slow hashes on the
-shared hashing pool, never on the event loop; the verified-login cache). A user is
-refused when ``enabled`` is false or the domain is disabled; an unknown user costs one
+shared hashing pool, never on the event loop; the verified-login cache). A user whose
+``enabled`` is false, or whose domain's is, is `UserInfo.disabled`: the passdb still
+checks the password (and serves the credentials of challenge-response mechanisms), so
+that the server can tell a client that proved who it is why it may not log in, and
+nobody else; mail is still delivered. An unknown user costs one
 verification against a fixed Argon2id hash, as a wrong password does, so timing does
 not tell whether a name exists. Database trouble is `Verdict.TEMPORARY`
 (`-ERR [SYS/TEMP]`), never a rejection.
@@ -121,14 +124,12 @@ class PostgresUsers:
         if isinstance(found, Verdict):
             return found
         ok = await self._verifier.check(found.password if found else None, password)
-        return Verdict.OK if ok and found and found.enabled else Verdict.REJECTED
+        return Verdict.OK if ok and found else Verdict.REJECTED
 
     async def plaintext(self, user: str) -> Secret | Verdict | None:
         found = await self._user(user)
         if not isinstance(found, _User):
             return found
-        if not found.enabled:
-            return None
         return pwschemes.plaintext(found.password, default_scheme=self._default_scheme)
 
     async def schemes(self) -> frozenset[str]:
@@ -150,7 +151,7 @@ class PostgresUsers:
         found = await self._user(user)
         if isinstance(found, Verdict):
             return found
-        if found is None or not found.enabled:
+        if found is None:
             return await self._credentials.lookup(None, scheme, user)
         return await self._credentials.lookup(found.password, scheme, found.name)
 
@@ -181,7 +182,8 @@ class PostgresUsers:
             extra["login_delay"] = str(found.login_delay)
         if found.expire_days is not None:
             extra["expire_days"] = str(found.expire_days)
-        return UserInfo(found.name, location, found.uid, found.gid, extra)
+        return UserInfo(found.name, location, found.uid, found.gid, extra,
+                        disabled=not found.enabled)
 
 
 if TYPE_CHECKING:  # mypy proves the class implements both contracts

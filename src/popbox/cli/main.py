@@ -2,8 +2,8 @@
 the subcommands other modules add: `user` and `pw` (popbox.cli.user), `db`
 (popbox.cli.db), `fetch` (popbox.cli.fetch), `lmtp` and `deliver` (popbox.cli.lmtp),
 `import` (popbox.cli.importer), `migrate` and `uidl` (popbox.cli.migrate), `probe`
-(popbox.cli.probe), `expire` and `undelete` (popbox.cli.expire), `who`, `kick`, `reload`
-and `stats` (popbox.cli.admin)."""
+(popbox.cli.probe), `expire` and `undelete` (popbox.cli.expire), `last`
+(popbox.cli.last), `who`, `kick`, `reload` and `stats` (popbox.cli.admin)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ from popbox.server.admin import AdminError
 
 def run_server(config: Config, announce: bool = False, config_path: Path | None = None) -> int:
     if config.server.workers > 1:
+        from popbox.server import userip
         from popbox.server.workers import supervise
 
         setup_logging(config.log)
+        userip.shared_fd()  # inherited by every worker: one count of sessions per user+ip
 
         def report(resolved: Config) -> None:
             from popbox import sdnotify
@@ -279,11 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
-    from popbox.cli import admin, db, expire, fetch, importer, lmtp, migrate, probe
+    from popbox.cli import admin, db, expire, fetch, importer, last, lmtp, migrate, probe
 
     admin.add_commands(sub)  # who, kick, reload, stats
     db.add_commands(sub)
     expire.add_commands(sub)
+    last.add_commands(sub)
     fetch.add_commands(sub)
     lmtp.add_commands(sub)
     importer.add_commands(sub)

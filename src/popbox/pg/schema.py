@@ -10,7 +10,8 @@ Tables:
   ``expire_days``) that reach ``UserInfo.extra``.
 * ``mailboxes``: the store's maildrops, addressed by ``name`` (the mail location); made
   on first delivery or login, as a Maildir is. Separate from ``users`` so that the store
-  works with any userdb (a passwd-file, say).
+  works with any userdb (a passwd-file, say). ``last_login`` and ``last_login_ip``: the
+  last POP3 login to it (``server.last_login``, popbox.store.last_login).
 * ``messages``: one row per message: ``uidl`` (given at delivery, never changed, RFC 1939
   §7 syntax checked by the database, unique per mailbox), ``size`` (the CRLF wire size of
   popbox.proto.wire, counted at delivery), ``raw_size`` (octets stored), ``delivered_at``,
@@ -97,6 +98,10 @@ DROP INDEX messages_listing;
 CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size)
     WHERE deleted_at IS NULL;
 CREATE INDEX messages_trash ON messages (mailbox_id, deleted_at) WHERE deleted_at IS NOT NULL;
+"""),
+    Migration(4, "last login", """
+ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS last_login timestamptz;
+ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS last_login_ip text;
 """),
 )
 LATEST = MIGRATIONS[-1].version

@@ -13,7 +13,9 @@ accepts nothing else. A mechanism's requests are fulfilled here: `NeedCredential
 passdb's `credentials()` (an invalid user name is looked up as nobody, so it gets the
 mock), `NeedToken` from the token validator, whose user must be the one the client
 named. A mechanism's `Authenticated` and a verified `Credentials` lead to the same
-userdb lookup and LOGIN-DELAY check (RFC 2449 §6.8). Every user name a client gives is
+userdb lookup, the check that the account may use POP3 (`UserInfo.disabled`: `-ERR [AUTH]`
+saying so, RFC 3206 §4, with no penalty, since only a client that proved who it is hears
+it) and the LOGIN-DELAY check (RFC 2449 §6.8). Every user name a client gives is
 first translated (`auth.username_translation`): lookups and logs see the translated one.
 Over TLS the shell calls `tls_started()`, which records the channel binding data. Time
 comes from the context's clock (`server.clock`): the penalty book and LOGIN-DELAY read
@@ -173,6 +175,8 @@ class Authorization:
         result = await self._handle(event)
         if result is replies.AUTH_FAILED:
             await self._penalize()
+        elif result is replies.POP3_DISABLED:
+            self.failures += 1  # counts for max_auth_failures, without a penalty
         return result
 
     def opened(self, auth: Authenticated, maildrop: Maildrop | Failure) -> ev.Err | None:
@@ -191,6 +195,12 @@ class Authorization:
                  auth.mechanism, self.peer, len(maildrop.messages))
         self.ctx.observe.login(auth.user, auth.mechanism, "ok")
         return None
+
+    def limited(self, auth: Authenticated) -> ev.Err:
+        """`auth`'s user has `limits.max_connections_per_user_ip` sessions from this
+        address already (server.userip)."""
+        self._log_failure(auth.user, auth.mechanism, "user-ip-limit")
+        return replies.TOO_MANY_USER_IP
 
     async def _penalize(self) -> None:
         """Count the failure and wait before answering it (see server.penalty)."""
@@ -344,6 +354,9 @@ class Authorization:
         if not isinstance(info, UserInfo):
             self._log_failure(user, mechanism, "userdb-" + ("temporary" if info else "missing"))
             return replies.failure(Failure.TEMPORARY if info else Failure.PERMANENT)
+        if info.disabled:
+            self._log_failure(user, mechanism, "disabled")
+            return replies.POP3_DISABLED
         delay = login_delay(info, self.ctx.config.limits.login_delay)
         if self.ctx.login_too_soon(user, self.ctx.clock.monotonic(), delay):
             self._log_failure(user, mechanism, "login-delay")

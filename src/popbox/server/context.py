@@ -24,6 +24,7 @@ from popbox.server.clock import SYSTEM, Clock
 from popbox.server.observe import Observer
 from popbox.server.penalty import PenaltyBook
 from popbox.server.tls import TlsContexts
+from popbox.server.userip import UserIpSlots
 
 log = logging.getLogger("popbox")
 
@@ -37,6 +38,7 @@ class ServerContext:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     penalties: PenaltyBook = field(default_factory=PenaltyBook)
+    user_ip: UserIpSlots = field(default_factory=UserIpSlots.shared)
     clock: Clock = SYSTEM
     mail: MailAccess | None = None  # None: made from config and the store, in process only
     observe: Observer = field(default_factory=lambda: Observer(Config()))

@@ -23,6 +23,7 @@ from popbox.server.admin import RELOADED, WORKER_DIR_ENV, WorkerAdmin
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.session import Session
+from popbox.server.tls_accept import TlsServer, bind
 
 log = logging.getLogger("popbox")
 
@@ -34,13 +35,14 @@ def _format(host: str, port: int) -> str:
 
 
 Key = tuple[str, int, bool]  # host, port, implicit TLS
+Server = asyncio.Server | TlsServer
 
 
 class Listener:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self._servers: list[asyncio.Server] = []  # every one ever opened, for shutdown
-        self._open_now: dict[Key, tuple[asyncio.Server, list[Address]]] = {}
+        self._servers: list[Server] = []  # every one ever opened, for shutdown
+        self._open_now: dict[Key, tuple[Server, list[Address]]] = {}
 
     def _open(self, io: SessionIO) -> None:
         task = asyncio.get_running_loop().create_task(Session(self.ctx, io).run())
@@ -51,23 +53,31 @@ class Listener:
         config = self.ctx.config
         return SessionIO(self._open, config.server.proxy_networks, config.limits.login_timeout)
 
-    async def _bind(self, host: str, port: int, tls: ssl.SSLContext | None) -> list[Address]:
-        if (host, port, tls is not None) in self._open_now:
-            return self._open_now[host, port, tls is not None][1]
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self._protocol, host or None, port,
-            reuse_address=True, reuse_port=self.ctx.config.server.workers > 1,
-            ssl=tls, ssl_handshake_timeout=self.ctx.config.tls.handshake_timeout if tls else None,
-        )
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self.ctx.tls is not None
+        return self.ctx.tls.context
+
+    async def _bind(self, host: str, port: int, secure: bool) -> list[Address]:
+        """Listen on host:port, POP3S if `secure` (server.tls_accept: so that a failed
+        handshake is logged and counted)."""
+        if (host, port, secure) in self._open_now:
+            return self._open_now[host, port, secure][1]
+        reuse_port = self.ctx.config.server.workers > 1
+        server: Server
+        if secure:
+            server = TlsServer(bind(host, port, reuse_port), self._protocol, self._tls_context,
+                               self.ctx.config.tls.handshake_timeout, self.ctx.observe.tls_failed)
+        else:
+            server = await asyncio.get_running_loop().create_server(
+                self._protocol, host or None, port, reuse_address=True, reuse_port=reuse_port)
         self._servers.append(server)
         bound = []
         for sock in server.sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 name = sock.getsockname()
                 bound.append((name[0], name[1]))
-                log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
-        self._open_now[host, port, tls is not None] = (server, bound)
+                log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if secure else "")
+        self._open_now[host, port, secure] = (server, bound)
         return bound
 
     async def rebind(self, listen: list[str], implicit: list[str]) -> tuple[list[str], list[str]]:
@@ -87,8 +97,7 @@ class Listener:
         try:
             for host, port, secure in wanted:
                 if (host, port, secure) not in self._open_now:
-                    tls = self.ctx.tls.context if secure and self.ctx.tls is not None else None
-                    await self._bind(host, port, tls)
+                    await self._bind(host, port, secure)
                     added.append((host, port, secure))
         except OSError:
             for key in added:
@@ -110,10 +119,10 @@ class Listener:
         plain: list[Address] = []
         implicit: list[Address] = []
         for host, port in self.ctx.config.addresses:
-            plain += await self._bind(host, port, None)
+            plain += await self._bind(host, port, False)
         if self.ctx.tls is not None:
             for host, port in self.ctx.config.tls_addresses:
-                implicit += await self._bind(host, port, self.ctx.tls.context)
+                implicit += await self._bind(host, port, True)
         return plain, implicit
 
     async def shutdown(self) -> None:

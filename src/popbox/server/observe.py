@@ -49,7 +49,8 @@ NAMES: dict[type, str] = {
 # Login results as metric labels: the reasons the login policy logs, a bounded set.
 LOGIN_RESULTS = frozenset({
     "ok", "rejected", "temporary", "in-use", "permanent", "login-delay", "userdb-missing",
-    "userdb-temporary", "authzid-not-allowed",
+    "userdb-temporary", "authzid-not-allowed", "disabled",
+    "user-ip-limit",
 })
 
 class Observed(Protocol):
@@ -184,6 +185,12 @@ class Observer:
         record.tls = ssl_object.version() or "unknown"
         if self.metrics is not None:
             self.metrics.tls_handshakes.labels(record.tls, "ok").inc()
+
+    def tls_failed(self, peer: str, reason: str) -> None:
+        """An implicit-TLS handshake failed: no session was started."""
+        log.info("tls handshake failed ip=%s reason=%s", peer, quote(reason))
+        if self.metrics is not None:
+            self.metrics.tls_handshakes.labels("unknown", "failed").inc()
 
     def store_error(self, failure: Failure) -> None:
         if self.metrics is None:

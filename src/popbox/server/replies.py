@@ -29,11 +29,14 @@ CLEARTEXT_REFUSED = Err(
 APOP_DISABLED = Err("APOP is not enabled on this server.", RespCode.AUTH)
 UNKNOWN_MECHANISM = Err("Unsupported authentication mechanism.")
 AUTH_CANCELLED = Err("Authentication cancelled.")
+POP3_DISABLED = Err("POP3 access is disabled for this account.", RespCode.AUTH)
 LOGIN_DELAY = Err("Logged in too recently, try again later.", RespCode.LOGIN_DELAY)
 NO_SUCH_MESSAGE = Err("There is no such message.")
 ALREADY_DELETED = Err("Message is deleted.")
 TOO_MANY_ERRORS = Err("Too many invalid commands, closing.")
 IDLE_TIMEOUT = Err("Disconnected for inactivity.")
+TOO_MANY_USER_IP = Err("Too many sessions for this user from this address, try again later.",
+                       RespCode.SYS_TEMP)
 TOO_MANY_CONNECTIONS = Err("Too many connections, try again later.", RespCode.SYS_TEMP)
 SHUTTING_DOWN = Err("Server shutting down.", RespCode.SYS_TEMP)
 STLS_UNAVAILABLE = Err("STLS is not available on this server.")
@@ -115,6 +118,8 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "Unsupported authentication mechanism.":
             "Dieses Anmeldeverfahren wird nicht unterstützt.",
         "Authentication cancelled.": "Anmeldung abgebrochen.",
+        "POP3 access is disabled for this account.":
+            "Der POP3-Zugang ist für dieses Konto gesperrt.",
         "Logged in too recently, try again later.":
             "Zu kurz nach der letzten Anmeldung, bitte später erneut versuchen.",
         "There is no such message.": "Diese Nachricht gibt es nicht.",
@@ -124,6 +129,9 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
         "Disconnected for inactivity.": "Wegen Inaktivität getrennt.",
         "Too many connections, try again later.":
             "Zu viele Verbindungen, bitte später erneut versuchen.",
+        "Too many sessions for this user from this address, try again later.":
+            "Zu viele Sitzungen dieses Benutzers von dieser Adresse, "
+            "bitte später erneut versuchen.",
         "Server shutting down.": "Der Server wird heruntergefahren.",
         "STLS is not available on this server.": "STLS ist auf diesem Server nicht verfügbar.",
         "TLS is already active.": "TLS ist bereits aktiv.",

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import assert_never
 
+from popbox.auth.names import normalize_username
 from popbox.proto import events as ev
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import State
@@ -36,7 +38,9 @@ from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
 from popbox.server.transaction import Body, Transaction
+from popbox.server.userip import Slot
 from popbox.store.base import Failure, StoreError
+from popbox.store.last_login import LastLogin
 
 log = logging.getLogger("popbox")
 
@@ -45,7 +49,7 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 class Session:
     __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
-                 "login_deadline", "peer", "record", "retr_count", "txn", "utf8")
+                 "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -59,6 +63,7 @@ class Session:
         if io.secure:
             self.authz.tls_started(self._ssl_object())
         self.txn: Transaction | None = None
+        self.slot: Slot | None = None  # of limits.max_connections_per_user_ip, once logged in
         self.bad = 0
         self.retr_count = 0
         self.bytes_sent = 0
@@ -149,6 +154,8 @@ class Session:
     async def _end(self, reason: str) -> None:
         if self.txn is not None:
             await asyncio.shield(self.txn.maildrop.release())
+        if self.slot is not None:
+            self.ctx.user_ip.release(self.slot)
         self.ctx.observe.logout(
             self.record, reason, retr=self.retr_count, octets=self.bytes_sent,
             dele=len(self.txn.deleted) if self.txn is not None and reason == "quit" else 0)
@@ -244,11 +251,20 @@ class Session:
     async def _open(self, auth: Authenticated) -> ev.Ok | ev.Err:
         """Lock and list the maildrop of a client that has logged in."""
         assert self.ctx.mail is not None
+        slot = self.ctx.user_ip.take(normalize_username(auth.user), self.peer,
+                                     self.ctx.config.limits.max_connections_per_user_ip)
+        if slot is None:
+            return self.authz.limited(auth)
+        self.slot = slot  # held until the session ends (given back at once if refused)
         maildrop = await self.ctx.mail.open(auth.info)
         refused = self.authz.opened(auth, maildrop)
         if refused is not None:
+            self.ctx.user_ip.release(slot)
+            self.slot = None
             return refused
         assert not isinstance(maildrop, Failure)
+        if self.ctx.config.server.last_login:
+            self.ctx.mail.note_login(auth.info, LastLogin(time.time(), self.peer))
         self.txn = Transaction(maildrop, auth.user, utf8=self.utf8 or (
             "8bit-headers" in self.ctx.config.server.workarounds),
             store_error=self.ctx.observe.store_error)

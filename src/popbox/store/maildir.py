@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Literal
 from popbox.fsutil import NotRegularFile, fsync_dir, open_regular, write_atomic
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
-from popbox.store import maildir_times, maildir_trash
+from popbox.store import last_login, maildir_times, maildir_trash
 from popbox.store.base import (
     FULL_ERRNOS,
     GONE,
@@ -76,6 +76,7 @@ from popbox.store.base import (
     Times,
     Trash,
 )
+from popbox.store.last_login import LastLogin
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
 from popbox.store.maildir_listing import Listing
@@ -257,6 +258,30 @@ class MaildirStore:
 
     async def aclose(self) -> None:
         """Nothing to release: each maildrop's lock goes with its session."""
+
+    async def record_login(self, location: str, login: LastLogin) -> Failure | None:
+        return await asyncio.to_thread(self._record_login, location, login)
+
+    def _record_login(self, root: str, login: LastLogin) -> Failure | None:
+        try:
+            self._refuse_symlinks(root)
+            last_login.write_file(os.path.join(root, last_login.RECORD_NAME), login)
+        except OSError as exc:
+            log.warning("maildir %s: last login not recorded: %s", root, exc)
+            return _failure(exc)
+        return None
+
+    async def last_login(self, location: str) -> LastLogin | Failure | None:
+        return await asyncio.to_thread(self._last_login, location)
+
+    def _last_login(self, root: str) -> LastLogin | Failure | None:
+        try:
+            self._refuse_symlinks(root)
+            return last_login.read_file(os.path.join(root, last_login.RECORD_NAME))
+        except OSError as exc:
+            log.warning("maildir %s: last login not read: %s", root, exc)
+            return _failure(exc)
+
     async def purge(self, location: str, before: float) -> int | Failure:
         return await asyncio.to_thread(
             self._in_trash, location, lambda root: maildir_trash.purge(root, before))

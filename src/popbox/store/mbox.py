@@ -53,7 +53,7 @@ from collections.abc import Iterator, Sequence, Set
 from typing import TYPE_CHECKING
 
 from popbox.proto.types import Index, Uidl
-from popbox.store import mbox_index, mbox_rewrite
+from popbox.store import last_login, mbox_index, mbox_rewrite
 from popbox.store.base import (
     FULL_ERRNOS,
     GONE,
@@ -65,6 +65,7 @@ from popbox.store.base import (
     Snapshot,
     StoreError,
 )
+from popbox.store.last_login import LastLogin
 from popbox.store.lock import FileLock
 from popbox.store.mbox_format import MboxFormat, Unquoter, envelope_sender, from_line, quote
 from popbox.store.mbox_index import Entry
@@ -101,6 +102,7 @@ class _Paths:
         self.lock = base + ".lock"
         self.index = base + ".uidlist"
         self.journal = base + ".rewrite"
+        self.last_login = base + ".last-login"
 
     def ensure_folder(self) -> None:
         if os.path.isdir(self.folder):
@@ -234,6 +236,28 @@ class MboxStore:
 
     async def aclose(self) -> None:
         """Nothing to release: each maildrop's locks go with its session."""
+
+    async def record_login(self, location: str, login: LastLogin) -> Failure | None:
+        paths = _Paths(location, self.index_dir)
+
+        def write() -> None:
+            paths.ensure_folder()
+            last_login.write_file(paths.last_login, login)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            log.warning("mbox %s: last login not recorded: %s", paths.spool, exc)
+            return _failure(exc)
+        return None
+
+    async def last_login(self, location: str) -> LastLogin | Failure | None:
+        paths = _Paths(location, self.index_dir)
+        try:
+            return await asyncio.to_thread(last_login.read_file, paths.last_login)
+        except OSError as exc:
+            log.warning("mbox %s: last login not read: %s", paths.spool, exc)
+            return _failure(exc)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         return await asyncio.to_thread(self._deliver, location, message)

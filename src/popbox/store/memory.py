@@ -36,6 +36,7 @@ from popbox.store.base import (
     Snapshot,
     Times,
 )
+from popbox.store.last_login import LastLogin
 
 CHUNK_SIZE = 64 * 1024
 
@@ -55,6 +56,7 @@ class MemoryStore:
         self._boxes: dict[str, list[tuple[Uidl, bytes]]] = {}
         self._seen: dict[str, set[Uidl]] = {}
         self._locked: set[str] = set()
+        self._last_logins: dict[str, LastLogin] = {}
         self._serial = itertools.count(1)
 
     async def open(self, location: str) -> MemoryMaildrop | Failure:
@@ -65,6 +67,13 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+    async def record_login(self, location: str, login: LastLogin) -> Failure | None:
+        self._last_logins[location] = login
+        return None
+
+    async def last_login(self, location: str) -> LastLogin | Failure | None:
+        return self._last_logins.get(location)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         self.add(location, message)

@@ -62,6 +62,7 @@ from popbox.store.base import (
     Times,
     Trash,
 )
+from popbox.store.last_login import LastLogin
 from popbox.store.pg_lock import Lease, LockKeeper, lease_held
 
 log = logging.getLogger("popbox")
@@ -223,6 +224,27 @@ class PostgresStore:
             "SELECT m.uidl FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
             "WHERE b.name = $1", location))
         return {Uidl(r["uidl"]) for r in rows}
+
+    async def record_login(self, location: str, login: LastLogin) -> Failure | None:
+        """The mailbox row's last_login columns (schema migration 4)."""
+        try:
+            await self.db.run(lambda conn: conn.execute(
+                "UPDATE mailboxes SET last_login = to_timestamp($2), last_login_ip = $3 "
+                "WHERE name = $1", location, login.when, login.address))
+        except DB_ERRORS as exc:
+            log.warning("postgres: last login of %r not recorded: %s", location, exc)
+            return Failure.TEMPORARY
+        return None
+
+    async def last_login(self, location: str) -> LastLogin | Failure | None:
+        try:
+            row = await self.db.run(lambda conn: conn.fetchrow(
+                "SELECT extract(epoch FROM last_login)::float8 AS at, last_login_ip "
+                "FROM mailboxes WHERE name = $1 AND last_login IS NOT NULL", location))
+        except DB_ERRORS as exc:
+            log.warning("postgres: last login of %r not read: %s", location, exc)
+            return Failure.TEMPORARY
+        return None if row is None else LastLogin(row["at"], row["last_login_ip"] or "")
 
     async def aclose(self) -> None:
         await self.locks.close()

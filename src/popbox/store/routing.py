@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from popbox.store.base import Failure, Maildrop, MailStore, Trash
+from popbox.store.last_login import LastLogin, Recorded
 
 
 class LocationRouter:
@@ -44,6 +45,15 @@ class LocationRouter:
         if not isinstance(store, Trash):
             return Failure.PERMANENT
         return await store.undelete(path, since)
+
+    async def record_login(self, location: str, login: LastLogin) -> Failure | None:
+        """Nothing for a store that keeps no records (popbox.store.last_login)."""
+        store, path = self.pick(location)
+        return await store.record_login(path, login) if isinstance(store, Recorded) else None
+
+    async def last_login(self, location: str) -> LastLogin | Failure | None:
+        store, path = self.pick(location)
+        return await store.last_login(path) if isinstance(store, Recorded) else None
 
     async def aclose(self) -> None:
         """Close each store behind the router once."""
