@@ -28,8 +28,8 @@ from popbox.store.last_login import LastLogin, Recorded
 
 def _take_identity(config: Config, info: UserInfo) -> str | None:
     """Become whoever reads `info`'s mail; why not, if that cannot be."""
-    from popbox.privileges import PrivilegeError, drop
     from popbox.mailowner import Owner, become, owner_of
+    from popbox.privileges import PrivilegeError, drop
 
     owner = owner_of(info, config)
     if isinstance(owner, Owner) and os.geteuid() == 0:
