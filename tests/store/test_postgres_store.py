@@ -16,8 +16,8 @@ from pg import fetch, free_port, fresh_database_async
 from popbox.pg.pool import Database
 from popbox.pg.schema import LOCK_NAMESPACE
 from popbox.proto.types import Index
-from popbox.proto.wire import wire_size
-from popbox.store.base import CommitReport, Failure, Gone
+from popbox.proto.wire import to_wire, wire_size
+from popbox.store.base import GONE, CommitReport, Failure, Gone, read_message
 from popbox.store.postgres import PostgresDrop, PostgresStore
 
 MESSAGE = b"Subject: hello\n\nbody\n"
@@ -178,6 +178,66 @@ async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
         await drop.release()
     finally:
         await store.aclose()
+
+
+async def test_wire_form_streams_in_chunks(pg_dsn: str) -> None:
+    """RETR's form (RFC 1939 §3: CRLF, dot-stuffed, a final CRLF), kept beside the message
+    as delivered: `open_wire` reads the one, `open_message` the other."""
+    store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=1000)
+    try:
+        location = mailbox()
+        message = b"Subject: w\n\n" + b".dot\nplain\n" * 300 + b"no end"
+        assert await store.deliver(location, message) is None
+        drop = await opened(store, location)
+        wire = await drop.open_wire(Index(0))
+        assert wire is not None and not isinstance(wire, Gone)
+        chunks = [await wire.next()]
+        while not wire.done:
+            chunks.append(await wire.next())
+        wire.close()
+        expected = b"Subject: w\r\n\r\n" + b"..dot\r\nplain\r\n" * 300 + b"no end\r\n"
+        assert b"".join(chunks) == expected
+        assert len(chunks) == -(-len(expected) // 1000)
+        assert drop.messages[0].size == len(expected) - 300  # less the stuffed dots
+        assert await read_message(drop, Index(0)) == message
+        await drop.release()
+    finally:
+        await store.aclose()
+
+
+async def test_read_ahead_serves_each_message_once_and_as_sent(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """RETR in order over more messages than one read-ahead takes: each arrives in its
+    wire form (RFC 1939 §3); one removed by another agent before the read-ahead reached it
+    is Gone, one removed after is still served from the session's read-ahead."""
+    location = mailbox()
+    messages = [b"Subject: %d\n\n.%d\n" % (n, n) + b"x" * (n * 500) for n in range(60)]
+    for message in messages:
+        assert await store.deliver(location, message) is None
+    drop = await opened(store, location)
+    ids = [r["id"] for r in await fetch(
+        pg_dsn, "SELECT m.id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+        "WHERE b.name = $1 ORDER BY m.id", location)]
+    await fetch(pg_dsn, "DELETE FROM messages WHERE id = $1", ids[40])
+    got: list[bytes | Gone] = []
+    for n in range(60):
+        reader = await drop.open_wire(Index(n))
+        assert reader is not None
+        if n == 1:  # read ahead with message 0: deleted now, served anyway
+            await fetch(pg_dsn, "DELETE FROM messages WHERE id = $1", ids[2])
+        if isinstance(reader, Gone):
+            got.append(reader)
+            continue
+        chunks = [await reader.next()]
+        while not reader.done:
+            chunks.append(await reader.next())
+        reader.close()
+        got.append(b"".join(chunks))
+    expected: list[bytes | Gone] = [to_wire(m) for m in messages]
+    expected[40] = GONE
+    assert got == expected
+    assert await drop.commit(set(), set()) == CommitReport(deleted=0, missing=0, flagged=0)
 
 
 async def test_mark_seen_off(pg_dsn: str) -> None:

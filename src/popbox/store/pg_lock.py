@@ -18,8 +18,9 @@ A `Lease` is one session's hold on one key. It is good while the connection it w
 taken on lives: when the lock connection breaks, every lease taken on it is void (the
 database has dropped those locks, another frontend may already have the maildrop), so
 its session must not commit (Failure.TEMPORARY); the next `acquire` connects anew. The
-commit proves its lease inside its own transaction (`lease_held`, a look at pg_locks for
-the lock connection's backend) so a connection that died a moment ago is noticed too.
+commit proves its lease inside its own transaction (`HELD_QUERY`, a look at pg_locks for
+the lock connection's backend; $1..$3: LOCK_NAMESPACE, the key, the backend's pid) so a
+connection that died a moment ago is noticed too.
 
 Cancellation: acquiring and unlocking are shielded; a lock taken for a session that was
 cancelled meanwhile is given back at once. Whenever the keeper cannot be sure what the
@@ -53,7 +54,7 @@ log = logging.getLogger("popbox")
 _KEEPALIVE = {
     "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3",
 }
-_HELD_QUERY = """
+HELD_QUERY = """
 SELECT EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND granted AND pid = $3
@@ -69,13 +70,6 @@ class Lease:
     key: int
     generation: int
     backend_pid: int
-
-
-async def lease_held(conn: Connection, lease: Lease) -> bool:
-    """Whether the database still holds `lease` for its lock connection (any connection
-    may ask; the commit asks inside its transaction)."""
-    held: bool = await conn.fetchval(_HELD_QUERY, LOCK_NAMESPACE, lease.key, lease.backend_pid)
-    return held
 
 
 class LockKeeper:
