@@ -200,6 +200,11 @@ async def test_wire_form_streams_in_chunks(pg_dsn: str) -> None:
         assert len(chunks) == -(-len(expected) // 1000)
         assert drop.messages[0].size == len(expected) - 300  # less the stuffed dots
         assert await read_message(drop, Index(0)) == message
+        given_up = await drop.open_wire(Index(0))  # closed with the next chunk's query out
+        assert given_up is not None and not isinstance(given_up, Gone)
+        assert await given_up.next() == expected[:1000]
+        given_up.close()
+        assert await read_message(drop, Index(0)) == message  # the pool is still fine
         await drop.release()
     finally:
         await store.aclose()

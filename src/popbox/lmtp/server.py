@@ -121,10 +121,14 @@ class LmtpServer:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         core = LmtpCore(self.hostname, self.settings.max_message_size,
                         self.settings.max_recipients)
-        writer.write(core.greeting())
+        # Replies are sent together when the core needs more input (RFC 2920 §3.1: a
+        # pipelining client's group of commands gets its replies in one write).
+        out = [core.greeting()]
         while not core.closed:
             event = core.next_event()
             if event is None:
+                writer.write(b"".join(out))
+                out.clear()
                 await writer.drain()
                 try:
                     data = await asyncio.wait_for(reader.read(READ_SIZE), self.settings.timeout)
@@ -137,13 +141,14 @@ class LmtpServer:
                 continue
             match event:
                 case Output(data):
-                    writer.write(data)
+                    out.append(data)
                 case RcptTo(address):
                     found = await self.agent.resolve(address)
                     location = found if isinstance(found, str) else None
-                    writer.write(core.recipient(_rcpt_reply(address, found), location))
+                    out.append(core.recipient(_rcpt_reply(address, found), location))
                 case Message():
-                    writer.write(core.delivered(await self._deliver(event)))
+                    out.append(core.delivered(await self._deliver(event)))
+        writer.write(b"".join(out))
         await writer.drain()
 
     async def _deliver(self, message: Message) -> list[Reply]:

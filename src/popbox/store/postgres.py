@@ -30,7 +30,8 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
   the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
   in one statement under the maildrop lock.
-* deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
+* deliver: ONE insert (autocommit, the mailbox looked up by name inside it; a mailbox's
+  first delivery makes it first): the message is stored whole or not at all, with a new
   UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint), its wire
   size counted and its wire form made by popbox.proto.wire. Never retried: an error
   means "not stored".
@@ -76,9 +77,11 @@ log = logging.getLogger("popbox")
 CHUNK_SIZE = 256 * 1024
 _MAX_LOCATION = 1024
 
+# A delivery's one statement: the mailbox found by name ($1) in the same statement, so
+# a delivery costs one round trip; no row back: no such mailbox yet, or the UIDL is taken.
 _INSERT = """
 INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()))
+SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()) FROM mailboxes WHERE name = $1
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
@@ -210,13 +213,16 @@ class PostgresStore:
         wire = to_wire(message)
 
         async def insert(conn: Connection) -> bool:
-            box = await mailbox_id(conn, location, create=True)
             for _ in range(3):
                 row = await conn.fetchval(
-                    _INSERT, box, uidl or new_uidl(), size, len(message), message, wire,
+                    _INSERT, location, uidl or new_uidl(), size, len(message), message, wire,
                     seen, delivered_at)
-                if row is not None or uidl is not None:
-                    return row is not None
+                if row is not None:
+                    return True
+                if await mailbox_id(conn, location, create=False) is None:
+                    await mailbox_id(conn, location, create=True)  # the first delivery
+                elif uidl is not None:
+                    return False  # the mailbox has this message already
             raise RuntimeError("could not make a unique UIDL")
 
         try:
@@ -272,9 +278,11 @@ class PostgresStore:
 
 class _RowReader:
     """A message row's `body` (or `wire`) read a chunk per query (popbox.store.base.Reader);
-    the first chunk was fetched by `open_message` (`open_wire`)."""
+    the first chunk was fetched by `open_message` (`open_wire`). In wire form (RETR) the
+    query for the next chunk is sent while the session sends this one, so the database
+    and the client are busy at once; two chunks at most are held."""
 
-    __slots__ = ("_column", "_drop", "_first", "_id", "_offset", "_size", "done")
+    __slots__ = ("_column", "_drop", "_first", "_id", "_next", "_offset", "_size", "done")
 
     def __init__(self, drop: PostgresDrop, row: int, size: int, first: bytes, *,
                  column: Literal["body", "wire"] = "body") -> None:
@@ -283,6 +291,7 @@ class _RowReader:
         self._size = size
         self._column: Literal["body", "wire"] = column
         self._first: bytes | None = first
+        self._next: asyncio.Future[bytes | None] | None = None
         self._offset = 0
         self.done = False
 
@@ -290,15 +299,32 @@ class _RowReader:
         chunk = self._first
         self._first = None
         if chunk is None:
-            chunk = await self._drop._chunk(self._id, self._offset, self._column)
+            pending, self._next = self._next, None
+            if pending is not None:
+                chunk = await pending
+            else:
+                chunk = await self._drop._chunk(self._id, self._offset, self._column)
             if chunk is None:  # deleted while being read
                 raise StoreError(Failure.GONE)
         self._offset += len(chunk)
         self.done = not chunk or self._offset >= self._size
+        if not self.done and self._column == "wire":
+            self._next = asyncio.ensure_future(
+                self._drop._chunk(self._id, self._offset, self._column))
+            self._next.add_done_callback(_retrieved)
         return chunk
 
     def close(self) -> None:
         self.done = True
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+
+def _retrieved(future: asyncio.Future[bytes | None]) -> None:
+    """A read-ahead given up by `close` may have failed: its error was logged already."""
+    if not future.cancelled():
+        future.exception()
 
 
 class PostgresDrop:
