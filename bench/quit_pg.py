@@ -10,8 +10,9 @@ serve`` (one worker) on a free loopback port. Each session logs in, retrieves (o
 deleted) every message, then sends QUIT; the time from writing QUIT to reading the
 whole `+OK` line is one sample: the server's one commit statement (lease check, seen
 flags or deletions) and the lock's release (RFC 1939 §6). Before each session the
-messages are made unseen again (RETR: each QUIT flags them all), or put back (DELE:
-copied in again from a template table). The first session is a warm-up. Every socket
+messages are made unseen again and vacuumed (RETR: each QUIT flags them all, as
+for new mail whose pages have room for the update), or put back (DELE:
+copied in again from a template table, with new ids). The first session is a warm-up. Every socket
 read is bounded by a timeout; the server is stopped in a `finally` block.
 """
 
@@ -122,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             db.execute(_TEMPLATE, "VACUUM (ANALYZE) messages")
             samples = []
             for n in range(args.sessions + 1):
-                if args.dele:
+                if not args.dele:
+                    # and the old row versions cleared away, as for mail retrieved once
+                    db.execute("UPDATE messages SET seen = false, retrieved_at = NULL",
+                               "VACUUM messages")
+                elif n:  # the previous session deleted them all
                     db.execute(_PUT_BACK)
-                else:
-                    db.execute("UPDATE messages SET seen = false, retrieved_at = NULL")
                 took = _session(port, args.messages, b"DELE" if args.dele else b"RETR")
                 if n:
                     samples.append(took * 1000)
