@@ -7,9 +7,9 @@ free port) and has `clients` LMTP connections deliver `messages` messages of `si
 octets between them into that one mailbox, each connection one transaction after the
 other (MAIL, RCPT, DATA, wait for 250). Every 250 is a durable delivery: the server
 runs with its own ``synchronous_commit`` (shown). Prints messages/s, the latency of
-each transaction (p50, p99) and the CPU time of ``popbox lmtp`` and of its PostgreSQL
-backends per 1,000 messages; checks that the mailbox holds exactly what was sent.
-Bounded: connections only to 127.0.0.1, a timeout on every reply.
+each transaction (p50, p99), the CPU time of ``popbox lmtp`` and of its PostgreSQL
+backends per 1,000 messages and the WAL written per message; checks that the mailbox
+holds exactly what was sent. Bounded: connections only to 127.0.0.1, a timeout on every reply.
 """
 
 from __future__ import annotations
@@ -96,6 +96,17 @@ async def _settings(dsn: str) -> str:
     return ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
 
 
+async def _wal(dsn: str) -> int:
+    """The server's WAL position in octets (all databases: keep the server quiet)."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        value: int = await conn.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+    finally:
+        await conn.close()
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -132,9 +143,11 @@ def main() -> int:
         setting = asyncio.run(_settings(db.dsn))
         backends = db.cpu_snapshot()
         own = procstat.cpu_seconds(lmtp.pid)
+        wal = asyncio.run(_wal(db.dsn))
         started = time.perf_counter()
         latencies = asyncio.run(_deliver_all(port, args.clients, messages))
         elapsed = time.perf_counter() - started
+        wal = asyncio.run(_wal(db.dsn)) - wal
         own_cpu = procstat.cpu_seconds(lmtp.pid) - own
         pg_cpu = db.cpu_since(backends) or float("nan")
         stored = db.count("SELECT count(*) FROM messages")
@@ -148,7 +161,8 @@ def main() -> int:
               f"{statistics.median(latencies) * 1000:.1f} ms, p99 "
               f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
         print(f"  CPU per 1,000 messages: popbox lmtp {own_cpu * per_k:.2f} s, "
-              f"PostgreSQL backends {pg_cpu * per_k:.2f} s")
+              f"PostgreSQL backends {pg_cpu * per_k:.2f} s; WAL {wal / args.messages:,.0f} "
+              "octets per message (the whole server's)")
         return 0
     finally:
         if lmtp is not None:

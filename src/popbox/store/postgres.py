@@ -93,16 +93,16 @@ RETURNING id"""
 _COMMIT = """
 WITH held AS (SELECT ({held}) AS ok),
 gone AS ({gone} WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) AND (SELECT ok FROM held)
-    RETURNING id),
+    {only} RETURNING id),
 marked AS (UPDATE messages SET seen = seen OR $4,
     retrieved_at = coalesce(retrieved_at, to_timestamp($8))
     WHERE mailbox_id = $1 AND id = ANY($3::bigint[]) AND (SELECT ok FROM held) RETURNING id)
 SELECT (SELECT ok FROM held) AS held, (SELECT count(*) FROM gone) AS gone,
     (SELECT count(*) FROM marked) AS marked"""
 _HELD = HELD_QUERY.replace("$1", "$5").replace("$2", "$6").replace("$3", "$7")
-_COMMIT_DELETE = _COMMIT.format(held=_HELD, gone="DELETE FROM messages")
-_COMMIT_TRASH = _COMMIT.format(
-    held=_HELD, gone="UPDATE messages SET deleted_at = to_timestamp($8)")
+_COMMIT_DELETE = _COMMIT.format(held=_HELD, gone="DELETE FROM messages", only="")
+_COMMIT_TRASH = _COMMIT.format(held=_HELD, gone="UPDATE messages SET deleted_at = to_timestamp($8)",
+                               only="AND deleted_at IS NULL")
 
 # Read-ahead: opening a message in wire form also reads the following ones whole while
 # they fit in AHEAD_OCTETS together (at most AHEAD_MESSAGES), in the same query: a client
