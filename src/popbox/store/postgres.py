@@ -18,9 +18,10 @@ user name). The tables are popbox.pg.schema's. The pieces:
   message's first chunk also reads the messages after it whole, as long as they fit in
   AHEAD_OCTETS together (read-ahead, kept by the session until their RETR): retrieving a
   mailbox of 10 KB messages in order costs a query per dozen messages, not one each.
-* commit (after QUIT only): ONE statement (so one transaction, one round trip) proves
-  the lease still holds (the lock connection may have died: then nothing is changed
-  and the answer is TEMPORARY), deletes the session's deleted messages and sets
+* commit (after QUIT only): ONE statement (so one transaction, one round trip), run on
+  the lock connection, which proves the lease still holds at no cost (the lock
+  connection may have died: then nothing is changed and the answer is TEMPORARY),
+  deletes the session's deleted messages and sets
   ``seen`` (with `mark_seen`) and the first ``retrieved_at`` (the store's `clock`) on the
   retrieved ones, each as one ``WHERE id = ANY($n)``; rows already gone count as
   missing. Then the lock is released. The commit is shielded, so
@@ -51,8 +52,7 @@ from collections.abc import Callable, Sequence, Set
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from popbox.pg.pool import DB_ERRORS, Connection, Database
-from popbox.pg.schema import LOCK_NAMESPACE
+from popbox.pg.pool import DB_ERRORS, Connection, Database, RawConnection
 from popbox.proto.types import Index, Uidl
 from popbox.proto.wire import to_wire, wire_size
 from popbox.store.base import (
@@ -70,7 +70,7 @@ from popbox.store.base import (
     Trash,
     WireSource,
 )
-from popbox.store.pg_lock import HELD_QUERY, Lease, LockKeeper
+from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
 
@@ -86,22 +86,18 @@ ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
 
-# The commit, ONE statement (so one transaction and one round trip): the lease check
-# ($5..$7: popbox.store.pg_lock's), then the deletions ($2) and the seen marks ($3, with
-# mark_seen $4) only if it holds. $1: the mailbox, $8: the time. The deletion is for
-# good, or into the trash.
+# The commit, ONE statement (so one transaction and one round trip), run on the lock
+# connection (pg_lock.LockKeeper.run_held: that it runs proves the lease): the deletions
+# ($2) and the seen marks ($3, with mark_seen $4). $1: the mailbox, $5: the time. The
+# deletion is for good, or into the trash.
 _COMMIT = """
-WITH held AS (SELECT ({held}) AS ok),
-gone AS ({gone} WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) AND (SELECT ok FROM held)
-    {only} RETURNING id),
+WITH gone AS ({gone} WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) {only} RETURNING id),
 marked AS (UPDATE messages SET seen = seen OR $4,
-    retrieved_at = coalesce(retrieved_at, to_timestamp($8))
-    WHERE mailbox_id = $1 AND id = ANY($3::bigint[]) AND (SELECT ok FROM held) RETURNING id)
-SELECT (SELECT ok FROM held) AS held, (SELECT count(*) FROM gone) AS gone,
-    (SELECT count(*) FROM marked) AS marked"""
-_HELD = HELD_QUERY.replace("$1", "$5").replace("$2", "$6").replace("$3", "$7")
-_COMMIT_DELETE = _COMMIT.format(held=_HELD, gone="DELETE FROM messages", only="")
-_COMMIT_TRASH = _COMMIT.format(held=_HELD, gone="UPDATE messages SET deleted_at = to_timestamp($8)",
+    retrieved_at = coalesce(retrieved_at, to_timestamp($5))
+    WHERE mailbox_id = $1 AND id = ANY($3::bigint[]) RETURNING id)
+SELECT (SELECT count(*) FROM gone) AS gone, (SELECT count(*) FROM marked) AS marked"""
+_COMMIT_DELETE = _COMMIT.format(gone="DELETE FROM messages", only="")
+_COMMIT_TRASH = _COMMIT.format(gone="UPDATE messages SET deleted_at = to_timestamp($5)",
                                only="AND deleted_at IS NULL")
 
 # Read-ahead: opening a message in wire form also reads the following ones whole while
@@ -457,16 +453,12 @@ class PostgresDrop:
                 log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
                 return Failure.TEMPORARY
 
-            lease = self._lease
             statement = _COMMIT_TRASH if store.deleted == "trash" else _COMMIT_DELETE
 
-            async def apply(conn: Connection) -> CommitReport | Failure:
+            async def apply(conn: RawConnection) -> CommitReport:
                 row = await conn.fetchrow(
-                    statement, self._box, doomed, flag, store.mark_seen, LOCK_NAMESPACE,
-                    lease.key, lease.backend_pid, store.clock())
+                    statement, self._box, doomed, flag, store.mark_seen, store.clock())
                 assert row is not None
-                if not row["held"]:
-                    return Failure.TEMPORARY
                 gone, marked = row["gone"], row["marked"]
                 return CommitReport(
                     deleted=gone,
@@ -474,7 +466,7 @@ class PostgresDrop:
                     flagged=marked if store.mark_seen else 0,
                 )
 
-            result = await store.db.run(apply)
+            result = await store.locks.run_held(self._lease, apply)
             if isinstance(result, Failure):
                 log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
             return result
