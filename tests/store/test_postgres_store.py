@@ -157,6 +157,33 @@ async def test_commit_proves_the_lease_in_its_transaction(
     assert len((await opened(store, location)).messages) == 1
 
 
+async def test_a_failed_commit_on_the_lock_connection_keeps_the_other_locks(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """The commit runs on the lock connection: an error the database answers there (here
+    a trigger refusing the DELETE) fails that commit only, changing nothing; the
+    connection and the other sessions' locks stay, and they commit."""
+    first, second = mailbox(), mailbox()
+    for location in (first, second):
+        assert await store.deliver(location, MESSAGE) is None
+    one, two = await opened(store, first), await opened(store, second)
+    holder = await lock_holders(pg_dsn, second)
+    (box,) = [r["id"] for r in await fetch(pg_dsn, "SELECT id FROM mailboxes WHERE name = $1",
+                                           first)]
+    await fetch(pg_dsn, f"CREATE FUNCTION refuse_{box}() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$")
+    await fetch(pg_dsn, f"CREATE TRIGGER refuse_{box} BEFORE DELETE ON messages FOR EACH ROW "
+                f"WHEN (OLD.mailbox_id = {box}) EXECUTE FUNCTION refuse_{box}()")
+    try:
+        assert await one.commit({0}, set()) is Failure.TEMPORARY
+    finally:
+        await fetch(pg_dsn, f"DROP TRIGGER refuse_{box} ON messages")
+        await fetch(pg_dsn, f"DROP FUNCTION refuse_{box}()")
+    assert await lock_holders(pg_dsn, second) == holder
+    assert await two.commit({0}, set()) == CommitReport(deleted=1, missing=0, flagged=0)
+    assert len((await opened(store, first)).messages) == 1  # nothing deleted
+
+
 async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
     store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=256 * 1024)
     try:
