@@ -21,8 +21,9 @@ its session must not commit (Failure.TEMPORARY); the next `acquire` connects ane
 commit runs on the lock connection itself (`run_held`): the backend that holds the lock
 runs the statement, so a connection that died a moment ago makes the commit fail, and
 nothing is changed. (A look at pg_locks from another connection would prove it too,
-but its cost grows with every lock held in the cluster: 2 ms at 1,000, 12 ms at 5,000
-locks.) Commits of one process wait for each other on the connection.
+but its cost grows with every lock held in the cluster: 1-2 ms at 1,000, 8-12 ms at
+5,000 locks, `python -m bench.pg_probes locks`.) Commits of one process wait for each
+other on the connection.
 
 Cancellation: acquiring and unlocking are shielded; a lock taken for a session that was
 cancelled meanwhile is given back at once. Whenever the keeper cannot be sure what the
