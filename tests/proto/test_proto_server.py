@@ -370,6 +370,20 @@ def test_no_nuls_workaround_in_message_bodies() -> None:
     assert conn.send(ev.Data(b"a\0b\n")) + conn.send(ev.End()) == b"a\x80b\r\n.\r\n"
 
 
+def test_wire_form_pieces_go_out_unchanged() -> None:
+    """RFC 1939 §3: a body a store keeps in wire form (CRLF, stuffed, a final CRLF) is
+    sent as it is and terminated; only the NUL workaround still applies to it."""
+    conn = ServerConnection(no_nuls=True)
+    conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\n")
+    for _ in range(2):
+        conn.next_event()
+        conn.send(ev.Ok())
+    assert conn.next_event() == ev.Retr(MsgNo(1))
+    sent = conn.send(ev.Ok("9 octets"))
+    sent += conn.send(ev.Data(b"..a\r", wire=True)) + conn.send(ev.Data(b"\n\0\r\n", wire=True))
+    assert sent + conn.send(ev.End()) == b"+OK 9 octets\r\n..a\r\n\x80\r\n.\r\n"
+
+
 def test_replies_out_of_place_are_local_errors() -> None:
     """A body piece without +OK to RETR, a status line inside a body or a listing: the
     caller broke the protocol, and the core says so instead of sending it."""

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from kernels import KERNELS, using
 from popbox.client.crlf import LfConverter, to_lf
-from popbox.proto.wire import CrCarry, MessageEncoder, SizeCounter, TopFilter, wire_size
+from popbox.proto.wire import (
+    CrCarry,
+    MessageEncoder,
+    SizeCounter,
+    TopFilter,
+    to_wire,
+    wire_size,
+)
 
 
 @pytest.fixture(scope="module", params=sorted(KERNELS), autouse=True)
@@ -163,3 +170,16 @@ def test_lf_converter_in_pieces_equals_whole(data: bytes, step: int) -> None:
     conv = LfConverter()
     pieces = [conv.feed(data[i : i + step]) for i in range(0, len(data), step)]
     assert b"".join(pieces) + conv.finish() == to_lf(data)
+
+
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=50))
+@example(b".a\n\r", 1)
+def test_to_wire_is_what_retr_sends(data: bytes, cut: int) -> None:
+    """RFC 1939 §3: the wire form is the encoder's output for any chunking, less the
+    terminator; it is `wire_size` octets plus one per stuffed "."."""
+    enc = MessageEncoder()
+    sent = b"".join(enc.feed(data[i:i + cut]) for i in range(0, len(data), cut))
+    sent += enc.finish()
+    wire = to_wire(data)
+    assert wire + b".\r\n" == sent
+    assert len(wire) - wire_size(data) == (b"\r\n" + wire).count(b"\r\n.")

@@ -16,8 +16,8 @@ from pg import fetch, free_port, fresh_database_async
 from popbox.pg.pool import Database
 from popbox.pg.schema import LOCK_NAMESPACE
 from popbox.proto.types import Index
-from popbox.proto.wire import wire_size
-from popbox.store.base import CommitReport, Failure, Gone
+from popbox.proto.wire import to_wire, wire_size
+from popbox.store.base import GONE, CommitReport, Failure, Gone, read_message
 from popbox.store.postgres import PostgresDrop, PostgresStore
 
 MESSAGE = b"Subject: hello\n\nbody\n"
@@ -157,6 +157,33 @@ async def test_commit_proves_the_lease_in_its_transaction(
     assert len((await opened(store, location)).messages) == 1
 
 
+async def test_a_failed_commit_on_the_lock_connection_keeps_the_other_locks(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """The commit runs on the lock connection: an error the database answers there (here
+    a trigger refusing the DELETE) fails that commit only, changing nothing; the
+    connection and the other sessions' locks stay, and they commit."""
+    first, second = mailbox(), mailbox()
+    for location in (first, second):
+        assert await store.deliver(location, MESSAGE) is None
+    one, two = await opened(store, first), await opened(store, second)
+    holder = await lock_holders(pg_dsn, second)
+    (box,) = [r["id"] for r in await fetch(pg_dsn, "SELECT id FROM mailboxes WHERE name = $1",
+                                           first)]
+    await fetch(pg_dsn, f"CREATE FUNCTION refuse_{box}() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$")
+    await fetch(pg_dsn, f"CREATE TRIGGER refuse_{box} BEFORE DELETE ON messages FOR EACH ROW "
+                f"WHEN (OLD.mailbox_id = {box}) EXECUTE FUNCTION refuse_{box}()")
+    try:
+        assert await one.commit({0}, set()) is Failure.TEMPORARY
+    finally:
+        await fetch(pg_dsn, f"DROP TRIGGER refuse_{box} ON messages")
+        await fetch(pg_dsn, f"DROP FUNCTION refuse_{box}()")
+    assert await lock_holders(pg_dsn, second) == holder
+    assert await two.commit({0}, set()) == CommitReport(deleted=1, missing=0, flagged=0)
+    assert len((await opened(store, first)).messages) == 1  # nothing deleted
+
+
 async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
     store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=256 * 1024)
     try:
@@ -178,6 +205,71 @@ async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
         await drop.release()
     finally:
         await store.aclose()
+
+
+async def test_wire_form_streams_in_chunks(pg_dsn: str) -> None:
+    """RETR's form (RFC 1939 §3: CRLF, dot-stuffed, a final CRLF), kept beside the message
+    as delivered: `open_wire` reads the one, `open_message` the other."""
+    store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=1000)
+    try:
+        location = mailbox()
+        message = b"Subject: w\n\n" + b".dot\nplain\n" * 300 + b"no end"
+        assert await store.deliver(location, message) is None
+        drop = await opened(store, location)
+        wire = await drop.open_wire(Index(0))
+        assert wire is not None and not isinstance(wire, Gone)
+        chunks = [await wire.next()]
+        while not wire.done:
+            chunks.append(await wire.next())
+        wire.close()
+        expected = b"Subject: w\r\n\r\n" + b"..dot\r\nplain\r\n" * 300 + b"no end\r\n"
+        assert b"".join(chunks) == expected
+        assert len(chunks) == -(-len(expected) // 1000)
+        assert drop.messages[0].size == len(expected) - 300  # less the stuffed dots
+        assert await read_message(drop, Index(0)) == message
+        given_up = await drop.open_wire(Index(0))  # closed with the next chunk's query out
+        assert given_up is not None and not isinstance(given_up, Gone)
+        assert await given_up.next() == expected[:1000]
+        given_up.close()
+        assert await read_message(drop, Index(0)) == message  # the pool is still fine
+        await drop.release()
+    finally:
+        await store.aclose()
+
+
+async def test_read_ahead_serves_each_message_once_and_as_sent(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """RETR in order over more messages than one read-ahead takes: each arrives in its
+    wire form (RFC 1939 §3); one removed by another agent before the read-ahead reached it
+    is Gone, one removed after is still served from the session's read-ahead."""
+    location = mailbox()
+    messages = [b"Subject: %d\n\n.%d\n" % (n, n) + b"x" * (n * 500) for n in range(60)]
+    for message in messages:
+        assert await store.deliver(location, message) is None
+    drop = await opened(store, location)
+    ids = [r["id"] for r in await fetch(
+        pg_dsn, "SELECT m.id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+        "WHERE b.name = $1 ORDER BY m.id", location)]
+    await fetch(pg_dsn, "DELETE FROM messages WHERE id = $1", ids[40])
+    got: list[bytes | Gone] = []
+    for n in range(60):
+        reader = await drop.open_wire(Index(n))
+        assert reader is not None
+        if n == 1:  # read ahead with message 0: deleted now, served anyway
+            await fetch(pg_dsn, "DELETE FROM messages WHERE id = $1", ids[2])
+        if isinstance(reader, Gone):
+            got.append(reader)
+            continue
+        chunks = [await reader.next()]
+        while not reader.done:
+            chunks.append(await reader.next())
+        reader.close()
+        got.append(b"".join(chunks))
+    expected: list[bytes | Gone] = [to_wire(m) for m in messages]
+    expected[40] = GONE
+    assert got == expected
+    assert await drop.commit(set(), set()) == CommitReport(deleted=0, missing=0, flagged=0)
 
 
 async def test_mark_seen_off(pg_dsn: str) -> None:

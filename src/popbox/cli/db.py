@@ -1,10 +1,12 @@
 """`popbox db upgrade|status --config X`: the PostgreSQL schema (popbox.pg.schema).
 
 `upgrade` applies the missing migrations in one transaction (safe to run again, and from
-several hosts at once); `status` prints the schema version of the database and the one
-this popbox needs. Exit status: 0 done (status: up to date), 1 the database could not be
-reached or refused (status: an upgrade is needed). The DSN is never printed: it may hold
-a password.
+several hosts at once), then gives the messages stored before migration 3 their wire
+form, in batches that each commit (popbox.pg.convert: resumable, with the server
+running; progress on stdout at most once a second); `status` prints the schema version
+of the database and the one this popbox needs. Exit status: 0 done (status: up to
+date), 1 the database could not be reached or refused (status: an upgrade is needed).
+The DSN is never printed: it may hold a password.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from popbox.backends import database
 from popbox.cli.common import DEFAULT_CONFIG
 from popbox.config import Config, load
+from popbox.pg import convert as pg_convert
 from popbox.pg import schema as pg_schema
-from popbox.pg.pool import DB_ERRORS
+from popbox.pg.pool import DB_ERRORS, Database
 
 
 def _error(message: str) -> int:
@@ -27,7 +31,8 @@ def _error(message: str) -> int:
 
 
 async def _upgrade(args: argparse.Namespace) -> int:
-    conn = await database(load(args.config)).connect()
+    db = database(load(args.config))
+    conn = await db.connect()
     try:
         before = await pg_schema.current_version(conn) or 0
         applied = await pg_schema.upgrade(conn)
@@ -37,7 +42,27 @@ async def _upgrade(args: argparse.Namespace) -> int:
         print(f"applied {migration.version}: {migration.description}")
     after = applied[-1].version if applied else before
     print(f"database schema version {after}" + ("" if applied else " (up to date)"))
+    if after >= 3:
+        await _convert(db)
     return 0
+
+
+async def _convert(db: Database) -> None:
+    conn = await db.connect("popbox db upgrade")
+    shown = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        if time.monotonic() - shown >= 1.0:
+            shown = time.monotonic()
+            print(f"wire form: {done} of {total} messages", flush=True)
+
+    try:
+        if await pg_convert.pending(conn):
+            done = await pg_convert.convert(conn, progress=progress)
+            print(f"wire form: {done} messages converted")
+    finally:
+        await conn.close()
 
 
 async def _version(config: Config) -> int:

@@ -128,10 +128,14 @@ class LmtpServer:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         core: LmtpCore[UserInfo] = LmtpCore(self.hostname, self.settings.max_message_size,
                         self.settings.max_recipients)
-        writer.write(core.greeting())
+        # Replies are sent together when the core needs more input (RFC 2920 §3.1: a
+        # pipelining client's group of commands gets its replies in one write).
+        out = [core.greeting()]
         while not core.closed:
             event = core.next_event()
             if event is None:
+                writer.write(b"".join(out))
+                out.clear()
                 await writer.drain()
                 try:
                     data = await asyncio.wait_for(reader.read(READ_SIZE), self.settings.timeout)
@@ -144,13 +148,14 @@ class LmtpServer:
                 continue
             match event:
                 case Output(data):
-                    writer.write(data)
+                    out.append(data)
                 case RcptTo(address):
                     found = await self.agent.resolve(address)
                     user = found if isinstance(found, UserInfo) else None
-                    writer.write(core.recipient(_rcpt_reply(address, found), user))
+                    out.append(core.recipient(_rcpt_reply(address, found), user))
                 case Message():
-                    writer.write(core.delivered(await self._deliver(event)))
+                    out.append(core.delivered(await self._deliver(event)))
+        writer.write(b"".join(out))
         await writer.drain()
 
     async def _deliver(self, message: Message[UserInfo]) -> list[Reply]:

@@ -24,6 +24,19 @@ Tables:
   ``ORDER BY id`` is delivery order; the listing index (of the rows not deleted) covers
   the listing query.
 
+  ``wire`` (migration 3) is the same message as a RETR sends it (popbox.proto.wire.to_wire:
+  CRLF line ends, dot-stuffed, a final CRLF, no terminator), written once at delivery or
+  import, so RETR copies it out without per-line work; also STORAGE EXTERNAL. Its length
+  is ``size`` plus one octet per stuffed "." (``size`` counts the message before
+  stuffing, as POP3 clients do). ``body`` stays: it is the message exactly as delivered
+  (LF or CRLF, with or without a final line end), which the wire form cannot give back
+  (an LF and a CRLF both become CRLF), and TOP, the tools and the trash read it. The
+  price is the body stored twice. A row whose ``wire`` is NULL (made before migration 3,
+  or by an older popbox) is served from ``body``; `popbox db upgrade` fills ``wire`` in
+  for such rows (popbox.pg.convert). The table's fill factor is 70: the UPDATE a QUIT
+  makes (seen, retrieved_at: no indexed column) can then stay on the row's page (a HOT
+  update, no index entries), about half the WAL and time of a full one.
+
 The pending migrations run in ONE transaction together with their rows in
 ``schema_migrations`` (PostgreSQL's DDL is transactional: an upgrade is applied whole or
 not at all), under a transaction-level advisory lock, so two upgrades started at once
@@ -98,6 +111,15 @@ DROP INDEX messages_listing;
 CREATE INDEX messages_listing ON messages (mailbox_id, id) INCLUDE (uidl, size, raw_size)
     WHERE deleted_at IS NULL;
 CREATE INDEX messages_trash ON messages (mailbox_id, deleted_at) WHERE deleted_at IS NOT NULL;
+"""),
+    # A nullable column without a default: added without rewriting the table. The rows
+    # are filled in afterwards, in batches (popbox.pg.convert). The fill factor (for
+    # pages written from now on) leaves room on each page for the new version of its rows
+    # that a QUIT writes (seen, retrieved_at): a HOT update, without new index entries.
+    Migration(3, "bodies in wire form", """
+ALTER TABLE messages ADD COLUMN wire bytea;
+ALTER TABLE messages ALTER COLUMN wire SET STORAGE EXTERNAL;
+ALTER TABLE messages SET (fillfactor = 70);
 """),
     Migration(4, "last login", """
 ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS last_login timestamptz;

@@ -224,9 +224,12 @@ class Lines:
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """A piece of a message (RETR, TOP) as stored (server) or un-stuffed (client)."""
+    """A piece of a message (RETR, TOP) as stored (server) or un-stuffed (client).
+    `wire`: the server's piece is already in wire form (popbox.proto.wire.to_wire) and
+    goes out as it is; every piece of one body says the same."""
 
     data: bytes = field(repr=False)
+    wire: bool = False
 
 
 @dataclass(frozen=True, slots=True)

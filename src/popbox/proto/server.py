@@ -14,8 +14,9 @@ Replies (RFC 1939 §3): `Ok`, `Err` or `Continuation` answers the pending comman
 the command's shape (`commands.reply_shape`) is a listing, `Ok` is followed by `Lines`
 (byte-stuffed here) and `End`; when it is a message (RETR, TOP), by `Data` pieces of the
 message as stored and `End`: the core turns LF into CRLF, stuffs and terminates them
-(`proto.wire.MessageEncoder`), so every byte on the wire comes from `send`. Anything
-else is a `LocalProtocolError`.
+(`proto.wire.MessageEncoder`), so every byte on the wire comes from `send`. A store
+that keeps bodies in wire form sends `Data(wire=True)` pieces: passed on unchanged (but
+for the NUL workaround) and terminated. Anything else is a `LocalProtocolError`.
 
 Pipelining (RFC 2449 §6.6): every complete line already received is a command to answer
 in order; `next_event()` hands out the next one only after the previous one was answered
@@ -151,7 +152,7 @@ class ServerConnection:
         encoder = self._encoder
         if encoder is not None:
             if type(reply) is ev.Data:
-                return encoder.feed(reply.data)
+                return encoder.feed_wire(reply.data) if reply.wire else encoder.feed(reply.data)
             if type(reply) is ev.End:
                 self._encoder = self._pending = None
                 return encoder.finish()

@@ -84,6 +84,16 @@ def wire_size(data: bytes) -> int:
     return counter.finish()
 
 
+def to_wire(data: bytes) -> bytes:
+    """`data` whole as a RETR sends it, without the terminator: CRLF line ends, lines
+    starting with "." doubled, a final line end added where missing (what
+    `MessageEncoder` sends for it, the final ".\\r\\n" left out). Its length is
+    `wire_size(data)` plus one octet per doubled "."; NULs are kept (the "outlook-no-nuls"
+    workaround is applied when sending)."""
+    encoder = MessageEncoder()
+    return encoder.feed(data) + encoder.finish()[: -len(TERMINATOR)]
+
+
 class SizeCounter:
     """Streaming `wire_size`: feed the stored bytes in chunks, then `finish()`."""
 
@@ -136,6 +146,13 @@ class MessageEncoder:
         data = kernel.encode(chunk, self._at_line_start, self._no_nuls)
         self._at_line_start = chunk[-1:] == b"\n"
         return data
+
+    def feed_wire(self, chunk: bytes) -> bytes:
+        """A chunk of a body already in wire form (`to_wire`): sent as it is, but for
+        the "outlook-no-nuls" workaround. A body is fed either way, never both."""
+        if chunk:
+            self._at_line_start = chunk[-1:] == b"\n"
+        return chunk.replace(b"\0", b"\x80") if self._no_nuls else chunk
 
     def finish(self) -> bytes:
         tail = b""

@@ -314,12 +314,14 @@ class Session:
         chunk, body.first = body.first, b""  # held only here: dropped once it is sent
         # A message longer than its first chunk is measured as it goes (the first was
         # checked before the +OK): a file changed after login must not end as a RETR.
-        counter = SizeCounter() if limit is None and not reader.done else None
+        # A body in wire form was written once with its size: nothing to measure.
+        wire = body.wire
+        counter = SizeCounter() if limit is None and not reader.done and not wire else None
         try:
             while True:
                 if counter is not None:
                     counter.feed(chunk)
-                data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk))
+                data = conn.send(ev.Data(limit.feed(chunk) if limit else chunk, wire))
                 del chunk  # while the client is waited for, only the bytes sent are held
                 big = len(data) >= FLUSH_AT
                 if data:

@@ -14,6 +14,10 @@ LAST (RFC 1460 §5, where the server enables it) answers the highest message num
 accessed in this session: RETR and DELE raise it, TOP does not (a peek), RSET sets it
 back to 0. Earlier sessions do not count: the snapshot does not carry seen flags.
 
+A maildrop that keeps messages in wire form (store.base.WireSource: the postgres store)
+serves RETR from it, so the session copies the bytes out; TOP, and a message kept only
+as delivered, take the stored form through the encoder.
+
 One bad message costs only itself: a message that vanished, cannot be read, or whose
 stored size no longer matches the snapshot's (the file was changed after login) gets a
 `-ERR` (replies.failure, MESSAGE_GONE, MESSAGE_CHANGED), logged with the user and the
@@ -37,7 +41,7 @@ from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter, wire_size
 from popbox.server import replies
 from popbox.server.logfmt import quote
-from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError
+from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError, WireSource
 
 log = logging.getLogger("popbox")
 
@@ -56,6 +60,7 @@ class Body:
     first: bytes
     reader: Reader
     limit: TopFilter | None
+    wire: bool = False  # the reader's chunks are in wire form (WireSource)
 
 
 class _Guarded:
@@ -94,7 +99,7 @@ def _numbers(count: int) -> Sequence[str]:
 
 class Transaction:
     __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "sizes", "store_error",
-                 "user", "utf8")
+                 "user", "utf8", "wire_source")
 
     def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False,
                  store_error: Callable[[Failure], object] = lambda failure: None) -> None:
@@ -102,6 +107,7 @@ class Transaction:
         §2), so headers go out as stored; `store_error` is told of every store failure a
         client is answered."""
         self.maildrop = maildrop
+        self.wire_source = maildrop if isinstance(maildrop, WireSource) else None
         self.user = user
         self.utf8 = utf8
         self.store_error = store_error
@@ -154,8 +160,14 @@ class Transaction:
                 index = self.index(msg)
                 if isinstance(index, Err):
                     return index
+                wire = False
                 try:
-                    reader = await self.maildrop.open_message(index)
+                    reader: Reader | Gone | None = None
+                    if self.wire_source is not None and isinstance(event, ev.Retr):
+                        reader = await self.wire_source.open_wire(index)
+                        wire = reader is not None
+                    if reader is None:
+                        reader = await self.maildrop.open_message(index)
                 except StoreError as exc:
                     self.unsent(index, exc.failure.value)
                     self.store_error(exc.failure)
@@ -171,7 +183,7 @@ class Transaction:
                     self.unsent(index, exc.failure.value)
                     self.store_error(exc.failure)
                     return replies.failure(exc.failure)
-                if reader.done and wire_size(first) != self.size(index):
+                if reader.done and not wire and wire_size(first) != self.size(index):
                     reader.close()
                     self.unsent(index, "size changed")
                     return replies.MESSAGE_CHANGED
@@ -181,7 +193,8 @@ class Transaction:
                     if guard.active:  # the header goes on past the first chunk
                         reader = _Guarded(reader, guard)
                 if isinstance(event, ev.Retr):
-                    return Body(ev.Ok(f"{self.sizes[index]} octets"), index, first, reader, None)
+                    return Body(ev.Ok(f"{self.sizes[index]} octets"), index, first, reader, None,
+                                wire)
                 limit = TopFilter(event.lines)
                 return Body(ev.Ok("Top of message follows"), index, first, reader, limit)
             case ev.Stat():

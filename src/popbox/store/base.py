@@ -165,6 +165,19 @@ class Dated(Protocol):
 
 
 @runtime_checkable
+class WireSource(Protocol):
+    """A maildrop that keeps messages also as RETR sends them (popbox.proto.wire.to_wire).
+
+    `open_wire` opens one in that form: a `Reader` whose chunks go out unchanged (the
+    session only terminates them), or None when this message is not kept so (then
+    `open_message` serves it). `open_message` always gives the message as stored."""
+
+    async def open_wire(self, index: Index) -> Reader | Gone | None:
+        """Like `open_message`, in wire form; None if the message has none."""
+        ...
+
+
+@runtime_checkable
 class Trash(Protocol):
     """A store that can keep deleted messages for a while (``store.deleted = "trash"``):
     `purge` removes for good what was deleted at or before `before`, `undelete` puts

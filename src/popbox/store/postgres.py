@@ -12,20 +12,30 @@ user name). The tables are popbox.pg.schema's. The pieces:
   message is never in memory at once, and a slow client holds no connection between
   chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
   first chunk, so the answer is known before +OK.
-* commit (after QUIT only): ONE transaction proves the lease still holds (the lock
+* RETR (`open_wire`, store.base.WireSource) reads ``wire``, the message as sent
+  (popbox.pg.schema), the same way, so the session copies it out; a row without one
+  (not yet converted by `popbox db upgrade`) is served from ``body``. The query for a
+  message's first chunk also reads the messages after it whole, as long as they fit in
+  AHEAD_OCTETS together (read-ahead, kept by the session until their RETR): retrieving a
+  mailbox of 10 KB messages in order costs a query per dozen messages, not one each.
+* commit (after QUIT only): ONE statement (so one transaction, one round trip), run on
+  the lock connection, which proves the lease still holds at no cost (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
-  deletes the session's deleted messages and sets ``seen`` (with `mark_seen`) and the
-  first ``retrieved_at`` (the store's `clock`) on the retrieved ones; rows already gone
-  count as missing. Then the lock is released. The commit is shielded, so
+  deletes the session's deleted messages and sets
+  ``seen`` (with `mark_seen`) and the first ``retrieved_at`` (the store's `clock`) on the
+  retrieved ones, each as one ``WHERE id = ANY($n)``; rows already gone count as
+  missing. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
   Messages the snapshot found seen get no UPDATE; a session with nothing else to write
   (it retrieved only seen messages and deleted none) runs no transaction at all.
 * soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
   the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
   in one statement under the maildrop lock.
-* deliver: ONE insert (autocommit): the message is stored whole or not at all, with a new
-  UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint) and its wire
-  size counted by popbox.proto.wire. Never retried: an error means "not stored".
+* deliver: ONE insert (autocommit, the mailbox looked up by name inside it; a mailbox's
+  first delivery makes it first): the message is stored whole or not at all, with a new
+  UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint), its wire
+  size counted and its wire form made by popbox.proto.wire. Never retried: an error
+  means "not stored".
 
 Errors: any database or connection trouble is Failure.TEMPORARY (logged), except a server
 out of disk space (SQLSTATE 53100, popbox.pg.pool.disk_full) when making a mailbox,
@@ -43,11 +53,11 @@ import secrets
 import time
 from collections.abc import Callable, Sequence, Set
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from popbox.pg.pool import DB_ERRORS, Connection, Database, disk_full
+from popbox.pg.pool import DB_ERRORS, Connection, Database, RawConnection, disk_full
 from popbox.proto.types import Index, Uidl
-from popbox.proto.wire import wire_size
+from popbox.proto.wire import to_wire, wire_size
 from popbox.store.base import (
     GONE,
     CommitReport,
@@ -61,35 +71,69 @@ from popbox.store.base import (
     StoreError,
     Times,
     Trash,
+    WireSource,
 )
 from popbox.store.last_login import LastLogin
-from popbox.store.pg_lock import Lease, LockKeeper, lease_held
+from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
 
 CHUNK_SIZE = 256 * 1024
 _MAX_LOCATION = 1024
 
+# A delivery's one statement: the mailbox found by name ($1) in the same statement, so
+# a delivery costs one round trip; no row back: no such mailbox yet, or the UIDL is taken.
 _INSERT = """
-INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, seen, delivered_at)
-VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at)
+SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()) FROM mailboxes WHERE name = $1
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
 
-# The commit's deletion: for good, or into the trash ($3: the time).
-_DELETE = """
-DELETE FROM messages WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id"""
-_TRASH = """
-UPDATE messages SET deleted_at = to_timestamp($3) WHERE mailbox_id = $1
-AND id = ANY($2::bigint[]) AND deleted_at IS NULL RETURNING id"""
+# The commit, ONE statement (so one transaction and one round trip), run on the lock
+# connection (pg_lock.LockKeeper.run_held: that it runs proves the lease): the deletions
+# ($2) and the seen marks ($3, with mark_seen $4). $1: the mailbox, $5: the time. The
+# deletion is for good, or into the trash.
+_COMMIT = """
+WITH gone AS ({gone} WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) {only} RETURNING id),
+marked AS (UPDATE messages SET seen = seen OR $4,
+    retrieved_at = coalesce(retrieved_at, to_timestamp($5))
+    WHERE mailbox_id = $1 AND id = ANY($3::bigint[]) RETURNING id)
+SELECT (SELECT count(*) FROM gone) AS gone, (SELECT count(*) FROM marked) AS marked"""
+_COMMIT_DELETE = _COMMIT.format(gone="DELETE FROM messages", only="")
+_COMMIT_TRASH = _COMMIT.format(gone="UPDATE messages SET deleted_at = to_timestamp($5)",
+                               only="AND deleted_at IS NULL")
+
+# Read-ahead: opening a message in wire form also reads the following ones whole while
+# they fit in AHEAD_OCTETS together (at most AHEAD_MESSAGES), in the same query: a client
+# that retrieves its messages in order costs one query per batch of small messages.
+AHEAD_OCTETS = 128 * 1024
+AHEAD_MESSAGES = 32
+_AHEAD = "SELECT id, substring(wire FROM 1 FOR $2) AS wire FROM messages WHERE id = ANY($1)"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Row:
-    id: int
-    raw_size: int
-    seen: bool  # as the snapshot found it
+_CHUNK_BODY = "SELECT substring(body FROM $2 FOR $3) FROM messages WHERE id = $1"
+_CHUNK_WIRE = "SELECT substring(wire FROM $2 FOR $3) FROM messages WHERE id = $1"
+
+
+_LISTING = """
+SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
+    octet_length(wire) AS wire_size
+FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
+
+
+class _Columns:
+    """The snapshot's rows as columns, by index (made by one `zip`, no object per row)."""
+
+    __slots__ = ("ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
+
+    def __init__(self, rows: Sequence[Sequence[object]]) -> None:
+        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 6
+        self.snapshot = Snapshot(columns[1], columns[2])  # uidl (a str: Uidl), size
+        self.ids: tuple[int, ...] = columns[0]
+        self.raw_sizes: tuple[int, ...] = columns[3]
+        self.seen: tuple[bool, ...] = columns[4]  # as the snapshot found it
+        self.wire_sizes: tuple[int | None, ...] = columns[5]  # None: no wire form
 
 
 def valid_location(location: str) -> bool:
@@ -141,9 +185,7 @@ class PostgresStore:
         if isinstance(lease, Failure):
             return lease
         try:
-            rows = await self.db.run(lambda conn: conn.fetch(
-                "SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen "
-                "FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id", box))
+            rows = await self.db.run(lambda conn: conn.fetch(_LISTING, box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -151,9 +193,9 @@ class PostgresStore:
         except BaseException:
             await self.locks.release(lease)
             raise
-        infos = Snapshot([Uidl(r["uidl"]) for r in rows], [r["size"] for r in rows])
-        entries = tuple(_Row(r["id"], r["raw_size"], r["seen"]) for r in rows)
-        return PostgresDrop(self, box, lease, infos, entries)
+        columns = _Columns(rows)
+        del rows
+        return PostgresDrop(self, box, lease, columns)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         result = await self.store(location, message)
@@ -168,15 +210,19 @@ class PostgresStore:
         if not valid_location(location):
             return Failure.PERMANENT
         size = wire_size(message)
+        wire = to_wire(message)
 
         async def insert(conn: Connection) -> bool:
-            box = await mailbox_id(conn, location, create=True)
             for _ in range(3):
                 row = await conn.fetchval(
-                    _INSERT, box, uidl or new_uidl(), size, len(message), message, seen,
-                    delivered_at)
-                if row is not None or uidl is not None:
-                    return row is not None
+                    _INSERT, location, uidl or new_uidl(), size, len(message), message, wire,
+                    seen, delivered_at)
+                if row is not None:
+                    return True
+                if await mailbox_id(conn, location, create=False) is None:
+                    await mailbox_id(conn, location, create=True)  # the first delivery
+                elif uidl is not None:
+                    return False  # the mailbox has this message already
             raise RuntimeError("could not make a unique UIDL")
 
         try:
@@ -252,15 +298,21 @@ class PostgresStore:
 
 
 class _RowReader:
-    """A message row read a chunk per query (popbox.store.base.Reader); the first chunk
-    was fetched by `open_message`."""
+    """A message row's `body` (or `wire`) read a chunk per query (popbox.store.base.Reader);
+    the first chunk was fetched by `open_message` (`open_wire`). In wire form (RETR) the
+    query for the next chunk is sent while the session sends this one, so the database
+    and the client are busy at once; two chunks at most are held."""
 
-    __slots__ = ("_drop", "_entry", "_first", "_offset", "done")
+    __slots__ = ("_column", "_drop", "_first", "_id", "_next", "_offset", "_size", "done")
 
-    def __init__(self, drop: PostgresDrop, entry: _Row, first: bytes) -> None:
+    def __init__(self, drop: PostgresDrop, row: int, size: int, first: bytes, *,
+                 column: Literal["body", "wire"] = "body") -> None:
         self._drop = drop
-        self._entry = entry
+        self._id = row
+        self._size = size
+        self._column: Literal["body", "wire"] = column
         self._first: bytes | None = first
+        self._next: asyncio.Future[bytes | None] | None = None
         self._offset = 0
         self.done = False
 
@@ -268,15 +320,32 @@ class _RowReader:
         chunk = self._first
         self._first = None
         if chunk is None:
-            chunk = await self._drop._chunk(self._entry.id, self._offset)
+            pending, self._next = self._next, None
+            if pending is not None:
+                chunk = await pending
+            else:
+                chunk = await self._drop._chunk(self._id, self._offset, self._column)
             if chunk is None:  # deleted while being read
                 raise StoreError(Failure.GONE)
         self._offset += len(chunk)
-        self.done = not chunk or self._offset >= self._entry.raw_size
+        self.done = not chunk or self._offset >= self._size
+        if not self.done and self._column == "wire":
+            self._next = asyncio.ensure_future(
+                self._drop._chunk(self._id, self._offset, self._column))
+            self._next.add_done_callback(_retrieved)
         return chunk
 
     def close(self) -> None:
         self.done = True
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+
+def _retrieved(future: asyncio.Future[bytes | None]) -> None:
+    """A read-ahead given up by `close` may have failed: its error was logged already."""
+    if not future.cancelled():
+        future.exception()
 
 
 class PostgresDrop:
@@ -284,32 +353,35 @@ class PostgresDrop:
 
     def __init__(
         self, store: PostgresStore, box: int, lease: Lease,
-        infos: Snapshot, entries: tuple[_Row, ...],
+        columns: _Columns,
     ) -> None:
         self._store = store
         self._box = box
         self._lease = lease
-        self._messages = infos
-        self._entries = entries
+        self._messages = columns.snapshot
+        self._rows = columns
+        self._ahead: dict[int, bytes] = {}  # row id -> wire form, read with an earlier one
         self._state = "open"  # "committing", "done"
 
     @property
     def messages(self) -> Snapshot:
         return self._messages
 
-    async def _chunk(self, row: int, offset: int) -> bytes | None:
+    async def _chunk(
+        self, row: int, offset: int, column: Literal["body", "wire"] = "body",
+    ) -> bytes | None:
         size = self._store.chunk_size
+        query = _CHUNK_WIRE if column == "wire" else _CHUNK_BODY
         try:
-            chunk: bytes | None = await self._store.db.run(lambda conn: conn.fetchval(
-                "SELECT substring(body FROM $2 FOR $3) FROM messages WHERE id = $1",
-                row, offset + 1, size))
+            chunk: bytes | None = await self._store.db.run(
+                lambda conn: conn.fetchval(query, row, offset + 1, size))
         except DB_ERRORS as exc:
             log.warning("postgres: reading message %d failed: %s", row, exc)
             raise StoreError(Failure.TEMPORARY) from exc
         return chunk
 
     async def times(self) -> Sequence[Times]:
-        ids = [entry.id for entry in self._entries]
+        ids = list(self._rows.ids)
         try:
             rows = await self._store.db.run(lambda conn: conn.fetch(
                 "SELECT id, extract(epoch FROM delivered_at)::float8 AS delivered, "
@@ -323,25 +395,71 @@ class PostgresDrop:
         return [found.get(i, gone) for i in ids]
 
     async def open_message(self, index: Index) -> _RowReader | Gone:
-        entry = self._entries[index]
-        first = await self._chunk(entry.id, 0)
-        return GONE if first is None else _RowReader(self, entry, first)
+        row = self._rows.ids[index]
+        first = await self._chunk(row, 0)
+        if first is None:
+            return GONE
+        return _RowReader(self, row, self._rows.raw_sizes[index], first)
+
+    async def open_wire(self, index: Index) -> _RowReader | Gone | None:
+        row, size = self._rows.ids[index], self._rows.wire_sizes[index]
+        if size is None:
+            return None
+        first = self._ahead.pop(row, None)
+        if first is None:
+            following = self._following(index)
+            if following:
+                first = await self._read_ahead(row, following)
+            else:
+                first = await self._chunk(row, 0, "wire")
+        if first is None:
+            return GONE
+        return _RowReader(self, row, size, first, column="wire")
+
+    def _following(self, index: Index) -> list[int]:
+        """The ids of the messages after `index` that the read-ahead takes."""
+        budget = AHEAD_OCTETS - min(self._rows.wire_sizes[index] or 0, self._store.chunk_size)
+        end = index + 1 + AHEAD_MESSAGES
+        ids: list[int] = []
+        for row, size in zip(self._rows.ids[index + 1:end],
+                             self._rows.wire_sizes[index + 1:end], strict=True):
+            if size is None or size > budget:
+                break
+            ids.append(row)
+            budget -= size
+        return ids
+
+    async def _read_ahead(self, row: int, following: list[int]) -> bytes | None:
+        """The first chunk of `row`; the wire forms of `following` are kept for later."""
+        ids = [row, *following]
+        try:
+            rows = await self._store.db.run(
+                lambda conn: conn.fetch(_AHEAD, ids, self._store.chunk_size))
+        except DB_ERRORS as exc:
+            log.warning("postgres: reading message %d failed: %s", row, exc)
+            raise StoreError(Failure.TEMPORARY) from exc
+        found: dict[int, bytes] = {r["id"]: r["wire"] for r in rows if r["wire"] is not None}
+        first = found.pop(row, None)
+        self._ahead = found
+        return first
 
     async def commit(self, delete: Set[Index], seen: Set[Index]) -> CommitReport | Failure:
         if self._state != "open":
             raise RuntimeError("maildrop already committed or released")
-        count = len(self._entries)
+        count = len(self._messages)
         if any(not 0 <= i < count for i in (*delete, *seen)):
             raise IndexError("message index out of range")
         self._state = "committing"
-        doomed = [self._entries[i].id for i in delete]
+        self._ahead = {}
+        ids, was_seen = self._rows.ids, self._rows.seen
+        doomed = [ids[i] for i in delete]
         flag: list[int] = []
         already = 0  # seen, and its retrieval recorded, in the snapshot: no UPDATE
         for i in set(seen) - set(delete):
-            if self._store.mark_seen and self._entries[i].seen:
+            if self._store.mark_seen and was_seen[i]:
                 already += 1
             else:
-                flag.append(self._entries[i].id)
+                flag.append(ids[i])
         try:
             if not doomed and not flag:  # nothing to write: no transaction
                 await asyncio.shield(self._store.locks.release(self._lease))
@@ -360,26 +478,20 @@ class PostgresDrop:
                 log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
                 return Failure.TEMPORARY
 
-            async def apply(conn: Connection) -> CommitReport | Failure:
-                async with conn.transaction():
-                    if not await lease_held(conn, self._lease):
-                        return Failure.TEMPORARY
-                    if store.deleted == "trash":
-                        gone = await conn.fetch(_TRASH, self._box, doomed, store.clock())
-                    else:
-                        gone = await conn.fetch(_DELETE, self._box, doomed)
-                    marked = await conn.fetch(
-                        "UPDATE messages SET seen = seen OR $3, "
-                        "retrieved_at = coalesce(retrieved_at, to_timestamp($4)) "
-                        "WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
-                        self._box, flag, store.mark_seen, store.clock())
+            statement = _COMMIT_TRASH if store.deleted == "trash" else _COMMIT_DELETE
+
+            async def apply(conn: RawConnection) -> CommitReport:
+                row = await conn.fetchrow(
+                    statement, self._box, doomed, flag, store.mark_seen, store.clock())
+                assert row is not None
+                gone, marked = row["gone"], row["marked"]
                 return CommitReport(
-                    deleted=len(gone),
-                    missing=len(doomed) - len(gone) + len(flag) - len(marked),
-                    flagged=len(marked) if store.mark_seen else 0,
+                    deleted=gone,
+                    missing=len(doomed) - gone + len(flag) - marked,
+                    flagged=marked if store.mark_seen else 0,
                 )
 
-            result = await store.db.run(apply)
+            result = await store.locks.run_held(self._lease, apply)
             if isinstance(result, Failure):
                 log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
             return result
@@ -392,6 +504,7 @@ class PostgresDrop:
     async def release(self) -> None:
         if self._state == "open":
             self._state = "done"
+            self._ahead = {}
             await self._store.locks.release(self._lease)
 
 
@@ -403,5 +516,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: PostgresStore, drop: PostgresDrop, reader: _RowReader
-    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
-        return store, drop, reader, drop, store
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash, WireSource]:
+        return store, drop, reader, drop, store, drop
