@@ -79,11 +79,12 @@ async def test_upgrade_with_the_server_running(old_dsn: str, tmp_path: Path) -> 
     user = f"old-{uuid.uuid4().hex[:8]}"
     await _old_database(old_dsn, user)
     config = pg_config(MailEnv(tmp_path), old_dsn)
-    version3 = await asyncpg.connect(old_dsn)
-    try:  # only the migration: the rows are converted below, with sessions going on
-        assert [m.version for m in await pg_schema.upgrade(version3, target=3)] == [3]
+    conn = await asyncpg.connect(old_dsn)
+    try:  # only the migrations: the rows are converted below, with sessions going on
+        applied = [m.version for m in await pg_schema.upgrade(conn)]
+        assert applied == list(range(3, pg_schema.LATEST + 1))
     finally:
-        await version3.close()
+        await conn.close()
     server = ServerProcess(config)
     try:
         before = await Client.connect(server.port)
