@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import platform
 from collections.abc import Iterator
@@ -31,12 +32,16 @@ _SETRESGID = {"x86_64": 119, "aarch64": 149, "riscv64": 149, "loongarch64": 149}
 _KEEP = ctypes.c_long(-1)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _thread_setegid(gid: int) -> None:
     number = _SETRESGID.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, "no per-thread setresgid on this architecture")
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(ctypes.c_long(number), _KEEP, ctypes.c_long(gid), _KEEP) != 0:
+    if _libc().syscall(ctypes.c_long(number), _KEEP, ctypes.c_long(gid), _KEEP) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
