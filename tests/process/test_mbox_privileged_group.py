@@ -18,6 +18,7 @@ import grp
 import os
 import pwd
 import shutil
+import smtplib
 import stat
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import pytest
 
 from accounts import CAN_MAKE_ACCOUNTS, Account, mail_processes, proc_status, system_accounts
 from helpers import Client, server_process
+from pg import LmtpProcess
 
 pytestmark = pytest.mark.skipif(not CAN_MAKE_ACCOUNTS,
                                 reason="needs root and useradd to make system accounts")
@@ -54,6 +56,7 @@ class Site:
             '[limits]\nshutdown_grace = 1\npenalty_exempt = ["127.0.0.0/8"]\n'
             f'[auth]\npasswd_file = "{self.base / "users"}"\n'
             f'mail_location = "mbox:{self.spools}/{{local}}"\nmail_process_idle = 60\n'
+            '[lmtp]\nlisten = ["127.0.0.1:0"]\n'
             '[store]\nmbox_index_dir = "~/.popbox-mbox"\nmbox_lock_timeout = 0.3\n'
             + group)
         return path
@@ -177,6 +180,34 @@ async def test_each_user_works_through_their_own_mail_process(site: Site) -> Non
             _no_lock_left(site)
     log = server.final_log
     assert "Traceback" not in log, log
+
+
+def test_lmtp_appends_to_each_spool_through_that_users_mail_process(site: Site) -> None:
+    """One LMTP transaction (RFC 2033 §4.2: a reply per recipient) to Alice and Bob:
+    both 250, each spool gets the message appended by a mail process of that user's
+    uid with mail's gid as its saved gid only, keeps owner, group and mode, and no
+    dotlock is left."""
+    config = site.config()
+    process = LmtpProcess(config)
+    try:
+        client = smtplib.LMTP("127.0.0.1", process.port)
+        refused = client.sendmail("s@example.org", ["alice", "bob"],
+                                  b"Subject: via lmtp\r\n\r\nover LMTP\r\n")
+        client.quit()
+        assert refused == {}
+        mail = mail_processes(process.proc.pid)
+        assert sorted(mail.values()) == sorted(a.uid for a in site.users.values()), mail
+        for pid in mail:
+            gid = proc_status(pid)["Gid"]
+            assert gid[2] == str(MAIL_GID) and gid[0] == gid[1] == gid[3] != gid[2], gid
+    finally:
+        log = process.stop()
+    assert "Traceback" not in log, log
+    for login, who in site.users.items():
+        st = os.stat(site.spool(login))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (who.uid, MAIL_GID, 0o660)
+        assert site.spool(login).read_bytes().endswith(b"over LMTP\n\n")
+    _no_lock_left(site)
 
 
 async def test_without_the_privileged_group_the_dotlock_is_refused(site: Site) -> None:
