@@ -233,6 +233,10 @@ class StoreSection(_Section):
     mbox_lock_timeout: Annotated[float, Field(gt=0)] = 30.0
     mbox_dotlock_stale: Annotated[float, Field(gt=0)] = 300.0
     mbox_index_dir: Path | None = None
+    # A group (Dovecot's mail_privileged_group, e.g. "mail") whose gid a per-uid mail
+    # process keeps as its saved set-group-ID and takes on only to create or remove an
+    # mbox dotlock (or a missing spool) in a folder like /var/mail (root:mail 2775).
+    mail_privileged_group: str | None = None
 
     @field_validator("mbox_lock")
     @classmethod
@@ -537,6 +541,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         for key in ("jwks_file", "public_key_file", "client_secret_file", "ca_file")
     })
     admin = config.admin.model_copy(update={"socket": fix(config.admin.socket)})
-    store = config.store.model_copy(update={"mbox_index_dir": fix(config.store.mbox_index_dir)})
+    index_dir = config.store.mbox_index_dir  # "~/...": each user's home, when used
+    if index_dir is not None and not str(index_dir).startswith("~"):
+        index_dir = fix(index_dir)
+    store = config.store.model_copy(update={"mbox_index_dir": index_dir})
     return config.model_copy(
         update={"tls": tls, "auth": auth, "oauth": oauth, "admin": admin, "store": store})

@@ -5,18 +5,23 @@ says whether that names the running process itself (the virtual `vmail` case: no
 or the process's own uid and gid), another `Owner`, or an identity that may never touch
 mail (`Refused`): as Dovecot's `first_valid_uid`/`first_valid_gid`, uid 0, gid 0 and
 the ids below those limits (system accounts). `become` takes on an `Owner` for good, in
-a fresh mail process forked as root.
+a fresh mail process forked as root (with `store.mail_privileged_group`'s gid kept as
+the saved set-group-ID, as Dovecot's `mail_privileged_group`).
 """
 
 from __future__ import annotations
 
 import enum
+import grp
+import logging
 import os
 import pwd
 from dataclasses import dataclass
 
 from popbox.auth.base import UserInfo
 from popbox.config import Config
+
+log = logging.getLogger("popbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +67,34 @@ def owner_of(info: UserInfo, config: Config) -> Owner | Refused | None:
     return owner
 
 
-def become(owner: Owner) -> None:
+def privileged_group(config: Config) -> int | None:
+    """The gid of `store.mail_privileged_group` (None: not set, or no such group, which
+    is logged: the dotlocks that need it then fail as they would without it)."""
+    name = config.store.mail_privileged_group
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        log.error("store.mail_privileged_group: no such group %r", name)
+        return None
+
+
+def become(owner: Owner, privileged_gid: int | None = None) -> None:
     """Take on `owner` for good: its groups (those of the account with that uid, else the
-    gid alone), gid and uid; called as root in a fresh mail process."""
+    gid alone), gid and uid; called as root in a fresh mail process. `privileged_gid`
+    (store.mail_privileged_group) is kept as the saved set-group-ID only, for
+    popbox.store.privgroup: the real, effective and filesystem gids are the owner's."""
     try:
         entry: pwd.struct_passwd | None = pwd.getpwuid(owner.uid)
     except KeyError:
         entry = None
     groups = os.getgrouplist(entry.pw_name, owner.gid) if entry is not None else [owner.gid]
     os.setgroups(groups)
-    os.setresgid(owner.gid, owner.gid, owner.gid)
+    saved = owner.gid if privileged_gid is None else privileged_gid
+    os.setresgid(owner.gid, owner.gid, saved)
     os.setresuid(owner.uid, owner.uid, owner.uid)
-    if os.getresuid() != (owner.uid,) * 3 or os.getresgid() != (owner.gid,) * 3:
+    if os.getresuid() != (owner.uid,) * 3 or os.getresgid() != (owner.gid, owner.gid, saved):
         raise PermissionError("could not take on the mail owner's identity")
     os.umask(0o077)
     if entry is not None:

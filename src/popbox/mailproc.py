@@ -12,6 +12,8 @@ its per-user mail processes). The process model:
   `auth.first_valid_gid`; uid 0 and gid 0 always refused) and forks a **mail process**
   that takes on that identity, then hands the front one end of a new socketpair to it
   (SCM_RIGHTS). The host never opens a path; it reads no mail and no configuration file.
+  With `store.mail_privileged_group` the mail process also keeps that group's gid as
+  its saved set-group-ID, for the mbox dotlock only (popbox.store.privgroup).
 * A **mail process** (one per uid and front, started on the first login of, or delivery
   to, that uid) does only store I/O: open a maildrop, open a message and read it in
   chunks, commit, release, and store a delivered message, over a small RPC on its
@@ -53,7 +55,7 @@ from dataclasses import dataclass, field
 
 from popbox.auth.base import UserInfo
 from popbox.config import Config
-from popbox.mailowner import Owner, Refused, become, check_owner, owner_of
+from popbox.mailowner import Owner, Refused, become, check_owner, owner_of, privileged_group
 from popbox.proto.types import Index, Uidl
 from popbox.store.base import (
     GONE,
@@ -276,9 +278,10 @@ async def _serve_front(sock: socket.socket, store: MailStore) -> None:
         writer.close()
 
 
-def _mail_process(sock: socket.socket, owner: Owner, make_store: Callable[[], MailStore]) -> int:
+def _mail_process(sock: socket.socket, owner: Owner, make_store: Callable[[], MailStore],
+                  privileged_gid: int | None) -> int:
     """The life of one mail process, forked as root by the host."""
-    become(owner)
+    become(owner, privileged_gid)
     store = make_store()
     try:
         import uvloop
@@ -300,6 +303,7 @@ def _host_loop(control: socket.socket, config: Config,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     first_uid, first_gid = config.auth.first_valid_uid, config.auth.first_valid_gid
+    privileged_gid = privileged_group(config)
     while True:
         try:
             request = control.recv(64)
@@ -334,7 +338,7 @@ def _host_loop(control: socket.socket, config: Config,
                 control.close()
                 front_end.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                code = _mail_process(mail_end, owner, make_store)
+                code = _mail_process(mail_end, owner, make_store, privileged_gid)
             except BaseException:
                 log.exception("mail process for uid=%d failed", owner.uid)
             finally:

@@ -5,7 +5,10 @@ never as root or as `server.user`. Two real system accounts made with useradd.
 
 RFC 2033 §4.2 (one reply per recipient after DATA), RFC 5321 §6.1 (a 250 means stored),
 RFC 3463 §3.4 (X.3.5: system not configured to accept the message: 451 4.3.5, kept by
-the MTA), sysexits.h EX_TEMPFAIL (75) for `popbox deliver`.
+the MTA), sysexits.h EX_TEMPFAIL (75) and EX_CANTCREAT (73) for `popbox deliver`. `popbox deliver`
+started as root writes a virtual user's mail as `server.user`, never as root; run as the
+recipient (an MDA run by Postfix local(8)) it writes that user's mail itself, and run as
+anyone else it writes nothing for a user with a uid of their own.
 """
 
 from __future__ import annotations
@@ -50,9 +53,14 @@ class Site:
             "[store]\n" + "".join(f"{k} = {str(v).lower()}\n" for k, v in store.items()))
         return path
 
-    def deliver(self, config: Path, user: str) -> subprocess.CompletedProcess[bytes]:
+    def deliver(self, config: Path, user: str, as_user: Account | None = None
+                ) -> subprocess.CompletedProcess[bytes]:
+        """`popbox deliver` as root, or run as `as_user` (setpriv: uid, gid and that
+        account's groups, as Postfix local(8) runs an MDA as the recipient)."""
+        prefix = [] if as_user is None else [
+            "setpriv", f"--reuid={as_user.uid}", f"--regid={as_user.gid}", "--init-groups"]
         return subprocess.run(
-            [sys.executable, "-m", "popbox", "deliver", "--config", str(config), user],
+            [*prefix, sys.executable, "-m", "popbox", "deliver", "--config", str(config), user],
             input=MESSAGE.replace(b"\r\n", b"\n"), capture_output=True, timeout=60,
             check=False)  # an MDA gets the message with LF line ends
 
@@ -206,3 +214,62 @@ def test_system_accounts_are_refused_at_rcpt_and_lose_nothing(site: Site) -> Non
         result = site.deliver(config, user)
         assert result.returncode == 75, (user, result.stderr)
     assert _delivered(site.alice.maildir) == []
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_deliver_as_root_writes_virtual_mail_as_server_user(site: Site, follow: bool
+                                                            ) -> None:
+    """`popbox deliver` started as root for the virtual user (no uid): the file belongs to
+    server.user (nobody), as with `popbox lmtp`, not to root. Then the virtual maildir's
+    tmp/ is replaced by a symlink to a directory of root's: refused with
+    store.follow_symlinks off, and with it on followed as nobody, whom the kernel does
+    not let write there; either way exit 73 and root's directory stays empty."""
+    nobody = pwd.getpwnam("nobody")
+    config = site.config(follow_symlinks=follow)
+    result = site.deliver(config, "virtual")
+    assert result.returncode == 0, result.stderr
+    (path,) = _delivered(site.vmail)
+    _assert_owned(path, nobody.pw_uid, nobody.pw_gid)
+    target = site.base / "rootdir"
+    target.mkdir(mode=0o755)
+    link = site.vmail / "tmp"
+    link.rmdir()
+    link.symlink_to(target)
+    os.lchown(link, nobody.pw_uid, nobody.pw_gid)
+    result = site.deliver(config, "virtual")
+    assert result.returncode == 73, result.stderr
+    why = "Permission denied" if follow else "a symlink (store.follow_symlinks is off)"
+    assert why in result.stderr.decode(), result.stderr
+    assert not list(target.iterdir()), "root wrote through the planted link"
+    assert len(list((site.vmail / "new").iterdir())) == 1
+
+
+def test_deliver_as_root_without_server_user_refuses(site: Site) -> None:
+    """Started as root with no server.user (and server.allow_root off), `popbox deliver`
+    does not write as root: exit 75 (the MTA keeps the message), nothing written."""
+    config = site.config()
+    config.write_text(config.read_text().replace('[server]\nuser = "nobody"\n', ""))
+    result = site.deliver(config, "virtual")
+    assert result.returncode == 75, result.stderr
+    assert "refusing to serve as root" in result.stderr.decode(), result.stderr
+    assert not list(site.vmail.iterdir()), "something was written as root"
+
+
+def test_deliver_run_by_the_recipient_and_by_another_user(site: Site) -> None:
+    """`popbox deliver alice` run as Alice (not root) stores the message as Alice, with
+    no mail host; run as Bob it exits 75 (EX_TEMPFAIL: Bob cannot take on Alice's uid,
+    the MTA keeps the message) and writes nothing to Alice's maildir, and Bob's own
+    delivery run as Bob works."""
+    config = site.config()
+    result = site.deliver(config, "alice", as_user=site.alice)
+    assert result.returncode == 0, result.stderr
+    (path,) = _delivered(site.alice.maildir)
+    _assert_owned(path, site.alice.uid, site.alice.gid)
+    result = site.deliver(config, "alice", as_user=site.bob)
+    assert result.returncode == 75, result.stderr
+    assert "delivery refused user=alice" in result.stderr.decode(), result.stderr
+    assert _delivered(site.alice.maildir) == [path]
+    result = site.deliver(config, "bob", as_user=site.bob)
+    assert result.returncode == 0, result.stderr
+    (path,) = _delivered(site.bob.maildir)
+    _assert_owned(path, site.bob.uid, site.bob.gid)

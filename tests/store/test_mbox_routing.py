@@ -62,7 +62,8 @@ async def test_userdb_mail_mbox_next_to_maildir_users(env: MailEnv, tmp_path: Pa
 
 def test_mbox_settings_are_checked_and_resolved(tmp_path: Path) -> None:
     """The store.mbox_* keys: a lock method listed twice or an unknown one is a
-    configuration error; a relative index folder is relative to the file's folder."""
+    configuration error; a relative index folder is relative to the file's folder, one
+    starting with "~" is kept for the process that uses it (each user's home)."""
     good = tmp_path / "popbox.toml"
     good.write_text('[store]\nmbox_format = "mboxo"\nmbox_lock = ["fcntl", "dotlock"]\n'
                     'mbox_index_dir = "index"\n')
@@ -78,3 +79,10 @@ def test_mbox_settings_are_checked_and_resolved(tmp_path: Path) -> None:
         path.write_text(f"[store]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"store\.mbox_"):
             load(path)
+    home = tmp_path / "home.toml"
+    home.write_text('[store]\nmbox_index_dir = "~/.popbox-mbox"\n'
+                    'mail_privileged_group = "mail"\n')
+    config = load(home)  # "~" stays for the process that uses it: each user's home
+    assert config.store.mbox_index_dir == Path("~/.popbox-mbox")
+    assert config.store.mail_privileged_group == "mail"
+    assert build(config).store.by_type["mbox"].index_dir == "~/.popbox-mbox"

@@ -10,10 +10,18 @@ the mail host of popbox.mailproc, so that the mail of a user with a uid of their
 own is written by a mail process with that uid, gid and groups, never by root or by
 server.user; virtual users' mail is written by the process itself.
 
+`deliver` started as root forks the mail host, opens the configuration's backends, then
+becomes server.user (server.group) like `lmtp`, so a virtual user's mail is never written
+as root (without server.user it refuses, exit 75, unless server.allow_root). Started as
+a user (an MDA that Postfix local(8) runs as the recipient, from ~/.forward or
+mailbox_command), it writes the mail of that user itself, and refuses that of any other
+user with a uid of their own (exit 75, nothing written).
+
 `deliver` exits per sysexits.h, as MTAs expect of a delivery agent: 0 stored; 67
 EX_NOUSER no such user; 75 EX_TEMPFAIL try again later (the store or userdb is down,
 the mailbox is full, the configuration cannot be read, or the user's mail may not be
-written from here: a uid below auth.first_valid_uid, another uid without root); 73
+written from here: a uid below auth.first_valid_uid, another uid without root, root
+without server.user); 73
 EX_CANTCREAT the store refuses this mailbox, or the message is over
 `lmtp.max_message_size`; 64 EX_USAGE bad command line.
 """
@@ -141,6 +149,16 @@ def _lmtp(args: argparse.Namespace) -> int:
 async def _deliver_one(config: Config, host: MailHost | None, recipient: str,
                        sender: str | None, message: bytes) -> int:
     async with opened(config) as backends:
+        if os.geteuid() == 0:
+            # As `lmtp` does: the mail of virtual users (no uid of their own) is written
+            # as server.user, never as root; users with a uid go to the mail host's
+            # mail processes, forked before this.
+            try:
+                privileges.drop(config.server.user, config.server.group,
+                                config.server.allow_root)
+            except privileges.PrivilegeError as exc:
+                print(f"popbox: {exc}", file=sys.stderr)
+                return EX_TEMPFAIL
         mail = MailAccess(config, backends.store, host)
         try:
             agent = _agent(config, backends, mail)

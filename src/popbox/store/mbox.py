@@ -28,8 +28,10 @@ that know nothing of popbox: the MTA appends to it at any time (Postfix `local`,
   message quoted as the configured format writes it, and an empty line; fsync.
 
 The index folder is ``.popbox`` beside the spool (``/var/mail/.popbox/alice.uidlist``)
-unless `index_dir` names one; it needs write access to the spool's folder, which the
-dotlock needs anyway. It is made mode 1770 (its group is the spool folder's, ``mail`` on
+unless `index_dir` names one (a leading ``~`` is the home of the process that uses it:
+each user's, in a per-uid mail process); it needs write access to the spool's folder,
+which the dotlock needs anyway (popbox.store.privgroup: a privileged group for the
+dotlock only). It is made mode 1770 (its group is the spool folder's, ``mail`` on
 Debian), and popbox trusts only index and journal files its own user owns, created with
 ``O_EXCL``. A missing spool is an empty maildrop.
 
@@ -71,6 +73,7 @@ from popbox.store.mbox_format import MboxFormat, Unquoter, envelope_sender, from
 from popbox.store.mbox_index import Entry
 from popbox.store.mbox_index import Index as SpoolIndex
 from popbox.store.mbox_lock import LockMethod, LockTimeout, SpoolLocks
+from popbox.store.privgroup import privileged
 
 CHUNK_SIZE = 256 * 1024
 INDEX_FOLDER = ".popbox"
@@ -96,7 +99,7 @@ class _Paths:
         if index_dir is None:
             self.folder = os.path.join(folder, INDEX_FOLDER)
         else:  # one folder for spools of many folders: names must not collide
-            self.folder = index_dir
+            self.folder = os.path.expanduser(index_dir)  # "~": the home of the process
             name += "-" + hashlib.sha256(self.spool.encode()).hexdigest()[:12]
         base = os.path.join(self.folder, name)
         self.lock = base + ".lock"
@@ -156,12 +159,13 @@ class MboxStore:
         an interrupted rewrite finished. OSError and LockTimeout propagate."""
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(paths.spool, flags | (os.O_CREAT if create else 0), 0o600)
+            fd = os.open(paths.spool, flags)
         except FileNotFoundError:
-            if create:
-                raise
-            yield None
-            return
+            if not create:
+                yield None
+                return
+            with privileged():  # a new file in the spool's folder, as the dotlock
+                fd = os.open(paths.spool, flags | os.O_CREAT, 0o600)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", paths.spool)

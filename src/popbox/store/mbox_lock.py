@@ -17,7 +17,9 @@ it tries again, so no order of the other programs can deadlock with it.
   when neither it nor the spool has changed for `stale_after` seconds (Dovecot's
   ``mbox_dotlock_change_timeout``; liblockfile and Postfix also give up on a lock some
   minutes old). Creating it needs write access to the spool's folder (``/var/mail`` is
-  group ``mail``, mode 2775, on Debian): EACCES is an error, never a silent skip.
+  group ``mail``, mode 2775, on Debian): EACCES is an error, never a silent skip. A mail
+  process with a privileged group (popbox.store.privgroup) takes it on for the creation
+  and the removal only.
 * fcntl: an open-file-description lock (``F_OFD_SETLK``, Linux >= 3.15), a write lock over
   the whole file. OFD locks conflict with the classic POSIX locks other programs take, and
   unlike those they are not dropped when some other descriptor of the file is closed.
@@ -39,6 +41,8 @@ import struct
 import time
 from collections.abc import Sequence
 from typing import Literal
+
+from popbox.store.privgroup import privileged
 
 LockMethod = Literal["dotlock", "fcntl", "flock"]
 METHODS: tuple[LockMethod, ...] = ("dotlock", "fcntl", "flock")
@@ -113,6 +117,11 @@ class Dotlock:
         is removed first, for the next try). The lock is written under a unique name and
         link(2)ed into place, as liblockfile and procmail do, so it never exists without
         its pid (a holder killed at any moment leaves a lock that can be judged)."""
+        with privileged():
+            return cls._try_acquire(spool, stale_after)
+
+    @classmethod
+    def _try_acquire(cls, spool: str, stale_after: float) -> Dotlock | None:
         path = dotlock_path(spool)
         tmp = f"{path}.popbox.{os.getpid()}.{time.monotonic_ns()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -140,7 +149,7 @@ class Dotlock:
 
     def release(self) -> None:
         """Remove the lock file if it is still ours."""
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), privileged():
             if os.stat(self.path, follow_symlinks=False).st_ino == self._ino:
                 os.unlink(self.path)
 
