@@ -453,6 +453,9 @@ class Bench:
             if case != "seen" or event["session"] == 0:
                 server.quiesce()
                 reset_maildir(self.corpus, server.mail_root, "quit", server.owner)
+                # so that the server's fsync at QUIT does not wait for the journal to
+                # commit this reset's links and unlinks (Bench.uidl does the same)
+                os.sync()
 
         n = self.preset.quit_sessions + 1
         if not server.resettable:  # case "seen" only: the warm-up marks them seen
