@@ -894,6 +894,30 @@ async def test_commit_never_replaces_a_file_in_its_way(maildir: Path) -> None:
     assert (maildir / "new" / "1700000001.M1P1.m").read_bytes() == b"1\n"
 
 
+@pytest.mark.parametrize("delete", [False, True])
+async def test_a_commit_fsyncs_what_its_deletions_changed(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch, delete: bool
+) -> None:
+    """A deletion is made durable before QUIT is answered (the directory it changed is
+    fsynced, once); renames that only flag messages seen are atomic and are not fsynced.
+    The fsyncs are the real ones, counted on their way (which directory: by inode)."""
+    for i in range(3):
+        put(maildir / "new" / f"170000000{i}.M1P1.m", b"%d\n" % i)
+    drop = await opened(MaildirStore(), maildir)
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    report = await drop.commit({0, 1} if delete else set(), {0, 1, 2})
+    assert report == CommitReport(deleted=2 if delete else 0, missing=0,
+                                  flagged=1 if delete else 3)
+    assert synced == ([(maildir / "new").stat().st_ino] if delete else [])
+
+
 async def test_release_during_nothing_and_commit_release_lock(maildir: Path) -> None:
     store = MaildirStore()
     drop = await opened(store, maildir)

@@ -23,7 +23,8 @@ Courier and qmail write them. The pieces:
   ``cur/`` with the ``S`` flag (when `mark_seen`), never over another file; all of them
   in one batch (popbox.store.maildir_apply: one compiled call, renameat2 with
   RENAME_NOREPLACE); files that vanished meanwhile are looked for once, then counted as
-  missing; each directory that changed is fsync'ed once, before the reply to QUIT; then
+  missing; each directory a deletion changed is fsync'ed once, before the reply to QUIT
+  (renames that only flag messages seen are atomic and not fsync'ed); then
   the lock is released - by the worker thread, so a cancelled commit still finishes
   before anyone else can open the maildrop.
   A message read from ``cur/`` under a name with the ``S`` flag is remembered as seen
@@ -102,7 +103,9 @@ class _Tally:
     missing: int = 0
     flagged: int = 0
     failed: bool = False  # a deletion failed (not a missing file): the commit reports it
-    changed: set[str] = dataclasses.field(default_factory=set)  # subdirs to fsync
+    # the subdirs a deletion changed, to fsync (the renames that only mark messages seen
+    # are not: see MaildirDrop._apply)
+    changed: set[str] = dataclasses.field(default_factory=set)
 
 
 class _FileReader:
@@ -481,10 +484,14 @@ class MaildirDrop:
     def _apply(
         self, delete: frozenset[int], to_flag: frozenset[int], now: float
     ) -> CommitReport | Failure:
-        """Unlink (or trash) `delete`, flag `to_flag` seen; then fsync each directory that
-        changed, once. The common operations (unlink; rename into cur/ with S) go in one
-        batch (popbox.store.maildir_apply); the rest, and files renamed by another agent
-        since the snapshot (found again once), one by one."""
+        """Unlink (or trash) `delete`, flag `to_flag` seen; then fsync, once, each
+        directory a deletion changed, so that a deletion the QUIT's +OK reports stays done
+        after a crash. The renames that only flag messages seen are not fsynced (as
+        Dovecot does not): a rename is atomic, so after a crash the file is under its old
+        name or its new one, never lost, and at worst a message shows as unseen again.
+        The common operations (unlink; rename into cur/ with S) go in one batch
+        (popbox.store.maildir_apply); the rest, and files renamed by another agent since
+        the snapshot (found again once), one by one."""
         tally = _Tally()
         trash_cur = maildir_trash.prepare(self._root) if self._trash and delete else None
         trashed: list[str] = []
@@ -557,7 +564,6 @@ class MaildirDrop:
                     tally.changed.add(sub)
                 else:
                     tally.flagged += 1
-                    tally.changed.update((sub, "cur"))
             elif code == errno.ENOENT:
                 retry.append(i)
             elif code != errno.EEXIST or target is None:  # EEXIST: never replace a file
@@ -588,7 +594,6 @@ class MaildirDrop:
                         raise FileNotFoundError(errno.ENOENT, "vanished", name)
                     tally.flagged += 1
                 elif self._flag_seen(self._entries[i]):
-                    tally.changed.update((sub, "cur"))
                     tally.flagged += 1
             except FileNotFoundError:
                 retry.append(i)
