@@ -61,9 +61,9 @@ from bench.corpus import (
 from bench.figures import (
     LOGIN_CONCURRENCY,
     LOGIN_KINDS,
-    MAILDIR_SERVERS,
     MIXED_CONCURRENCY,
     QUIT_CASES,
+    RESET_SERVERS,
     RETR_CONCURRENCY,
     SIZES,
     STLS_CONCURRENCY,
@@ -116,7 +116,7 @@ PRESETS = {
         # logged in; 10,000 sessions take Dovecot's default mode over 3 minutes to open;
         # popbox (PostgreSQL): see the note in _run()
         big_idle_servers=("popbox", "dovecot-hp"), tls_idle=1000, idle_servers=ALL_SERVERS,
-        quit_sessions=7, repeat_until_s=7 * 60, budget_s=14 * 60),
+        quit_sessions=5, repeat_until_s=5.5 * 60, budget_s=14 * 60),
     "quick": Preset(
         "quick", Scale(login_users=64, login_msgs=10, retr_users=8, r10k_msgs=100,
                        r1m_msgs=4, idle_users=1000, big_msgs=10_000, huge_bytes=100 * MIB,
@@ -497,7 +497,7 @@ class Bench:
                     for size, _label in SIZES for c in RETR_CONCURRENCY]
         if "quit" in only:
             out += [Unit(f"quit.{case}", partial(self.quit, case=case),
-                         None if case == "seen" else MAILDIR_SERVERS) for case in QUIT_CASES]
+                         None if case == "seen" else RESET_SERVERS) for case in QUIT_CASES]
         if "mixed" in only:
             out.append(Unit("mixed", self.mixed))
         if "logins" in only:
@@ -507,7 +507,7 @@ class Bench:
         if "uidl" in only:
             out.append(Unit("uidl", self.uidl))
         if "disk" in only:
-            out.append(Unit("uidl.disk", self.disk, MAILDIR_SERVERS))
+            out.append(Unit("uidl.disk", self.disk, RESET_SERVERS))
         if "huge" in only:
             out.append(Unit("huge", self.huge))
         if "idle" in only:
@@ -615,7 +615,8 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller corpus, 1 round (< 3 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller corpus, each figure once (about 4 min)")
     parser.add_argument("--smoke", action="store_true",
                         help="with --quick: a tiny run (seconds) used by the test suite")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results",
