@@ -127,7 +127,7 @@ PRESETS = {
         # Dovecot's default mode takes longest to open sessions (a login process each)
         # and needs as much memory per session as its high-performance mode
         idle_servers=("popbox", "popbox-pg", "dovecot-hp"), quit_sessions=3,
-        repeat_until_s=120, budget_s=170),
+        repeat_until_s=120, budget_s=300),
     "smoke": Preset(
         "smoke", Scale(login_users=64, login_msgs=2, retr_users=8, r10k_msgs=5,
                        r1m_msgs=1, idle_users=20, big_msgs=300, huge_bytes=2 * MIB,
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smaller corpus, each figure once (about 4 min)")
+                        help="smaller corpus, each figure once (about 5 min)")
     parser.add_argument("--smoke", action="store_true",
                         help="with --quick: a tiny run (seconds) used by the test suite")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results",
