@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import compileall
 import gc
 import os
 import random
@@ -167,11 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("bench.instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
-    # Byte-compile popbox and the harness first: a child that finds a .pyc missing or
-    # stale compiles the module, and that counted only in one of the two runs would
-    # skew the difference (by some 20,000 instructions per RETR, seen on 2026-12-02).
-    for package in (Path(wire.__file__).parent.parent, Path(__file__).parent):
-        compileall.compile_dir(package, quiet=1)
     with tempfile.TemporaryDirectory(prefix="popbox-instructions-") as tmp:
         root = Path(tmp)
         maildir(root, args.messages, args.kib)
