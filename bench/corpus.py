@@ -55,6 +55,9 @@ class Scale:
     idle_users: int
     big_msgs: int
     huge_bytes: int
+    mixed_users: int = 0  # for the mixed sessions (bench.load's "mixed" job)
+    mixed_msgs: int = 0
+    quit_msgs: int = 0  # the one "quit" maildrop: ~10 KB messages (the QUIT figures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,11 @@ def generate(root: Path, scale: Scale, seed: int = 1939) -> Corpus:
         fill(f"idle{i:05d}", [int(2 * KIB * 10 ** rng.random())], plain)
     fill("big", [int(2 * KIB * 10 ** rng.random()) for _ in range(scale.big_msgs)], plain)
     fill("huge", [scale.huge_bytes], plain)
+    # after every earlier user, so that adding these changes none of the mail above
+    for i in range(scale.mixed_users):
+        fill(f"mix{i:03d}", [mixed_size(rng) for _ in range(scale.mixed_msgs)], plain)
+    if scale.quit_msgs:
+        fill("quit", [rng.randint(9 * KIB, 11 * KIB) for _ in range(scale.quit_msgs)], plain)
 
     (root / "users").write_text("\n".join(lines) + "\n")
     (root / "expected.json").write_text(json.dumps(

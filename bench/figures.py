@@ -35,6 +35,16 @@ RETR_CONCURRENCY = (1, 8)
 SCHEMES = (("plain", "{PLAIN}"), ("crypt", "{SHA512-CRYPT}"))
 STLS_CONCURRENCY = (1, 16)  # {PLAIN} users, after STLS (RFC 2595)
 SIZES = (("r10k", "10 KB"), ("r1m", "1 MB"))
+LOGIN_KINDS = ("plain", "crypt", "stls")
+MIXED_CONCURRENCY = 16
+# QUIT after RETR of a whole maildrop: nothing to change, every message to flag seen
+# (new/ -> cur/ with S), every message DELE'd
+QUIT_CASES = ("seen", "flag", "dele")
+# The servers of the figures that put a maildrop back before each sample (QUIT to flag
+# or DELE, the first login from disk): popbox (Maildir) and one Dovecot mode. Dovecot's
+# two modes differ only in their login processes, which have handed the session to
+# the same `pop3` process by then; and the full run has no time for both.
+RESET_SERVERS = ("popbox", "dovecot-hp")
 
 
 def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
@@ -42,7 +52,8 @@ def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
                 db_servers: tuple[str, ...] = (),
                 big_idle_servers: tuple[str, ...] | None = None,
                 tls_idle: int = 0,
-                tls_idle_servers: tuple[str, ...] | None = None) -> list[Figure]:
+                tls_idle_servers: tuple[str, ...] | None = None,
+                quit_msgs: int = 1000) -> list[Figure]:
     """The table's rows. `login_kinds`: server -> the login figures it runs ("plain",
     "crypt", "stls"; None: all of them everywhere); `db_servers`: the servers with a
     database, whose CPU gets a row of its own under each server-CPU row they measure;
@@ -89,6 +100,17 @@ def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
             cpu(Figure(f"retr.{size}.c{c}.cpu", f"Server CPU per GB, {label}, c={c}",
                        "s/GB", False, 1),
                 f"PostgreSQL CPU per GB, {label}, c={c}")
+    quit_titles = {"seen": "all already seen", "flag": "all to flag seen (new/ -> cur/)",
+                   "dele": "all DELE'd"}
+    for case in QUIT_CASES:
+        out.append(Figure(f"quit.{case}", f"QUIT after RETR of {quit_msgs:,} messages, "
+                          f"{quit_titles[case]}: p50", "ms", False, 2,
+                          None if case == "seen" else RESET_SERVERS))
+    c = MIXED_CONCURRENCY
+    out.append(Figure(f"mixed.c{c}.rate", f"Mixed sessions/s (STAT, UIDL, RETR, DELE), {c} "
+                      "clients", "sessions/s", True))
+    cpu(Figure(f"mixed.c{c}.cpu", f"Server CPU per mixed session, c={c}", "ms", False, 2),
+        f"PostgreSQL CPU per mixed session, c={c}")
     first = "first login ever" + (" (PostgreSQL: the first after the import)"
                                   if db_servers else "")
     out.append(Figure("uidl.cold", f"{big}: PASS+STAT+UIDL, {first}", "s", False, 2))
@@ -97,6 +119,10 @@ def all_figures(idle_counts: tuple[int, ...], big_msgs: int, huge_mb: int, *,
     out.append(Figure("uidl.warm", f"{big}: PASS+STAT+UIDL, later logins", "s", False, 3))
     cpu(Figure("uidl.warm.cpu", "Server CPU, one later login", "s", False, 3),
         "PostgreSQL CPU, one later login")
+    out.append(Figure("uidl.disk", f"{big}: PASS+STAT+UIDL, first login ever, page cache "
+                      "dropped", "s", False, 2, RESET_SERVERS))
+    out.append(Figure("uidl.disk.cpu", "Server CPU, that first login from disk", "s", False,
+                      2, RESET_SERVERS))
     for n in idle_counts:
         only = (big_idle_servers if len(idle_counts) > 1 and n == max(idle_counts)
                 else None)

@@ -32,6 +32,17 @@ Jobs::
         stays in TLS while it is open.
     {"kind": "huge", "port": P, "users": [[user, pw, 1, octets]]}
         login + STAT, event "logged-in", wait; RETR 1, event "retrieved", wait; QUIT.
+    {"kind": "mixed", ...the fields of "logins"...}
+        C workers; worker w has users[w], users[w + C], ... and takes them in turn:
+        login, STAT, UIDL, LIST, RETR of the newest few messages, DELE of the oldest
+        while more than a few are left, QUIT. Each user's (messages, octets) is
+        followed from session to session (STAT must equal it) and returned in "state".
+    {"kind": "quit", "port": P, "users": [[user, pw, msgs, octets]], "sessions": N,
+     "dele": bool}
+        N sessions one after the other, each after an event "reset" (the harness may
+        put the maildrop back as it was): login, STAT, LIST, RETR of every message
+        (and DELE of each with "dele"), QUIT. A sample is the time from sending QUIT
+        to reading its +OK line (the server commits first, RFC 1939 §6).
 """
 
 from __future__ import annotations
@@ -449,6 +460,97 @@ async def job_huge(job: dict[str, Any]) -> dict[str, Any]:
     return {"ok": 1, "errors": 0, "octets": got, "seconds": elapsed}
 
 
+MIXED_RETR = 3  # messages a mixed session retrieves (the newest)
+MIXED_KEEP = 5  # a mixed session deletes the oldest message while more than this are left
+
+
+async def job_mixed(job: dict[str, Any]) -> dict[str, Any]:
+    users = [Session.of(row) for row in job["users"]]
+    port, conc = int(job["port"]), int(job["concurrency"])
+    max_ops, deadline = int(job["max_ops"]), time.monotonic() + float(job["seconds"])
+    tally = Tally()
+    started = 0
+    state: dict[str, list[int] | None] = {s.user: [s.msgs, s.octets] for s in users}
+
+    async def session(s: Session) -> None:
+        conn = await login(port, s)
+        try:
+            await check_stat(conn, s)
+            data = await conn.multi(b"UIDL")
+            uidls = {line.split()[1] for line in data.split(b"\r\n") if line}
+            if len(uidls) != s.msgs:
+                raise CheckError(f"{s.user}: UIDL gives {len(uidls)} unique, STAT {s.msgs}")
+            sizes = await list_sizes(conn, s)
+            for number in range(max(1, s.msgs - MIXED_RETR + 1), s.msgs + 1):
+                tally.octets += await retr(conn, number, sizes[number - 1])
+                tally.messages += 1
+            deleted = 0
+            if s.msgs > MIXED_KEEP:
+                await conn.ok(b"DELE 1")
+                deleted = sizes[0]
+            state[s.user] = None  # unknown until QUIT has answered
+            await quit_(conn)
+        except BaseException:
+            conn.abort()
+            raise
+        if deleted:
+            s.msgs, s.octets = s.msgs - 1, s.octets - deleted
+        state[s.user] = [s.msgs, s.octets]
+
+    async def worker(w: int) -> None:
+        nonlocal started
+        mine = users[w::conc]
+        i = 0
+        while mine and started < max_ops and time.monotonic() < deadline:
+            started += 1
+            s = mine[i % len(mine)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                await session(s)
+            except (CheckError, OSError, TimeoutError) as exc:
+                tally.error(exc)
+                mine.remove(s)  # its state is unknown now: not used again
+                state[s.user] = None
+                continue
+            tally.latencies.append(time.perf_counter() - t0)
+            tally.ok += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(conc)))
+    out = result(tally, time.perf_counter() - t0)
+    out["state"] = {user: v for user, v in state.items() if v is not None}
+    return out
+
+
+async def job_quit(job: dict[str, Any]) -> dict[str, Any]:
+    s = Session.of(job["users"][0])
+    port, dele = int(job["port"]), bool(job.get("dele"))
+    tally = Tally()
+    for n in range(int(job["sessions"])):
+        emit({"event": "reset", "session": n})
+        await _stdin_line()
+        conn = await login(port, s)
+        try:
+            await check_stat(conn, s)
+            sizes = await list_sizes(conn, s)
+            for number, size in enumerate(sizes, 1):
+                await retr(conn, number, size)
+            if dele:
+                for number in range(1, len(sizes) + 1):
+                    await conn.ok(b"DELE %d" % number)
+            t0 = time.perf_counter()
+            await conn.ok(b"QUIT")
+            tally.latencies.append(time.perf_counter() - t0)
+            await conn.wait_closed()
+        finally:
+            conn.abort()
+        tally.ok += 1
+    out = result(tally, 0.0)
+    out["latencies"] = [1000 * t for t in tally.latencies]  # ms, in session order
+    return out
+
+
 def result(tally: Tally, elapsed: float) -> dict[str, Any]:
     lat = sorted(tally.latencies)
     return {
@@ -460,7 +562,7 @@ def result(tally: Tally, elapsed: float) -> dict[str, Any]:
 
 
 JOBS = {"logins": job_logins, "retr": job_retr, "uidl": job_uidl, "idle": job_idle,
-        "huge": job_huge}
+        "huge": job_huge, "mixed": job_mixed, "quit": job_quit}
 
 
 def main() -> int:

@@ -7,14 +7,18 @@ bench/README.md explains what is measured and how. In short:
    its own hard-linked copy of it;
 2. popbox (PostgreSQL) gets a throwaway database, filled once from the corpus with
    ``popbox import`` (bench.pg, bench.servers.PopboxPg) and dropped at the end;
-3. for each round, each server in turn (popbox, popbox (PostgreSQL), Dovecot default,
-   Dovecot high-performance; the order rotates every round) is started on 127.0.0.1,
-   checked (STAT of a sample of users equals the corpus), warmed up, measured and
-   stopped;
-4. the load generator (bench.load) runs in its own process for every measurement;
+3. every server (popbox, popbox (PostgreSQL), Dovecot default, Dovecot high-performance)
+   is started on 127.0.0.1 and checked (STAT of a sample of users equals the corpus,
+   after a warm-up); they stay up side by side;
+4. figure by figure (`Bench.units`: RETR, QUIT, mixed sessions, logins, the large
+   maildrop, its first login from disk, the large message, idle sessions), each server
+   is measured in turn, one right after the other, and the figure is repeated with the
+   order rotated by one while the run has time for it (`Preset.repeat_until_s`), so
+   the machine's drift over minutes falls on every server alike;
+5. the load generator (bench.load) runs in its own process for every measurement;
    server CPU time is read from /proc before and after each one (and that of the
    PostgreSQL backends serving popbox (PostgreSQL));
-5. medians over the rounds go into the table, with popbox / best Dovecot and popbox
+6. medians over the samples go into the table, with popbox / best Dovecot and popbox
    (PostgreSQL) / best Dovecot.
 
 Every run is bounded in time and operations; every process started is stopped.
@@ -31,16 +35,19 @@ import platform
 import resource
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench import pg, procstat
+from bench.cache import drop_page_cache, warm_page_cache
 from bench.corpus import (
     MIB,
     PASSWORD,
@@ -53,8 +60,11 @@ from bench.corpus import (
 )
 from bench.figures import (
     LOGIN_CONCURRENCY,
+    LOGIN_KINDS,
+    MIXED_CONCURRENCY,
+    QUIT_CASES,
+    RESET_SERVERS,
     RETR_CONCURRENCY,
-    SCHEMES,
     SIZES,
     STLS_CONCURRENCY,
     all_figures,
@@ -72,6 +82,7 @@ from popbox.cli.selfsigned import make_self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_SERVERS = ("popbox", "popbox-pg", "dovecot", "dovecot-hp")
+ALL_FIGURES = ("retr", "quit", "mixed", "logins", "uidl", "disk", "huge", "idle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,36 +100,56 @@ class Preset:
     big_idle_servers: tuple[str, ...]  # servers that run it
     tls_idle: int  # idle sessions over TLS (STLS), first rounds, servers with `tls_idle`
     idle_servers: tuple[str, ...]  # servers that run the idle figures at all
-    budget_s: float  # no new round starts if it would end after this
+    quit_sessions: int  # measured sessions per QUIT figure (after one warm-up)
+    repeat_until_s: float  # a figure is measured again only before this (from the start)
+    budget_s: float  # no figure is started after this
 
 
 PRESETS = {
     "full": Preset(
         "full", Scale(login_users=256, login_msgs=10, retr_users=8, r10k_msgs=300,
-                      r1m_msgs=12, idle_users=10_000, big_msgs=100_000, huge_bytes=100 * MIB),
+                      r1m_msgs=12, idle_users=10_000, big_msgs=100_000, huge_bytes=100 * MIB,
+                      mixed_users=64, mixed_msgs=30, quit_msgs=1000),
         rounds=2, login_seconds=2, login_max=20_000, retr_seconds=2, retr_max=1000,
         warm_uidl=3, idle_counts=(1000, 10_000), big_idle_rounds=1,
         # Dovecot's two modes differ only in login processes, gone once a session is
         # logged in; 10,000 sessions take Dovecot's default mode over 3 minutes to open;
         # popbox (PostgreSQL): see the note in _run()
         big_idle_servers=("popbox", "dovecot-hp"), tls_idle=1000, idle_servers=ALL_SERVERS,
-        budget_s=14 * 60),
+        quit_sessions=5, repeat_until_s=5.5 * 60, budget_s=14 * 60),
     "quick": Preset(
         "quick", Scale(login_users=64, login_msgs=10, retr_users=8, r10k_msgs=100,
-                       r1m_msgs=4, idle_users=1000, big_msgs=10_000, huge_bytes=100 * MIB),
+                       r1m_msgs=4, idle_users=1000, big_msgs=10_000, huge_bytes=100 * MIB,
+                       mixed_users=32, mixed_msgs=20, quit_msgs=1000),
         rounds=1, login_seconds=1.0, login_max=5000, retr_seconds=1.0, retr_max=1000,
         warm_uidl=2, idle_counts=(1000,), big_idle_rounds=1,
         big_idle_servers=ALL_SERVERS, tls_idle=1000,
         # Dovecot's default mode takes longest to open sessions (a login process each)
         # and needs as much memory per session as its high-performance mode
-        idle_servers=("popbox", "popbox-pg", "dovecot-hp"), budget_s=170),
+        idle_servers=("popbox", "popbox-pg", "dovecot-hp"), quit_sessions=3,
+        repeat_until_s=120, budget_s=300),
     "smoke": Preset(
         "smoke", Scale(login_users=64, login_msgs=2, retr_users=8, r10k_msgs=5,
-                       r1m_msgs=1, idle_users=20, big_msgs=300, huge_bytes=2 * MIB),
+                       r1m_msgs=1, idle_users=20, big_msgs=300, huge_bytes=2 * MIB,
+                       mixed_users=8, mixed_msgs=8, quit_msgs=20),
         rounds=1, login_seconds=0.3, login_max=64, retr_seconds=0.1, retr_max=1,
         warm_uidl=1, idle_counts=(20,), big_idle_rounds=1,
-        big_idle_servers=ALL_SERVERS, tls_idle=20, idle_servers=ALL_SERVERS, budget_s=120),
+        big_idle_servers=ALL_SERVERS, tls_idle=20, idle_servers=ALL_SERVERS,
+        quit_sessions=1, repeat_until_s=120, budget_s=420),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One figure (or a few that are measured together), run for every server that
+    measures it, one right after the other, then again in the next order (the order
+    rotates by one per repetition): the machine's drift over minutes hits every server
+    alike. `reps`: how many times at most (None: the preset's rounds)."""
+
+    name: str
+    run: Callable[[Server], None]
+    servers: tuple[str, ...] | None = None
+    reps: int | None = None
 
 
 class BenchError(RuntimeError):
@@ -207,9 +238,11 @@ class Bench:
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats_seen: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-    # time spent on the largest plaintext idle count, when later rounds leave it out
-    big_idle_s: float = 0.0
-    rounds_done: int = 0
+    reps: dict[str, int] = field(default_factory=dict)  # unit -> repetitions measured
+    mixed_state: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    drop_methods: list[str] = field(default_factory=list)  # how the page cache was dropped
+    tls_servers: tuple[str, ...] = ()  # the servers that run the idle TLS figure
+    schedule: list[tuple[str, int, str]] = field(default_factory=list)  # (unit, rep, server)
     first_logins: set[str] = field(default_factory=set)  # servers without a cold reset
     setup: dict[str, dict[str, float]] = field(default_factory=dict)  # server -> step -> s
 
@@ -264,52 +297,49 @@ class Bench:
                              f"{m.out.get('samples')} {r.out.get('samples')}")
         self.stats_seen[server.name] = {u[0]: u[2:] for u in users + retr}
 
-    def logins(self, server: Server) -> None:
+    def login_run(self, server: Server, scheme: str, c: int) -> None:
+        """Logins of one kind ("plain", "crypt" or "stls": {PLAIN} users after STLS) at
+        `c` concurrent clients."""
+        if scheme not in server.login_kinds:
+            return
         p = self.preset
-        runs: list[tuple[str, int, dict[str, Any]]] = [
-            (scheme, c, {}) for scheme, _label in SCHEMES for c in LOGIN_CONCURRENCY]
-        runs += [("stls", c, {"stls": True, "cafile": str(server.cert)})
-                 for c in STLS_CONCURRENCY]
-        for scheme, c, extra in runs:
-            if scheme not in server.login_kinds:
-                continue
-            users = self.rows("plain" if scheme == "stls" else scheme)
-            m = self.measure(server, {"kind": "logins", "users": users, "concurrency": c,
-                                      "max_ops": p.login_max, "seconds": p.login_seconds,
-                                      **extra}, p.login_seconds + 60)
-            key = f"login.{scheme}.c{c}"
-            ok = m.out["ok"]
-            self.add_errors(key + ".rate", server, m.out)
-            db = ""
-            if ok:
-                self.add(key + ".rate", server, ok / m.out["seconds"])
-                self.add(key + ".cpu", server, 1000 * m.server_cpu / ok)
-                db = self.add_db(key + ".cpu", server, m, 1000 / ok)
-            log(f"  {server.name} {key}: {ok / m.out['seconds']:.0f} logins/s, "
-                f"server {1000 * m.server_cpu / max(ok, 1):.2f} ms CPU/login{db}, "
-                f"client {1000 * m.client_cpu / max(ok, 1):.2f}")
+        extra: dict[str, Any] = {"stls": True, "cafile": str(server.cert)} \
+            if scheme == "stls" else {}
+        users = self.rows("plain" if scheme == "stls" else scheme)
+        m = self.measure(server, {"kind": "logins", "users": users, "concurrency": c,
+                                  "max_ops": p.login_max, "seconds": p.login_seconds,
+                                  **extra}, p.login_seconds + 60)
+        key = f"login.{scheme}.c{c}"
+        ok = m.out["ok"]
+        self.add_errors(key + ".rate", server, m.out)
+        db = ""
+        if ok:
+            self.add(key + ".rate", server, ok / m.out["seconds"])
+            self.add(key + ".cpu", server, 1000 * m.server_cpu / ok)
+            db = self.add_db(key + ".cpu", server, m, 1000 / ok)
+        log(f"  {server.name} {key}: {ok / m.out['seconds']:.0f} logins/s, "
+            f"server {1000 * m.server_cpu / max(ok, 1):.2f} ms CPU/login{db}, "
+            f"client {1000 * m.client_cpu / max(ok, 1):.2f}")
 
-    def retr(self, server: Server) -> None:
+    def retr_run(self, server: Server, size: str, c: int) -> None:
         p = self.preset
-        for size, _label in SIZES:
-            users = self.rows(size)
-            for c in RETR_CONCURRENCY:
-                m = self.measure(server, {"kind": "retr", "users": users[:c], "concurrency": c,
-                                          "max_ops": p.retr_max, "seconds": p.retr_seconds},
-                                 p.retr_seconds + 120)
-                key = f"retr.{size}.c{c}"
-                self.add_errors(key + ".mbps", server, m.out)
-                octets, secs = m.out["octets"], m.out["seconds"]
-                db = ""
-                if octets:
-                    self.add(key + ".mbps", server, octets / secs / 1e6)
-                    self.add(key + ".msgs", server, m.out["messages"] / secs)
-                    self.add(key + ".cpu", server, m.server_cpu / (octets / 1e9))
-                    db = self.add_db(key + ".cpu", server, m, 1 / (octets / 1e9))
-                log(f"  {server.name} {key}: {octets / secs / 1e6:.1f} MB/s, "
-                    f"{m.out['messages'] / secs:.0f} msgs/s, server "
-                    f"{m.server_cpu / max(octets / 1e9, 1e-9):.1f} s CPU/GB{db}, client "
-                    f"{m.client_cpu / max(octets / 1e9, 1e-9):.1f}")
+        users = self.rows(size)
+        m = self.measure(server, {"kind": "retr", "users": users[:c], "concurrency": c,
+                                  "max_ops": p.retr_max, "seconds": p.retr_seconds},
+                         p.retr_seconds + 120)
+        key = f"retr.{size}.c{c}"
+        self.add_errors(key + ".mbps", server, m.out)
+        octets, secs = m.out["octets"], m.out["seconds"]
+        db = ""
+        if octets:
+            self.add(key + ".mbps", server, octets / secs / 1e6)
+            self.add(key + ".msgs", server, m.out["messages"] / secs)
+            self.add(key + ".cpu", server, m.server_cpu / (octets / 1e9))
+            db = self.add_db(key + ".cpu", server, m, 1 / (octets / 1e9))
+        log(f"  {server.name} {key}: {octets / secs / 1e6:.1f} MB/s, "
+            f"{m.out['messages'] / secs:.0f} msgs/s, server "
+            f"{m.server_cpu / max(octets / 1e9, 1e-9):.1f} s CPU/GB{db}, client "
+            f"{m.client_cpu / max(octets / 1e9, 1e-9):.1f}")
 
     def uidl(self, server: Server) -> None:
         """The large maildrop's first login (a Maildir reset to how the MTA left it in
@@ -361,7 +391,6 @@ class Bench:
         extra: dict[str, Any] = {"stls": True, "cafile": str(server.cert)} if tls else {}
         name = "idle TLS" if tls else "idle"
         for n in counts:
-            t0 = time.monotonic()
             server.stop()
             server.start()
             self.measure(server, {"kind": "logins", "users": self.rows("plain", 8)
@@ -390,35 +419,145 @@ class Bench:
             log(f"  {server.name} {name} {n}: {ok} logged in, PSS {state.get('pss', 0) / 1024:.1f}"
                 f" MiB in {state.get('nproc', 0):.0f} processes (idle server: {base / 1024:.1f}"
                 f" MiB), {(state.get('pss', 0) - base) / max(ok, 1):.1f} KiB/session")
-            if tls or (len(self.preset.idle_counts) > 1 and n == max(self.preset.idle_counts)):
-                self.big_idle_s += time.monotonic() - t0  # first rounds only
 
-    def round(self, server: Server, number: int, only: set[str]) -> None:
-        log(f"round {number + 1}: {server.label}")
-        server.start()
-        try:
-            if number == 0:
-                self.verify(server)
-            if "logins" in only:
-                self.logins(server)
-            if "retr" in only:
-                self.retr(server)
-            if "uidl" in only:
-                self.uidl(server)
-            if "huge" in only:
-                self.huge(server)
-            if "idle" in only and server.name in self.preset.idle_servers:
-                counts = self.preset.idle_counts
-                if len(counts) > 1 and (number >= self.preset.big_idle_rounds
-                                        or server.name not in self.preset.big_idle_servers):
-                    counts = counts[:-1]
-                self.idle(server, counts)
-                if server.tls_idle and self.preset.tls_idle \
-                        and number < self.preset.big_idle_rounds:
-                    self.idle(server, (self.preset.tls_idle,), tls=True)
-        finally:
-            server.stop()
+    def mixed(self, server: Server) -> None:
+        """Mixed sessions (bench.load's "mixed" job) on the "mix" users, whose state
+        (messages, octets) is carried from run to run per server: their sessions DELE."""
+        p = self.preset
+        state = self.mixed_state.setdefault(
+            server.name, {u: list(self.corpus.expected[u]) for u in self.corpus.users("mix")})
+        users = [[u, PASSWORD, *v] for u, v in sorted(state.items())]
+        c = MIXED_CONCURRENCY
+        m = self.measure(server, {"kind": "mixed", "users": users, "concurrency": c,
+                                  "max_ops": p.login_max, "seconds": p.login_seconds},
+                         p.login_seconds + 120)
+        self.mixed_state[server.name] = {u: list(v) for u, v in m.out.get("state", {}).items()}
+        key = f"mixed.c{c}"
+        self.add_errors(key + ".rate", server, m.out)
+        ok = m.out["ok"]
+        db = ""
+        if ok:
+            self.add(key + ".rate", server, ok / m.out["seconds"])
+            self.add(key + ".cpu", server, 1000 * m.server_cpu / ok)
+            db = self.add_db(key + ".cpu", server, m, 1000 / ok)
+        log(f"  {server.name} {key}: {ok / m.out['seconds']:.0f} sessions/s, "
+            f"server {1000 * m.server_cpu / max(ok, 1):.2f} ms CPU/session{db}")
 
+    def quit(self, server: Server, case: str) -> None:
+        """QUIT after RETR of every message of the "quit" maildrop. `case`: "seen" (the
+        maildrop is reset once, then the warm-up session marks every message seen),
+        "flag" (reset before every session: every message in new/, nothing cached, so
+        the QUIT moves each to cur/ with the S flag) or "dele" (reset before every
+        session; the session DELEs every message it retrieved)."""
+        def on_event(event: dict[str, Any]) -> None:
+            if case != "seen" or event["session"] == 0:
+                server.quiesce()
+                reset_maildir(self.corpus, server.mail_root, "quit", server.owner)
+                # so that the server's fsync at QUIT does not wait for the journal to
+                # commit this reset's links and unlinks (Bench.uidl does the same)
+                os.sync()
+
+        n = self.preset.quit_sessions + 1
+        if not server.resettable:  # case "seen" only: the warm-up marks them seen
+            on_event = None  # type: ignore[assignment]
+        m = self.measure(server, {"kind": "quit", "users": self.rows("quit"), "sessions": n,
+                                  "dele": case == "dele"}, 60 + 30 * n, on_event)
+        key = f"quit.{case}"
+        self.add_errors(key, server, m.out)
+        samples = m.out.get("latencies") or []
+        for ms in samples[1:]:  # the first session is the warm-up
+            self.add(key, server, ms)
+        if samples[1:]:
+            log(f"  {server.name} {key}: QUIT p50 {statistics.median(samples[1:]):.2f} ms "
+                f"({len(samples) - 1} sessions)")
+
+    def disk(self, server: Server) -> None:
+        """The large maildrop's first login ever, with the page cache dropped too."""
+        reset_maildir(self.corpus, server.mail_root, "big", server.owner)
+        how = drop_page_cache(server.mail_root / "big")
+        if how not in self.drop_methods:
+            self.drop_methods.append(how)
+        m = self.measure(server, {"kind": "uidl", "users": self.rows("big")}, 900)
+        self.add_errors("uidl.disk", server, m.out)
+        if m.out["ok"]:
+            self.add("uidl.disk", server, m.out["latency_s"])
+            self.add("uidl.disk.cpu", server, m.server_cpu)
+            log(f"  {server.name} uidl disk ({how}): {m.out['latency_s']:.3f}s, "
+                f"server CPU {m.server_cpu:.3f}s")
+
+    def units(self, only: set[str]) -> list[Unit]:
+        """Every figure to measure, in the order they are run. The short, noisy ones
+        come first (they are the ones measured again while there is time); the one that
+        drops the page cache runs after the others that read the large maildrop, and
+        the 100 MB message is read back into the page cache before its figure."""
+        p = self.preset
+        out: list[Unit] = []
+        if "retr" in only:
+            out += [Unit(f"retr.{size}.c{c}", partial(self.retr_run, size=size, c=c))
+                    for size, _label in SIZES for c in RETR_CONCURRENCY]
+        if "quit" in only:
+            out += [Unit(f"quit.{case}", partial(self.quit, case=case),
+                         None if case == "seen" else RESET_SERVERS) for case in QUIT_CASES]
+        if "mixed" in only:
+            out.append(Unit("mixed", self.mixed))
+        if "logins" in only:
+            out += [Unit(f"login.{scheme}.c{c}", partial(self.login_run, scheme=scheme, c=c))
+                    for scheme in LOGIN_KINDS
+                    for c in (STLS_CONCURRENCY if scheme == "stls" else LOGIN_CONCURRENCY)]
+        if "uidl" in only:
+            out.append(Unit("uidl", self.uidl))
+        if "disk" in only:
+            out.append(Unit("uidl.disk", self.disk, RESET_SERVERS))
+        if "huge" in only:
+            out.append(Unit("huge", self.huge))
+        if "idle" in only:
+            small, *big = p.idle_counts
+            out.append(Unit(f"idle.{small}", partial(self.idle, counts=(small,)),
+                            p.idle_servers))
+            if big:
+                out.append(Unit(f"idle.{big[0]}", partial(self.idle, counts=(big[0],)),
+                                tuple(n for n in p.idle_servers if n in p.big_idle_servers),
+                                reps=p.big_idle_rounds))
+            if p.tls_idle:
+                out.append(Unit(f"idle.tls.{p.tls_idle}",
+                                partial(self.idle, counts=(p.tls_idle,), tls=True),
+                                tuple(n for n in p.idle_servers if n in self.tls_servers),
+                                reps=p.big_idle_rounds))
+        return out
+
+    def run(self, servers: list[Server], only: set[str], started: float) -> None:
+        """Start every server, check it serves the corpus, then measure figure by figure:
+        each figure for every server in turn, repeated (order rotated by one) while the
+        run has time for it."""
+        for server in servers:
+            log(f"starting and checking {server.label}")
+            server.start()
+            self.verify(server)
+        once: list[str] = []
+        for unit in self.units(only):
+            mine = [s for s in servers if unit.servers is None or s.name in unit.servers]
+            if unit.name == "huge" and "disk" in only:
+                warm_page_cache(self.corpus.pristine / "huge")
+            t0 = time.monotonic()
+            for rep in range(unit.reps or self.preset.rounds):
+                elapsed = time.monotonic() - started
+                if rep == 0 and elapsed > self.preset.budget_s:
+                    self.notes.append(f"{unit.name} was not measured: the run had used its "
+                                      f"{self.preset.budget_s / 60:.0f} minutes.")
+                    log(self.notes[-1])
+                    break
+                if rep and elapsed + (time.monotonic() - t0) / rep > self.preset.repeat_until_s:
+                    once.append(unit.name)
+                    break
+                k = rep % len(mine)
+                log(f"{unit.name}, repetition {rep + 1}")
+                for server in mine[k:] + mine[:k]:
+                    self.schedule.append((unit.name, rep, server.name))
+                    unit.run(server)
+                self.reps[unit.name] = rep + 1
+        if once and self.preset.rounds > 1:
+            self.notes.append(f"Measured once, not {self.preset.rounds} times, to stay within "
+                              f"the run's time: {', '.join(once)}.")
 
 # --- machine, report ------------------------------------------------------------------------
 
@@ -476,14 +615,15 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller corpus, 1 round (< 3 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller corpus, each figure once (about 5 min)")
     parser.add_argument("--smoke", action="store_true",
                         help="with --quick: a tiny run (seconds) used by the test suite")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results",
                         help="where RESULTS.md, chart.png and results.json go")
     parser.add_argument("--rounds", type=int, help="override the preset's number of rounds")
-    parser.add_argument("--only", default="logins,retr,uidl,huge,idle",
-                        help="comma-separated subset of: logins,retr,uidl,huge,idle")
+    parser.add_argument("--only", default=",".join(ALL_FIGURES),
+                        help="comma-separated subset of: " + ",".join(ALL_FIGURES))
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help="comma-separated subset of: " + ",".join(ALL_SERVERS))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (corpus, logs)")
@@ -499,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         preset = Preset(**{**asdict(preset), "scale": preset.scale, "rounds": args.rounds})
     only = set(args.only.split(","))
+    if only - set(ALL_FIGURES):
+        parser.error(f"unknown figure(s) {sorted(only - set(ALL_FIGURES))}: choose from "
+                     + ",".join(ALL_FIGURES))
     wanted = args.servers.split(",")
     command = "python -m bench.run" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
 
@@ -608,24 +751,9 @@ def _run(args: argparse.Namespace, preset: Preset, wanted: list[str], only: set[
         if left_out and "idle" in only:
             bench.notes.append(f"In {preset.name} mode the idle figures are not measured for "
                                f"{', '.join(left_out)}.")
-        round_times: list[float] = []
+        bench.tls_servers = tuple(s.name for s in servers if s.tls_idle)
         try:
-            for number in range(preset.rounds):
-                t0 = time.monotonic()
-                elapsed = t0 - started
-                if round_times and elapsed + max(round_times) > preset.budget_s:
-                    bench.notes.append(f"Stopped after {number} of {preset.rounds} rounds to "
-                                       f"stay within {preset.budget_s / 60:.0f} minutes.")
-                    log(bench.notes[-1])
-                    break
-                k = number % len(servers)
-                for server in servers[k:] + servers[:k]:
-                    bench.round(server, number, only)
-                bench.rounds_done += 1
-                # later rounds skip the largest idle count when the preset says so
-                skipped = bench.big_idle_s if preset.big_idle_rounds <= number + 1 else 0.0
-                round_times.append(time.monotonic() - t0 - skipped)
-                bench.big_idle_s = 0.0
+            bench.run(servers, only, started)
         except (ServerError, BenchError) as exc:
             log(f"FAILED: {exc}")
             for server in servers:
@@ -648,7 +776,8 @@ def _run(args: argparse.Namespace, preset: Preset, wanted: list[str], only: set[
             db_servers=tuple(s.name for s in servers if isinstance(s, PopboxPg)),
             big_idle_servers=preset.big_idle_servers,
             tls_idle=preset.tls_idle,
-            tls_idle_servers=tuple(s.name for s in servers if s.tls_idle))
+            tls_idle_servers=tuple(s.name for s in servers if s.tls_idle),
+            quit_msgs=preset.scale.quit_msgs)
         write_report(args.out, bench, figures, servers, info, command, total)
         log(f"done in {total:.0f}s: {args.out / 'RESULTS.md'}")
     return 0

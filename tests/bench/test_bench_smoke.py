@@ -56,6 +56,9 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["preset"] == "smoke"
     assert data["errors"] == {}, data["errors"]
+    _interleaved(data["schedule"])
+    quit_runs = [server for unit, _rep, server in data["schedule"] if unit == "quit.dele"]
+    assert quit_runs == ["popbox", "dovecot-hp"]
 
     table = (out / "RESULTS.md").read_text()
     lines = [[c.strip() for c in line.strip().strip("|").split("|")]
@@ -66,9 +69,9 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
             for cells in lines[2:] if cells[1] in ("↑", "↓")}
     labels = data["servers"]
     assert list(labels.values()) == SERVERS
-    # 16 login, 12 RETR, 4 UIDL, 3 idle, 3 idle TLS, 2 large message; and PostgreSQL's
-    # CPU: 3 login ({PLAIN}), 4 RETR, 2 UIDL
-    assert len(data["figures"]) == 40 + 9
+    # 16 login, 12 RETR, 3 QUIT, 2 mixed, 4 UIDL, 2 UIDL from disk, 3 idle, 3 idle TLS,
+    # 2 large message; and PostgreSQL's CPU: 3 login ({PLAIN}), 4 RETR, 1 mixed, 2 UIDL
+    assert len(data["figures"]) == 47 + 10
     pg_rows = 0
     for figure in data["figures"]:
         title = f"{figure['title']} ({figure['unit']})"
@@ -86,9 +89,10 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
                 title, column, ratio)
         if figure["key"].endswith(".db"):  # PostgreSQL's own CPU: only its column
             assert figure["measured_by"] == ["popbox-pg"], figure
-    # every figure but the {SHA512-CRYPT} (6) and STLS (4) logins and the idle TLS
-    # sessions (3)
-    assert pg_rows == len(data["figures"]) - 13
+    # every figure but the {SHA512-CRYPT} (6) and STLS (4) logins, the idle TLS
+    # sessions (3), the QUIT figures that need the maildrop put back (2) and the first
+    # login from disk (2)
+    assert pg_rows == len(data["figures"]) - 17
     tls = [f for f in data["figures"] if f["key"].startswith("idle.tls.")]
     assert [f["measured_by"] for f in tls] == [["popbox", "dovecot", "dovecot-hp"]] * 3
     assert data["setup_seconds"]["popbox-pg"]["import"] > 0
@@ -100,3 +104,14 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert not set(used) & asyncio.run(_bench_databases())  # its database is gone
 
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _interleaved(schedule: list[list[object]]) -> None:
+    """Each figure is measured for all its servers one right after the other: between
+    two runs of one unit there is no run of another."""
+    units = [str(unit) for unit, _rep, _server in schedule]
+    seen: set[str] = set()
+    for i, unit in enumerate(units):
+        if unit in seen and units[i - 1] != unit:
+            raise AssertionError(f"{unit} measured again after {units[i - 1]}")
+        seen.add(unit)

@@ -878,6 +878,47 @@ async def test_commit_follows_renames_and_counts_vanished(maildir: Path) -> None
     assert names(maildir, "new") == [] and names(maildir, "cur") == ["1700000003.M1P1.m:2,S"]
 
 
+async def test_commit_never_replaces_a_file_in_its_way(maildir: Path) -> None:
+    """A file that another agent put where the seen message would go keeps its place and
+    its content; the message stays where it was (not lost, not flagged), and the other
+    messages of the same commit are done. RFC 1939 §6: the commit removes only what the
+    session deleted."""
+    for i in range(3):
+        put(maildir / "new" / f"170000000{i}.M1P1.m", b"%d\n" % i)
+    drop = await opened(MaildirStore(), maildir)
+    put(maildir / "cur" / "1700000001.M1P1.m:2,S", b"someone else's\n")
+    report = await drop.commit({2}, {0, 1, 2})
+    assert report == CommitReport(deleted=1, missing=0, flagged=1)
+    assert names(maildir, "new") == ["1700000001.M1P1.m"]
+    assert names(maildir, "cur") == ["1700000000.M1P1.m:2,S", "1700000001.M1P1.m:2,S"]
+    assert (maildir / "cur" / "1700000001.M1P1.m:2,S").read_bytes() == b"someone else's\n"
+    assert (maildir / "new" / "1700000001.M1P1.m").read_bytes() == b"1\n"
+
+
+@pytest.mark.parametrize("delete", [False, True])
+async def test_a_commit_fsyncs_what_its_deletions_changed(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch, delete: bool
+) -> None:
+    """A deletion is made durable before QUIT is answered (the directory it changed is
+    fsynced, once); renames that only flag messages seen are atomic and are not fsynced.
+    The fsyncs are the real ones, counted on their way (which directory: by inode)."""
+    for i in range(3):
+        put(maildir / "new" / f"170000000{i}.M1P1.m", b"%d\n" % i)
+    drop = await opened(MaildirStore(), maildir)
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    report = await drop.commit({0, 1} if delete else set(), {0, 1, 2})
+    assert report == CommitReport(deleted=2 if delete else 0, missing=0,
+                                  flagged=1 if delete else 3)
+    assert synced == ([(maildir / "new").stat().st_ino] if delete else [])
+
+
 async def test_release_during_nothing_and_commit_release_lock(maildir: Path) -> None:
     store = MaildirStore()
     drop = await opened(store, maildir)

@@ -20,9 +20,13 @@ Courier and qmail write them. The pieces:
   unless `follow_symlinks` is set; message files that are symlinks are never listed
   (popbox.store.maildir_scan).
 * commit (after QUIT only): unlink the deleted files; rename the retrieved ones into
-  ``cur/`` with the ``S`` flag (when `mark_seen`); files that vanished meanwhile are
-  counted as missing; directories are fsync'ed; then the lock is released - by the worker
-  thread, so a cancelled commit still finishes before anyone else can open the maildrop.
+  ``cur/`` with the ``S`` flag (when `mark_seen`), never over another file; all of them
+  in one batch (popbox.store.maildir_apply: one compiled call, renameat2 with
+  RENAME_NOREPLACE); files that vanished meanwhile are looked for once, then counted as
+  missing; each directory a deletion changed is fsync'ed once, before the reply to QUIT
+  (renames that only flag messages seen are atomic and not fsync'ed); then
+  the lock is released - by the worker thread, so a cancelled commit still finishes
+  before anyone else can open the maildrop.
   A message read from ``cur/`` under a name with the ``S`` flag is remembered as seen
   when it is opened, so it costs the commit nothing: a session that retrieved only such
   messages and deleted none (a client that leaves mail on the server, at every poll)
@@ -55,12 +59,13 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Sequence, Set
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from popbox.fsutil import NotRegularFile, fsync_dir, open_regular, write_atomic
 from popbox.proto.types import Index
 from popbox.proto.wire import wire_size
-from popbox.store import last_login, maildir_times, maildir_trash
+from popbox.store import last_login, maildir_apply, maildir_times, maildir_trash
 from popbox.store.base import (
     FULL_ERRNOS,
     GONE,
@@ -80,7 +85,7 @@ from popbox.store.last_login import LastLogin
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
 from popbox.store.maildir_listing import Listing
-from popbox.store.maildir_names import has_flag, unique_name, with_flag
+from popbox.store.maildir_names import base_of, has_flag, unique_name, with_flag
 from popbox.store.maildir_scan import Entry, EntryTable, find_files, pick, take
 
 LOCK_NAME = "popbox.lock"
@@ -88,6 +93,20 @@ CHUNK_SIZE = 256 * 1024
 INLINE_READ = 64 * 1024  # messages up to this wire size are read on the event loop
 _MESSAGE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG  # the file type bits of st_mode, a regular file
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@dataclasses.dataclass(slots=True)
+class _Tally:
+    """What a commit did so far."""
+
+    deleted: int = 0
+    missing: int = 0
+    flagged: int = 0
+    failed: bool = False  # a deletion failed (not a missing file): the commit reports it
+    # the subdirs a deletion changed, to fsync (the renames that only mark messages seen
+    # are not: see MaildirDrop._apply)
+    changed: set[str] = dataclasses.field(default_factory=set)
 
 
 class _FileReader:
@@ -468,9 +487,12 @@ class MaildirDrop:
         now: float,
     ) -> CommitReport | Failure:
         try:
-            taken = [self._entries[i] for i in retrieved]  # already seen: recorded before
-            first = [e.base for e in taken if not (e.sub == "cur" and has_flag(e.name, "S"))]
-            deleted = {self._entries[i].base for i in delete}
+            first = []  # retrieved for the first time (the already seen were recorded before)
+            for i in retrieved:
+                sub, name = self._entries.where(i)
+                if not (sub == "cur" and has_flag(name, "S")):
+                    first.append(base_of(name))
+            deleted = {base_of(self._entries.where(i)[1]) for i in delete}
             report = self._apply(delete, to_flag, now)
             try:
                 maildir_times.append(self._root, first, now)
@@ -478,7 +500,7 @@ class MaildirDrop:
             except OSError as exc:  # only ever keeps the mail longer
                 log.warning("maildir %s: retrieval record not written: %s", self._root, exc)
             return report
-        except OSError as exc:  # the directories could not be searched
+        except OSError as exc:  # the directories could not be opened or searched
             log.warning("maildir %s: commit failed: %s", self._root, exc)
             return Failure.TEMPORARY
         finally:
@@ -487,63 +509,123 @@ class MaildirDrop:
     def _apply(
         self, delete: frozenset[int], to_flag: frozenset[int], now: float
     ) -> CommitReport | Failure:
-        deleted = missing = flagged = 0
-        failed = False
-        changed: set[str] = set()
-        pending = sorted(delete | to_flag)
+        """Unlink (or trash) `delete`, flag `to_flag` seen; then fsync, once, each
+        directory a deletion changed, so that a deletion the QUIT's +OK reports stays done
+        after a crash. The renames that only flag messages seen are not fsynced (as
+        Dovecot does not): a rename is atomic, so after a crash the file is under its old
+        name or its new one, never lost, and at worst a message shows as unseen again.
+        The common operations (unlink; rename into cur/ with S) go in one batch
+        (popbox.store.maildir_apply); the rest, and files renamed by another agent since
+        the snapshot (found again once), one by one."""
+        tally = _Tally()
         trash_cur = maildir_trash.prepare(self._root) if self._trash and delete else None
         trashed: list[str] = []
-        for attempt in range(2):
-            retry: list[int] = []
-            for i in pending:
-                sub, name = self._entries.where(i)
-                path = f"{self._root}/{sub}/{name}"
-                try:
-                    if i in delete:
-                        if trash_cur is None:
-                            os.unlink(path)
-                        else:
-                            maildir_trash.move(path, trash_cur, name)
-                            trashed.append(self._entries[i].base)
-                        deleted += 1
-                        changed.add(sub)
-                    elif sub == "cur" and has_flag(name, "S"):
-                        # Seen already: only make sure it is still there. access(2) costs
-                        # a third of a stat (no stat_result), and a QUIT pays it per message.
-                        if not os.access(path, os.F_OK):
-                            raise FileNotFoundError(errno.ENOENT, "vanished", name)
-                        flagged += 1
-                    elif self._flag_seen(self._entries[i]):
-                        changed.update((sub, "cur"))
-                        flagged += 1
-                except FileNotFoundError:
-                    retry.append(i)
-                except OSError as exc:
-                    log.warning("maildir %s: %s failed: %s", self._root, name, exc)
-                    failed = failed or i in delete
-            if not retry:
-                break
-            if attempt == 0:  # look once for the files renamed since the snapshot
-                found = find_files(self._root, {self._entries[i].base for i in retry})
-                pending = [i for i in retry if self._pick(self._entries[i], found)]
-                missing += len(retry) - len(pending)
+        ops: list[maildir_apply.Op] = []
+        batched: list[int] = []
+        slow: list[int] = []
+        for i in sorted(delete | to_flag):
+            sub, name = self._entries.where(i)
+            in_cur = sub == "cur"
+            if i in delete:
+                if trash_cur is None:
+                    ops.append((in_cur, name, None))
+                    batched.append(i)
+                else:
+                    slow.append(i)
+            elif in_cur and has_flag(name, "S"):
+                slow.append(i)  # seen already: only make sure it is still there
             else:
-                missing += len(retry)
+                target = with_flag(name, "S")
+                if target is not None:  # else info of another kind: not ours to change
+                    ops.append((in_cur, name, target))
+                    batched.append(i)
+        new_fd = os.open(os.path.join(self._root, "new"), _DIR_FLAGS)
+        try:
+            cur_fd = os.open(os.path.join(self._root, "cur"), _DIR_FLAGS)
+            try:
+                retry = self._batch(new_fd, cur_fd, ops, batched, tally)
+                retry += self._each(slow, delete, trash_cur, trashed, tally)
+                if retry:  # look once for the files renamed since the snapshot
+                    found = find_files(self._root, {self._entries[i].base for i in retry})
+                    again = [i for i in retry if self._pick(self._entries[i], found)]
+                    tally.missing += len(retry) - len(again)
+                    tally.missing += len(self._each(again, delete, trash_cur, trashed, tally))
+                for sub, fd in (("new", new_fd), ("cur", cur_fd)):
+                    if sub in tally.changed:
+                        self._fsync(sub, partial(os.fsync, fd))
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(new_fd)
         if trash_cur is not None:
-            changed.add(os.path.join(maildir_trash.FOLDER, "cur"))
+            trash = os.path.join(maildir_trash.FOLDER, "cur")
+            self._fsync(trash, lambda: fsync_dir(os.path.join(self._root, trash)))
             try:
                 maildir_times.append(maildir_trash.folder(self._root), trashed, now,
                                      maildir_times.TRASHED)
             except OSError as exc:  # unrecorded: kept in the trash until removed by hand
                 log.warning("maildir %s: trash record not written: %s", self._root, exc)
-        for sub in changed:
-            try:
-                fsync_dir(os.path.join(self._root, sub))
-            except OSError as exc:
-                log.warning("maildir %s: fsync of %s failed: %s", self._root, sub, exc)
-        if failed:
+        if tally.failed:
             return Failure.TEMPORARY
-        return CommitReport(deleted=deleted, missing=missing, flagged=flagged)
+        return CommitReport(deleted=tally.deleted, missing=tally.missing, flagged=tally.flagged)
+
+    def _fsync(self, sub: str, sync: Callable[[], None]) -> None:
+        try:
+            sync()
+        except OSError as exc:
+            log.warning("maildir %s: fsync of %s failed: %s", self._root, sub, exc)
+
+    def _batch(self, new_fd: int, cur_fd: int, ops: list[maildir_apply.Op],
+               indexes: list[int], tally: _Tally) -> list[int]:
+        """Carry out `ops` (for the messages `indexes`) in one batch; returns the indexes
+        whose file was not where the snapshot saw it."""
+        retry: list[int] = []
+        codes = maildir_apply.apply(new_fd, cur_fd, ops)
+        for i, (in_cur, name, target), code in zip(indexes, ops, codes, strict=True):
+            sub = "cur" if in_cur else "new"
+            if code == 0:
+                if target is None:
+                    tally.deleted += 1
+                    tally.changed.add(sub)
+                else:
+                    tally.flagged += 1
+            elif code == errno.ENOENT:
+                retry.append(i)
+            elif code != errno.EEXIST or target is None:  # EEXIST: never replace a file
+                log.warning("maildir %s: %s failed: %s", self._root, name, os.strerror(code))
+                tally.failed = tally.failed or target is None
+        return retry
+
+    def _each(self, indexes: list[int], delete: frozenset[int], trash_cur: str | None,
+              trashed: list[str], tally: _Tally) -> list[int]:
+        """The operations one by one; returns the indexes whose file was not there."""
+        retry: list[int] = []
+        for i in indexes:
+            sub, name = self._entries.where(i)
+            path = f"{self._root}/{sub}/{name}"
+            try:
+                if i in delete:
+                    if trash_cur is None:
+                        os.unlink(path)
+                    else:
+                        maildir_trash.move(path, trash_cur, name)
+                        trashed.append(self._entries[i].base)
+                    tally.deleted += 1
+                    tally.changed.add(sub)
+                elif sub == "cur" and has_flag(name, "S"):
+                    # Seen already: only make sure it is still there. access(2) costs
+                    # a third of a stat (no stat_result).
+                    if not os.access(path, os.F_OK):
+                        raise FileNotFoundError(errno.ENOENT, "vanished", name)
+                    tally.flagged += 1
+                elif self._flag_seen(self._entries[i]):
+                    tally.flagged += 1
+            except FileNotFoundError:
+                retry.append(i)
+            except OSError as exc:
+                log.warning("maildir %s: %s failed: %s", self._root, name, exc)
+                tally.failed = tally.failed or i in delete
+        return retry
 
     def _pick(self, entry: Entry, found: dict[str, list[tuple[str, str]]]) -> bool:
         return pick(self._root, entry, found.get(entry.base, []))
