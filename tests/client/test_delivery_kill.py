@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -67,11 +68,14 @@ async def run_child(script: Path, args: list[str], kill_after: float | None) -> 
             try:
                 await asyncio.wait_for(proc.wait(), kill_after)
             except TimeoutError:
-                proc.kill()
+                # It may have ended between the timeout and the kill.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
         out, err = await asyncio.wait_for(proc.communicate(), 120)
     finally:
         if proc.returncode is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
     if kill_after is None:
         assert proc.returncode == 0, err.decode()
