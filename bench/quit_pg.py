@@ -9,9 +9,9 @@ dropped at the end) with the schema of ``popbox db upgrade`` and one mailbox of
 serve`` (one worker) on a free loopback port. Each session logs in, retrieves (or marks
 deleted) every message, then sends QUIT; the time from writing QUIT to reading the
 whole `+OK` line is one sample: the server's one commit statement (lease check, seen
-flags or deletions) and the lock's release (RFC 1939 §6). Before each session the
-messages are made unseen again and vacuumed (RETR: each QUIT flags them all, as
-for new mail whose pages have room for the update), or put back (DELE:
+flags as one row of the retrieval log, or deletions) and the lock's release (RFC 1939
+§6). Before each session the messages are made unseen again, the log emptied and the
+table vacuumed (RETR: each QUIT logs them all, as for new mail), or put back (DELE:
 copied in again from a template table, with new ids). The first session is a warm-up. Every socket
 read is bounded by a timeout; the server is stopped in a `finally` block.
 """
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.dele:
                     # and the old row versions cleared away, as for mail retrieved once
                     db.execute("UPDATE messages SET seen = false, retrieved_at = NULL",
-                               "VACUUM messages")
+                               "DELETE FROM retrievals", "VACUUM messages")
                 elif n:  # the previous session deleted them all
                     db.execute(_PUT_BACK)
                 took = _session(port, args.messages, b"DELE" if args.dele else b"RETR")

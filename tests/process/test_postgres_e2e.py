@@ -47,7 +47,7 @@ async def alice(pg_dsn: str) -> AsyncIterator[str]:
 
 
 async def rows(dsn: str, user: str) -> list[tuple[str, bool]]:
-    found = await fetch(dsn, "SELECT m.uidl, m.seen FROM messages m JOIN mailboxes b "
+    found = await fetch(dsn, "SELECT m.uidl, m.seen FROM messages_state m JOIN mailboxes b "
                         "ON b.id = m.mailbox_id WHERE b.name = $1 ORDER BY m.id", user)
     return [(row["uidl"], row["seen"]) for row in found]
 

@@ -111,7 +111,7 @@ async def test_a_full_postgresql_disk_is_452_75_and_a_quit_that_applies_nothing(
             try:
                 await _scenario(base, disk, dsn)
             finally:
-                await fetch(dsn, "DROP TABLE messages")
+                await fetch(dsn, "DROP TABLE messages CASCADE")  # and the view on it
                 await fetch(server, "DROP TABLESPACE popbox_small")
 
 

@@ -50,6 +50,13 @@ async def lock_holders(dsn: str, location: str) -> list[int]:
     return [row["pid"] for row in rows]
 
 
+async def seen_flags(dsn: str, location: str) -> list[bool]:
+    """Each message's seen flag, in delivery order, with the retrieval log applied."""
+    rows = await fetch(dsn, "SELECT m.seen FROM messages_state m JOIN mailboxes b "
+                       "ON b.id = m.mailbox_id WHERE b.name = $1 ORDER BY m.id", location)
+    return [row["seen"] for row in rows]
+
+
 async def test_two_sessions_of_one_process(store: PostgresStore, pg_dsn: str) -> None:
     location = mailbox()
     drop = await opened(store, location)
@@ -130,9 +137,7 @@ async def test_lost_lock_connection_means_no_commit(store: PostgresStore, pg_dsn
     assert isinstance(newer, PostgresDrop)
     assert await drop.commit({0}, {1}) is Failure.TEMPORARY  # the first may not commit
     assert await newer.commit({0}, set()) == CommitReport(deleted=1, missing=0, flagged=0)
-    rows = await fetch(pg_dsn, "SELECT seen FROM messages m JOIN mailboxes b "
-                       "ON b.id = m.mailbox_id WHERE b.name = $1", location)
-    assert [row["seen"] for row in rows] == [False]
+    assert await seen_flags(pg_dsn, location) == [False]
 
 
 async def test_commit_proves_the_lease_in_its_transaction(
@@ -279,6 +284,13 @@ async def test_mark_seen_off(pg_dsn: str) -> None:
         assert await store.deliver(location, MESSAGE) is None
         drop = await opened(store, location)
         assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=0)
+        assert await seen_flags(pg_dsn, location) == [False]
+        await (await opened(store, location)).release()  # folds the log
+        rows = await fetch(pg_dsn, "SELECT m.seen, m.retrieved_at FROM messages m JOIN "
+                           "mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1", location)
+        assert [(r["seen"], r["retrieved_at"] is not None) for r in rows] == [(False, True)]
+        assert await fetch(pg_dsn, "SELECT r.seq FROM retrievals r JOIN mailboxes b ON "
+                           "b.id = r.mailbox_id WHERE b.name = $1", location) == []
     finally:
         await store.aclose()
 
@@ -306,9 +318,11 @@ async def test_old_schema_is_refused(pg_server: str) -> None:
 
 
 async def test_messages_already_seen_get_no_update(store: PostgresStore, pg_dsn: str) -> None:
-    """RFC 1939 §6: a QUIT after retrieving messages that were already seen writes
-    nothing: no row gets a new version (its xmin, the transaction that wrote it, stays);
-    a message not seen yet among them is still marked."""
+    """RFC 1939 §6: a QUIT writes one row of the retrieval log for the messages it
+    retrieved that were not seen yet, and no message row (its xmin, the transaction that
+    wrote it, stays); the next session folds the log into the rows; a QUIT after
+    retrieving only messages already seen writes nothing; a message not seen yet among
+    them is still logged."""
     location = mailbox()
     for _ in range(3):
         assert await store.deliver(location, MESSAGE) is None
@@ -319,19 +333,37 @@ async def test_messages_already_seen_get_no_update(store: PostgresStore, pg_dsn:
                            "ORDER BY m.id", location)
         return [(row["x"], row["seen"]) for row in rows]
 
+    async def logged() -> list[list[int]]:
+        rows = await fetch(pg_dsn, "SELECT r.ids FROM retrievals r JOIN mailboxes b "
+                           "ON b.id = r.mailbox_id WHERE b.name = $1 ORDER BY r.seq", location)
+        return [list(row["ids"]) for row in rows]
+
+    delivered = await versions()
+    ids = [row["id"] for row in await fetch(
+        pg_dsn, "SELECT m.id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+        "WHERE b.name = $1 ORDER BY m.id", location)]
     drop = await opened(store, location)
     assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
-    marked = await versions()
-    assert [seen for _, seen in marked] == [True, True, False]
+    assert await versions() == delivered  # no row written
+    assert await logged() == [ids[:2]]
+    assert await seen_flags(pg_dsn, location) == [True, True, False]
+
+    drop = await opened(store, location)  # folds the log while the session goes on
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    folded = await versions()
+    assert [seen for _, seen in folded] == [True, True, False]
+    assert folded[2] == delivered[2] and folded[0] != delivered[0]
+    assert await logged() == []
+
     drop = await opened(store, location)
     assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
-    assert await versions() == marked
+    assert await versions() == folded
+    assert await logged() == []
     assert await lock_holders(pg_dsn, location) == []  # the lock is released all the same
     drop = await opened(store, location)
     assert await drop.commit(set(), {0, 1, 2}) == CommitReport(deleted=0, missing=0, flagged=3)
-    after = await versions()
-    assert after[:2] == marked[:2]
-    assert after[2][1] and after[2][0] != marked[2][0]
+    assert await versions() == folded
+    assert await logged() == [ids[2:]]
 
 
 _RAISE = ("""
@@ -339,7 +371,7 @@ CREATE FUNCTION popbox_test_raise() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE box text;
 BEGIN
   SELECT name INTO box FROM mailboxes WHERE id = NEW.mailbox_id;
-  IF box LIKE TG_OP || '-%' THEN
+  IF box LIKE TG_OP || '-%' OR box LIKE TG_TABLE_NAME || '-%' THEN
     RAISE EXCEPTION 'raised by the test' USING ERRCODE = split_part(box, '-', 2);
   END IF;
   RETURN NEW;
@@ -347,7 +379,41 @@ END $$
 """, """
 CREATE TRIGGER popbox_test_raise BEFORE INSERT OR UPDATE ON messages
   FOR EACH ROW EXECUTE FUNCTION popbox_test_raise()
+""", """
+CREATE TRIGGER popbox_test_raise BEFORE INSERT ON retrievals
+  FOR EACH ROW EXECUTE FUNCTION popbox_test_raise()
 """)
+
+
+async def test_a_fold_that_fails_keeps_the_log(store: PostgresStore, pg_dsn: str) -> None:
+    """The retrieval log is folded into the rows by the next session; when that fails
+    (here: the UPDATE raises), the log stays and is read with the rows: the messages are
+    still seen, the session goes on and commits, and a later session folds it all."""
+    location = f"UPDATE-53200-{uuid.uuid4().hex}"  # popbox_test_raise: every UPDATE fails
+    for _ in range(2):
+        assert await store.deliver(location, MESSAGE) is None
+    for statement in _RAISE:
+        await fetch(pg_dsn, statement)
+    try:
+        drop = await opened(store, location)
+        assert await drop.commit(set(), {0}) == CommitReport(deleted=0, missing=0, flagged=1)
+        drop = await opened(store, location)  # its fold fails
+        assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+        assert await seen_flags(pg_dsn, location) == [True, True]
+        logged = await fetch(pg_dsn, "SELECT r.ids FROM retrievals r JOIN mailboxes b ON "
+                             "b.id = r.mailbox_id WHERE b.name = $1 ORDER BY seq", location)
+        assert len(logged) == 2
+    finally:
+        await fetch(pg_dsn, "DROP TRIGGER popbox_test_raise ON messages")
+        await fetch(pg_dsn, "DROP TRIGGER popbox_test_raise ON retrievals")
+        await fetch(pg_dsn, "DROP FUNCTION popbox_test_raise()")
+    drop = await opened(store, location)
+    assert await drop.commit(set(), {0, 1}) == CommitReport(deleted=0, missing=0, flagged=2)
+    rows = await fetch(pg_dsn, "SELECT m.seen FROM messages m JOIN mailboxes b "
+                       "ON b.id = m.mailbox_id WHERE b.name = $1", location)
+    assert [row["seen"] for row in rows] == [True, True]
+    assert await fetch(pg_dsn, "SELECT r.seq FROM retrievals r JOIN mailboxes b ON "
+                       "b.id = r.mailbox_id WHERE b.name = $1", location) == []
 
 
 async def test_disk_full_from_the_server_is_full_and_out_of_memory_is_not(
@@ -355,8 +421,9 @@ async def test_disk_full_from_the_server_is_full_and_out_of_memory_is_not(
 ) -> None:
     """The server's own errors, raised by a trigger with a chosen SQLSTATE for mailboxes
     named after it: 53100 disk_full (what PostgreSQL reports for ENOSPC) on the INSERT of
-    a delivery, or on the UPDATE of a commit, is Failure.FULL; 53200 out_of_memory and
-    53000 insufficient_resources are Failure.TEMPORARY. Nothing is stored or changed.
+    a delivery, or on a commit's INSERT into the retrieval log, is Failure.FULL; 53200
+    out_of_memory and 53000 insufficient_resources are Failure.TEMPORARY. Nothing is
+    stored or changed.
     (tests/process/test_postgres_full_disk.py fills a real disk.)"""
     for statement in _RAISE:
         await fetch(pg_dsn, statement)
@@ -365,16 +432,15 @@ async def test_disk_full_from_the_server_is_full_and_out_of_memory_is_not(
                                 ("53000", Failure.TEMPORARY)):
             location = f"INSERT-{state}-{uuid.uuid4().hex}"
             assert await store.deliver(location, MESSAGE) is expected, state
-            location = f"UPDATE-{state}-{uuid.uuid4().hex}"
+            location = f"retrievals-{state}-{uuid.uuid4().hex}"
             assert await store.deliver(location, MESSAGE) is None
             drop = await opened(store, location)
             assert await drop.commit(set(), {Index(0)}) is expected, state
             drop = await opened(store, location)  # the lock was released
             assert len(drop.messages) == 1
             await drop.release()
-            seen = await fetch(pg_dsn, "SELECT m.seen FROM messages m JOIN mailboxes b ON "
-                               "b.id = m.mailbox_id WHERE b.name = $1", location)
-            assert [row["seen"] for row in seen] == [False]
+            assert await seen_flags(pg_dsn, location) == [False]
     finally:
         await fetch(pg_dsn, "DROP TRIGGER popbox_test_raise ON messages")
+        await fetch(pg_dsn, "DROP TRIGGER popbox_test_raise ON retrievals")
         await fetch(pg_dsn, "DROP FUNCTION popbox_test_raise()")

@@ -37,6 +37,16 @@ Tables:
   makes (seen, retrieved_at: no indexed column) can then stay on the row's page (a HOT
   update, no index entries), about half the WAL and time of a full one.
 
+``retrievals`` (migration 5) is the log of the retrievals that QUITs committed: one row
+per QUIT that retrieved messages not yet seen (``ids``, the time, and whether they are to be
+marked ``seen``), written instead of updating each message's row, so a QUIT after
+retrieving 1,000 new messages inserts one row (an UPDATE of 1,000 rows costs PostgreSQL
+about 10 µs a row). The next session that opens the mailbox, holding its maildrop lock,
+folds the log into the rows (``seen``, the first ``retrieved_at``) and deletes the log rows
+it folded, in one statement, while the client goes on. Until then a listing and
+`times()` read the log with the rows. The view ``messages_state`` gives every message's
+``seen`` and ``retrieved_at`` with the log applied: what tools and people should query.
+
 The pending migrations run in ONE transaction together with their rows in
 ``schema_migrations`` (PostgreSQL's DDL is transactional: an upgrade is applied whole or
 not at all), under a transaction-level advisory lock, so two upgrades started at once
@@ -124,6 +134,28 @@ ALTER TABLE messages SET (fillfactor = 70);
     Migration(4, "last login", """
 ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS last_login timestamptz;
 ALTER TABLE mailboxes ADD COLUMN IF NOT EXISTS last_login_ip text;
+"""),
+    # A QUIT's retrievals as one row, folded into the messages' rows later (see the
+    # module docstring); `messages_state` shows every message's flags with the log applied.
+    Migration(5, "retrieval log", """
+CREATE TABLE retrievals (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    mailbox_id integer NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+    retrieved_at timestamptz NOT NULL,
+    seen boolean NOT NULL,
+    ids bigint[] NOT NULL
+);
+-- out of line, uncompressed: compressing a QUIT's 8 KB of ids costs more than it saves
+ALTER TABLE retrievals ALTER COLUMN ids SET STORAGE EXTERNAL;
+CREATE INDEX retrievals_mailbox ON retrievals (mailbox_id, seq);
+CREATE VIEW messages_state AS
+SELECT m.id, m.mailbox_id, m.uidl, m.delivered_at, m.deleted_at,
+    m.seen OR coalesce(log.seen, false) AS seen,
+    coalesce(m.retrieved_at, log.retrieved_at) AS retrieved_at
+FROM messages m LEFT JOIN (
+    SELECT r.mailbox_id, u.id, bool_or(r.seen) AS seen, min(r.retrieved_at) AS retrieved_at
+    FROM retrievals r CROSS JOIN LATERAL unnest(r.ids) AS u(id) GROUP BY r.mailbox_id, u.id
+) log ON log.mailbox_id = m.mailbox_id AND log.id = m.id;
 """),
 )
 LATEST = MIGRATIONS[-1].version

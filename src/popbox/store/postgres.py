@@ -6,8 +6,12 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
   then take the snapshot with ONE query over the listing index: (id, UIDL, wire size,
-  stored size) in delivery order. Sizes and UIDLs were fixed at delivery, so a login
-  never reads a message body.
+  stored size) in delivery order, and read the retrieval log (popbox.pg.schema) not yet
+  folded: the messages it marks seen are seen in the snapshot. Sizes and UIDLs were
+  fixed at delivery, so a login never reads a message body. When there is a log, the
+  session folds it into the rows (one statement, on a pooled connection, under the
+  session's lock) while the client goes on; the commit, `times` and the release wait
+  for that fold first.
 * read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
   message is never in memory at once, and a slow client holds no connection between
   chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
@@ -21,12 +25,13 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * commit (after QUIT only): ONE statement (so one transaction, one round trip), run on
   the lock connection, which proves the lease still holds at no cost (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
-  deletes the session's deleted messages and sets
-  ``seen`` (with `mark_seen`) and the first ``retrieved_at`` (the store's `clock`) on the
-  retrieved ones, each as one ``WHERE id = ANY($n)``; rows already gone count as
-  missing. Then the lock is released. The commit is shielded, so
+  deletes the session's deleted messages (one ``WHERE id = ANY($n)``) and writes ONE
+  row of the retrieval log for the retrieved ones still there (their ids, the store's
+  `clock`, and whether to mark them seen: `mark_seen`); rows already gone count as
+  missing. No message row is updated: a QUIT after retrieving 1,000 new messages costs
+  one small insert, not 1,000 row versions. Then the lock is released. The commit is shielded, so
   a cancelled session still finishes it before anyone else can open the maildrop.
-  Messages the snapshot found seen get no UPDATE; a session with nothing else to write
+  Messages the snapshot found seen are not logged again; a session with nothing else to write
   (it retrieved only seen messages and deleted none) runs no transaction at all.
 * soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
   the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
@@ -92,14 +97,17 @@ RETURNING id"""
 
 # The commit, ONE statement (so one transaction and one round trip), run on the lock
 # connection (pg_lock.LockKeeper.run_held: that it runs proves the lease): the deletions
-# ($2) and the seen marks ($3, with mark_seen $4). $1: the mailbox, $5: the time. The
-# deletion is for good, or into the trash.
+# ($2) and the retrievals ($3, to be marked seen with mark_seen $4) as one row of the
+# retrieval log, of those still there. $1: the mailbox, $5: the time. The deletion is for
+# good, or into the trash.
 _COMMIT = """
 WITH gone AS ({gone} WHERE mailbox_id = $1 AND id = ANY($2::bigint[]) {only} RETURNING id),
-marked AS (UPDATE messages SET seen = seen OR $4,
-    retrieved_at = coalesce(retrieved_at, to_timestamp($5))
-    WHERE mailbox_id = $1 AND id = ANY($3::bigint[]) RETURNING id)
-SELECT (SELECT count(*) FROM gone) AS gone, (SELECT count(*) FROM marked) AS marked"""
+found AS (SELECT array(SELECT m.id FROM messages m JOIN unnest($3::bigint[]) AS u(id)
+    ON m.id = u.id WHERE m.mailbox_id = $1) AS ids),
+logged AS (INSERT INTO retrievals (mailbox_id, retrieved_at, seen, ids)
+    SELECT $1, to_timestamp($5), $4, ids FROM found WHERE cardinality(ids) > 0
+    RETURNING cardinality(ids) AS n)
+SELECT (SELECT count(*) FROM gone) AS gone, coalesce((SELECT n FROM logged), 0) AS marked"""
 _COMMIT_DELETE = _COMMIT.format(gone="DELETE FROM messages", only="")
 _COMMIT_TRASH = _COMMIT.format(gone="UPDATE messages SET deleted_at = to_timestamp($5)",
                                only="AND deleted_at IS NULL")
@@ -121,18 +129,35 @@ SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
     octet_length(wire) AS wire_size
 FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
 
+# The retrieval log of a mailbox not folded yet: its last row, and the ids it marks seen.
+_LOG = """
+SELECT max(r.seq) AS upto, array_agg(u.id) FILTER (WHERE r.seen) AS seen
+FROM retrievals r CROSS JOIN LATERAL unnest(r.ids) AS u(id) WHERE r.mailbox_id = $1"""
+
+# The log's rows up to $2 folded into the messages' rows, and deleted, in one statement.
+_FOLD = """
+WITH folded AS (DELETE FROM retrievals WHERE mailbox_id = $1 AND seq <= $2
+    RETURNING seen, retrieved_at, ids),
+each AS (SELECT u.id, bool_or(f.seen) AS seen, min(f.retrieved_at) AS retrieved_at
+    FROM folded f CROSS JOIN LATERAL unnest(f.ids) AS u(id) GROUP BY u.id)
+UPDATE messages m SET seen = m.seen OR each.seen,
+    retrieved_at = coalesce(m.retrieved_at, each.retrieved_at)
+FROM each WHERE m.mailbox_id = $1 AND m.id = each.id"""
+
 
 class _Columns:
     """The snapshot's rows as columns, by index (made by one `zip`, no object per row)."""
 
     __slots__ = ("ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
 
-    def __init__(self, rows: Sequence[Sequence[object]]) -> None:
+    def __init__(self, rows: Sequence[Sequence[object]], logged: Set[int]) -> None:
         columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 6
         self.snapshot = Snapshot(columns[1], columns[2])  # uidl (a str: Uidl), size
         self.ids: tuple[int, ...] = columns[0]
         self.raw_sizes: tuple[int, ...] = columns[3]
-        self.seen: tuple[bool, ...] = columns[4]  # as the snapshot found it
+        # as the snapshot found it, the retrieval log (`logged`: seen there) applied
+        self.seen: tuple[bool, ...] = columns[4] if not logged else tuple(
+            seen or i in logged for i, seen in zip(self.ids, columns[4], strict=True))
         self.wire_sizes: tuple[int | None, ...] = columns[5]  # None: no wire form
 
 
@@ -184,8 +209,11 @@ class PostgresStore:
         lease = await self.locks.acquire(box)
         if isinstance(lease, Failure):
             return lease
+        async def listing(conn: Connection) -> tuple[list[Any], Any]:
+            return await conn.fetch(_LISTING, box), await conn.fetchrow(_LOG, box)
+
         try:
-            rows = await self.db.run(lambda conn: conn.fetch(_LISTING, box))
+            rows, log_row = await self.db.run(listing)
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -193,9 +221,9 @@ class PostgresStore:
         except BaseException:
             await self.locks.release(lease)
             raise
-        columns = _Columns(rows)
+        columns = _Columns(rows, frozenset(log_row["seen"] or ()))
         del rows
-        return PostgresDrop(self, box, lease, columns)
+        return PostgresDrop(self, box, lease, columns, log_row["upto"])
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         result = await self.store(location, message)
@@ -353,7 +381,7 @@ class PostgresDrop:
 
     def __init__(
         self, store: PostgresStore, box: int, lease: Lease,
-        columns: _Columns,
+        columns: _Columns, logged: int | None = None,
     ) -> None:
         self._store = store
         self._box = box
@@ -362,6 +390,26 @@ class PostgresDrop:
         self._rows = columns
         self._ahead: dict[int, bytes] = {}  # row id -> wire form, read with an earlier one
         self._state = "open"  # "committing", "done"
+        # The retrieval log up to row `logged` folded into the rows, while the session
+        # goes on; the commit and the release wait for it (it runs under this lease).
+        self._fold: asyncio.Task[None] | None = None
+        if logged is not None:
+            self._fold = asyncio.ensure_future(self._folded(logged))
+
+    async def _folded(self, upto: int) -> None:
+        """The log's rows up to `upto` applied to the messages' rows. A failure leaves the
+        log as it was (it is read with the rows until a later session folds it)."""
+        try:
+            await self._store.db.run(
+                lambda conn: conn.execute(_FOLD, self._box, upto), retry=False)
+        except DB_ERRORS as exc:
+            log.warning("postgres: mailbox %d: retrieval log not folded: %s", self._box, exc)
+
+    async def _settled(self) -> None:
+        """The fold started at open, finished (it never raises DB errors)."""
+        fold, self._fold = self._fold, None
+        if fold is not None:
+            await asyncio.shield(fold)
 
     @property
     def messages(self) -> Snapshot:
@@ -382,10 +430,11 @@ class PostgresDrop:
 
     async def times(self) -> Sequence[Times]:
         ids = list(self._rows.ids)
+        await self._settled()
         try:
             rows = await self._store.db.run(lambda conn: conn.fetch(
                 "SELECT id, extract(epoch FROM delivered_at)::float8 AS delivered, "
-                "extract(epoch FROM retrieved_at)::float8 AS retrieved FROM messages "
+                "extract(epoch FROM retrieved_at)::float8 AS retrieved FROM messages_state "
                 "WHERE mailbox_id = $1 AND id = ANY($2::bigint[])", self._box, ids))
         except DB_ERRORS as exc:
             log.warning("postgres: mailbox %d: times not read: %s", self._box, exc)
@@ -454,16 +503,13 @@ class PostgresDrop:
         ids, was_seen = self._rows.ids, self._rows.seen
         doomed = [ids[i] for i in delete]
         flag: list[int] = []
-        already = 0  # seen, and its retrieval recorded, in the snapshot: no UPDATE
+        already = 0  # seen, and its retrieval recorded, in the snapshot: not logged again
         for i in set(seen) - set(delete):
             if self._store.mark_seen and was_seen[i]:
                 already += 1
             else:
                 flag.append(ids[i])
         try:
-            if not doomed and not flag:  # nothing to write: no transaction
-                await asyncio.shield(self._store.locks.release(self._lease))
-                return CommitReport(deleted=0, missing=0, flagged=already)
             report = await asyncio.shield(self._commit(doomed, flag))
         finally:
             self._state = "done"
@@ -474,6 +520,9 @@ class PostgresDrop:
     async def _commit(self, doomed: list[int], flag: list[int]) -> CommitReport | Failure:
         store = self._store
         try:
+            await self._settled()
+            if not doomed and not flag:  # nothing to write: no transaction
+                return CommitReport(deleted=0, missing=0, flagged=0)
             if not store.locks.valid(self._lease):
                 log.warning("postgres: mailbox %d: lock lost, nothing committed", self._box)
                 return Failure.TEMPORARY
@@ -505,7 +554,10 @@ class PostgresDrop:
         if self._state == "open":
             self._state = "done"
             self._ahead = {}
-            await self._store.locks.release(self._lease)
+            try:
+                await self._settled()
+            finally:
+                await self._store.locks.release(self._lease)
 
 
 def _failure(exc: BaseException) -> Failure:
