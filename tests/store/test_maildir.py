@@ -602,6 +602,8 @@ def _insane(listing: maildir_listing.Listing) -> dict[str, maildir_listing.Listi
         "uidl with a space": changed(uidls=["a b", *uidls[1:]]),
         "uidl too long": changed(uidls=["x" * 71, *uidls[1:]]),
         "empty uidl": changed(uidls=["", *uidls[1:]]),
+        "empty last uidl": changed(uidls=[*uidls[:-1], ""]),
+        "empty uidl between": changed(uidls=[uidls[0], "", *uidls[2:]]),
         "uidl twice": changed(uidls=[uidls[1], *uidls[1:]]),
         "negative size": changed(sizes=[-1, *listing.sizes[1:]]),
         "other subdir": changed(subs=b"t" + listing.subs[1:]),

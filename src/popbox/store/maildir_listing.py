@@ -45,14 +45,14 @@ a plain file name (no ``/``, not empty, not starting with a dot), so a listing w
 someone else can only point into ``cur/`` and ``new/``, and every UIDL is valid (RFC 1939
 §7) and unique.
 
-Format (little-endian), version 1; decoded with a few C-level calls whatever the count::
+Format (little-endian), version 2; decoded with a few C-level calls whatever the count::
 
     magic   b"popbox-listing\\n"                                            15 bytes
     header  version u16, uidl_import u8 (0 none, 1 dovecot, 2 courier), pad u8,
             count u32, listed_at i64 (ns), 3 x (inode, size, mtime_ns, ctime_ns) i64 of
             cur/, new/ and the imported-UIDL file (zeros: none), inode count u32,
             names length u64, UIDLs length u64
-    digest  BLAKE2b-128 of the header and the body                             16 bytes
+    digest  SHA-256 of the header and the body, its first 16 bytes             16 bytes
     body    count x sub u8 (b"c" or b"n"), count x wire size i64,
             inode count x (message index u64), inode count x (inode u64),
             the names (os.fsencode) separated by NUL, the UIDLs (ASCII) separated by NUL
@@ -78,7 +78,7 @@ from popbox.store.maildir_import import COURIER_SIZELIST, DOVECOT_UIDLIST, UidlI
 
 LISTING_NAME = "popbox-listing"
 MAGIC = b"popbox-listing\n"
-VERSION = 1
+VERSION = 2  # 1: the digest was BLAKE2b-128 (slower than SHA-256 where the CPU has SHA)
 TRUST_MARGIN_NS = 2_000_000_000
 _MODES: dict[UidlImport | None, int] = {None: 0, "dovecot": 1, "courier": 2}
 _IMPORT_FILES = {1: DOVECOT_UIDLIST, 2: COURIER_SIZELIST}
@@ -220,9 +220,9 @@ def encode(state: Watch, listing: Listing) -> bytes:
         len(names),
         len(uidls),
     )
-    digest = hashlib.blake2b(header, digest_size=_DIGEST_SIZE)
+    digest = hashlib.sha256(header)
     digest.update(body)
-    return MAGIC + header + digest.digest() + body
+    return MAGIC + header + digest.digest()[:_DIGEST_SIZE] + body
 
 
 def decode(data: bytes) -> tuple[Watch, Listing] | None:
@@ -240,9 +240,9 @@ def decode(data: bytes) -> tuple[Watch, Listing] | None:
         return None
     if sum(at) != len(data) - _START:
         return None
-    digest = hashlib.blake2b(header, digest_size=_DIGEST_SIZE)
+    digest = hashlib.sha256(header)
     digest.update(view[_START:])
-    if digest.digest() != view[_START - _DIGEST_SIZE : _START]:
+    if digest.digest()[:_DIGEST_SIZE] != view[_START - _DIGEST_SIZE : _START]:
         return None
     bounds = [_START]
     for length in at:
@@ -286,8 +286,10 @@ def _listing(
     uidl_bytes = bytes(uidls_raw)
     if uidl_bytes.translate(None, _UIDL_BYTES) != b"\0" * (count - 1):
         return None
+    if b"\0\0" in uidl_bytes or uidl_bytes[:1] == b"\0" or uidl_bytes[-1:] in (b"\0", b""):
+        return None  # an empty UIDL
     uidls = cast(list[Uidl], uidl_bytes.decode("ascii").split("\0"))
-    if not all(uidls) or max(map(len, uidls)) > MAX_UIDL or len(set(uidls)) != count:
+    if max(map(len, uidls)) > MAX_UIDL or len(set(uidls)) != count:
         return None
     return Listing(subs, text, sizes, uidls, inos)
 
