@@ -31,11 +31,16 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
   the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
   in one statement under the maildrop lock.
-* deliver: ONE insert (autocommit, the mailbox looked up by name inside it; a mailbox's
-  first delivery makes it first): the message is stored whole or not at all, with a new
-  UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint), its wire
-  size counted and its wire form made by popbox.proto.wire. Never retried: an error
-  means "not stored".
+* deliver: deliveries that arrive together are inserted together, ONE multi-row insert
+  in one transaction (group commit: one round trip and one WAL flush for the lot,
+  popbox.store.pg_batch); each is answered only after that commit. A message over
+  ALONE_OCTETS, one whose mailbox does not exist yet, and every `store` (import) take
+  the one-message path: ONE insert (autocommit, the mailbox looked up by name inside
+  it; a mailbox's first delivery makes it first). Either way the message is stored
+  whole or not at all, with a new UIDL (``<unix time>.<16 hex digits>``, unique per
+  mailbox by constraint), its wire size counted and its wire form made by
+  popbox.proto.wire. Never retried after a lost connection: an error means "not
+  stored" (a message may then arrive twice, never get lost).
 
 Errors: any database or connection trouble is Failure.TEMPORARY (logged), except a server
 out of disk space (SQLSTATE 53100, popbox.pg.pool.disk_full) when making a mailbox,
@@ -74,6 +79,7 @@ from popbox.store.base import (
     WireSource,
 )
 from popbox.store.last_login import LastLogin
+from popbox.store.pg_batch import ALONE_OCTETS, GATHER, Batcher, Delivery
 from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
@@ -162,6 +168,7 @@ class PostgresStore:
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
+        gather: float = GATHER,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -171,6 +178,8 @@ class PostgresStore:
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
+        self.gather = gather
+        self._batcher: Batcher | None = None
 
     async def open(self, location: str) -> PostgresDrop | Failure:
         if not valid_location(location):
@@ -198,7 +207,17 @@ class PostgresStore:
         return PostgresDrop(self, box, lease, columns)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
-        result = await self.store(location, message)
+        """Stored durably, or the failure. Concurrent deliveries are committed together
+        (popbox.store.pg_batch); a message over ALONE_OCTETS goes alone."""
+        if not valid_location(location):
+            return Failure.PERMANENT
+        item = Delivery(location, message, wire_size(message), to_wire(message), new_uidl())
+        if len(message) > ALONE_OCTETS:
+            result = await self._one(item)
+        else:
+            if self._batcher is None:
+                self._batcher = Batcher(self.db, self._one, new_uidl, gather=self.gather)
+            result = await self._batcher.deliver(item)
         return result if isinstance(result, Failure) else None
 
     async def store(
@@ -209,20 +228,32 @@ class PostgresStore:
         has it. Without, a new UIDL is made (and made again in the unlikely clash)."""
         if not valid_location(location):
             return Failure.PERMANENT
-        size = wire_size(message)
-        wire = to_wire(message)
+        item = Delivery(location, message, wire_size(message), to_wire(message),
+                        uidl or new_uidl())
+        return await self._one(item, given=uidl is not None, seen=seen,
+                               delivered_at=delivered_at)
+
+    async def _one(
+        self, item: Delivery, *, given: bool = False, seen: bool = False,
+        delivered_at: datetime | None = None,
+    ) -> bool | Failure:
+        """One message in its own statement; a mailbox's first delivery makes it first."""
+        location, message = item.location, item.message
 
         async def insert(conn: Connection) -> bool:
+            uidl = item.uidl
             for _ in range(3):
                 row = await conn.fetchval(
-                    _INSERT, location, uidl or new_uidl(), size, len(message), message, wire,
+                    _INSERT, location, uidl, item.size, len(message), message, item.wire,
                     seen, delivered_at)
                 if row is not None:
                     return True
                 if await mailbox_id(conn, location, create=False) is None:
                     await mailbox_id(conn, location, create=True)  # the first delivery
-                elif uidl is not None:
+                elif given:
                     return False  # the mailbox has this message already
+                else:
+                    uidl = new_uidl()
             raise RuntimeError("could not make a unique UIDL")
 
         try:
@@ -293,6 +324,8 @@ class PostgresStore:
         return None if row is None else LastLogin(row["at"], row["last_login_ip"] or "")
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self.locks.close()
         await self.db.close()
 
