@@ -38,6 +38,8 @@ import asyncpg
 
 from popbox.pg.pool import CONNECTION_LOST, DB_ERRORS, Connection, Database
 from popbox.proto.types import Uidl
+from popbox.proto.wire import to_wire, wire_size
+from popbox.store import pg_body
 from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")
@@ -45,10 +47,11 @@ log = logging.getLogger("popbox")
 # The messages of a batch in order, the mailbox of each found by name; rows come back
 # for the messages stored (by UIDL, new and distinct within the batch).
 _INSERT_MANY = """
-INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire)
-SELECT b.id, d.uidl, d.size, d.raw_size, d.body, d.wire
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-    WITH ORDINALITY AS d (name, uidl, size, raw_size, body, wire, n)
+INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, body_from_wire)
+SELECT b.id, d.uidl, d.size, d.raw_size, d.body, d.wire, d.form
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[],
+            $7::smallint[])
+    WITH ORDINALITY AS d (name, uidl, size, raw_size, body, wire, form, n)
 JOIN mailboxes b ON b.name = d.name
 ORDER BY d.n
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
@@ -62,15 +65,28 @@ ALONE_OCTETS = 1024 * 1024
 
 @dataclass(slots=True, eq=False)
 class Delivery:
-    """One message on its way into a mailbox; `wire` is its wire form."""
+    """One message on its way into a mailbox: `size` its wire size, `wire` its wire
+    form, `form` how it follows from that (popbox.store.pg_body; None: stored too)."""
 
     location: str
     message: bytes
     size: int
     wire: bytes
+    form: int | None
     uidl: Uidl
     done: asyncio.Future[bool | Failure] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @classmethod
+    def of(cls, location: str, message: bytes, uidl: Uidl) -> Delivery:
+        wire = to_wire(message)
+        return cls(location, message, wire_size(message), wire, pg_body.form(message, wire),
+                   uidl)
+
+    @property
+    def body(self) -> bytes | None:
+        """What the row's ``body`` holds: nothing when it is derived from ``wire``."""
+        return None if self.form is not None else self.message
 
 
 # The store's one-message path: (delivery) -> stored, or the failure.
@@ -160,7 +176,7 @@ class Batcher:
             rows = await conn.fetch(
                 _INSERT_MANY, [d.location for d in batch], [d.uidl for d in batch],
                 [d.size for d in batch], [len(d.message) for d in batch],
-                [d.message for d in batch], [d.wire for d in batch])
+                [d.body for d in batch], [d.wire for d in batch], [d.form for d in batch])
             return {row["uidl"] for row in rows}
 
         try:

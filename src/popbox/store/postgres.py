@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from popbox.pg.pool import DB_ERRORS, Connection, Database, RawConnection, disk_full
 from popbox.proto.types import Index, Uidl
-from popbox.proto.wire import to_wire, wire_size
+from popbox.store import pg_body
 from popbox.store.base import (
     GONE,
     CommitReport,
@@ -90,8 +90,9 @@ _MAX_LOCATION = 1024
 # A delivery's one statement: the mailbox found by name ($1) in the same statement, so
 # a delivery costs one round trip; no row back: no such mailbox yet, or the UIDL is taken.
 _INSERT = """
-INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at)
-SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()) FROM mailboxes WHERE name = $1
+INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at,
+    body_from_wire)
+SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9 FROM mailboxes WHERE name = $1
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
@@ -124,22 +125,23 @@ _CHUNK_WIRE = "SELECT substring(wire FROM $2 FOR $3) FROM messages WHERE id = $1
 
 _LISTING = """
 SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
-    octet_length(wire) AS wire_size
+    octet_length(wire) AS wire_size, body_from_wire
 FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
 
 
 class _Columns:
     """The snapshot's rows as columns, by index (made by one `zip`, no object per row)."""
 
-    __slots__ = ("ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
+    __slots__ = ("forms", "ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
 
     def __init__(self, rows: Sequence[Sequence[object]]) -> None:
-        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 6
+        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 7
         self.snapshot = Snapshot(columns[1], columns[2])  # uidl (a str: Uidl), size
         self.ids: tuple[int, ...] = columns[0]
         self.raw_sizes: tuple[int, ...] = columns[3]
         self.seen: tuple[bool, ...] = columns[4]  # as the snapshot found it
         self.wire_sizes: tuple[int | None, ...] = columns[5]  # None: no wire form
+        self.forms: tuple[int | None, ...] = columns[6]  # body_from_wire (pg_body)
 
 
 def valid_location(location: str) -> bool:
@@ -211,7 +213,7 @@ class PostgresStore:
         (popbox.store.pg_batch); a message over ALONE_OCTETS goes alone."""
         if not valid_location(location):
             return Failure.PERMANENT
-        item = Delivery(location, message, wire_size(message), to_wire(message), new_uidl())
+        item = Delivery.of(location, message, new_uidl())
         if len(message) > ALONE_OCTETS:
             result = await self._one(item)
         else:
@@ -228,8 +230,7 @@ class PostgresStore:
         has it. Without, a new UIDL is made (and made again in the unlikely clash)."""
         if not valid_location(location):
             return Failure.PERMANENT
-        item = Delivery(location, message, wire_size(message), to_wire(message),
-                        uidl or new_uidl())
+        item = Delivery.of(location, message, uidl or new_uidl())
         return await self._one(item, given=uidl is not None, seen=seen,
                                delivered_at=delivered_at)
 
@@ -244,8 +245,8 @@ class PostgresStore:
             uidl = item.uidl
             for _ in range(3):
                 row = await conn.fetchval(
-                    _INSERT, location, uidl, item.size, len(message), message, item.wire,
-                    seen, delivered_at)
+                    _INSERT, location, uidl, item.size, len(message), item.body, item.wire,
+                    seen, delivered_at, item.form)
                 if row is not None:
                     return True
                 if await mailbox_id(conn, location, create=False) is None:
@@ -334,22 +335,39 @@ class _RowReader:
     """A message row's `body` (or `wire`) read a chunk per query (popbox.store.base.Reader);
     the first chunk was fetched by `open_message` (`open_wire`). In wire form (RETR) the
     query for the next chunk is sent while the session sends this one, so the database
-    and the client are busy at once; two chunks at most are held."""
+    and the client are busy at once; two chunks at most are held. With a `decoder`
+    (popbox.store.pg_body) the row's ``wire`` is read and the message as delivered is
+    made from it chunk by chunk (a row whose ``body`` is derived); `size` is then the
+    length of ``wire``."""
 
-    __slots__ = ("_column", "_drop", "_first", "_id", "_next", "_offset", "_size", "done")
+    __slots__ = ("_column", "_decoder", "_drop", "_first", "_id", "_next", "_offset",
+                 "_size", "done")
 
     def __init__(self, drop: PostgresDrop, row: int, size: int, first: bytes, *,
-                 column: Literal["body", "wire"] = "body") -> None:
+                 column: Literal["body", "wire"] = "body",
+                 decoder: pg_body.Decoder | None = None) -> None:
         self._drop = drop
         self._id = row
         self._size = size
-        self._column: Literal["body", "wire"] = column
+        self._column: Literal["body", "wire"] = "wire" if decoder else column
+        self._decoder = decoder
         self._first: bytes | None = first
         self._next: asyncio.Future[bytes | None] | None = None
         self._offset = 0
         self.done = False
 
     async def next(self) -> bytes:
+        while True:
+            chunk = await self._read()
+            if self._decoder is None:
+                return chunk
+            data = self._decoder.feed(chunk)
+            if self.done:
+                return data + self._decoder.finish()
+            if data:
+                return data
+
+    async def _read(self) -> bytes:
         chunk = self._first
         self._first = None
         if chunk is None:
@@ -428,7 +446,15 @@ class PostgresDrop:
         return [found.get(i, gone) for i in ids]
 
     async def open_message(self, index: Index) -> _RowReader | Gone:
-        row = self._rows.ids[index]
+        row, form = self._rows.ids[index], self._rows.forms[index]
+        if form is not None:  # derived from the wire form (popbox.store.pg_body)
+            size = self._rows.wire_sizes[index]
+            first = self._ahead.pop(row, None)
+            if first is None:
+                first = await self._chunk(row, 0, "wire")
+            if first is None or size is None:
+                return GONE
+            return _RowReader(self, row, size, first, decoder=pg_body.Decoder(form))
         first = await self._chunk(row, 0)
         if first is None:
             return GONE
