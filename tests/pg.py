@@ -39,6 +39,7 @@ import pytest
 
 from helpers import MailEnv, PopboxProcess
 from popbox.pg import schema as pg_schema
+from popbox.store import pg_body
 
 T = TypeVar("T")
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -194,6 +195,23 @@ async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
         return await conn.fetch(query, *args)
     finally:
         await conn.close()
+
+
+def message_of(row: asyncpg.Record) -> bytes:
+    """The message as delivered, from a row with its body, wire and body_from_wire: its ``body``,
+    or, where that is derived (schema migration 6), made from its ``wire``."""
+    if row["body_from_wire"] is None:
+        body: bytes = row["body"]
+        return body
+    return pg_body.derive(row["wire"], row["body_from_wire"])
+
+
+async def stored_messages(dsn: str, mailbox: str) -> list[bytes]:
+    """The messages of a mailbox as delivered, in delivery order (trashed ones too)."""
+    rows = await fetch(dsn, "SELECT m.body, m.wire, m.body_from_wire FROM messages m "
+                       "JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1 "
+                       "ORDER BY m.id", mailbox)
+    return [message_of(row) for row in rows]
 
 
 def fetch_sync(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MailEnv
-from pg import fetch, pg_config
+from pg import fetch, message_of, pg_config
 from popbox.proto.wire import wire_size
 from popbox.store.lock import FileLock
 from popbox.store.maildir import LOCK_NAME, MaildirDrop, MaildirStore
@@ -41,10 +41,11 @@ async def maildir_listing(path: Path, uidl_import: str | None = None) -> list[tu
 
 
 async def pg_listing(dsn: str, mailbox: str) -> list[tuple[str, int, bytes, bool]]:
-    rows = await fetch(dsn, "SELECT m.uidl, m.size, m.body, m.seen FROM messages m JOIN "
-                       "mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1 ORDER BY m.id",
-                       mailbox)
-    return [(r["uidl"], r["size"], r["body"], r["seen"]) for r in rows]
+    rows = await fetch(dsn, "SELECT m.uidl, m.size, m.body, m.wire, m.body_from_wire, m.seen "
+                       "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+                       "WHERE b.name = $1 "
+                       "ORDER BY m.id", mailbox)
+    return [(r["uidl"], r["size"], message_of(r), r["seen"]) for r in rows]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import Client, MailEnv, ServerProcess
-from pg import LmtpClient, LmtpProcess, add_user, fetch, free_port, pg_config
+from pg import LmtpClient, LmtpProcess, add_user, free_port, pg_config, stored_messages
 from popbox.auth.base import UserInfo, Verdict
 from popbox.config import from_dict
 from popbox.lmtp.agent import Agent, Outcome
@@ -190,9 +190,7 @@ async def two_users(pg_dsn: str) -> AsyncIterator[tuple[str, str]]:
 
 
 async def stored(dsn: str, user: str) -> list[bytes]:
-    found = await fetch(dsn, "SELECT m.body FROM messages m JOIN mailboxes b ON "
-                        "b.id = m.mailbox_id WHERE b.name = $1 ORDER BY m.id", user)
-    return [row["body"] for row in found]
+    return await stored_messages(dsn, user)
 
 
 def test_smtplib_per_recipient_replies(

@@ -82,7 +82,7 @@ async def test_upgrade_with_the_server_running(old_dsn: str, tmp_path: Path) -> 
     conn = await asyncpg.connect(old_dsn)
     try:  # only the migrations: the rows are converted below, with sessions going on
         applied = [m.version for m in await pg_schema.upgrade(conn)]
-        assert applied == list(range(3, pg_schema.LATEST + 1))
+        assert applied == [m.version for m in pg_schema.MIGRATIONS if m.version > 2]
     finally:
         await conn.close()
     server = ServerProcess(config)

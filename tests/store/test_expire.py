@@ -12,7 +12,7 @@ import time
 
 from helpers import MailEnv, crlf
 from memory_transport import MemoryTransport, memory_session
-from pg import add_user, fetch, pg_config
+from pg import add_user, fetch, message_of, pg_config
 from popbox.backends import build
 from popbox.cli import expire as expire_cli
 from popbox.config import Config, load
@@ -219,10 +219,12 @@ async def test_postgres_expire_with_retrieved_at(env: MailEnv, pg_dsn: str) -> N
         said: list[str] = []
         assert await expire_cli.run(config, now=clock.now, backends=backends,
                                     say=said.append) == 0
-        rows = await fetch(pg_dsn, "SELECT m.body, m.retrieved_at IS NOT NULL AS r FROM "
-                           "messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+        rows = await fetch(pg_dsn, "SELECT m.body, m.wire, m.body_from_wire, "
+                           "m.retrieved_at IS NOT NULL AS r "
+                           "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
                            "WHERE b.name = $1 ORDER BY m.id", name)
-        assert [(r["body"], r["r"]) for r in rows] == [(MESSAGES[1], True), (MESSAGES[2], False)]
+        assert [(message_of(r), r["r"]) for r in rows] == [(MESSAGES[1], True),
+                                                           (MESSAGES[2], False)]
     finally:
         await store.aclose()
         await backends.userdb.db.close()  # type: ignore[attr-defined]

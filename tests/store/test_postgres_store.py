@@ -190,23 +190,34 @@ async def test_a_failed_commit_on_the_lock_connection_keeps_the_other_locks(
 
 
 async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
+    """A stored body, and one derived from the wire form (popbox.store.pg_body), are both
+    read a chunk per query: the one in chunks of its own, the other in chunks of the wire
+    form, each made into the message as delivered on its own."""
     store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=256 * 1024)
     try:
         location = mailbox()
         line = b"x" * 998 + b"\n"
         big = b"Subject: big\n\n" + line * 5000  # about 5 MB
-        assert await store.deliver(location, big) is None
+        kept = big + b"no final line end"
+        for message in (kept, big):
+            assert await store.deliver(location, message) is None
+        rows = await fetch(pg_dsn, "SELECT m.body IS NULL AS derived FROM messages m JOIN "
+                           "mailboxes b ON b.id = m.mailbox_id WHERE b.name = $1 "
+                           "ORDER BY m.id", location)
+        assert [r["derived"] for r in rows] == [False, True]
         drop = await opened(store, location)
-        assert drop.messages[0].size == wire_size(big)
-        reader = await drop.open_message(Index(0))
-        assert not isinstance(reader, Gone)
-        chunks = [await reader.next()]
-        while not reader.done:
-            chunks.append(await reader.next())
-        reader.close()
-        assert b"".join(chunks) == big
-        assert len(chunks) == -(-len(big) // (256 * 1024))
-        assert max(len(chunk) for chunk in chunks) == 256 * 1024
+        for index, message, read_size in ((0, kept, len(kept)), (1, big, len(to_wire(big)))):
+            assert drop.messages[index].size == wire_size(message)
+            reader = await drop.open_message(Index(index))
+            assert not isinstance(reader, Gone)
+            chunks = [await reader.next()]
+            while not reader.done:
+                chunks.append(await reader.next())
+            reader.close()
+            assert b"".join(chunks) == message
+            assert len(chunks) == -(-read_size // (256 * 1024))
+            largest = max(len(chunk) for chunk in chunks)
+            assert largest == 256 * 1024 if message is kept else largest <= 256 * 1024
         await drop.release()
     finally:
         await store.aclose()

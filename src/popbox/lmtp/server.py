@@ -3,8 +3,9 @@
 Listens on TCP (`host:port`) and on Unix sockets (`/path`, mode `lmtp.socket_mode`; a
 stale socket file left by a dead server is replaced). Each connection is one task that
 feeds the core, answers recipients from the userdb (popbox.lmtp.agent) and, after the
-data, delivers the message once per recipient and sends one reply each (RFC 2033 §4.2),
-in RCPT order:
+data, delivers the message once per recipient (the copies at once, so a store that
+commits concurrent deliveries together stores them in one transaction) and sends one
+reply each (RFC 2033 §4.2), in RCPT order:
 
     250 2.1.5 (RCPT) / 250 2.0.0 (after DATA)  stored durably by the store
     550 5.1.1  no such user                     552 5.3.4  over lmtp.max_message_size
@@ -163,10 +164,17 @@ class LmtpServer:
             log.info("lmtp: message refused: over %d octets", self.settings.max_message_size)
             self.delivered("too-big")
             return [Reply(552, "5.3.4", "Message too big for system")] * len(message.recipients)
+        body = message.data
+        # Every recipient's copy at once: a store that commits concurrent deliveries
+        # together (popbox.store.pg_batch) then stores them in one transaction.
+        copies = [trace_headers(message.sender, address) + body
+                  for address, _ in message.recipients]
+        outcomes = await asyncio.gather(*(
+            self.agent.deliver(user, data)
+            for (_, user), data in zip(message.recipients, copies, strict=True)))
         replies = []
-        for address, user in message.recipients:
-            data = trace_headers(message.sender, address) + message.data
-            outcome = await self.agent.deliver(user, data)
+        for (address, _), data, outcome in zip(message.recipients, copies, outcomes,
+                                               strict=True):
             log.info("lmtp: to=<%s> size=%d status=%s", address, len(data), outcome.value)
             self.delivered(outcome.value)
             replies.append(_data_reply(address, outcome))

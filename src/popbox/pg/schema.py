@@ -29,13 +29,21 @@ Tables:
   import, so RETR copies it out without per-line work; also STORAGE EXTERNAL. Its length
   is ``size`` plus one octet per stuffed "." (``size`` counts the message before
   stuffing, as POP3 clients do). ``body`` stays: it is the message exactly as delivered
-  (LF or CRLF, with or without a final line end), which the wire form cannot give back
-  (an LF and a CRLF both become CRLF), and TOP, the tools and the trash read it. The
-  price is the body stored twice. A row whose ``wire`` is NULL (made before migration 3,
-  or by an older popbox) is served from ``body``; `popbox db upgrade` fills ``wire`` in
-  for such rows (popbox.pg.convert). The table's fill factor is 70: the UPDATE a QUIT
-  makes (seen, retrieved_at: no indexed column) can then stay on the row's page (a HOT
-  update, no index entries), about half the WAL and time of a full one.
+  (LF or CRLF, with or without a final line end), which the wire form alone cannot give
+  back (an LF and a CRLF both become CRLF), and TOP, the tools and the trash read it;
+  since migration 6 it is NULL where it can be derived (below). A row whose ``wire`` is
+  NULL (made before migration 3, or by an older popbox) is served from ``body``; `popbox
+  db upgrade` fills ``wire`` in for such rows (popbox.pg.convert). The table's fill
+  factor is 70: the UPDATE a QUIT makes (seen, retrieved_at: no indexed column) can
+  then stay on the row's page (a HOT update, no index entries), about half the WAL and
+  time of a full one.
+
+  ``body_from_wire`` (migration 6): NULL when ``body`` holds the message; otherwise
+  ``body`` is NULL and the message as delivered is derived from ``wire``
+  (popbox.store.pg_body: 1, LF line ends; 2, CRLF line ends), as it is for almost all
+  mail: each message is then stored once (half the TOAST and WAL of a delivery and of
+  its deletion). A message that the wire form cannot give back (no final line end,
+  mixed line ends) keeps its ``body``. Rows stored before keep theirs too.
 
 ``retrievals`` (migration 5) is the log of the retrievals that QUITs committed: one row
 per QUIT that retrieved messages not yet seen (``ids``, the time, and whether they are to be
@@ -156,6 +164,15 @@ FROM messages m LEFT JOIN (
     SELECT r.mailbox_id, u.id, bool_or(r.seen) AS seen, min(r.retrieved_at) AS retrieved_at
     FROM retrievals r CROSS JOIN LATERAL unnest(r.ids) AS u(id) GROUP BY r.mailbox_id, u.id
 ) log ON log.mailbox_id = m.mailbox_id AND log.id = m.id;
+"""),
+    # Without a table rewrite or scan: the constraint holds for the existing rows (they
+    # all have a body), so it is added NOT VALID and enforced from now on.
+    Migration(6, "bodies derived from the wire form", """
+ALTER TABLE messages ALTER COLUMN body DROP NOT NULL;
+ALTER TABLE messages ADD COLUMN body_from_wire smallint;
+ALTER TABLE messages ADD CONSTRAINT messages_body_from_wire CHECK (
+    body_from_wire IS NULL AND body IS NOT NULL
+    OR body_from_wire IN (1, 2) AND body IS NULL AND wire IS NOT NULL) NOT VALID;
 """),
 )
 LATEST = MIGRATIONS[-1].version

@@ -36,11 +36,16 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * soft delete (`deleted="trash"`): the commit sets ``deleted_at`` instead of deleting
   the rows; `purge` deletes the rows trashed before a time, `undelete` clears it, each
   in one statement under the maildrop lock.
-* deliver: ONE insert (autocommit, the mailbox looked up by name inside it; a mailbox's
-  first delivery makes it first): the message is stored whole or not at all, with a new
-  UIDL (``<unix time>.<16 hex digits>``, unique per mailbox by constraint), its wire
-  size counted and its wire form made by popbox.proto.wire. Never retried: an error
-  means "not stored".
+* deliver: deliveries that arrive together are inserted together, ONE multi-row insert
+  in one transaction (group commit: one round trip and one WAL flush for the lot,
+  popbox.store.pg_batch); each is answered only after that commit. A message over
+  ALONE_OCTETS, one whose mailbox does not exist yet, and every `store` (import) take
+  the one-message path: ONE insert (autocommit, the mailbox looked up by name inside
+  it; a mailbox's first delivery makes it first). Either way the message is stored
+  whole or not at all, with a new UIDL (``<unix time>.<16 hex digits>``, unique per
+  mailbox by constraint), its wire size counted and its wire form made by
+  popbox.proto.wire. Never retried after a lost connection: an error means "not
+  stored" (a message may then arrive twice, never get lost).
 
 Errors: any database or connection trouble is Failure.TEMPORARY (logged), except a server
 out of disk space (SQLSTATE 53100, popbox.pg.pool.disk_full) when making a mailbox,
@@ -62,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from popbox.pg.pool import DB_ERRORS, Connection, Database, RawConnection, disk_full
 from popbox.proto.types import Index, Uidl
-from popbox.proto.wire import to_wire, wire_size
+from popbox.store import pg_body
 from popbox.store.base import (
     GONE,
     CommitReport,
@@ -79,6 +84,7 @@ from popbox.store.base import (
     WireSource,
 )
 from popbox.store.last_login import LastLogin
+from popbox.store.pg_batch import ALONE_OCTETS, GATHER, Batcher, Delivery
 from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
@@ -89,8 +95,9 @@ _MAX_LOCATION = 1024
 # A delivery's one statement: the mailbox found by name ($1) in the same statement, so
 # a delivery costs one round trip; no row back: no such mailbox yet, or the UIDL is taken.
 _INSERT = """
-INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at)
-SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()) FROM mailboxes WHERE name = $1
+INSERT INTO messages (mailbox_id, uidl, size, raw_size, body, wire, seen, delivered_at,
+    body_from_wire)
+SELECT id, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9 FROM mailboxes WHERE name = $1
 ON CONFLICT ON CONSTRAINT messages_uidl_unique DO NOTHING
 RETURNING id"""
 
@@ -126,7 +133,7 @@ _CHUNK_WIRE = "SELECT substring(wire FROM $2 FOR $3) FROM messages WHERE id = $1
 
 _LISTING = """
 SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
-    octet_length(wire) AS wire_size
+    octet_length(wire) AS wire_size, body_from_wire
 FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
 
 # The retrieval log of a mailbox not folded yet: its last row, and the ids it marks seen.
@@ -148,10 +155,10 @@ FROM each WHERE m.mailbox_id = $1 AND m.id = each.id"""
 class _Columns:
     """The snapshot's rows as columns, by index (made by one `zip`, no object per row)."""
 
-    __slots__ = ("ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
+    __slots__ = ("forms", "ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
 
     def __init__(self, rows: Sequence[Sequence[object]], logged: Set[int]) -> None:
-        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 6
+        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 7
         self.snapshot = Snapshot(columns[1], columns[2])  # uidl (a str: Uidl), size
         self.ids: tuple[int, ...] = columns[0]
         self.raw_sizes: tuple[int, ...] = columns[3]
@@ -159,6 +166,7 @@ class _Columns:
         self.seen: tuple[bool, ...] = columns[4] if not logged else tuple(
             seen or i in logged for i, seen in zip(self.ids, columns[4], strict=True))
         self.wire_sizes: tuple[int | None, ...] = columns[5]  # None: no wire form
+        self.forms: tuple[int | None, ...] = columns[6]  # body_from_wire (pg_body)
 
 
 def valid_location(location: str) -> bool:
@@ -187,6 +195,7 @@ class PostgresStore:
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
+        gather: float = GATHER,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -196,6 +205,8 @@ class PostgresStore:
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
+        self.gather = gather
+        self._batcher: Batcher | None = None
 
     async def open(self, location: str) -> PostgresDrop | Failure:
         if not valid_location(location):
@@ -226,7 +237,17 @@ class PostgresStore:
         return PostgresDrop(self, box, lease, columns, log_row["upto"])
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
-        result = await self.store(location, message)
+        """Stored durably, or the failure. Concurrent deliveries are committed together
+        (popbox.store.pg_batch); a message over ALONE_OCTETS goes alone."""
+        if not valid_location(location):
+            return Failure.PERMANENT
+        item = Delivery.of(location, message, new_uidl())
+        if len(message) > ALONE_OCTETS:
+            result = await self._one(item)
+        else:
+            if self._batcher is None:
+                self._batcher = Batcher(self.db, self._one, new_uidl, gather=self.gather)
+            result = await self._batcher.deliver(item)
         return result if isinstance(result, Failure) else None
 
     async def store(
@@ -237,20 +258,31 @@ class PostgresStore:
         has it. Without, a new UIDL is made (and made again in the unlikely clash)."""
         if not valid_location(location):
             return Failure.PERMANENT
-        size = wire_size(message)
-        wire = to_wire(message)
+        item = Delivery.of(location, message, uidl or new_uidl())
+        return await self._one(item, given=uidl is not None, seen=seen,
+                               delivered_at=delivered_at)
+
+    async def _one(
+        self, item: Delivery, *, given: bool = False, seen: bool = False,
+        delivered_at: datetime | None = None,
+    ) -> bool | Failure:
+        """One message in its own statement; a mailbox's first delivery makes it first."""
+        location, message = item.location, item.message
 
         async def insert(conn: Connection) -> bool:
+            uidl = item.uidl
             for _ in range(3):
                 row = await conn.fetchval(
-                    _INSERT, location, uidl or new_uidl(), size, len(message), message, wire,
-                    seen, delivered_at)
+                    _INSERT, location, uidl, item.size, len(message), item.body, item.wire,
+                    seen, delivered_at, item.form)
                 if row is not None:
                     return True
                 if await mailbox_id(conn, location, create=False) is None:
                     await mailbox_id(conn, location, create=True)  # the first delivery
-                elif uidl is not None:
+                elif given:
                     return False  # the mailbox has this message already
+                else:
+                    uidl = new_uidl()
             raise RuntimeError("could not make a unique UIDL")
 
         try:
@@ -321,6 +353,8 @@ class PostgresStore:
         return None if row is None else LastLogin(row["at"], row["last_login_ip"] or "")
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self.locks.close()
         await self.db.close()
 
@@ -329,22 +363,39 @@ class _RowReader:
     """A message row's `body` (or `wire`) read a chunk per query (popbox.store.base.Reader);
     the first chunk was fetched by `open_message` (`open_wire`). In wire form (RETR) the
     query for the next chunk is sent while the session sends this one, so the database
-    and the client are busy at once; two chunks at most are held."""
+    and the client are busy at once; two chunks at most are held. With a `decoder`
+    (popbox.store.pg_body) the row's ``wire`` is read and the message as delivered is
+    made from it chunk by chunk (a row whose ``body`` is derived); `size` is then the
+    length of ``wire``."""
 
-    __slots__ = ("_column", "_drop", "_first", "_id", "_next", "_offset", "_size", "done")
+    __slots__ = ("_column", "_decoder", "_drop", "_first", "_id", "_next", "_offset",
+                 "_size", "done")
 
     def __init__(self, drop: PostgresDrop, row: int, size: int, first: bytes, *,
-                 column: Literal["body", "wire"] = "body") -> None:
+                 column: Literal["body", "wire"] = "body",
+                 decoder: pg_body.Decoder | None = None) -> None:
         self._drop = drop
         self._id = row
         self._size = size
-        self._column: Literal["body", "wire"] = column
+        self._column: Literal["body", "wire"] = "wire" if decoder else column
+        self._decoder = decoder
         self._first: bytes | None = first
         self._next: asyncio.Future[bytes | None] | None = None
         self._offset = 0
         self.done = False
 
     async def next(self) -> bytes:
+        while True:
+            chunk = await self._read()
+            if self._decoder is None:
+                return chunk
+            data = self._decoder.feed(chunk)
+            if self.done:
+                return data + self._decoder.finish()
+            if data:
+                return data
+
+    async def _read(self) -> bytes:
         chunk = self._first
         self._first = None
         if chunk is None:
@@ -444,7 +495,15 @@ class PostgresDrop:
         return [found.get(i, gone) for i in ids]
 
     async def open_message(self, index: Index) -> _RowReader | Gone:
-        row = self._rows.ids[index]
+        row, form = self._rows.ids[index], self._rows.forms[index]
+        if form is not None:  # derived from the wire form (popbox.store.pg_body)
+            size = self._rows.wire_sizes[index]
+            first = self._ahead.pop(row, None)
+            if first is None:
+                first = await self._chunk(row, 0, "wire")
+            if first is None or size is None:
+                return GONE
+            return _RowReader(self, row, size, first, decoder=pg_body.Decoder(form))
         first = await self._chunk(row, 0)
         if first is None:
             return GONE
