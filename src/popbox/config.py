@@ -65,15 +65,18 @@ def _parsed(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddres
 
 def in_networks(address: str, networks: list[str]) -> bool:
     """Whether an IP address (IPv4-mapped IPv6 included) is in one of `networks`."""
-    if not networks:
-        return False
+    return bool(networks) and _in_networks(address, tuple(networks))
+
+
+@functools.lru_cache(maxsize=4096)  # asked at every login: clients come back
+def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    return any(ip in net for net in _parsed(tuple(networks)))
+    return any(ip in net for net in _parsed(networks))
 
 
 class ServerSection(_Section):

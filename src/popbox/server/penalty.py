@@ -14,9 +14,21 @@ The clock is passed in (`now`), so the policy is testable without waiting.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(address: str, v4_prefix: int, v6_prefix: int) -> str:
+    """The penalty key of a client address (parsed once per address: clients come back)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "addr:" + address
+    prefix = v6_prefix if ip.version == 6 else v4_prefix
+    return "net:" + str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 @dataclass(slots=True)
@@ -48,12 +60,7 @@ class PenaltyBook:
         return tuple(keys)
 
     def network(self, address: str) -> str:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return "addr:" + address
-        prefix = self.v6_prefix if ip.version == 6 else self.v4_prefix
-        return "net:" + str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+        return _network(address, self.v4_prefix, self.v6_prefix)
 
     def delay(self, keys: tuple[str, ...], now: float) -> float:
         """Seconds to wait before answering this attempt."""
