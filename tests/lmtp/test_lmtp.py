@@ -391,6 +391,47 @@ async def test_agent_recipient_names() -> None:
     assert [data for _, data in store.contents("bob")] == [b"Subject: x\n\n"]
 
 
+class _CountedUsers(_Users):
+    """`_Users` that counts its lookups, and can be told to answer TEMPORARY."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__(*names)
+        self.asked: list[str] = []
+        self.down = False
+
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
+        self.asked.append(user)
+        return Verdict.TEMPORARY if self.down else await super().lookup(user)
+
+
+async def test_recipients_found_are_remembered_for_the_cache_time() -> None:
+    users = _CountedUsers("alice")
+    now = [1000.0]
+    agent = Agent(users, MailAccess(from_dict({}), MemoryStore()), cache_ttl=5.0,
+                  clock=lambda: now[0])
+    alice = UserInfo("alice", "alice")
+    assert await agent.resolve("alice") == alice
+    assert await agent.resolve("alice") == alice
+    assert users.asked == ["alice"]  # the second from the cache
+    users.names.discard("alice")
+    now[0] += 4.9
+    assert await agent.resolve("alice") == alice  # still remembered ...
+    now[0] += 0.2
+    assert await agent.resolve("alice") is Outcome.NO_SUCH_USER  # ... not after 5 s
+    for _ in range(2):  # unknown and unanswered names are asked again each time
+        assert await agent.resolve("bob") is Outcome.NO_SUCH_USER
+    users.down = True
+    users.names.add("carol")
+    assert await agent.resolve("carol") is Outcome.TEMPORARY
+    users.down = False
+    assert await agent.resolve("carol") == UserInfo("carol", "carol")
+    assert users.asked == ["alice", "alice", "bob", "bob", "carol", "carol"]
+    uncached = Agent(users, MailAccess(from_dict({}), MemoryStore()))  # cache_ttl 0
+    for _ in range(2):
+        assert await uncached.resolve("carol") == UserInfo("carol", "carol")
+    assert users.asked[-2:] == ["carol", "carol"]
+
+
 class _OwnedUsers:
     """A userdb whose one user has a uid of its own (4242), not this process's."""
 
