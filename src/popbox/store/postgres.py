@@ -79,7 +79,7 @@ from popbox.store.base import (
     WireSource,
 )
 from popbox.store.last_login import LastLogin
-from popbox.store.pg_batch import ALONE_OCTETS, GATHER, Batcher, Delivery
+from popbox.store.pg_batch import ALONE_OCTETS, Batcher, Delivery
 from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
@@ -170,7 +170,6 @@ class PostgresStore:
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
-        gather: float = GATHER,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -180,7 +179,6 @@ class PostgresStore:
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
-        self.gather = gather
         self._batcher: Batcher | None = None
 
     async def open(self, location: str) -> PostgresDrop | Failure:
@@ -218,7 +216,7 @@ class PostgresStore:
             result = await self._one(item)
         else:
             if self._batcher is None:
-                self._batcher = Batcher(self.db, self._one, new_uidl, gather=self.gather)
+                self._batcher = Batcher(self.db, self._one, new_uidl)
             result = await self._batcher.deliver(item)
         return result if isinstance(result, Failure) else None
 
