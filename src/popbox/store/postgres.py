@@ -11,7 +11,9 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
   message is never in memory at once, and a slow client holds no connection between
   chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
-  first chunk, so the answer is known before +OK.
+  first chunk, so the answer is known before +OK. A row whose ``body`` is left out
+  (``body_from_wire``, schema migration 6: most mail) is read the same way from
+  ``wire``, each chunk made into the message as delivered by popbox.store.pg_body.
 * RETR (`open_wire`, store.base.WireSource) reads ``wire``, the message as sent
   (popbox.pg.schema), the same way, so the session copies it out; a row without one
   (not yet converted by `popbox db upgrade`) is served from ``body``. The query for a
