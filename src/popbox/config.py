@@ -378,6 +378,8 @@ class LmtpSection(_Section):
     timeout: Annotated[float, Field(gt=0)] = 300.0  # RFC 5321 §4.5.3.2: 5 minutes
     recipient_delimiter: str = ""  # e.g. "+": alice+lists@x is delivered to alice@x
     strip_domain: bool = False  # look recipients up by their local part only
+    # seconds a recipient found in the userdb is remembered (popbox.lmtp.agent); 0: never
+    recipient_cache: Annotated[float, Field(ge=0)] = 5.0
     # Prometheus /metrics of `popbox lmtp` (popbox_lmtp_deliveries_total), as [metrics]
     metrics_listen: str | None = None
 

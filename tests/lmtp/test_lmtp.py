@@ -17,7 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import Client, MailEnv, ServerProcess
-from pg import LmtpClient, LmtpProcess, add_user, free_port, pg_config, stored_messages
+from pg import (
+    LmtpClient,
+    LmtpProcess,
+    add_user,
+    fetch,
+    free_port,
+    message_of,
+    pg_config,
+    stored_messages,
+)
 from popbox.auth.base import UserInfo, Verdict
 from popbox.config import from_dict
 from popbox.lmtp.agent import Agent, Outcome
@@ -218,6 +227,44 @@ def test_smtplib_per_recipient_replies(
             + b"\nSubject: lmtp\n\nhello\n"]
 
 
+async def test_concurrent_clients_each_message_stored_once(
+    lmtp: LmtpProcess, pg_dsn: str, two_users: tuple[str, str]
+) -> None:
+    """Four MTA connections at once, each delivering one message after the other to both
+    users (group commit, popbox.store.pg_batch): every 250 is a stored message, each
+    stored exactly once; a message's two copies share one transaction."""
+    a, b = two_users
+    clients = [await LmtpClient.connect(lmtp.port) for _ in range(4)]
+    try:
+        for client in clients[:1]:  # the mailboxes exist: every later copy is batched
+            replies = await client.transaction("s@x", [a, b], b"Subject: first\r\n\r\n")
+            assert [code for code, _ in replies] == [250, 250]
+
+        async def deliver(n: int, client: LmtpClient) -> None:
+            for m in range(10):
+                message = b"Subject: %d.%d\r\n\r\n.dot %d\r\n" % (n, m, m)
+                replies = await client.transaction("s@x", [a, b], message)
+                assert [code for code, _ in replies] == [250, 250], replies
+
+        await asyncio.gather(*(deliver(n, c) for n, c in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.close()
+    for user in (a, b):
+        subjects = [m.split(b"Subject: ")[1].split(b"\n")[0] for m in await stored(pg_dsn, user)]
+        assert sorted(subjects) == sorted([b"first"] + [b"%d.%d" % (n, m) for n in range(4)
+                                                        for m in range(10)])
+    rows = await fetch(pg_dsn, "SELECT m.xmin::text AS x, m.body, m.wire, m.body_from_wire "
+                       "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+                       "WHERE b.name = ANY($1)", [a, b])
+    by_subject: dict[bytes, set[str]] = {}
+    for row in rows:
+        subject = message_of(row).split(b"Subject: ")[1].split(b"\n")[0]
+        by_subject.setdefault(subject, set()).add(row["x"])
+    assert len(by_subject) == 41
+    assert all(len(xids) == 1 for subject, xids in by_subject.items() if subject != b"first")
+
+
 def test_unix_socket(lmtp: LmtpProcess, pg_dsn: str, two_users: tuple[str, str]) -> None:
     assert lmtp.socket is not None
     client = smtplib.LMTP(lmtp.socket)
@@ -389,6 +436,47 @@ async def test_agent_recipient_names() -> None:
     assert isinstance(bob, UserInfo)
     assert await local.deliver(bob, b"Subject: x\n\n") is Outcome.DELIVERED
     assert [data for _, data in store.contents("bob")] == [b"Subject: x\n\n"]
+
+
+class _CountedUsers(_Users):
+    """`_Users` that counts its lookups, and can be told to answer TEMPORARY."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__(*names)
+        self.asked: list[str] = []
+        self.down = False
+
+    async def lookup(self, user: str) -> UserInfo | Verdict | None:
+        self.asked.append(user)
+        return Verdict.TEMPORARY if self.down else await super().lookup(user)
+
+
+async def test_recipients_found_are_remembered_for_the_cache_time() -> None:
+    users = _CountedUsers("alice")
+    now = [1000.0]
+    agent = Agent(users, MailAccess(from_dict({}), MemoryStore()), cache_ttl=5.0,
+                  clock=lambda: now[0])
+    alice = UserInfo("alice", "alice")
+    assert await agent.resolve("alice") == alice
+    assert await agent.resolve("alice") == alice
+    assert users.asked == ["alice"]  # the second from the cache
+    users.names.discard("alice")
+    now[0] += 4.9
+    assert await agent.resolve("alice") == alice  # still remembered ...
+    now[0] += 0.2
+    assert await agent.resolve("alice") is Outcome.NO_SUCH_USER  # ... not after 5 s
+    for _ in range(2):  # unknown and unanswered names are asked again each time
+        assert await agent.resolve("bob") is Outcome.NO_SUCH_USER
+    users.down = True
+    users.names.add("carol")
+    assert await agent.resolve("carol") is Outcome.TEMPORARY
+    users.down = False
+    assert await agent.resolve("carol") == UserInfo("carol", "carol")
+    assert users.asked == ["alice", "alice", "bob", "bob", "carol", "carol"]
+    uncached = Agent(users, MailAccess(from_dict({}), MemoryStore()))  # cache_ttl 0
+    for _ in range(2):
+        assert await uncached.resolve("carol") == UserInfo("carol", "carol")
+    assert users.asked[-2:] == ["carol", "carol"]
 
 
 class _OwnedUsers:

@@ -132,17 +132,3 @@ async def test_a_lost_connection_fails_the_whole_batch(pg_dsn: str) -> None:
         await blocker.close()
         await watcher.close()
         await store.aclose()
-
-
-async def test_one_client_after_another_never_waits(pg_dsn: str) -> None:
-    """After a batch, the next one waits for as many deliveries as the last one answered:
-    one client delivering one message after the other is answered at once, even by a
-    store whose gathering wait would be an hour (the bound only guards against a hang)."""
-    store = PostgresStore(Database(pg_dsn, min_size=1, max_size=2), gather=3600.0)
-    box = f"box-{uuid.uuid4().hex}"
-    try:
-        for n in range(3):
-            assert await asyncio.wait_for(store.deliver(box, message(n)), 60) is None
-        assert await contents(store, box) == [message(0), message(1), message(2)]
-    finally:
-        await store.aclose()

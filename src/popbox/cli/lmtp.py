@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 def _agent(config: Config, backends: Backends, mail: MailAccess) -> Agent:
     return Agent(backends.userdb, mail, recipient_delimiter=config.lmtp.recipient_delimiter,
-                 strip_domain=config.lmtp.strip_domain)
+                 strip_domain=config.lmtp.strip_domain, cache_ttl=config.lmtp.recipient_cache)
 
 
 def _start_host(config: Config) -> MailHost | None:

@@ -14,6 +14,13 @@ written by anyone here (a uid or gid below `auth.first_valid_uid`/`first_valid_g
 configuration problem of this system (451 4.3.5, EX_TEMPFAIL): the MTA keeps the message.
 Nothing is ever reported delivered unless the store said it is durably stored.
 
+Recipients found are remembered for `cache_ttl` seconds (`lmtp.recipient_cache`, 5 by
+default; at most CACHE_SIZE of them, the oldest forgotten first), so an MTA's stream of
+mail for the same users costs no userdb query per RCPT. Only users found are kept: a
+name unknown, refused or not answered is asked again each time, so a user just added
+gets mail at once; a user removed or moved may still get mail at the old location for
+up to `cache_ttl` seconds.
+
 Trace headers (RFC 5321 §4.4): the final delivery agent adds `Return-Path:` with the
 envelope sender, and `Delivered-To:` with the recipient (loop detection, as Postfix's
 local(8) and Dovecot's LMTP do).
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
+from collections.abc import Callable
 
 from popbox.auth.base import UserDB, UserInfo, Verdict
 from popbox.auth.names import normalize_username, valid_username
@@ -31,6 +40,8 @@ from popbox.mailproc import MailAccess
 from popbox.store.base import Failure
 
 log = logging.getLogger("popbox")
+
+CACHE_SIZE = 10_000
 
 
 class Outcome(enum.Enum):
@@ -55,12 +66,16 @@ class Agent:
 
     def __init__(
         self, userdb: UserDB, mail: MailAccess, *, recipient_delimiter: str = "",
-        strip_domain: bool = False,
+        strip_domain: bool = False, cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.userdb = userdb
         self.mail = mail
         self.delimiter = recipient_delimiter
         self.strip_domain = strip_domain
+        self.cache_ttl = cache_ttl
+        self.clock = clock
+        self._found: dict[str, tuple[float, UserInfo]] = {}  # name -> (until, entry)
 
     def user_name(self, address: str) -> str | None:
         """The userdb name for a recipient address, or None if it cannot be one."""
@@ -78,9 +93,19 @@ class Agent:
         name = self.user_name(address)
         if name is None:
             return Outcome.NO_SUCH_USER
+        now = self.clock()
+        cached = self._found.get(name)
+        if cached is not None:
+            if now < cached[0]:
+                return cached[1]
+            del self._found[name]
         found = await self._lookup(name)
         if found is Outcome.NO_SUCH_USER and name != name.lower():
             found = await self._lookup(name.lower())
+        if isinstance(found, UserInfo) and self.cache_ttl > 0:
+            if len(self._found) >= CACHE_SIZE:
+                del self._found[next(iter(self._found))]  # the oldest
+            self._found[name] = (now + self.cache_ttl, found)
         return found
 
     async def _lookup(self, name: str) -> UserInfo | Outcome:

@@ -21,21 +21,22 @@ Message data (RFC 5321 §4.5.2): the terminating "." line ends it; a leading "."
 other line is removed; line ends become LF, as stores keep mail. Data is taken in whole
 chunks with bytes operations (no per-line Python loop); a chunk that ends in the middle
 of a line is taken too, so a long line costs no buffering, and beyond `max_size` the
-rest is counted and dropped. Extensions: PIPELINING, ENHANCEDSTATUSCODES (RFC 2034,
-codes of RFC 3463), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531), SIZE (RFC 1870).
+rest is counted and dropped. The un-stuffing and the CRLF-to-LF pass are
+popbox.proto.wire's kernels (compiled C where built). Extensions: PIPELINING,
+ENHANCEDSTATUSCODES (RFC 2034, codes of RFC 3463), 8BITMIME (RFC 6152), SMTPUTF8
+(RFC 6531), SIZE (RFC 1870).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from popbox.proto.wire import kernel
 
 MAX_LINE = 4096  # command lines; RFC 5321 §4.5.3.1.4 requires at least 512
 MAX_ERRORS = 20
 
-_DOT_LINE = re.compile(rb"\n\.")
-_CRLF = re.compile(rb"\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,12 +304,9 @@ class LmtpCore(Generic[T]):
             self._parts.clear()
             self._bol = part.endswith(b"\n")
             return
-        ends_line = part.endswith(b"\n")
-        if self._bol and part.startswith(b"."):
-            part = part[1:]
-        # (Two-byte patterns go through `re`: see proto.wire on why.)
-        self._parts.append(_CRLF.sub(b"\n", _DOT_LINE.sub(b"\n", part)))
-        self._bol = ends_line
+        # the first "." of each line dropped, CRLF made LF (compiled C where built)
+        self._parts.append(kernel.to_lf(kernel.unstuff(part, self._bol)))
+        self._bol = part.endswith(b"\n")
 
     def _finish(self) -> Event[T]:
         self._in_data = False

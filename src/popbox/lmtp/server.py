@@ -139,7 +139,8 @@ class LmtpServer:
                 out.clear()
                 await writer.drain()
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), self.settings.timeout)
+                    async with asyncio.timeout(self.settings.timeout):  # no task per read
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     writer.write(Reply(421, "4.4.2", "Timeout, closing").encode())
                     break
@@ -169,9 +170,12 @@ class LmtpServer:
         # together (popbox.store.pg_batch) then stores them in one transaction.
         copies = [trace_headers(message.sender, address) + body
                   for address, _ in message.recipients]
-        outcomes = await asyncio.gather(*(
-            self.agent.deliver(user, data)
-            for (_, user), data in zip(message.recipients, copies, strict=True)))
+        if len(copies) == 1:
+            outcomes = [await self.agent.deliver(message.recipients[0][1], copies[0])]
+        else:
+            outcomes = await asyncio.gather(*(
+                self.agent.deliver(user, data)
+                for (_, user), data in zip(message.recipients, copies, strict=True)))
         replies = []
         for (address, _), data, outcome in zip(message.recipients, copies, outcomes,
                                                strict=True):

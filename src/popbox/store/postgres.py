@@ -15,7 +15,9 @@ user name). The tables are popbox.pg.schema's. The pieces:
 * read: ``substring(body from N for M)``, one pooled query per chunk (256 KiB): a 50 MB
   message is never in memory at once, and a slow client holds no connection between
   chunks. A row gone before the first chunk is `Gone`; `open_message` fetches that
-  first chunk, so the answer is known before +OK.
+  first chunk, so the answer is known before +OK. A row whose ``body`` is left out
+  (``body_from_wire``, schema migration 6: most mail) is read the same way from
+  ``wire``, each chunk made into the message as delivered by popbox.store.pg_body.
 * RETR (`open_wire`, store.base.WireSource) reads ``wire``, the message as sent
   (popbox.pg.schema), the same way, so the session copies it out; a row without one
   (not yet converted by `popbox db upgrade`) is served from ``body``. The query for a
@@ -84,7 +86,7 @@ from popbox.store.base import (
     WireSource,
 )
 from popbox.store.last_login import LastLogin
-from popbox.store.pg_batch import ALONE_OCTETS, GATHER, Batcher, Delivery
+from popbox.store.pg_batch import ALONE_OCTETS, Batcher, Delivery
 from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
@@ -195,7 +197,6 @@ class PostgresStore:
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
-        gather: float = GATHER,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -205,7 +206,6 @@ class PostgresStore:
         self.mark_seen = mark_seen
         self.chunk_size = chunk_size
         self.locks = LockKeeper(db)
-        self.gather = gather
         self._batcher: Batcher | None = None
 
     async def open(self, location: str) -> PostgresDrop | Failure:
@@ -246,7 +246,7 @@ class PostgresStore:
             result = await self._one(item)
         else:
             if self._batcher is None:
-                self._batcher = Batcher(self.db, self._one, new_uidl, gather=self.gather)
+                self._batcher = Batcher(self.db, self._one, new_uidl)
             result = await self._batcher.deliver(item)
         return result if isinstance(result, Failure) else None
 
