@@ -36,7 +36,7 @@ from popbox.pg.pool import Database
 from popbox.store.postgres import PostgresStore
 
 USER = "quit"
-_COLUMNS = "mailbox_id, uidl, size, raw_size, body, wire, delivered_at"
+_COLUMNS = "mailbox_id, uidl, size, raw_size, body, body_from_wire, wire, delivered_at"
 _TEMPLATE = f"CREATE TABLE quit_template AS SELECT {_COLUMNS} FROM messages"  # noqa: S608
 _PUT_BACK = f"INSERT INTO messages ({_COLUMNS}) SELECT {_COLUMNS} FROM quit_template"  # noqa: S608
 

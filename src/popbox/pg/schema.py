@@ -186,22 +186,28 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 async def current_version(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> int | None:
-    """The highest migration applied; None for a database popbox never upgraded."""
+    """The version the database is at: the highest migration applied with every one
+    before it (a database that lacks one below its highest is at the one before the
+    gap, so it is upgraded, not used); None for a database popbox never upgraded."""
     if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
         return None
-    version: int | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
-    return version or 0
+    done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+    missing = [m.version for m in MIGRATIONS if m.version not in done]
+    if missing and done and min(missing) < max(done):
+        return min(missing) - 1
+    return max(done, default=0)
 
 
 async def upgrade(conn: asyncpg.Connection[Any], target: int = LATEST) -> list[Migration]:
-    """Apply the migrations up to `target` that are missing; returns those applied."""
+    """Apply the migrations up to `target` that are missing (in order; one missing below
+    one applied too); returns those applied."""
     applied: list[Migration] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_NAMESPACE)
         await conn.execute(_VERSIONS_TABLE)
-        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
         for migration in MIGRATIONS:
-            if current < migration.version <= target:
+            if migration.version not in done and migration.version <= target:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
