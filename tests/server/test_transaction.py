@@ -31,7 +31,7 @@ async def body_bytes(txn: Transaction, body: Body) -> bytes:
     while not body.reader.done:
         data += await body.reader.next()
     body.reader.close()
-    txn.sent(body)
+    txn.sent(body.index, retr=body.limit is None)
     return data
 
 

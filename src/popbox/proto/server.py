@@ -16,7 +16,9 @@ the command's shape (`commands.reply_shape`) is a listing, `Ok` is followed by `
 message as stored and `End`: the core turns LF into CRLF, stuffs and terminates them
 (`proto.wire.MessageEncoder`), so every byte on the wire comes from `send`. A store
 that keeps bodies in wire form sends `Data(wire=True)` pieces: passed on unchanged (but
-for the NUL workaround) and terminated. Anything else is a `LocalProtocolError`.
+for the NUL workaround) and terminated. A message read whole may instead go out in one
+piece, +OK line, body and end (`send_message`), after its size is checked in the same
+pass. Anything else is a `LocalProtocolError`.
 
 Pipelining (RFC 2449 §6.6): every complete line already received is a command to answer
 in order; `next_event()` hands out the next one only after the previous one was answered
@@ -45,7 +47,7 @@ from popbox.proto.commands import (
 from popbox.proto.commands import reply_shape as _reply_shape
 from popbox.proto.state import ON_ERR, ON_OK, ON_RECEIVE
 from popbox.proto.types import State
-from popbox.proto.wire import MessageEncoder
+from popbox.proto.wire import MessageEncoder, kernel
 
 _TOO_LONG = object()
 
@@ -192,6 +194,19 @@ class ServerConnection:
                 raise ev.LocalProtocolError(f"{type(reply).__name__} without a multi-line +OK")
             case _:
                 assert_never(reply)
+
+    def send_message(self, text: str, data: bytes, size: int) -> bytes | None:
+        """The whole answer to the pending RETR or TOP in one piece: the bytes of
+        `send(Ok(text))`, `send(Data(data))` and `send(END)`, for a message read whole.
+        None, with nothing sent and the command still pending, when the wire size of
+        `data` (`wire.wire_size`) is not `size`, the size the client was promised."""
+        if self._encoder is not None or self._listing or not isinstance(
+                self._pending, ev.Retr | ev.Top):
+            raise ev.LocalProtocolError("a whole message answers only a pending RETR or TOP")
+        out = kernel.message(_status(b"+OK", text), data, size, self._no_nuls)
+        if out is not None:
+            self._pending = None
+        return out
 
     def _advance(self, pending: ev.Event | None, *, ok: bool) -> None:
         self._sasl = False
