@@ -389,6 +389,25 @@ def test_a_message_sent_whole_is_the_same_bytes(data: bytes, no_nuls: bool) -> N
     assert wrong.next_event() == ev.Noop()
 
 
+def test_a_command_line_parsed_before_means_the_same_in_every_state() -> None:
+    """A TRANSACTION line another connection has already sent ("RETR 1") is the same
+    command again after login, and still refused before login or with a bad number."""
+    first = logged_in()
+    first.receive_data(b"RETR 1\r\nDELE 2\r\n")
+    assert first.next_event() == ev.Retr(MsgNo(1))
+    again = ServerConnection()
+    again.receive_data(b"RETR 1\r\n")
+    assert again.next_event() == ev.Invalid(ev.Problem.WRONG_STATE, "RETR")
+    second = logged_in()
+    second.receive_data(b"RETR 1\r\nRETR x\r\nRETR 1\r\n")
+    assert second.next_event() == ev.Retr(MsgNo(1))
+    assert second.next_event() is ev.PAUSED
+    second.send(ev.Err("no"))
+    assert second.next_event() == ev.Invalid(ev.Problem.BAD_MESSAGE_NUMBER, "RETR")
+    second.send(ev.Err("bad"))
+    assert second.next_event() == ev.Retr(MsgNo(1))
+
+
 def test_a_whole_message_answers_only_retr_or_top() -> None:
     conn = logged_in()
     with pytest.raises(ev.LocalProtocolError):

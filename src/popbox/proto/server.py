@@ -20,6 +20,10 @@ for the NUL workaround) and terminated. A message read whole may instead go out 
 piece, +OK line, body and end (`send_message`), after its size is checked in the same
 pass. Anything else is a `LocalProtocolError`.
 
+A TRANSACTION command line that names a message ("RETR 12") is parsed once per process
+and its event shared (events are frozen): the next session's "RETR 12" is a dictionary
+lookup.
+
 Pipelining (RFC 2449 §6.6): every complete line already received is a command to answer
 in order; `next_event()` hands out the next one only after the previous one was answered
 in full (it says PAUSED meanwhile), so replies can never be reordered or doubled.
@@ -131,12 +135,20 @@ class ServerConnection:
             return ev.NEED_DATA
         line = self._lines.popleft()
         event: ev.Event
+        if self._state is State.TRANSACTION and (known := _PARSED.get(line)) is not None:
+            self._pending = known  # (a line parsed before: not PASS, no state to move)
+            self._user_accepted = False
+            return known
         if not isinstance(line, bytes):
             event = ev.Invalid(ev.Problem.LINE_TOO_LONG)
         elif self._sasl:
             event = parse_sasl_response(line)
         else:
             event = parse_command(line, self._state, self._enabled)
+            if event.__class__ in _SHARED and self._state is State.TRANSACTION:
+                if len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.clear()
+                _PARSED[line] = event
         if isinstance(event, ev.Pass) and not self._user_accepted:
             event = ev.Invalid(ev.Problem.PASS_WITHOUT_USER, "PASS")
         self._user_accepted = False
@@ -200,8 +212,8 @@ class ServerConnection:
         `send(Ok(text))`, `send(Data(data))` and `send(END)`, for a message read whole.
         None, with nothing sent and the command still pending, when the wire size of
         `data` (`wire.wire_size`) is not `size`, the size the client was promised."""
-        if self._encoder is not None or self._listing or not isinstance(
-                self._pending, ev.Retr | ev.Top):
+        if self._encoder is not None or self._listing or (
+                self._pending.__class__ not in (ev.Retr, ev.Top)):
             raise ev.LocalProtocolError("a whole message answers only a pending RETR or TOP")
         out = kernel.message(_status(b"+OK", text), data, size, self._no_nuls)
         if out is not None:
@@ -237,6 +249,15 @@ _MULTI: dict[type, Shape | None] = {
     spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
 }
 _MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = _MULTI[ev.Lang] = None  # it depends
+
+
+# TRANSACTION command lines that name a message ("RETR 12", "DELE 3"), parsed once and
+# shared by every connection: events are frozen, these commands carry no secret, move no
+# state on receipt and parse alike whatever the optional commands. A session of RETRs
+# then costs one dictionary lookup per command. Bounded: emptied when full.
+_SHARED = frozenset({ev.Retr, ev.Top, ev.Dele, ev.List, ev.Uidl})
+_PARSED: dict[bytes | object, ev.Event] = {}
+_PARSED_MAX = 4096
 
 
 def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:
