@@ -49,8 +49,8 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
-                 "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
+    __slots__ = ("_idle", "_limits_of", "_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io",
+                 "lang", "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -72,6 +72,8 @@ class Session:
         self.lang = replies.DEFAULT_LANGUAGE  # RFC 6856 §3: until LANG selects another
         self.utf8 = False  # RFC 6856 §2: after UTF8
         self.login_deadline = io.loop.time() + ctx.config.limits.login_timeout
+        self._limits_of = ctx.config  # the configuration `_idle` was read from
+        self._idle = ctx.config.limits.idle_timeout
 
     # --- the loop ---
 
@@ -149,7 +151,10 @@ class Session:
     def _deadline(self) -> float:
         """When the wait for the client's next bytes ends (on the loop's clock)."""
         if self.conn.state is State.TRANSACTION:
-            return self.io.loop.time() + self.ctx.config.limits.idle_timeout
+            config = self.ctx.config
+            if config is not self._limits_of:  # reloaded: a new idle_timeout applies
+                self._limits_of, self._idle = config, config.limits.idle_timeout
+            return self.io.loop.time() + self._idle
         return self.login_deadline
 
     async def _end(self, reason: str) -> None:

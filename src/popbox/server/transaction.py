@@ -271,7 +271,7 @@ class Transaction:
             return replies.failure(exc.failure)
         if data is None:
             return None
-        if not self.utf8 and not ascii_header(data):
+        if not self.utf8 and not data.isascii() and not ascii_header(data):
             data = HeaderGuard().feed(data)
         return Whole(f"{size} octets", index, data)
 
