@@ -122,7 +122,16 @@ class Session:
             while (event := conn.next_event()) is not ev.NEED_DATA:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
                 self.record.command(event)
-                await self._handle(event)
+                txn = self.txn
+                # A RETR of a small message is answered here, without a coroutine.
+                if (event.__class__ is ev.Retr and txn is not None
+                        and (whole := txn.retr_whole(event.msg)) is not None):
+                    if isinstance(whole, Whole):
+                        self._send_whole(txn, whole)
+                    else:
+                        self._reply(whole)
+                else:
+                    await self._handle(event)
                 if self.record.timing:
                     self.record.timed()
                 if conn.state is State.CLOSED:
@@ -207,9 +216,7 @@ class Session:
                   | ev.Rset() | ev.Last()):
                 assert self.txn is not None
                 answer = await self.txn.handle(event)
-                if isinstance(answer, Whole):
-                    self._send_whole(self.txn, answer)
-                elif isinstance(answer, Body):
+                if isinstance(answer, Body):
                     await self._send_body(self.txn, answer)
                 else:
                     self._reply(answer)

@@ -16,10 +16,11 @@ back to 0. Earlier sessions do not count: the snapshot does not carry seen flags
 
 A maildrop that keeps messages in wire form (store.base.WireSource: the postgres store)
 serves RETR from it, so the session copies the bytes out; TOP, and a message kept only
-as delivered, take the stored form through the encoder. A maildrop that can read a small
-message whole (store.base.WholeSource: the Maildir store) answers a RETR of at most
-`WHOLE_MAX` octets with a `Whole`: the session sends the +OK line, the message and its
-end in one piece, after the core has checked its size in the same pass.
+as delivered, take the stored form through the encoder. Where the maildrop can read a
+small message whole (store.base.WholeSource: the Maildir store), the session first asks
+`retr_whole` for a RETR of at most `WHOLE_MAX` octets: a `Whole`, which it sends as the
++OK line, the message and its end in one piece after the core has checked its size in
+the same pass; `handle` answers what that leaves (None).
 
 One bad message costs only itself: a message that vanished, cannot be read, or whose
 stored size no longer matches the snapshot's (the file was changed after login) gets a
@@ -178,18 +179,13 @@ class Transaction:
         self.deleted.clear()
         self.last = 0
 
-    async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body | Whole:
+    async def handle(self, event: Command) -> ev.Ok | Err | replies.Listing | Body:
         """The answer to one TRANSACTION command (RFC 1939 §§5, 7)."""
         match event:  # RETR first: most commands of a session are RETR
             case ev.Retr(msg) | ev.Top(msg):  # (inline: a coroutine less per message)
                 index = self.index(msg)
                 if isinstance(index, Err):
                     return index
-                if (self.whole_source is not None and event.__class__ is ev.Retr
-                        and self.sizes[index] <= WHOLE_MAX):
-                    whole = self._whole(self.whole_source, index)
-                    if whole is not None:
-                        return whole
                 wire = False
                 try:
                     reader: Reader | Gone | None = None
@@ -260,9 +256,20 @@ class Transaction:
             case _:
                 assert_never(event)
 
-    def _whole(self, source: WholeSource, index: Index) -> Whole | Err | None:
-        """RETR of a small message read whole; None: read it the general way."""
+    def retr_whole(self, msg: MsgNo) -> Whole | Err | None:
+        """RETR answered at once, without a coroutine, where the maildrop reads small
+        messages whole (WholeSource) and this one is at most `WHOLE_MAX` octets: its
+        `Whole`, or the -ERR for a missing, deleted or unreadable message. None: `handle`
+        answers it (a larger message, a file not where the snapshot saw it)."""
+        source = self.whole_source
+        if source is None:
+            return None
+        index = self.index(msg)
+        if isinstance(index, Err):
+            return index
         size = self.sizes[index]
+        if size > WHOLE_MAX:
+            return None
         try:
             data = source.read_whole(index, size)
         except StoreError as exc:
