@@ -11,8 +11,8 @@ The loop reads whatever the client sent, answers every complete command in order
 (pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
 chunk with `drain()`, so a client that does not read is paused, not buffered, and is cut
 off by the send timeout; a small message read whole (RETR) is queued in one piece, +OK
-line, message and end, and goes out with the flush. Idle clients are logged out (RFC 1939 §3) after
-`limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
+line, message and end, and goes out with the flush. Idle clients are logged out (RFC 1939
+§3) after `limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
 an idle timer: `limits.login_timeout` from connect, so a client trickling one byte a
 second cannot hold a connection slot for longer than that.
 
