@@ -10,6 +10,7 @@ from popbox.proto import events as ev
 from popbox.proto.commands import Shape, reply_shape
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import MsgNo, State
+from popbox.proto.wire import wire_size
 
 
 def events_for(data: bytes, *, state: State = State.AUTHORIZATION, chunk: int = 0) -> list[object]:
@@ -356,6 +357,70 @@ def test_message_body_is_framed_by_the_core() -> None:
     wire += conn.send(ev.Data(b"\nc")) + conn.send(ev.End())
     assert wire == b"+OK 12 octets\r\n..a\r\nb\r\nc\r\n.\r\n"
     assert conn.next_event() == ev.Noop()
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"\0", b".."]), max_size=30).map(
+    b"".join), st.booleans())
+def test_a_message_sent_whole_is_the_same_bytes(data: bytes, no_nuls: bool) -> None:
+    """A message read whole goes out in one piece (`send_message`): the same bytes as +OK,
+    Data and End, and the next command comes after it. A wrong size sends nothing and
+    leaves RETR pending, to be answered with -ERR."""
+    def retr() -> ServerConnection:
+        conn = ServerConnection(no_nuls=no_nuls)
+        conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\nNOOP\r\n")
+        for _ in range(2):
+            conn.next_event()
+            conn.send(ev.Ok())
+        assert conn.next_event() == ev.Retr(MsgNo(1))
+        return conn
+
+    size = wire_size(data)
+    stepwise = retr()
+    expected = (stepwise.send(ev.Ok(f"{size} octets")) + stepwise.send(ev.Data(data))
+                + stepwise.send(ev.End()))
+    conn = retr()
+    assert conn.send_message(f"{size} octets", data, size) == expected
+    assert conn.next_event() == ev.Noop()
+    wrong = retr()
+    assert wrong.send_message("x", data, size + 1) is None
+    assert wrong.next_event() is ev.PAUSED
+    assert wrong.send(ev.Err("changed")) == b"-ERR changed\r\n"
+    assert wrong.next_event() == ev.Noop()
+
+
+def test_a_command_line_parsed_before_means_the_same_in_every_state() -> None:
+    """A TRANSACTION line another connection has already sent ("RETR 1") is the same
+    command again after login, and still refused before login or with a bad number."""
+    first = logged_in()
+    first.receive_data(b"RETR 1\r\nDELE 2\r\n")
+    assert first.next_event() == ev.Retr(MsgNo(1))
+    again = ServerConnection()
+    again.receive_data(b"RETR 1\r\n")
+    assert again.next_event() == ev.Invalid(ev.Problem.WRONG_STATE, "RETR")
+    second = logged_in()
+    second.receive_data(b"RETR 1\r\nRETR x\r\nRETR 1\r\n")
+    assert second.next_event() == ev.Retr(MsgNo(1))
+    assert second.next_event() is ev.PAUSED
+    second.send(ev.Err("no"))
+    assert second.next_event() == ev.Invalid(ev.Problem.BAD_MESSAGE_NUMBER, "RETR")
+    second.send(ev.Err("bad"))
+    assert second.next_event() == ev.Retr(MsgNo(1))
+
+
+def test_a_whole_message_answers_only_retr_or_top() -> None:
+    conn = logged_in()
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send_message("1 octets", b"x", 3)
+    conn.receive_data(b"STAT\r\nRETR 1\r\n")
+    conn.next_event()
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send_message("1 octets", b"x", 3)
+    conn.send(ev.Ok("1 3"))
+    conn.next_event()
+    conn.send(ev.Ok("3 octets"))
+    with pytest.raises(ev.LocalProtocolError):  # a body already open
+        conn.send_message("3 octets", b"x", 3)
 
 
 def test_no_nuls_workaround_in_message_bodies() -> None:

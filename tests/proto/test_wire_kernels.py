@@ -119,3 +119,23 @@ def test_buffers_other_than_bytes_are_read_in_place() -> None:
         _speedups.encode("text", True, False)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _speedups.encode(data, True)  # type: ignore[call-arg]
+
+
+@example(b"", False)
+@example(b"a\r", False)
+@example(b".\n\0", True)
+@settings(max_examples=400)
+@given(pieces.map(b"".join), st.booleans())
+def test_whole_message_in_one_piece(data: bytes, no_nuls: bool) -> None:
+    """`message` gives the status line, then exactly what the encoder sends for the data
+    fed whole and its end, with both kernels; and None for any size but the data's wire
+    size, so a message that is not the size promised is never sent."""
+    head = b"+OK 5 octets\r\n"
+    expected = head + b"".join(run_encoder(_native, [data], no_nuls))
+    size = wire.wire_size(data)
+    assert size == run_counter(_native, [data])
+    for kernel in (_speedups, _native):
+        assert kernel.message(head, data, size, no_nuls) == expected
+        for wrong in (size - 1, size + 1, size + 2):
+            assert kernel.message(head, data, wrong, no_nuls) is None
+    assert _speedups.message(bytearray(head), memoryview(data), size, no_nuls) == expected

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from popbox.proto import events as ev
 from popbox.proto.types import MsgNo
 from popbox.proto.wire import wire_size
 from popbox.server import replies
-from popbox.server.transaction import Body, Transaction
+from popbox.server.transaction import WHOLE_MAX, Body, Transaction, Whole
 from popbox.store.base import Failure
+from popbox.store.maildir import MaildirStore
 from popbox.store.memory import MemoryStore
 
 MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\n.dot\nsecond\nthird\n"]
@@ -31,7 +34,7 @@ async def body_bytes(txn: Transaction, body: Body) -> bytes:
     while not body.reader.done:
         data += await body.reader.next()
     body.reader.close()
-    txn.sent(body)
+    txn.sent(body.index, retr=body.limit is None)
     return data
 
 
@@ -90,3 +93,46 @@ async def test_a_vanished_message_is_one_error() -> None:
     store.remove("box", txn.uidl(0))
     assert await txn.handle(ev.Retr(MsgNo(1))) == replies.MESSAGE_GONE
     assert isinstance(await txn.handle(ev.Retr(MsgNo(2))), Body)
+
+
+async def test_a_small_maildir_message_is_read_whole(tmp_path: Path) -> None:
+    """RETR of a small message on a store that reads whole (the Maildir store) is answered
+    at once: the stored bytes and the +OK text with the snapshot's size; a deleted or
+    missing number gets its -ERR; a larger message, and a store that streams only (the
+    reference store), are left to `handle`."""
+    store = MaildirStore()
+    big = b"Subject: big\n\n" + b"x" * 70 + b"\n" * 1000
+    for message in (*MESSAGES, big):
+        assert await store.deliver(str(tmp_path), message) is None
+    maildrop = await store.open(str(tmp_path))
+    assert not isinstance(maildrop, Failure)
+    txn = Transaction(maildrop)
+    sizes = maildrop.messages.sizes
+    whole = txn.retr_whole(MsgNo(1))
+    assert isinstance(whole, Whole)
+    assert whole.text == f"{sizes[0]} octets" and wire_size(whole.data) == sizes[0]
+    assert whole.data in MESSAGES
+    assert txn.retr_whole(MsgNo(4)) == replies.NO_SUCH_MESSAGE
+    await txn.handle(ev.Dele(MsgNo(2)))
+    assert txn.retr_whole(MsgNo(2)) == replies.ALREADY_DELETED
+    third = txn.retr_whole(MsgNo(3))  # 1 KB of line ends: read whole as well
+    assert isinstance(third, Whole) and third.data == big
+    await maildrop.release()
+    _, reference = await transaction()
+    assert reference.retr_whole(MsgNo(1)) is None
+    assert isinstance(await reference.handle(ev.Retr(MsgNo(1))), Body)
+
+
+async def test_a_message_above_the_whole_read_size_is_streamed(tmp_path: Path) -> None:
+    store = MaildirStore()
+    message = b"Subject: long\n\n" + b"line\n" * (WHOLE_MAX // 5)
+    assert await store.deliver(str(tmp_path), message) is None
+    maildrop = await store.open(str(tmp_path))
+    assert not isinstance(maildrop, Failure)
+    txn = Transaction(maildrop)
+    assert maildrop.messages.sizes[0] > WHOLE_MAX
+    assert txn.retr_whole(MsgNo(1)) is None
+    body = await txn.handle(ev.Retr(MsgNo(1)))
+    assert isinstance(body, Body)
+    assert await body_bytes(txn, body) == message
+    await maildrop.release()

@@ -1,13 +1,16 @@
 """The Maildir size pass (popbox.store.maildir_measure): the compiled batch and its Python
 fallback give, for any file content and any read size, the wire size RFC 1939 §11 asks for
 (CRLF line ends: popbox.proto.wire.wire_size, the one definition), and refuse what is not
-a regular file, on real files in a real directory."""
+a regular file, on real files in a real directory; so does the whole read of one small
+file (read_small), in C and in Python."""
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -146,9 +149,50 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_pure_python_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POPBOX_PURE_PYTHON", "1")
-    assert maildir_measure._measurer() == ("python", maildir_measure._python_sizes)
+    assert maildir_measure._measurer() == (
+        "python", maildir_measure._python_sizes, maildir_measure._python_read_small)
     monkeypatch.setenv("POPBOX_PURE_PYTHON", "0")
-    assert maildir_measure._measurer() == ("c", _measure.sizes)
+    assert maildir_measure._measurer() == ("c", _measure.sizes, _measure.read_small)
+
+
+READERS = {"c": _measure.read_small, "python": maildir_measure._python_read_small}
+
+
+@pytest.fixture(params=sorted(READERS))
+def read_small(request: pytest.FixtureRequest) -> Callable[[str, int], bytes | int]:
+    return READERS[request.param]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 70_000])
+def test_read_small_reads_the_file_whole(
+    tmp_path: Path, read_small: Callable[[str, int], bytes | int], size: int
+) -> None:
+    """The whole file when it fits in `limit`, else exactly its first `limit` octets."""
+    data = bytes(random.Random(size).randrange(256) for _ in range(size))
+    path = tmp_path / "m"
+    path.write_bytes(data)
+    for limit in (size + 1, size + 100, max(size - 1, 0), 1):
+        assert read_small(str(path), limit) == data[:limit]
+
+
+def test_read_small_refuses_what_is_not_a_regular_file(
+    tmp_path: Path, read_small: Callable[[str, int], bytes | int]
+) -> None:
+    """A FIFO (opened without waiting for a writer) and a directory give their st_mode; a
+    symlink is not followed (ELOOP); a missing file is FileNotFoundError."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "real").write_bytes(b"x\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fifo = read_small(str(tmp_path / "fifo"), 10)
+    assert isinstance(fifo, int) and stat.S_ISFIFO(fifo)
+    directory = read_small(str(tmp_path / "dir"), 10)
+    assert isinstance(directory, int) and stat.S_ISDIR(directory)
+    with pytest.raises(OSError) as loop:
+        read_small(str(tmp_path / "link"), 10)
+    assert loop.value.errno == errno.ELOOP
+    with pytest.raises(FileNotFoundError):
+        read_small(str(tmp_path / "gone"), 10)
 
 
 def test_first_listing_measures_through_the_batch(

@@ -1,6 +1,6 @@
 """The inner loops of `popbox.proto.wire` and `popbox.client.crlf`, in Python.
 
-`popbox.proto._speedups` (C, built at install when a compiler is there) has the same four
+`popbox.proto._speedups` (C, built at install when a compiler is there) has the same five
 functions; `wire.kernel` is whichever of the two is in use. Each works on one chunk; what
 is carried between chunks stays with the caller.
 
@@ -33,6 +33,17 @@ def encode(chunk: bytes, at_line_start: bool, no_nuls: bool) -> bytes:
     if no_nuls:
         data = data.replace(b"\0", b"\x80")
     return data
+
+
+def message(head: bytes, data: bytes, size: int, no_nuls: bool) -> bytes | None:
+    """A whole multi-line reply in one piece: `head` (the status line with its CRLF), the
+    whole message `data` as `encode` sends it from a line start, a line end where it
+    does not end with one, and ".\\r\\n"; None when the wire size of `data` (CRLF line
+    ends, a final line end added, before stuffing) is not `size`."""
+    tail = b"\r\n.\r\n" if data and not data.endswith(b"\n") else b".\r\n"
+    if octets(data) + len(tail) - 3 != size:
+        return None
+    return head + encode(data, True, no_nuls) + tail
 
 
 def octets(chunk: bytes) -> int:

@@ -1,10 +1,14 @@
 /* The inner loops of popbox.proto.wire and popbox.client.crlf, compiled.
  *
- * popbox.proto._native holds the same four functions in Python; wire.py and crlf.py
+ * popbox.proto._native holds the same five functions in Python; wire.py and crlf.py
  * import this module when it was built and fall back to those otherwise (or when
  * POPBOX_PURE_PYTHON is set). Each function does one pass over one chunk. The state
  * between chunks (a "\r" held back at a chunk end, whether the next chunk starts a
  * line) stays in the Python classes, which pass in what a function needs.
+ *
+ * message() encodes a whole small message after its status line and terminates it, in
+ * one allocation, and checks its wire size on the way (the octets written, less the
+ * stuffed dots).
  *
  * Every function walks the chunk line by line: memchr finds the next "\n" and a line's
  * bytes are copied with memcpy, so the cost is per line, not per byte.
@@ -80,45 +84,35 @@ replace_nuls(char *p, Py_ssize_t n)
         *p++ = (char)0x80;
 }
 
-/* encode(chunk, at_line_start, no_nuls) -> bytes
- *
- * RFC 1939 section 3: CRLF line ends (a "\r\n" stays, a lone "\n" becomes "\r\n", a lone
- * "\r" is kept), a "." that starts a line doubled, and with `no_nuls` each NUL sent as
- * 0x80. The first byte starts a line when `at_line_start`. */
+/* Writes `in` as sent after `head` (copied first) into a new bytes object: CRLF line
+ * ends, line-starting dots doubled, NULs as 0x80 with `no_nuls`; with `terminate`, a line
+ * end where the data does not end with one (not for empty data) and ".\r\n" after it.
+ * `*dots` gets the number of dots added: the wire size of the data is the octets written
+ * after `head`, less those dots and the terminator line. */
 static PyObject *
-encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+encode_after(const char *head, Py_ssize_t head_len, input *in, int line_start, int no_nuls,
+             int terminate, Py_ssize_t *dots)
 {
-    input in;
-    int line_start, no_nuls;
     PyObject *out;
     char *o;
-    Py_ssize_t cap, used = 0;
+    Py_ssize_t cap, used, extra = terminate ? 5 : 0, added = 0;
     const char *p, *end;
 
-    if (check_nargs("encode", nargs, 3) < 0)
-        return NULL;
-    if ((line_start = PyObject_IsTrue(args[1])) < 0)
-        return NULL;
-    if ((no_nuls = PyObject_IsTrue(args[2])) < 0)
-        return NULL;
-    if (input_get(args[0], &in) < 0)
-        return NULL;
-    if (in.len > PY_SSIZE_T_MAX / 2) {
-        input_release(&in);
+    if (in->len > (PY_SSIZE_T_MAX - head_len - extra) / 2)
         return PyErr_NoMemory();
-    }
     /* A first guess that fits mail with lines of 16 bytes or more; a chunk that needs
      * more is grown once, to the bound of what its rest can need. */
-    cap = in.len + in.len / 16 + 2;
-    if (cap > 2 * in.len)
-        cap = 2 * in.len;
+    cap = in->len + in->len / 16 + 2;
+    if (cap > 2 * in->len)
+        cap = 2 * in->len;
+    cap += head_len + extra;
     out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL) {
-        input_release(&in);
+    if (out == NULL)
         return NULL;
-    }
-    p = in.buf;
-    end = in.buf + in.len;
+    memcpy(PyBytes_AS_STRING(out), head, (size_t)head_len);
+    used = head_len;
+    p = in->buf;
+    end = in->buf + in->len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *stop = nl != NULL ? nl : end;
@@ -130,14 +124,12 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (nl != NULL && content > 0 && stop[-1] == '\r')
             content--; /* the "\r" of "\r\n" is written back with the "\n" */
         need = dot + content + (nl != NULL ? 2 : 0);
-        if (need > cap - used) {
+        if (need > cap - used - extra) {
             /* The rest of the input needs at most twice its length: no overflow, as
-             * used <= 2 * (p - in.buf) and in.len <= PY_SSIZE_T_MAX / 2. */
-            Py_ssize_t grown = used + 2 * (end - p);
-            if (_PyBytes_Resize(&out, grown) < 0) {
-                input_release(&in);
+             * used <= head_len + 2 * (p - in->buf), checked above. */
+            Py_ssize_t grown = used + 2 * (end - p) + extra;
+            if (_PyBytes_Resize(&out, grown) < 0)
                 return NULL;
-            }
             cap = grown;
         }
         o = PyBytes_AS_STRING(out) + used;
@@ -155,11 +147,90 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         else {
             p = end;
+            line_start = 0;
         }
         used += need;
+        added += dot;
     }
-    input_release(&in);
+    if (terminate) {
+        o = PyBytes_AS_STRING(out) + used;
+        if (!line_start) { /* (a lone "\r" at the end is kept, then the line end) */
+            *o++ = '\r';
+            *o++ = '\n';
+            used += 2;
+        }
+        memcpy(o, ".\r\n", 3);
+        used += 3;
+    }
+    *dots = added;
     return finish_bytes(out, used);
+}
+
+/* encode(chunk, at_line_start, no_nuls) -> bytes
+ *
+ * RFC 1939 section 3: CRLF line ends (a "\r\n" stays, a lone "\n" becomes "\r\n", a lone
+ * "\r" is kept), a "." that starts a line doubled, and with `no_nuls` each NUL sent as
+ * 0x80. The first byte starts a line when `at_line_start`. */
+static PyObject *
+encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    input in;
+    int line_start, no_nuls;
+    PyObject *out;
+    Py_ssize_t dots;
+
+    if (check_nargs("encode", nargs, 3) < 0)
+        return NULL;
+    if ((line_start = PyObject_IsTrue(args[1])) < 0)
+        return NULL;
+    if ((no_nuls = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    if (input_get(args[0], &in) < 0)
+        return NULL;
+    out = encode_after("", 0, &in, line_start, no_nuls, 0, &dots);
+    input_release(&in);
+    return out;
+}
+
+/* message(head, data, size, no_nuls) -> bytes | None
+ *
+ * A whole multi-line reply in one piece: `head` (the status line, with its CRLF), then
+ * the whole message `data` as encode() sends it from a line start, a line end if it
+ * does not end with one, and the terminating ".\r\n". None when the wire size of `data`
+ * (popbox.proto.wire.wire_size: CRLF line ends, a final line end added, no stuffing) is
+ * not `size`: counted in the same pass. */
+static PyObject *
+message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    input head, in;
+    int no_nuls;
+    Py_ssize_t size, dots, wire;
+    PyObject *out;
+
+    if (check_nargs("message", nargs, 4) < 0)
+        return NULL;
+    size = PyLong_AsSsize_t(args[2]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if ((no_nuls = PyObject_IsTrue(args[3])) < 0)
+        return NULL;
+    if (input_get(args[0], &head) < 0)
+        return NULL;
+    if (input_get(args[1], &in) < 0) {
+        input_release(&head);
+        return NULL;
+    }
+    out = encode_after(head.buf, head.len, &in, 1, no_nuls, 1, &dots);
+    input_release(&head);
+    input_release(&in);
+    if (out == NULL)
+        return NULL;
+    wire = PyBytes_GET_SIZE(out) - head.len - 3 - dots;
+    if (wire != size) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
 }
 
 /* octets(chunk) -> int
@@ -276,6 +347,8 @@ unstuff(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(chunk, at_line_start, no_nuls) -> the chunk as sent: CRLF, dot-stuffed"},
+    {"message", (PyCFunction)(void (*)(void))message, METH_FASTCALL,
+     "message(head, data, size, no_nuls) -> head, the message as sent, its end; or None"},
     {"octets", octets, METH_O, "octets(chunk) -> the chunk's length with CRLF line ends"},
     {"to_lf", to_lf, METH_O, "to_lf(chunk) -> the chunk with CRLF line ends made LF"},
     {"unstuff", (PyCFunction)(void (*)(void))unstuff, METH_FASTCALL,

@@ -16,7 +16,13 @@ the command's shape (`commands.reply_shape`) is a listing, `Ok` is followed by `
 message as stored and `End`: the core turns LF into CRLF, stuffs and terminates them
 (`proto.wire.MessageEncoder`), so every byte on the wire comes from `send`. A store
 that keeps bodies in wire form sends `Data(wire=True)` pieces: passed on unchanged (but
-for the NUL workaround) and terminated. Anything else is a `LocalProtocolError`.
+for the NUL workaround) and terminated. A message read whole may instead go out in one
+piece, +OK line, body and end (`send_message`), after its size is checked in the same
+pass. Anything else is a `LocalProtocolError`.
+
+A TRANSACTION command line that names a message ("RETR 12") is parsed once per process
+and its event shared (events are frozen): the next session's "RETR 12" is a dictionary
+lookup.
 
 Pipelining (RFC 2449 §6.6): every complete line already received is a command to answer
 in order; `next_event()` hands out the next one only after the previous one was answered
@@ -45,7 +51,7 @@ from popbox.proto.commands import (
 from popbox.proto.commands import reply_shape as _reply_shape
 from popbox.proto.state import ON_ERR, ON_OK, ON_RECEIVE
 from popbox.proto.types import State
-from popbox.proto.wire import MessageEncoder
+from popbox.proto.wire import MessageEncoder, kernel
 
 _TOO_LONG = object()
 
@@ -129,12 +135,20 @@ class ServerConnection:
             return ev.NEED_DATA
         line = self._lines.popleft()
         event: ev.Event
+        if self._state is State.TRANSACTION and (known := _PARSED.get(line)) is not None:
+            self._pending = known  # (a line parsed before: not PASS, no state to move)
+            self._user_accepted = False
+            return known
         if not isinstance(line, bytes):
             event = ev.Invalid(ev.Problem.LINE_TOO_LONG)
         elif self._sasl:
             event = parse_sasl_response(line)
         else:
             event = parse_command(line, self._state, self._enabled)
+            if event.__class__ in _SHARED and self._state is State.TRANSACTION:
+                if len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.clear()
+                _PARSED[line] = event
         if isinstance(event, ev.Pass) and not self._user_accepted:
             event = ev.Invalid(ev.Problem.PASS_WITHOUT_USER, "PASS")
         self._user_accepted = False
@@ -193,6 +207,19 @@ class ServerConnection:
             case _:
                 assert_never(reply)
 
+    def send_message(self, text: str, data: bytes, size: int) -> bytes | None:
+        """The whole answer to the pending RETR or TOP in one piece: the bytes of
+        `send(Ok(text))`, `send(Data(data))` and `send(END)`, for a message read whole.
+        None, with nothing sent and the command still pending, when the wire size of
+        `data` (`wire.wire_size`) is not `size`, the size the client was promised."""
+        if self._encoder is not None or self._listing or (
+                self._pending.__class__ not in (ev.Retr, ev.Top)):
+            raise ev.LocalProtocolError("a whole message answers only a pending RETR or TOP")
+        out = kernel.message(_status(b"+OK", text), data, size, self._no_nuls)
+        if out is not None:
+            self._pending = None
+        return out
+
     def _advance(self, pending: ev.Event | None, *, ok: bool) -> None:
         self._sasl = False
         moves = (ON_OK if ok else ON_ERR).get(type(pending))
@@ -222,6 +249,15 @@ _MULTI: dict[type, Shape | None] = {
     spec.event: spec.shape for spec in TABLE.values() if spec.shape is not Shape.SINGLE
 }
 _MULTI[ev.List] = _MULTI[ev.Uidl] = _MULTI[ev.Auth] = _MULTI[ev.Lang] = None  # it depends
+
+
+# TRANSACTION command lines that name a message ("RETR 12", "DELE 3"), parsed once and
+# shared by every connection: events are frozen, these commands carry no secret, move no
+# state on receipt and parse alike whatever the optional commands. A session of RETRs
+# then costs one dictionary lookup per command. Bounded: emptied when full.
+_SHARED = frozenset({ev.Retr, ev.Top, ev.Dele, ev.List, ev.Uidl})
+_PARSED: dict[bytes | object, ev.Event] = {}
+_PARSED_MAX = 4096
 
 
 def _move(moves: tuple[tuple[State, State], ...], state: State) -> State:

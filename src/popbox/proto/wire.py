@@ -15,7 +15,10 @@ All work is done with whole-chunk operations (no per-line Python loop), with at 
 byte ("\r" at a chunk end) carried between chunks; TOP is the one filter that looks at
 line boundaries, and it stops looking once it is past the headers.
 
-The per-chunk work (`kernel.encode`, `kernel.octets`) is compiled C,
+A small message read whole goes out as one piece (`kernel.message`: the status line, the
+encoded message and its end in one allocation, its size checked in the same pass).
+
+The per-chunk work (`kernel.encode`, `kernel.octets`, `kernel.message`) is compiled C,
 `popbox.proto._speedups`, built from source when popbox is installed; where it was not
 built, or with POPBOX_PURE_PYTHON=1 in the environment, it is the same code in Python,
 `popbox.proto._native`. `KERNEL_NAME` says which ("c" or "python"). Both give the same
@@ -37,6 +40,7 @@ class Kernel(Protocol):
     """One chunk's work, whole (popbox.proto._native documents each function)."""
 
     def encode(self, chunk: bytes, at_line_start: bool, no_nuls: bool, /) -> bytes: ...
+    def message(self, head: bytes, data: bytes, size: int, no_nuls: bool, /) -> bytes | None: ...
     def octets(self, chunk: bytes, /) -> int: ...
     def to_lf(self, chunk: bytes, /) -> bytes: ...
     def unstuff(self, chunk: bytes, at_line_start: bool, /) -> bytes: ...
@@ -78,10 +82,12 @@ class CrCarry:
 
 
 def wire_size(data: bytes) -> int:
-    """Octets of `data` as sent: LF becomes CRLF and a missing final line end is added."""
-    counter = SizeCounter()
-    counter.feed(data)
-    return counter.finish()
+    """Octets of `data` as sent: LF becomes CRLF and a missing final line end is added
+    (what `SizeCounter` counts for `data` fed whole: a final lone "\\r" is one octet,
+    then the line end)."""
+    if not data:
+        return 0
+    return kernel.octets(data) + (0 if data.endswith(b"\n") else 2)
 
 
 def to_wire(data: bytes) -> bytes:

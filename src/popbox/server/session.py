@@ -10,8 +10,9 @@ commands, login failures, timeouts).
 The loop reads whatever the client sent, answers every complete command in order
 (pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
 chunk with `drain()`, so a client that does not read is paused, not buffered, and is cut
-off by the send timeout. Idle clients are logged out (RFC 1939 §3) after
-`limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
+off by the send timeout; a small message read whole (RETR) is queued in one piece, +OK
+line, message and end, and goes out with the flush. Idle clients are logged out (RFC 1939
+§3) after `limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
 an idle timer: `limits.login_timeout` from connect, so a client trickling one byte a
 second cannot hold a connection slot for longer than that.
 
@@ -37,7 +38,7 @@ from popbox.server import replies
 from popbox.server.authorization import Authenticated, Authorization
 from popbox.server.context import ServerContext
 from popbox.server.io import SessionIO
-from popbox.server.transaction import Body, Transaction
+from popbox.server.transaction import Body, Transaction, Whole
 from popbox.server.userip import Slot
 from popbox.store.base import Failure, StoreError
 from popbox.store.last_login import LastLogin
@@ -48,8 +49,8 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io", "lang",
-                 "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
+    __slots__ = ("_idle", "_limits_of", "_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io",
+                 "lang", "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -71,6 +72,8 @@ class Session:
         self.lang = replies.DEFAULT_LANGUAGE  # RFC 6856 §3: until LANG selects another
         self.utf8 = False  # RFC 6856 §2: after UTF8
         self.login_deadline = io.loop.time() + ctx.config.limits.login_timeout
+        self._limits_of = ctx.config  # the configuration `_idle` was read from
+        self._idle = ctx.config.limits.idle_timeout
 
     # --- the loop ---
 
@@ -119,7 +122,16 @@ class Session:
             while (event := conn.next_event()) is not ev.NEED_DATA:
                 assert not isinstance(event, ev.Sentinel), "a reply is missing"
                 self.record.command(event)
-                await self._handle(event)
+                txn = self.txn
+                # A RETR of a small message is answered here, without a coroutine.
+                if (event.__class__ is ev.Retr and txn is not None
+                        and (whole := txn.retr_whole(event.msg)) is not None):
+                    if isinstance(whole, Whole):
+                        self._send_whole(txn, whole)
+                    else:
+                        self._reply(whole)
+                else:
+                    await self._handle(event)
                 if self.record.timing:
                     self.record.timed()
                 if conn.state is State.CLOSED:
@@ -148,7 +160,10 @@ class Session:
     def _deadline(self) -> float:
         """When the wait for the client's next bytes ends (on the loop's clock)."""
         if self.conn.state is State.TRANSACTION:
-            return self.io.loop.time() + self.ctx.config.limits.idle_timeout
+            config = self.ctx.config
+            if config is not self._limits_of:  # reloaded: a new idle_timeout applies
+                self._limits_of, self._idle = config, config.limits.idle_timeout
+            return self.io.loop.time() + self._idle
         return self.login_deadline
 
     async def _end(self, reason: str) -> None:
@@ -197,7 +212,7 @@ class Session:
 
     async def _handle(self, event: ev.Event) -> None:
         match event:  # the commands of a logged-in session first: most events are these
-            case (ev.Stat() | ev.List() | ev.Uidl() | ev.Retr() | ev.Top() | ev.Dele() | ev.Noop()
+            case (ev.Retr() | ev.Stat() | ev.List() | ev.Uidl() | ev.Top() | ev.Dele() | ev.Noop()
                   | ev.Rset() | ev.Last()):
                 assert self.txn is not None
                 answer = await self.txn.handle(event)
@@ -306,6 +321,23 @@ class Session:
         found = transport.get_extra_info("ssl_object") if transport is not None else None
         return found if isinstance(found, ssl.SSLObject) else None
 
+    def _send_whole(self, txn: Transaction, whole: Whole) -> None:
+        """RETR of a small message read whole: +OK, the message and the end in one piece,
+        or -ERR if its size is not the one the snapshot promised."""
+        data = whole.data
+        out = self.conn.send_message(whole.text, data, txn.size(whole.index))
+        if out is None:
+            txn.unsent(whole.index, "size changed")
+            self._reply(replies.MESSAGE_CHANGED)
+            return
+        self._out.append(out)
+        # the message's octets as sent, as _send_body counts them: not the +OK line (the
+        # text, "+OK ", CRLF), not the end (".\r\n", and a line end the message lacked)
+        self.bytes_sent += len(out) - len(whole.text) - 9 - (
+            2 if data and data[-1:] != b"\n" else 0)
+        txn.sent(whole.index, retr=True)
+        self.retr_count += 1
+
     async def _send_body(self, txn: Transaction, body: Body) -> None:
         """RETR / TOP: +OK, the message (or its top) through the core, the end."""
         conn, emit = self.conn, self._out.append
@@ -346,6 +378,6 @@ class Session:
             txn.unsent(body.index, "size changed mid-stream")
             raise ConnectionError("message changed while streaming")
         emit(conn.send(ev.END))
-        txn.sent(body)
+        txn.sent(body.index, retr=limit is None)
         if limit is None:
             self.retr_count += 1

@@ -16,7 +16,11 @@ back to 0. Earlier sessions do not count: the snapshot does not carry seen flags
 
 A maildrop that keeps messages in wire form (store.base.WireSource: the postgres store)
 serves RETR from it, so the session copies the bytes out; TOP, and a message kept only
-as delivered, take the stored form through the encoder.
+as delivered, take the stored form through the encoder. Where the maildrop can read a
+small message whole (store.base.WholeSource: the Maildir store), the session first asks
+`retr_whole` for a RETR of at most `WHOLE_MAX` octets: a `Whole`, which it sends as the
++OK line, the message and its end in one piece after the core has checked its size in
+the same pass; `handle` answers what that leaves (None).
 
 One bad message costs only itself: a message that vanished, cannot be read, or whose
 stored size no longer matches the snapshot's (the file was changed after login) gets a
@@ -41,13 +45,34 @@ from popbox.proto.types import Index, MsgNo, Uidl, to_index
 from popbox.proto.wire import TopFilter, wire_size
 from popbox.server import replies
 from popbox.server.logfmt import quote
-from popbox.store.base import Failure, Gone, Maildrop, Reader, StoreError, WireSource
+from popbox.store.base import (
+    Failure,
+    Gone,
+    Maildrop,
+    Reader,
+    StoreError,
+    WholeSource,
+    WireSource,
+)
 
 log = logging.getLogger("popbox")
 
 Command = (
     ev.Stat | ev.List | ev.Uidl | ev.Retr | ev.Top | ev.Dele | ev.Noop | ev.Rset | ev.Last
 )
+
+WHOLE_MAX = 64 * 1024  # a RETR of at most this many octets is read whole, sent in one piece
+
+
+@dataclass(slots=True)
+class Whole:
+    """The answer to a RETR of a small message read whole: the +OK `text`, then `data`
+    (the message as stored, 7-bit headers applied) and the end, sent in one piece
+    (`ServerConnection.send_message`), which checks its size first."""
+
+    text: str
+    index: Index
+    data: bytes
 
 
 @dataclass(slots=True)
@@ -99,7 +124,7 @@ def _numbers(count: int) -> Sequence[str]:
 
 class Transaction:
     __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "sizes", "store_error",
-                 "user", "utf8", "wire_source")
+                 "user", "utf8", "whole_source", "wire_source")
 
     def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False,
                  store_error: Callable[[Failure], object] = lambda failure: None) -> None:
@@ -108,6 +133,7 @@ class Transaction:
         client is answered."""
         self.maildrop = maildrop
         self.wire_source = maildrop if isinstance(maildrop, WireSource) else None
+        self.whole_source = maildrop if isinstance(maildrop, WholeSource) else None
         self.user = user
         self.utf8 = utf8
         self.store_error = store_error
@@ -230,15 +256,43 @@ class Transaction:
             case _:
                 assert_never(event)
 
+    def retr_whole(self, msg: MsgNo) -> Whole | Err | None:
+        """RETR answered at once, without a coroutine, where the maildrop reads small
+        messages whole (WholeSource) and this one is at most `WHOLE_MAX` octets: its
+        `Whole`, or the -ERR for a missing, deleted or unreadable message. None: `handle`
+        answers it (a larger message, a file not where the snapshot saw it)."""
+        source = self.whole_source
+        if source is None:
+            return None
+        index = self.index(msg)
+        if isinstance(index, Err):
+            return index
+        size = self.sizes[index]
+        if size > WHOLE_MAX:
+            return None
+        try:
+            data = source.read_whole(index, size)
+        except StoreError as exc:
+            self.unsent(index, exc.failure.value)
+            self.store_error(exc.failure)
+            return replies.failure(exc.failure)
+        if data is None:
+            return None
+        if not self.utf8 and not data.isascii() and not ascii_header(data):
+            data = HeaderGuard().feed(data)
+        return Whole(f"{size} octets", index, data)
+
     def unsent(self, index: Index, reason: str) -> None:
         log.warning("message not sent user=%s msg=%d uidl=%s reason=%s", quote(self.user),
                     index + 1, quote(self.uidl(index)), reason.replace(" ", "-"))
 
-    def sent(self, body: Body) -> None:
-        """`body` went out to its end: a RETR marks the message seen at commit."""
-        if body.limit is None:
-            self.retrieved.add(body.index)
-            self.last = max(self.last, body.index + 1)
+    def sent(self, index: Index, *, retr: bool) -> None:
+        """Message `index` went out to its end: a RETR (`retr`, not a TOP) marks it seen
+        at commit."""
+        if retr:
+            self.retrieved.add(index)
+            if index >= self.last:
+                self.last = index + 1
 
     async def quit(self) -> ev.Ok | Err:
         """RFC 1939 §6, the UPDATE state: commit the deletions and the seen marks once.

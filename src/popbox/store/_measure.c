@@ -1,4 +1,5 @@
-/* The Maildir size pass, compiled: popbox.store.maildir_measure's inner loop.
+/* The Maildir size pass, compiled: popbox.store.maildir_measure's inner loop, and the
+ * whole read of one small message file (read_small, at the end).
  *
  * sizes(dir_fd, names, buffer_size) measures every named file of one directory in a
  * single call: for each name, openat(2) (O_NOFOLLOW, O_NONBLOCK: never through a
@@ -92,6 +93,15 @@ measure_one(int dir_fd, const char *name, char *buf, size_t size, measured *out)
         extra += 2;
     out->physical = physical;
     out->wire = physical + extra;
+}
+
+/* Shrinks the bytes object `out` to `used` octets (it was allocated larger). */
+static PyObject *
+finish(PyObject *out, Py_ssize_t used)
+{
+    if (used != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, used) < 0)
+        return NULL; /* _PyBytes_Resize released `out` */
+    return out;
 }
 
 static PyObject *
@@ -190,15 +200,115 @@ done:
     return result;
 }
 
+/* read_small(path, limit) -> bytes | int
+ *
+ * One small message file read whole, for a RETR: open(2) with the flags above, fstat(2),
+ * read(2) of at most `limit` octets (one call for a file that fits: a read that comes
+ * back short at the size fstat gave is the end), close(2). Not a regular file: its
+ * st_mode (an int), for the caller to say why. An OSError (FileNotFoundError, ...) for a
+ * failed call, with `path` as its file name. The GIL is released around the calls. */
+static PyObject *
+read_small(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *path = NULL, *out = NULL;
+    Py_ssize_t limit, want, got = 0;
+    struct stat st;
+    int fd, err = 0, regular = 1;
+    ssize_t n = 0;
+    char *buf;
+    const char *name;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "read_small() takes exactly 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (limit < 0 || limit > (1 << 26)) {
+        PyErr_SetString(PyExc_ValueError, "limit must be between 0 and 64 MiB");
+        return NULL;
+    }
+    if (!PyUnicode_FSConverter(args[0], &path))
+        return NULL;
+    name = PyBytes_AS_STRING(path);
+    if (strlen(name) != (size_t)PyBytes_GET_SIZE(path)) {
+        Py_DECREF(path);
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        fd = open(name, READ_FLAGS);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        err = errno;
+    else if (fstat(fd, &st) != 0)
+        err = errno;
+    else if (!S_ISREG(st.st_mode))
+        regular = 0;
+    Py_END_ALLOW_THREADS
+    if (err != 0 || !regular) {
+        if (fd >= 0)
+            close(fd);
+        if (!regular) {
+            Py_DECREF(path);
+            return PyLong_FromLong((long)st.st_mode);
+        }
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+        Py_DECREF(path);
+        return NULL;
+    }
+    want = st.st_size < (off_t)limit ? (Py_ssize_t)st.st_size + 1 : limit;
+    out = PyBytes_FromStringAndSize(NULL, want);
+    if (out == NULL) {
+        close(fd);
+        Py_DECREF(path);
+        return NULL;
+    }
+    buf = PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    while (got < want) {
+        n = read(fd, buf + got, (size_t)(want - got));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        got += n;
+        if (got >= (Py_ssize_t)st.st_size)
+            break; /* at the size fstat gave: the end, without one more read */
+    }
+    close(fd);
+    Py_END_ALLOW_THREADS
+    if (err != 0) {
+        Py_DECREF(out);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+        Py_DECREF(path);
+        return NULL;
+    }
+    Py_DECREF(path);
+    return finish(out, got);
+}
+
 static PyMethodDef methods[] = {
     {"sizes", (PyCFunction)(void (*)(void))sizes, METH_FASTCALL,
      "sizes(dir_fd, names, buffer_size, /): [(physical, wire) or None] for each name."},
+    {"read_small", (PyCFunction)(void (*)(void))read_small, METH_FASTCALL,
+     "read_small(path, limit, /): the regular file's first `limit` octets, or its st_mode."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "popbox.store._measure",
-    "The Maildir size pass, compiled (popbox.store.maildir_measure).", -1, methods,
+    "The Maildir size pass and a small file's whole read, compiled "
+    "(popbox.store.maildir_measure).", -1, methods,
 };
 
 PyMODINIT_FUNC

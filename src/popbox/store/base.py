@@ -178,6 +178,20 @@ class WireSource(Protocol):
 
 
 @runtime_checkable
+class WholeSource(Protocol):
+    """A maildrop that can read a small message whole, at once, without a `Reader`.
+
+    `read_whole(index, size)` gives the message as stored, read in one go on the caller's
+    thread (a small file: as `open_message`'s first read would be), or None when it must
+    be opened the general way (the file is not where the snapshot saw it). It reads at
+    most `size` + 1 octets: `size` is the message's wire size in the snapshot, never less
+    than its stored size, so a longer result means the message changed. Raises
+    `StoreError` as `open_message` does."""
+
+    def read_whole(self, index: Index, size: int) -> bytes | None: ...
+
+
+@runtime_checkable
 class Trash(Protocol):
     """A store that can keep deleted messages for a while (``store.deleted = "trash"``):
     `purge` removes for good what was deleted at or before `before`, `undelete` puts

@@ -16,6 +16,9 @@ Courier and qmail write them. The pieces:
   was renamed by another agent since the snapshot (new->cur, flag changes), it is found
   again by its base in a worker thread, since that lists ``cur/`` and ``new/``. The bytes
   are read on the loop when the page cache holds them (`_FileReader`), else in a thread.
+  A small message (a RETR the session reads whole) is opened, checked, read and closed
+  in one compiled call (`read_whole`, popbox.store.maildir_measure.read_small): one
+  read(2), no reader object, no second read to see the end of the file.
 * symlinks: the maildir and its ``cur/``, ``new/`` and ``tmp/`` must be real directories,
   unless `follow_symlinks` is set; message files that are symlinks are never listed
   (popbox.store.maildir_scan).
@@ -80,11 +83,13 @@ from popbox.store.base import (
     StoreError,
     Times,
     Trash,
+    WholeSource,
 )
 from popbox.store.last_login import LastLogin
 from popbox.store.lock import FileLock
 from popbox.store.maildir_import import UidlImport
 from popbox.store.maildir_listing import Listing
+from popbox.store.maildir_measure import read_small
 from popbox.store.maildir_names import base_of, has_flag, unique_name, with_flag
 from popbox.store.maildir_scan import Entry, EntryTable, find_files, pick, take
 
@@ -449,6 +454,27 @@ class MaildirDrop:
         log.warning("maildir %s: message %s cannot be read: %s", self._root, path, exc)
         return StoreError(Failure.PERMANENT if isinstance(exc, NotRegularFile) else _failure(exc))
 
+    def read_whole(self, index: Index, size: int) -> bytes | None:
+        """A small message read whole on the loop (base.WholeSource), by the rules of
+        `_open_file`, in one call (maildir_measure.read_small: open, fstat, one read of
+        at most `size` + 1 octets, close); None when the file is not where the snapshot
+        saw it (`open_message` looks for it in a thread)."""
+        sub, name = self._entries.where(index)
+        path = f"{self._root}/{sub}/{name}"
+        try:
+            data = read_small(path, size + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._unreadable(path, exc) from exc
+        if data.__class__ is int:
+            assert isinstance(data, int)
+            raise self._unreadable(path, NotRegularFile(path, data))
+        assert isinstance(data, bytes)
+        if self._mark_seen and sub == "cur" and has_flag(name, "S"):
+            self._seen.add(index)
+        return data
+
     async def open_message(self, index: Index) -> _FileReader | Gone:
         fd = self._open_file(index)
         if fd is None:
@@ -652,5 +678,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: MaildirStore, drop: MaildirDrop, reader: _FileReader
-    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash]:
-        return store, drop, reader, drop, store
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash, WholeSource]:
+        return store, drop, reader, drop, store, drop
