@@ -82,6 +82,48 @@ async def test_retr_dele_quit(server: ServerProcess, pg_dsn: str, alice: str) ->
     assert await rows(pg_dsn, alice) == [(before[1][0], True), (before[2][0], False)]
 
 
+async def test_retr_in_order_from_the_read_ahead(
+    server: ServerProcess, pg_dsn: str
+) -> None:
+    """RFC 1939 §7 RETR, messages retrieved in order, some pipelined (RFC 2449 §6.6): the
+    ones the read-ahead holds whole are sent from it in one piece, the same bytes as the
+    streamed ones (byte-stuffed, CRLF, a line end added where the message had none, 8-bit
+    header octets as "?" for a client that has not said UTF8: RFC 6856 §2.1), and each
+    is marked seen at QUIT."""
+    user = f"bob-{uuid.uuid4().hex[:8]}@example.org"
+    await add_user(pg_dsn, user, "{PLAIN}secret")
+    kinds = [
+        b"Subject: %d\n\n.dot\n..two\nbody\n",
+        b"Subject: %d\r\n\r\ncrlf\r\n.\r\n",
+        b"Subject: %d caf\xc3\xa9\n\nbody caf\xc3\xa9\n",
+        b"Subject: %d\n\nno final newline",
+    ]
+    messages = [kinds[n % 4] % n + b"x" * (n * 300) for n in range(40)]
+    expected = []
+    for message in messages:
+        wire = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        head, _, body = wire.partition(b"\r\n\r\n")
+        wire = head.replace(b"\xc3\xa9", b"??") + b"\r\n\r\n" + body
+        expected.append(wire if wire.endswith(b"\r\n") else wire + b"\r\n")
+    store = PostgresStore(Database(pg_dsn, max_size=2))
+    for message in messages:
+        assert await store.deliver(user, message) is None
+    await store.aclose()
+    client = await login(server.port, user)
+    got = []
+    for n in range(1, 21):
+        assert (await client.cmd(f"RETR {n}")).endswith(b" octets")
+        got.append(await client.body())
+    client.writer.write(b"".join(b"RETR %d\r\n" % n for n in range(21, 41)))
+    for _ in range(21, 41):
+        assert (await client.line()).endswith(b" octets")
+        got.append(await client.body())
+    assert got == expected
+    assert await client.cmd("QUIT") == b"+OK Logging out, 0 messages deleted."
+    await client.close()
+    assert [seen for _, seen in await rows(pg_dsn, user)] == [True] * 40
+
+
 async def test_dropped_session_deletes_nothing(
     server: ServerProcess, pg_dsn: str, alice: str
 ) -> None:

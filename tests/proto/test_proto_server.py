@@ -10,7 +10,7 @@ from popbox.proto import events as ev
 from popbox.proto.commands import Shape, reply_shape
 from popbox.proto.server import ServerConnection
 from popbox.proto.types import MsgNo, State
-from popbox.proto.wire import wire_size
+from popbox.proto.wire import to_wire, wire_size
 
 
 def events_for(data: bytes, *, state: State = State.AUTHORIZATION, chunk: int = 0) -> list[object]:
@@ -387,6 +387,48 @@ def test_a_message_sent_whole_is_the_same_bytes(data: bytes, no_nuls: bool) -> N
     assert wrong.next_event() is ev.PAUSED
     assert wrong.send(ev.Err("changed")) == b"-ERR changed\r\n"
     assert wrong.next_event() == ev.Noop()
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"\0", b".."]), max_size=30).map(
+    b"".join), st.booleans())
+def test_a_message_held_in_wire_form_is_the_same_bytes(data: bytes, no_nuls: bool) -> None:
+    """A message held in wire form (RFC 1939 §3: CRLF line ends, byte-stuffed) goes out in
+    one piece (`send_wire`): the same bytes as +OK, Data(wire=True) and End, ended with a
+    line end where the wire form lacks one, and the next command comes after it."""
+    wire = to_wire(data)
+    def retr() -> ServerConnection:
+        conn = ServerConnection(no_nuls=no_nuls)
+        conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\nNOOP\r\n")
+        for _ in range(2):
+            conn.next_event()
+            conn.send(ev.Ok())
+        assert conn.next_event() == ev.Retr(MsgNo(1))
+        return conn
+
+    for held in (wire, wire.removesuffix(b"\r\n")):
+        stepwise = retr()
+        expected = (stepwise.send(ev.Ok("n octets")) + stepwise.send(ev.Data(held, True))
+                    + stepwise.send(ev.End()))
+        conn = retr()
+        assert conn.send_wire("n octets", held) == expected
+        assert expected.endswith(b"\r\n.\r\n")
+        assert conn.next_event() == ev.Noop()
+
+
+def test_a_message_in_wire_form_answers_only_retr() -> None:
+    conn = logged_in()
+    with pytest.raises(ev.LocalProtocolError):
+        conn.send_wire("1 octets", b"x\r\n")
+    conn.receive_data(b"TOP 1 0\r\nRETR 1\r\n")
+    conn.next_event()
+    with pytest.raises(ev.LocalProtocolError):  # TOP is not a whole message
+        conn.send_wire("1 octets", b"x\r\n")
+    conn.send(ev.Err("no"))
+    conn.next_event()
+    conn.send(ev.Ok("3 octets"))
+    with pytest.raises(ev.LocalProtocolError):  # a body already open
+        conn.send_wire("3 octets", b"x\r\n")
 
 
 def test_a_command_line_parsed_before_means_the_same_in_every_state() -> None:

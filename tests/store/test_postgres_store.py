@@ -290,6 +290,38 @@ async def test_read_ahead_serves_each_message_once_and_as_sent(
     assert await drop.commit(set(), set()) == CommitReport(deleted=0, missing=0, flagged=0)
 
 
+async def test_held_wire_gives_a_read_ahead_message_once_and_only_whole(pg_dsn: str) -> None:
+    """`held_wire` (store.base.HeldWire) gives the wire form (RFC 1939 §3) of a message the
+    read-ahead holds whole, once; not one it has not read, nor one of which it holds only
+    the first chunk (`open_wire` then sends that chunk and reads the rest)."""
+    store = PostgresStore(Database(pg_dsn, max_size=2), chunk_size=1000)
+    try:
+        location = mailbox()
+        messages = [b"Subject: 0\n\n.a\n", b"Subject: 1\n\n" + b"y\n" * 900,
+                    b"Subject: 2\n\nb"]
+        for message in messages:
+            assert await store.deliver(location, message) is None
+        drop = await opened(store, location)
+        assert drop.held_wire(Index(0)) is None  # nothing read yet
+        first = await drop.open_wire(Index(0))  # reads 1 (its first chunk) and 2 ahead
+        assert first is not None and not isinstance(first, Gone)
+        assert await first.next() == to_wire(messages[0])
+        first.close()
+        assert drop.held_wire(Index(1)) is None  # over one chunk: only its start is held
+        assert drop.held_wire(Index(2)) == to_wire(messages[2])
+        assert drop.held_wire(Index(2)) is None  # given once
+        second = await drop.open_wire(Index(1))
+        assert second is not None and not isinstance(second, Gone)
+        chunks = [await second.next()]
+        while not second.done:
+            chunks.append(await second.next())
+        second.close()
+        assert b"".join(chunks) == to_wire(messages[1])
+        await drop.release()
+    finally:
+        await store.aclose()
+
+
 async def test_mark_seen_off(pg_dsn: str) -> None:
     store = PostgresStore(Database(pg_dsn, max_size=2), mark_seen=False)
     try:

@@ -51,7 +51,7 @@ from popbox.proto.commands import (
 from popbox.proto.commands import reply_shape as _reply_shape
 from popbox.proto.state import ON_ERR, ON_OK, ON_RECEIVE
 from popbox.proto.types import State
-from popbox.proto.wire import MessageEncoder, kernel
+from popbox.proto.wire import TERMINATOR, MessageEncoder, kernel
 
 _TOO_LONG = object()
 
@@ -219,6 +219,18 @@ class ServerConnection:
         if out is not None:
             self._pending = None
         return out
+
+    def send_wire(self, text: str, wire: bytes) -> bytes:
+        """The whole answer to the pending RETR in one piece, for a message held in wire
+        form (popbox.proto.wire.to_wire): the bytes of `send(Ok(text))`,
+        `send(Data(wire, wire=True))` and `send(END)`."""
+        if self._encoder is not None or self._listing or self._pending.__class__ is not ev.Retr:
+            raise ev.LocalProtocolError("a message in wire form answers only a pending RETR")
+        self._pending = None
+        if self._no_nuls:
+            wire = wire.replace(b"\0", b"\x80")
+        end = TERMINATOR if not wire or wire[-1:] == b"\n" else b"\r\n" + TERMINATOR
+        return b"".join((_status(b"+OK", text), wire, end))
 
     def _advance(self, pending: ev.Event | None, *, ok: bool) -> None:
         self._sasl = False

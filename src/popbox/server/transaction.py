@@ -20,7 +20,9 @@ as delivered, take the stored form through the encoder. Where the maildrop can r
 small message whole (store.base.WholeSource: the Maildir store), the session first asks
 `retr_whole` for a RETR of at most `WHOLE_MAX` octets: a `Whole`, which it sends as the
 +OK line, the message and its end in one piece after the core has checked its size in
-the same pass; `handle` answers what that leaves (None).
+the same pass; `handle` answers what that leaves (None). A maildrop that holds a
+message's wire form already (store.base.HeldWire: the postgres store's read-ahead) gives
+it to `retr_whole` the same way, sent as it is.
 
 One bad message costs only itself: a message that vanished, cannot be read, or whose
 stored size no longer matches the snapshot's (the file was changed after login) gets a
@@ -48,6 +50,7 @@ from popbox.server.logfmt import quote
 from popbox.store.base import (
     Failure,
     Gone,
+    HeldWire,
     Maildrop,
     Reader,
     StoreError,
@@ -73,6 +76,7 @@ class Whole:
     text: str
     index: Index
     data: bytes
+    wire: bool = False  # `data` is in wire form already (HeldWire): sent as it is
 
 
 @dataclass(slots=True)
@@ -125,21 +129,22 @@ def _numbers(count: int) -> Sequence[str]:
 # Whether a maildrop class is a WireSource, a WholeSource: asked once per class, as an
 # isinstance() against a runtime-checkable Protocol looks at every member each time (a
 # twentieth of a whole login's CPU). The stores' methods are their classes' own.
-_SOURCES: dict[type, tuple[bool, bool]] = {}
+_SOURCES: dict[type, tuple[bool, bool, bool]] = {}
 
 
-def _sources(maildrop: Maildrop) -> tuple[bool, bool]:
+def _sources(maildrop: Maildrop) -> tuple[bool, bool, bool]:
     kind = type(maildrop)
     found = _SOURCES.get(kind)
     if found is None:
         found = _SOURCES[kind] = (
-            isinstance(maildrop, WireSource), isinstance(maildrop, WholeSource))
+            isinstance(maildrop, WireSource), isinstance(maildrop, WholeSource),
+            isinstance(maildrop, HeldWire))
     return found
 
 
 class Transaction:
-    __slots__ = ("count", "deleted", "last", "maildrop", "retrieved", "sizes", "store_error",
-                 "user", "utf8", "whole_source", "wire_source")
+    __slots__ = ("count", "deleted", "held_source", "last", "maildrop", "retrieved", "sizes",
+                 "store_error", "user", "utf8", "whole_source", "wire_source")
 
     def __init__(self, maildrop: Maildrop, user: str = "", *, utf8: bool = False,
                  store_error: Callable[[Failure], object] = lambda failure: None) -> None:
@@ -147,9 +152,10 @@ class Transaction:
         §2), so headers go out as stored; `store_error` is told of every store failure a
         client is answered."""
         self.maildrop = maildrop
-        wire, whole = _sources(maildrop)
+        wire, whole, held = _sources(maildrop)
         self.wire_source = cast(WireSource, maildrop) if wire else None
         self.whole_source = cast(WholeSource, maildrop) if whole else None
+        self.held_source = cast(HeldWire, maildrop) if held else None
         self.user = user
         self.utf8 = utf8
         self.store_error = store_error
@@ -274,29 +280,36 @@ class Transaction:
 
     def retr_whole(self, msg: MsgNo) -> Whole | Err | None:
         """RETR answered at once, without a coroutine, where the maildrop reads small
-        messages whole (WholeSource) and this one is at most `WHOLE_MAX` octets: its
-        `Whole`, or the -ERR for a missing, deleted or unreadable message. None: `handle`
-        answers it (a larger message, a file not where the snapshot saw it)."""
-        source = self.whole_source
-        if source is None:
+        messages whole (WholeSource) and this one is at most `WHOLE_MAX` octets, or holds
+        this one's wire form already (HeldWire): its `Whole`, or the -ERR for a missing,
+        deleted or unreadable message. None: `handle` answers it (a larger message, one
+        not held, a file not where the snapshot saw it)."""
+        whole, held = self.whole_source, self.held_source
+        if whole is None and held is None:
             return None
         index = self.index(msg)
         if isinstance(index, Err):
             return index
         size = self.sizes[index]
-        if size > WHOLE_MAX:
+        if held is not None:
+            data = held.held_wire(index)
+            wire = True
+        elif size > WHOLE_MAX:
             return None
-        try:
-            data = source.read_whole(index, size)
-        except StoreError as exc:
-            self.unsent(index, exc.failure.value)
-            self.store_error(exc.failure)
-            return replies.failure(exc.failure)
+        else:
+            assert whole is not None
+            try:
+                data = whole.read_whole(index, size)
+            except StoreError as exc:
+                self.unsent(index, exc.failure.value)
+                self.store_error(exc.failure)
+                return replies.failure(exc.failure)
+            wire = False
         if data is None:
             return None
         if not self.utf8 and not data.isascii() and not ascii_header(data):
             data = HeaderGuard().feed(data)
-        return Whole(f"{size} octets", index, data)
+        return Whole(f"{size} octets", index, data, wire)
 
     def unsent(self, index: Index, reason: str) -> None:
         log.warning("message not sent user=%s msg=%d uidl=%s reason=%s", quote(self.user),

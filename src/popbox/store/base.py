@@ -178,6 +178,16 @@ class WireSource(Protocol):
 
 
 @runtime_checkable
+class HeldWire(Protocol):
+    """A WireSource that may hold a message's wire form whole already (read with an
+    earlier one: the postgres store's read-ahead). `held_wire(index)` gives it, and
+    forgets it: the bytes RETR sends between its +OK line and its end, in one piece. None:
+    not held (or not whole), so `open_wire` must be asked. No I/O, no waiting."""
+
+    def held_wire(self, index: Index) -> bytes | None: ...
+
+
+@runtime_checkable
 class WholeSource(Protocol):
     """A maildrop that can read a small message whole, at once, without a `Reader`.
 

@@ -24,6 +24,8 @@ user name). The tables are popbox.pg.schema's. The pieces:
   message's first chunk also reads the messages after it whole, as long as they fit in
   AHEAD_OCTETS together (read-ahead, kept by the session until their RETR): retrieving a
   mailbox of 10 KB messages in order costs a query per dozen messages, not one each.
+  A message held so whole is given to the session at once (`held_wire`,
+  store.base.HeldWire): its RETR is answered without a query, a Reader or a coroutine.
 * commit (after QUIT only): ONE statement (so one transaction, one round trip), run on
   the lock connection, which proves the lease still holds at no cost (the lock
   connection may have died: then nothing is changed and the answer is TEMPORARY),
@@ -76,6 +78,7 @@ from popbox.store.base import (
     Dated,
     Failure,
     Gone,
+    HeldWire,
     Maildrop,
     MailStore,
     Reader,
@@ -524,6 +527,16 @@ class PostgresDrop:
             return GONE
         return _RowReader(self, row, size, first, column="wire")
 
+    def held_wire(self, index: Index) -> bytes | None:
+        """The wire form of message `index` if the read-ahead holds all of it
+        (store.base.HeldWire): RETR sends it at once, no query, no Reader."""
+        row = self._rows.ids[index]
+        data = self._ahead.get(row)
+        if data is None or len(data) != self._rows.wire_sizes[index]:
+            return None  # not held, or only its first chunk: open_wire takes that
+        del self._ahead[row]
+        return data
+
     def _following(self, index: Index) -> list[int]:
         """The ids of the messages after `index` that the read-ahead takes."""
         budget = AHEAD_OCTETS - min(self._rows.wire_sizes[index] or 0, self._store.chunk_size)
@@ -627,5 +640,5 @@ if TYPE_CHECKING:  # mypy proves the classes implement the contract
 
     def _conforms(
         store: PostgresStore, drop: PostgresDrop, reader: _RowReader
-    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash, WireSource]:
-        return store, drop, reader, drop, store, drop
+    ) -> tuple[MailStore, Maildrop, Reader, Dated, Trash, WireSource, HeldWire]:
+        return store, drop, reader, drop, store, drop, drop
