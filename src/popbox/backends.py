@@ -127,7 +127,8 @@ def _maildir(config: Config, shared: Shared) -> MailStore:
 
 def _postgres_store(config: Config, shared: Shared) -> MailStore:
     return PostgresStore(shared.database(), mark_seen=config.store.mark_seen,
-                         chunk_size=config.postgres.chunk_size, deleted=config.store.deleted)
+                         chunk_size=config.postgres.chunk_size, deleted=config.store.deleted,
+                         listing_cache=config.postgres.listing_cache)
 
 
 def _mbox(config: Config, shared: Shared) -> MailStore:

@@ -359,6 +359,7 @@ class PostgresSection(_Section):
     connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     command_timeout: Annotated[float, Field(gt=0)] = 30.0
     chunk_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 256 * 1024  # RETR
+    listing_cache: Annotated[int, Field(ge=0)] = 200_000  # listing rows kept per process
 
     @model_validator(mode="after")
     def _pool(self) -> PostgresSection:

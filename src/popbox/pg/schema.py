@@ -55,6 +55,15 @@ it folded, in one statement, while the client goes on. Until then a listing and
 `times()` read the log with the rows. The view ``messages_state`` gives every message's
 ``seen`` and ``retrieved_at`` with the log applied: what tools and people should query.
 
+``mailboxes.modseq`` (migration 7) counts the changes to what a listing reads: statement
+triggers add one for every statement that inserts or deletes a mailbox's messages, logs a
+retrieval, or changes a message's UIDL, sizes, wire form, trash state, or takes its seen
+flag back; not the fold of the retrieval log (which changes nothing a listing shows). A
+frontend that has listed a mailbox at a modseq may use that listing again while the modseq
+is the same (popbox.store.postgres); one committed value is one state. The counter's row
+is locked by a writing statement until its transaction ends, so writes into one mailbox
+commit one after another (deliveries that arrive together are one statement anyway).
+
 The pending migrations run in ONE transaction together with their rows in
 ``schema_migrations`` (PostgreSQL's DDL is transactional: an upgrade is applied whole or
 not at all), under a transaction-level advisory lock, so two upgrades started at once
@@ -173,6 +182,41 @@ ALTER TABLE messages ADD COLUMN body_from_wire smallint;
 ALTER TABLE messages ADD CONSTRAINT messages_body_from_wire CHECK (
     body_from_wire IS NULL AND body IS NOT NULL
     OR body_from_wire IN (1, 2) AND body IS NULL AND wire IS NOT NULL) NOT VALID;
+"""),
+    # Counted by the database itself (statement triggers), so every writer counts, an older
+    # popbox or a person with psql included; see the module docstring.
+    Migration(7, "listing change counter", """
+ALTER TABLE mailboxes ADD COLUMN modseq bigint NOT NULL DEFAULT 0;
+CREATE FUNCTION popbox_listing_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE mailboxes SET modseq = modseq + 1
+    WHERE id IN (SELECT DISTINCT mailbox_id FROM changed);
+    RETURN NULL;
+END $$;
+-- Not the fold of the retrieval log (seen and retrieved_at only set, as the log said):
+-- every other change of what a listing reads, a reset of seen or retrieved_at included.
+CREATE FUNCTION popbox_listing_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE mailboxes SET modseq = modseq + 1 WHERE id IN (
+        SELECT o.mailbox_id FROM before o JOIN after n ON n.id = o.id
+        WHERE n.mailbox_id <> o.mailbox_id OR n.uidl <> o.uidl OR n.size <> o.size
+            OR n.raw_size <> o.raw_size OR n.deleted_at IS DISTINCT FROM o.deleted_at
+            OR n.body_from_wire IS DISTINCT FROM o.body_from_wire
+            OR (n.wire IS NULL) <> (o.wire IS NULL)
+            OR o.seen AND NOT n.seen OR n.retrieved_at IS NULL AND o.retrieved_at IS NOT NULL
+        UNION SELECT n.mailbox_id FROM before o JOIN after n ON n.id = o.id
+        WHERE n.mailbox_id <> o.mailbox_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_inserted AFTER INSERT ON messages
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION popbox_listing_changed();
+CREATE TRIGGER messages_deleted AFTER DELETE ON messages
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION popbox_listing_changed();
+CREATE TRIGGER messages_updated AFTER UPDATE ON messages
+    REFERENCING OLD TABLE AS before NEW TABLE AS after
+    FOR EACH STATEMENT EXECUTE FUNCTION popbox_listing_updated();
+CREATE TRIGGER retrievals_logged AFTER INSERT ON retrievals
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION popbox_listing_changed();
 """),
 )
 LATEST = MIGRATIONS[-1].version

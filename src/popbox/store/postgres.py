@@ -5,10 +5,14 @@ user name). The tables are popbox.pg.schema's. The pieces:
 
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
-  then take the snapshot with ONE query over the listing index: (id, UIDL, wire size,
-  stored size) in delivery order, and read the retrieval log (popbox.pg.schema) not yet
-  folded: the messages it marks seen are seen in the snapshot. Sizes and UIDLs were
-  fixed at delivery, so a login never reads a message body. When there is a log, the
+  then read the mailbox's change counter (``modseq``, popbox.pg.schema) and its
+  retrieval log not yet folded (the messages it marks seen are seen in the snapshot), in
+  one query, and take the snapshot with ONE query over the listing index: (id, UIDL,
+  wire size, stored size) in delivery order. Sizes and UIDLs were fixed at delivery, so a
+  login never reads a message body. The process keeps the listings it read, each with
+  the counter it was read at (`_Listings`, `listing_cache` rows in all): while a
+  mailbox's counter has not moved, its next login takes the kept one and reads no rows
+  (a login to a 100,000-message mailbox that has not changed: one small query). When there is a log, the
   session folds it into the rows (one statement, on a pooled connection, under the
   session's lock) while the client goes on; the commit, `times` and the release wait
   for that fold first.
@@ -65,6 +69,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -141,10 +146,15 @@ SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
     octet_length(wire) AS wire_size, body_from_wire
 FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
 
-# The retrieval log of a mailbox not folded yet: its last row, and the ids it marks seen.
-_LOG = """
-SELECT max(r.seq) AS upto, array_agg(u.id) FILTER (WHERE r.seen) AS seen
+# The mailbox's change counter (schema migration 7: read before the listing, so a listing
+# is never older than the counter it is kept under) and its retrieval log not folded yet:
+# the log's last row, and the ids it marks seen.
+_STATE = """
+SELECT (SELECT modseq FROM mailboxes WHERE id = $1) AS modseq, max(r.seq) AS upto,
+    array_agg(u.id) FILTER (WHERE r.seen) AS seen
 FROM retrievals r CROSS JOIN LATERAL unnest(r.ids) AS u(id) WHERE r.mailbox_id = $1"""
+
+LISTING_CACHE_ROWS = 200_000  # rows of listings a process keeps, all mailboxes together
 
 # The log's rows up to $2 folded into the messages' rows, and deleted, in one statement.
 _FOLD = """
@@ -174,6 +184,45 @@ class _Columns:
         self.forms: tuple[int | None, ...] = columns[6]  # body_from_wire (pg_body)
 
 
+class _Listings:
+    """The listings this process has read, by mailbox, each with the mailbox's change
+    counter (``mailboxes.modseq``) it was read at: while the counter is the same, so is the
+    listing, whichever frontend wrote last (the database counts every change). The most
+    recently used first out of at most `rows` rows in all; 0 keeps none."""
+
+    __slots__ = ("_kept", "_rows", "rows")
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._rows = 0
+        self._kept: OrderedDict[int, tuple[int, _Columns]] = OrderedDict()
+
+    def get(self, box: int, modseq: int) -> _Columns | None:
+        kept = self._kept.get(box)
+        if kept is None:
+            return None
+        if kept[0] != modseq:
+            self._drop(box)
+            return None
+        self._kept.move_to_end(box)
+        return kept[1]
+
+    def put(self, box: int, modseq: int, columns: _Columns) -> None:
+        size = len(columns.ids)
+        if size > self.rows:
+            return
+        self._drop(box)
+        while self._rows + size > self.rows:
+            self._drop(next(iter(self._kept)))
+        self._kept[box] = (modseq, columns)
+        self._rows += size
+
+    def _drop(self, box: int) -> None:
+        kept = self._kept.pop(box, None)
+        if kept is not None:
+            self._rows -= len(kept[1].ids)
+
+
 def valid_location(location: str) -> bool:
     return bool(location) and "\0" not in location and len(location.encode()) <= _MAX_LOCATION
 
@@ -195,14 +244,17 @@ async def mailbox_id(conn: Connection, name: str, *, create: bool) -> int | None
 
 
 class PostgresStore:
-    """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT."""
+    """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT;
+    `listing_cache`: how many rows of listings the process keeps (`_Listings`)."""
 
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], float] = time.time, deleted: Literal["remove", "trash"] = "remove",
+        listing_cache: int = LISTING_CACHE_ROWS,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        self._listings = _Listings(listing_cache)
         self.db = db
         self.clock = clock
         self.deleted = deleted
@@ -223,11 +275,18 @@ class PostgresStore:
         lease = await self.locks.acquire(box)
         if isinstance(lease, Failure):
             return lease
-        async def listing(conn: Connection) -> tuple[list[Any], Any]:
-            return await conn.fetch(_LISTING, box), await conn.fetchrow(_LOG, box)
+        async def listing(conn: Connection) -> tuple[_Columns, int | None]:
+            state = await conn.fetchrow(_STATE, box)
+            modseq = state["modseq"]
+            columns = self._listings.get(box, modseq)
+            if columns is None:
+                rows = await conn.fetch(_LISTING, box)
+                columns = _Columns(rows, frozenset(state["seen"] or ()))
+                self._listings.put(box, modseq, columns)
+            return columns, state["upto"]
 
         try:
-            rows, log_row = await self.db.run(listing)
+            columns, logged = await self.db.run(listing)
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -235,9 +294,7 @@ class PostgresStore:
         except BaseException:
             await self.locks.release(lease)
             raise
-        columns = _Columns(rows, frozenset(log_row["seen"] or ()))
-        del rows
-        return PostgresDrop(self, box, lease, columns, log_row["upto"])
+        return PostgresDrop(self, box, lease, columns, logged)
 
     async def deliver(self, location: str, message: bytes) -> Failure | None:
         """Stored durably, or the failure. Concurrent deliveries are committed together
