@@ -5,14 +5,12 @@ user name). The tables are popbox.pg.schema's. The pieces:
 
 * open: find (or make) the mailbox row, take the maildrop lock (popbox.store.pg_lock: an
   advisory lock on this process's lock connection; IN_USE at once when held anywhere),
-  then read the mailbox's change counter (``modseq``, popbox.pg.schema) and its
-  retrieval log not yet folded (the messages it marks seen are seen in the snapshot), in
-  one query, and take the snapshot with ONE query over the listing index: (id, UIDL,
-  wire size, stored size) in delivery order. Sizes and UIDLs were fixed at delivery, so a
-  login never reads a message body. The process keeps the listings it read, each with
-  the counter it was read at (`_Listings`, `listing_cache` rows in all): while a
-  mailbox's counter has not moved, its next login takes the kept one and reads no rows
-  (a login to a 100,000-message mailbox that has not changed: one small query). When there is a log, the
+  then take the snapshot (popbox.store.pg_listing): the mailbox's change counter and its
+  retrieval log not yet folded (the messages it marks seen are seen in the snapshot) in
+  one query, then its rows with ONE query over the listing index, unless this process
+  keeps a listing of it at that counter (`listing_cache` rows in all): a login to a
+  100,000-message mailbox that has not changed reads one small row. Sizes and UIDLs were
+  fixed at delivery, so a login never reads a message body. When there is a log, the
   session folds it into the rows (one statement, on a pooled connection, under the
   session's lock) while the client goes on; the commit, `times` and the release wait
   for that fold first.
@@ -69,10 +67,9 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from popbox.pg.pool import DB_ERRORS, Connection, Database, RawConnection, disk_full
 from popbox.proto.types import Index, Uidl
@@ -95,6 +92,7 @@ from popbox.store.base import (
 )
 from popbox.store.last_login import LastLogin
 from popbox.store.pg_batch import ALONE_OCTETS, Batcher, Delivery
+from popbox.store.pg_listing import LISTING_CACHE_ROWS, Columns, Listings
 from popbox.store.pg_lock import Lease, LockKeeper
 
 log = logging.getLogger("popbox")
@@ -141,21 +139,6 @@ _CHUNK_BODY = "SELECT substring(body FROM $2 FOR $3) FROM messages WHERE id = $1
 _CHUNK_WIRE = "SELECT substring(wire FROM $2 FOR $3) FROM messages WHERE id = $1"
 
 
-_LISTING = """
-SELECT id, uidl, size, raw_size, seen AND retrieved_at IS NOT NULL AS seen,
-    octet_length(wire) AS wire_size, body_from_wire
-FROM messages WHERE mailbox_id = $1 AND deleted_at IS NULL ORDER BY id"""
-
-# The mailbox's change counter (schema migration 7: read before the listing, so a listing
-# is never older than the counter it is kept under) and its retrieval log not folded yet:
-# the log's last row, and the ids it marks seen.
-_STATE = """
-SELECT (SELECT modseq FROM mailboxes WHERE id = $1) AS modseq, max(r.seq) AS upto,
-    array_agg(u.id) FILTER (WHERE r.seen) AS seen
-FROM retrievals r CROSS JOIN LATERAL unnest(r.ids) AS u(id) WHERE r.mailbox_id = $1"""
-
-LISTING_CACHE_ROWS = 200_000  # rows of listings a process keeps, all mailboxes together
-
 # The log's rows up to $2 folded into the messages' rows, and deleted, in one statement.
 _FOLD = """
 WITH folded AS (DELETE FROM retrievals WHERE mailbox_id = $1 AND seq <= $2
@@ -165,62 +148,6 @@ each AS (SELECT u.id, bool_or(f.seen) AS seen, min(f.retrieved_at) AS retrieved_
 UPDATE messages m SET seen = m.seen OR each.seen,
     retrieved_at = coalesce(m.retrieved_at, each.retrieved_at)
 FROM each WHERE m.mailbox_id = $1 AND m.id = each.id"""
-
-
-class _Columns:
-    """The snapshot's rows as columns, by index (made by one `zip`, no object per row)."""
-
-    __slots__ = ("forms", "ids", "raw_sizes", "seen", "snapshot", "wire_sizes")
-
-    def __init__(self, rows: Sequence[Sequence[object]], logged: Set[int]) -> None:
-        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * 7
-        self.snapshot = Snapshot(columns[1], columns[2])  # uidl (a str: Uidl), size
-        self.ids: tuple[int, ...] = columns[0]
-        self.raw_sizes: tuple[int, ...] = columns[3]
-        # as the snapshot found it, the retrieval log (`logged`: seen there) applied
-        self.seen: tuple[bool, ...] = columns[4] if not logged else tuple(
-            seen or i in logged for i, seen in zip(self.ids, columns[4], strict=True))
-        self.wire_sizes: tuple[int | None, ...] = columns[5]  # None: no wire form
-        self.forms: tuple[int | None, ...] = columns[6]  # body_from_wire (pg_body)
-
-
-class _Listings:
-    """The listings this process has read, by mailbox, each with the mailbox's change
-    counter (``mailboxes.modseq``) it was read at: while the counter is the same, so is the
-    listing, whichever frontend wrote last (the database counts every change). The most
-    recently used first out of at most `rows` rows in all; 0 keeps none."""
-
-    __slots__ = ("_kept", "_rows", "rows")
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-        self._rows = 0
-        self._kept: OrderedDict[int, tuple[int, _Columns]] = OrderedDict()
-
-    def get(self, box: int, modseq: int) -> _Columns | None:
-        kept = self._kept.get(box)
-        if kept is None:
-            return None
-        if kept[0] != modseq:
-            self._drop(box)
-            return None
-        self._kept.move_to_end(box)
-        return kept[1]
-
-    def put(self, box: int, modseq: int, columns: _Columns) -> None:
-        size = len(columns.ids)
-        if size > self.rows:
-            return
-        self._drop(box)
-        while self._rows + size > self.rows:
-            self._drop(next(iter(self._kept)))
-        self._kept[box] = (modseq, columns)
-        self._rows += size
-
-    def _drop(self, box: int) -> None:
-        kept = self._kept.pop(box, None)
-        if kept is not None:
-            self._rows -= len(kept[1].ids)
 
 
 def valid_location(location: str) -> bool:
@@ -245,7 +172,7 @@ async def mailbox_id(conn: Connection, name: str, *, create: bool) -> int | None
 
 class PostgresStore:
     """Maildrops in PostgreSQL. `mark_seen`: retrieved messages get ``seen`` at QUIT;
-    `listing_cache`: how many rows of listings the process keeps (`_Listings`)."""
+    `listing_cache`: how many rows of listings the process keeps (popbox.store.pg_listing)."""
 
     def __init__(
         self, db: Database, *, mark_seen: bool = True, chunk_size: int = CHUNK_SIZE,
@@ -254,7 +181,7 @@ class PostgresStore:
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
-        self._listings = _Listings(listing_cache)
+        self._listings = Listings(listing_cache)
         self.db = db
         self.clock = clock
         self.deleted = deleted
@@ -275,18 +202,9 @@ class PostgresStore:
         lease = await self.locks.acquire(box)
         if isinstance(lease, Failure):
             return lease
-        async def listing(conn: Connection) -> tuple[_Columns, int | None]:
-            state = await conn.fetchrow(_STATE, box)
-            modseq = state["modseq"]
-            columns = self._listings.get(box, modseq)
-            if columns is None:
-                rows = await conn.fetch(_LISTING, box)
-                columns = _Columns(rows, frozenset(state["seen"] or ()))
-                self._listings.put(box, modseq, columns)
-            return columns, state["upto"]
-
         try:
-            columns, logged = await self.db.run(listing)
+            columns, logged = await self.db.run(
+                lambda conn: self._listings.read(conn, box))
         except DB_ERRORS as exc:
             await self.locks.release(lease)
             log.warning("postgres: mailbox %r not listed: %s", location, exc)
@@ -492,7 +410,7 @@ class PostgresDrop:
 
     def __init__(
         self, store: PostgresStore, box: int, lease: Lease,
-        columns: _Columns, logged: int | None = None,
+        columns: Columns, logged: int | None = None,
     ) -> None:
         self._store = store
         self._box = box
