@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from popbox.fsutil import NotRegularFile, open_regular, read_regular, write_atomic
+from popbox.fsutil import NotRegularFile, open_regular, overwrite, read_regular, write_atomic
 
 
 def _leftovers(directory: Path, keep: set[str]) -> list[str]:
@@ -138,3 +138,44 @@ def test_open_regular_refuses_a_directory_socket_and_device(tmp_path: Path) -> N
             open_regular(tmp_path / "sock")
     with pytest.raises(NotRegularFile, match="character device"):
         open_regular("/dev/null")
+
+
+def test_overwrite_writes_in_place(tmp_path: Path) -> None:
+    """The same inode, the new content whole, longer or shorter than the old."""
+    path = tmp_path / "cache"
+    path.write_bytes(b"old content, long")
+    inode = path.stat().st_ino
+    assert overwrite(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert overwrite(path, b"longer than before, by far")
+    assert path.read_bytes() == b"longer than before, by far"
+    assert path.stat().st_ino == inode
+    assert _leftovers(tmp_path, {"cache"}) == []
+
+
+def test_overwrite_leaves_what_is_not_its_own_file_alone(tmp_path: Path) -> None:
+    """Missing, a symlink, a hard link (its other name must not change), a FIFO (no
+    wait for a reader), a directory, a socket, another user's file: False, nothing
+    written, nothing made."""
+    assert not overwrite(tmp_path / "missing", b"x")
+    assert not (tmp_path / "missing").exists()
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(target)
+    assert not overwrite(tmp_path / "link", b"x")
+    os.link(target, tmp_path / "hard")
+    assert not overwrite(tmp_path / "hard", b"x")
+    assert target.read_bytes() == b"keep"
+    os.mkfifo(tmp_path / "fifo")
+    assert not overwrite(tmp_path / "fifo", b"x")
+    (tmp_path / "dir").mkdir()
+    assert not overwrite(tmp_path / "dir", b"x")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        assert not overwrite(tmp_path / "sock", b"x")
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.write_bytes(b"theirs")
+        os.chown(theirs, 65534, 65534)
+        assert not overwrite(theirs, b"x")
+        assert theirs.read_bytes() == b"theirs"

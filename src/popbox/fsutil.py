@@ -13,6 +13,13 @@ reached disk"). With ``fsync=False`` the rename is still atomic for running read
 after a crash the file may be empty or torn; callers that choose it say why that is safe.
 A failure at any point leaves the old file as it was and removes the temporary one.
 
+`overwrite` rewrites a file in place instead, for a cache that only the maildrop lock's
+holder reads and that checks its own digest: no new inode and no rename per write (a new
+file each time costs ext4 an inode allocation). It writes only into a regular file with
+one link that this process owns (anything else, a planted hard link included, is left
+alone, and the caller replaces it with `write_atomic`). A reader may see it half written
+after a crash, never while the lock is held.
+
 Reading: `open_regular` and `read_regular` open with ``O_NOFOLLOW`` (a symlink in the last
 component fails with ELOOP) and ``O_NONBLOCK`` (opening a FIFO does not wait for a writer),
 then fstat the descriptor: anything but a regular file raises `NotRegularFile`. Checking the
@@ -31,6 +38,7 @@ __all__ = [
     "NotRegularFile",
     "fsync_dir",
     "open_regular",
+    "overwrite",
     "read_regular",
     "unlink_quietly",
     "write_atomic",
@@ -105,6 +113,29 @@ def unlink_quietly(path: str | os.PathLike[str]) -> None:
     """Remove a file if it is there; any failure is ignored (for clean-up paths)."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def overwrite(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Write `data` over the file at `path` in place (see the module's notes): False, with
+    nothing written, where that file is missing or is not a regular file of one link
+    owned by this process. OSError from the write itself propagates."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EISDIR):
+            return False
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            return False
+        written = os.pwrite(fd, data, 0)
+        if written != len(data):
+            raise OSError(errno.EIO, "short write", os.fspath(path))
+        os.ftruncate(fd, len(data))
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_atomic(

@@ -35,8 +35,9 @@ Courier and qmail write them. The pieces:
   messages and deleted none (a client that leaves mail on the server, at every poll)
   commits with no system call but the lock's close and no trip to a thread.
 * retrieval times (popbox.store.maildir_times): the commit appends the first
-  retrieval time of each retrieved message to ``popbox.retrieved`` and drops the lines
-  of deleted ones; `times()` gives them with the file's mtime as the delivery time,
+  retrieval time of each retrieved message to ``popbox.retrieved`` and drops those of
+  deleted ones (by appending a line each; the file is rewritten when such lines
+  outnumber the rest); `times()` gives them with the file's mtime as the delivery time,
   for `popbox expire`. The time comes from the store's `clock`.
 * soft delete (`deleted="trash"`, popbox.store.maildir_trash): the commit moves the
   deleted files into ``.Trash/cur/`` instead of unlinking them; `purge` and `undelete`

@@ -22,7 +22,9 @@ the same name keeps its cached size; nothing that follows the Maildir protocol d
 The cache is only a hint about sizes: a file that is missing, truncated, foreign or
 corrupt is ignored and rebuilt, never trusted and never fatal. It is replaced atomically
 (popbox.fsutil.write_atomic: a temporary file in the maildir root renamed over it), not
-fsynced (a torn file fails its digest), and only when its content changed. The
+fsynced (a torn file fails its digest), and only when it gained or changed entries,
+or holds more sizes of messages gone than of messages there (and over
+popbox.store.maildir_scan.STALE_SIZES): a deletion alone does not rewrite it. The
 maildrop lock is held while it is written, so there is one writer at a time, and
 temporary files it finds are orphans of a writer that died: they are removed.
 

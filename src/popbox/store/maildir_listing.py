@@ -36,10 +36,12 @@ exactly the same names, reuses the stored sizes and UIDLs instead of deriving th
 (popbox.store.maildir_scan.take).
 
 Robustness: the file is a cache. A missing, truncated, foreign or corrupt file, or one of
-another version, is ignored and rebuilt, never trusted, never fatal. It is replaced
-atomically (temporary file in the maildir root, rename over, orphans of a writer that
-died removed), under the maildrop lock. It is not fsync'ed: after a crash it may be torn
-or empty, and then fails its digest; an older intact one records an older state of the
+another version, is ignored and rebuilt, never trusted, never fatal. It is written
+under the maildrop lock, so no one reads it meanwhile: over the old one in place (a
+regular file of one link owned by popbox's process: popbox.fsutil.overwrite), or else
+replaced atomically (temporary file in the maildir root, rename over, orphans of a
+writer that died removed). It is not fsync'ed: after a crash it may be torn or empty,
+and then fails its digest; an older intact one records an older state of the
 directories and is not reused. Even a file with a valid digest is checked: every name is
 a plain file name (no ``/``, not empty, not starting with a dot), so a listing written by
 someone else can only point into ``cur/`` and ``new/``, and every UIDL is valid (RFC 1939
@@ -71,7 +73,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import cast
 
-from popbox.fsutil import read_regular, write_atomic
+from popbox.fsutil import overwrite, read_regular, write_atomic
 from popbox.proto.types import Uidl
 from popbox.store.maildir_cache import remove_orphans
 from popbox.store.maildir_import import COURIER_SIZELIST, DOVECOT_UIDLIST, UidlImport
@@ -312,12 +314,15 @@ def load(root: str) -> tuple[Watch, Listing] | None:
 
 
 def save(root: str, state: Watch, listing: Listing) -> None:
-    """Replace the stored listing atomically. Failure only costs speed: logged, not raised."""
+    """Replace the stored listing: in place, else atomically (see the module's notes).
+    Failure only costs speed: logged, not raised."""
     path = os.path.join(root, LISTING_NAME)
-    remove_orphans(root, LISTING_NAME)
     try:
         # No fsync: a file torn by a crash fails its digest, and an older intact one names
         # older directory stamps, so it is not trusted (see the module's notes).
-        write_atomic(path, encode(state, listing), fsync=False)
+        data = encode(state, listing)
+        if not overwrite(path, data):
+            remove_orphans(root, LISTING_NAME)
+            write_atomic(path, data, fsync=False)
     except (OSError, ValueError, OverflowError) as exc:  # OverflowError: a ,W= over 2**63
         log.warning("listing cache %s not written: %s", path, exc)

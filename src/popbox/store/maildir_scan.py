@@ -176,6 +176,9 @@ def _drop_double_listings(root: str, found: list[Entry]) -> list[Entry]:
     return [e for e in found if id(e) not in gone]
 
 
+STALE_SIZES = 64  # sizes of messages gone that the size cache keeps before it is rewritten
+
+
 def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
     """Fill in the sizes not given by ,W= (popbox.store.maildir_cache: keyed by base, or
     by base and inode for the files that share a base - those already have `ino` set).
@@ -212,7 +215,11 @@ def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
                     continue
             fresh[key] = hit
             e.size = hit[1]
-    if fresh != cached or not current:
+    # Sizes of messages gone are kept a while (harmless: a base is never used again), so
+    # that a commit's deletions cost the next listing no rewrite of the cache.
+    stale = len(cached) - (len(fresh) - sum(key not in cached for key in fresh))
+    if (not current or stale > max(STALE_SIZES, len(fresh))
+            or any(cached.get(key) != hit for key, hit in fresh.items())):
         maildir_cache.save(root, fresh)
     return [e for e in found if id(e) not in left_out] if left_out else found
 

@@ -8,8 +8,12 @@
 
 A record is lines ``<unique base> <unix seconds>``, appended (O_APPEND, under the maildrop
 lock, no fsync). Reading keeps the first time per base and ignores what it cannot parse
-(a torn last line after a crash). `forget` rewrites the file without some bases
-(temporary file, rename), so a record holds only messages still there.
+(a torn last line after a crash). `forget` appends a line ``<base> -`` for each base it
+drops, which reading applies in order (a base recorded again later is back); once such
+lines outnumber the bases still recorded (and are more than FORGOTTEN_MAX), it rewrites
+the file with the recorded bases only (temporary file, rename). So a commit that
+deletes messages appends to the record, the way one that retrieves them does, and the
+record stays under about twice the size of what it holds.
 
 Losing ``popbox.retrieved`` only ever keeps mail longer: a message without a line but
 with the S flag counts as retrieved when its file last changed (its ctime, never earlier
@@ -28,29 +32,49 @@ RETRIEVED = "popbox.retrieved"
 TRASHED = "popbox.trashed"
 
 
+FORGOTTEN_MAX = 64  # "<base> -" lines a record keeps before it is rewritten without them
+
+
 def read(root: str, name: str = RETRIEVED) -> dict[str, float]:
     """The first time of every base in the record (empty if there is none)."""
+    return _parse(_load(root, name))[0]
+
+
+def _load(root: str, name: str) -> bytes:
     try:
         with open(os.path.join(root, name), "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
-        return {}
+        return b""
+
+
+def _parse(data: bytes) -> tuple[dict[str, float], int]:
+    """The first time of every base still recorded, and how many lines forgot one."""
     found: dict[str, float] = {}
+    forgotten = 0
     for line in data.split(b"\n")[:-1]:  # the part after the last newline may be torn
         base, _, when = line.partition(b" ")
         try:
-            seconds = float(when)
             name = base.decode("ascii")
+            if when == b"-":
+                forgotten += 1
+                found.pop(name, None)
+                continue
+            seconds = float(when)
         except (ValueError, UnicodeDecodeError):
             continue
         if name and (name not in found or seconds < found[name]):
             found[name] = seconds
-    return found
+    return found, forgotten
 
 
 def append(root: str, bases: Iterable[str], now: float, name: str = RETRIEVED) -> None:
     """Record `bases` at `now`. OSError propagates."""
-    data = "".join(f"{base} {now:.0f}\n" for base in bases).encode("ascii", "replace")
+    _append(root, "".join(f"{base} {now:.0f}\n" for base in bases), name)
+
+
+def _append(root: str, text: str, name: str) -> None:
+    data = text.encode("ascii", "replace")
     if not data:
         return
     fd = os.open(os.path.join(root, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
@@ -62,11 +86,20 @@ def append(root: str, bases: Iterable[str], now: float, name: str = RETRIEVED) -
 
 
 def forget(root: str, bases: set[str], name: str = RETRIEVED) -> None:
-    """Drop the lines of `bases` (atomically replaced). OSError propagates."""
-    path = os.path.join(root, name)
-    if not bases or not os.path.exists(path):
+    """Drop the times of `bases`: a line each, or the record rewritten without the bases
+    it no longer holds (see the module docstring). OSError propagates."""
+    if not bases:
         return
-    kept = {base: when for base, when in read(root, name).items() if base not in bases}
+    found, forgotten = _parse(_load(root, name))
+    dropped = sorted(base for base in bases if base in found)
+    if not dropped:
+        return
+    for base in dropped:
+        del found[base]
+    forgotten += len(dropped)
+    if forgotten <= max(FORGOTTEN_MAX, len(found)):
+        _append(root, "".join(f"{base} -\n" for base in dropped), name)
+        return
     # No fsync, as for appends: a record lost in a crash only keeps mail longer.
-    data = "".join(f"{b} {w:.0f}\n" for b, w in kept.items()).encode("ascii", "replace")
-    write_atomic(path, data, fsync=False)
+    data = "".join(f"{b} {w:.0f}\n" for b, w in found.items()).encode("ascii", "replace")
+    write_atomic(os.path.join(root, name), data, fsync=False)
