@@ -8,7 +8,10 @@ Courier and qmail write them. The pieces:
   once, dies with its holder), then take the snapshot (popbox.store.maildir_scan: order,
   sizes without reading files, UIDLs from file names or imported from Dovecot/Courier;
   a maildir unchanged since its last listing is served from the listing cache,
-  popbox.store.maildir_listing, without reading its directories).
+  popbox.store.maildir_listing, without reading its directories). A small maildir
+  (``cur/`` and ``new/`` together at most INLINE_DIR_OCTETS) is opened on the event
+  loop, as a small message is read there; a larger one, or one with a message whose size
+  must be read from its file, in a worker thread.
 * read: the file is opened on the event loop with ``O_NOFOLLOW | O_NONBLOCK`` and checked
   with fstat(2) to be a regular file (popbox.fsutil.open_regular): no symlink is followed
   and no FIFO can hold the open. A message that cannot be opened (EACCES, EIO, not a
@@ -92,7 +95,14 @@ from popbox.store.maildir_import import UidlImport
 from popbox.store.maildir_listing import Listing
 from popbox.store.maildir_measure import read_small
 from popbox.store.maildir_names import base_of, has_flag, unique_name, with_flag
-from popbox.store.maildir_scan import Entry, EntryTable, find_files, pick, take
+from popbox.store.maildir_scan import (
+    Entry,
+    EntryTable,
+    MustMeasure,
+    find_files,
+    pick,
+    take,
+)
 
 LOCK_NAME = "popbox.lock"
 CHUNK_SIZE = 256 * 1024
@@ -182,6 +192,19 @@ _PERMANENT_ERRNOS = frozenset(
 log = logging.getLogger(__name__)
 
 
+INLINE_DIR_OCTETS = 16 * 1024  # cur/ and new/ together: a few hundred names at most
+
+
+def _small(root: str) -> bool:
+    """Whether the maildir's ``cur/`` and ``new/`` are small directories (two stat calls;
+    a directory's size grows with the names it has held). False if either is missing."""
+    try:
+        size = os.stat(os.path.join(root, "cur")).st_size
+        return size + os.stat(os.path.join(root, "new")).st_size <= INLINE_DIR_OCTETS
+    except OSError:
+        return False
+
+
 def _failure(exc: OSError) -> Failure:
     if exc.errno in FULL_ERRNOS:
         return Failure.FULL
@@ -247,25 +270,45 @@ class MaildirStore:
                 raise OSError(errno.ELOOP, "a symlink (store.follow_symlinks is off)", path)
 
     async def open(self, location: str) -> MaildirDrop | Failure:
-        return await asyncio.to_thread(self._open, location)
+        """A small maildir (`_small`) is opened on the event loop, unless a message file
+        must be read for its size: then, as a larger one is, in a thread (the lock taken
+        on the loop kept). A hop to a thread costs a small maildir's login more than the
+        listing itself: the thread and the loop take the GIL in turns at every system
+        call."""
+        lock = None
+        if _small(location):
+            opened = self._open(location, measure=False)
+            if not isinstance(opened, FileLock):
+                return opened
+            lock = opened
+        done = await asyncio.to_thread(self._open, location, lock=lock)
+        assert not isinstance(done, FileLock)  # (measured: never the lock)
+        return done
 
-    def _open(self, root: str) -> MaildirDrop | Failure:
-        try:
-            self._refuse_symlinks(root)
-            if not os.path.isdir(os.path.join(root, "tmp")):  # one stat for a whole maildir
-                ensure_maildir(root)
-            lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
-        except OSError as exc:
-            log.warning("maildir %s unusable: %s", root, exc)
-            return _failure(exc)
+    def _open(
+        self, root: str, *, measure: bool = True, lock: FileLock | None = None,
+    ) -> MaildirDrop | Failure | FileLock:
+        """The maildrop, or the failure; without `measure`, the lock held (`lock`, for the
+        next call) where a message's size must be measured."""
         if lock is None:
-            return Failure.IN_USE
+            try:
+                self._refuse_symlinks(root)
+                if not os.path.isdir(os.path.join(root, "tmp")):  # one stat for a maildir
+                    ensure_maildir(root)
+                lock = FileLock.try_acquire(os.path.join(root, LOCK_NAME))
+            except OSError as exc:
+                log.warning("maildir %s unusable: %s", root, exc)
+                return _failure(exc)
+            if lock is None:
+                return Failure.IN_USE
         try:
             try:
-                listing = take(root, self.uidl_import, self.chunk_size)
+                listing = take(root, self.uidl_import, self.chunk_size, measure=measure)
             except FileNotFoundError:  # cur/ or new/ is missing
                 ensure_maildir(root)
-                listing = take(root, self.uidl_import, self.chunk_size)
+                listing = take(root, self.uidl_import, self.chunk_size, measure=measure)
+        except MustMeasure:
+            return lock
         except OSError as exc:
             lock.release()
             log.warning("maildir %s not listed: %s", root, exc)

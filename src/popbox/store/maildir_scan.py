@@ -179,7 +179,11 @@ def _drop_double_listings(root: str, found: list[Entry]) -> list[Entry]:
 STALE_SIZES = 64  # sizes of messages gone that the size cache keeps before it is rewritten
 
 
-def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
+class MustMeasure(Exception):
+    """A listing made with ``measure=False`` needs a message file read for its size."""
+
+
+def _sizes(root: str, found: list[Entry], chunk_size: int, measure: bool = True) -> list[Entry]:
     """Fill in the sizes not given by ,W= (popbox.store.maildir_cache: keyed by base, or
     by base and inode for the files that share a base - those already have `ino` set).
     The files the cache does not know are measured in one batch per subdirectory
@@ -198,6 +202,8 @@ def _sizes(root: str, found: list[Entry], chunk_size: int) -> list[Entry]:
                 continue
             fresh[key] = hit
             e.size = hit[1]
+    if not measure and any(unknown.values()):
+        raise MustMeasure
     left_out: set[int] = set()
     for sub, todo in unknown.items():
         names = [e.name for _, e in todo]
@@ -259,10 +265,11 @@ def _without_empty(root: str, found: list[Entry]) -> list[Entry]:
 
 
 def _finish(
-    root: str, found: list[Entry], uidl_import: UidlImport | None, chunk_size: int
+    root: str, found: list[Entry], uidl_import: UidlImport | None, chunk_size: int,
+    measure: bool = True,
 ) -> list[Entry]:
     found = _drop_double_listings(root, found)
-    found = _sizes(root, found, chunk_size)
+    found = _sizes(root, found, chunk_size, measure)
     if any(e.size == 0 for e in found):
         found = _without_empty(root, found)
     found.sort(key=_ORDER)
@@ -296,7 +303,9 @@ def _same_names(listing: Listing, scanned: Scanned) -> bool:
     return True
 
 
-def take(root: str, uidl_import: UidlImport | None, chunk_size: int) -> Listing:
+def take(
+    root: str, uidl_import: UidlImport | None, chunk_size: int, *, measure: bool = True
+) -> Listing:
     """The maildir's snapshot, from the listing cache when the maildir has not changed
     (popbox.store.maildir_listing), else listed. The maildrop lock must be held; cur/
     and new/ must exist. OSError propagates.
@@ -305,9 +314,10 @@ def take(root: str, uidl_import: UidlImport | None, chunk_size: int) -> Listing:
     is trusted (the 2 s rule): reused, no directory is read; (2) the directories hold
     exactly the stored listing's names (and the imported-UIDL file is unchanged, under the
     same 2 s rule): one readdir per directory, the stored sizes, UIDLs and order are
-    reused; (3) the full
-    snapshot. After (2) and (3) the listing is stored with the state read before the
-    directories were (so a change during the listing is seen next time).
+    reused; (3) the full snapshot. After (2) and (3) the listing is stored with the state
+    read before the directories were (so a change during the listing is seen next time).
+    Without `measure`, a snapshot that would have to read a message file for its size
+    raises `MustMeasure` instead, having written nothing.
     """
     state = maildir_listing.watch(root, uidl_import)
     stored = maildir_listing.load(root)
@@ -327,7 +337,7 @@ def take(root: str, uidl_import: UidlImport | None, chunk_size: int) -> Listing:
             if state.trusted or not old_state.same_state(state):
                 maildir_listing.save(root, state, old)
             return old
-    listing = _as_listing(_finish(root, _entries(scanned), uidl_import, chunk_size))
+    listing = _as_listing(_finish(root, _entries(scanned), uidl_import, chunk_size, measure))
     maildir_listing.save(root, state, listing)
     return listing
 

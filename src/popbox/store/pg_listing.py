@@ -13,7 +13,8 @@ A kept listing is used while the counter is the same, whichever frontend (or per
 psql) wrote last: the database counts every change of what a listing shows. The fold of the
 retrieval log changes nothing a listing shows, and does not move the counter. At most
 `rows` rows are kept in all (the least recently used go first; a larger listing is not
-kept; 0 keeps none), about 250 bytes each; sessions share a kept listing, never change it.
+kept; 0 keeps none), about 270 bytes each (tracemalloc: 26.6 MB for 99,000 rows).
+Sessions share a kept listing and never change it.
 """
 
 from __future__ import annotations
