@@ -158,6 +158,20 @@ class ServerConnection:
         self._pending = event
         return event
 
+    def peek_retr(self) -> ev.Retr | None:
+        """The next event if it is a RETR whose line was parsed before (TRANSACTION state,
+        nothing pending), without taking it: `next_event` gives it next. None otherwise,
+        or when there is no complete line."""
+        if self._pending is not None or self._state is not State.TRANSACTION or not self._lines:
+            return None
+        known = _PARSED.get(self._lines[0])
+        return known if known.__class__ is ev.Retr else None
+
+    @property
+    def has_input(self) -> bool:
+        """Whether a line or the end of input waits to be taken by `next_event`."""
+        return bool(self._lines) or self._eof
+
     # --- output ---
 
     def send(self, reply: ev.Reply) -> bytes:

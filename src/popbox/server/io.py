@@ -6,7 +6,10 @@ Input is pulled: bytes that arrive while the session is busy stop the transport 
 reading until the session asks for more (`receive()`), so a client that pipelines
 megabytes of commands is held by TCP, not buffered here. (While the session waits for
 input, reading goes on: a request-answer client never costs a pause and a resume, two
-system calls per command.) Output is pushed with `write()`; `drain()` waits while the
+system calls per command.) What arrives while the session waits is first offered to
+its `answer` hook, which answers what needs no coroutine and gives the new deadline to
+wait for (the session's task is then not woken at all), or None to wake it. Output is
+pushed with `write()`; `drain()` waits while the
 transport's buffer is above its high-water mark, so a client that does not read is paused.
 
 `receive(deadline)` raises TimeoutError once the loop's clock passes `deadline`. One timer
@@ -54,8 +57,8 @@ def _drop(data: bytes) -> None:
 
 class SessionIO(asyncio.Protocol):
     __slots__ = ("_closed", "_deadline", "_drain", "_input", "_paused", "_peer", "_proxied_tls",
-                 "_proxy", "_proxy_from", "_reading", "_timer", "_upgrading", "loop", "on_open",
-                 "received", "transport")
+                 "_proxy", "_proxy_from", "_reading", "_timer", "_upgrading", "answer", "loop",
+                 "on_open", "received", "transport")
 
     def __init__(
         self, on_open: Callable[[SessionIO], None], proxy_networks: list[str] | None = None,
@@ -65,6 +68,8 @@ class SessionIO(asyncio.Protocol):
         self._proxy: _ProxyWait | None = None
         self._peer = "local"
         self.received: Callable[[bytes], None] = _drop  # set by the session: its core's input
+        # set by the session: answers what it can at once while waiting (see data_received)
+        self.answer: Callable[[], float | None] | None = None
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self._input: asyncio.Future[None] | None = None
@@ -123,6 +128,13 @@ class SessionIO(asyncio.Protocol):
         self.received(data)
         waiter = self._input
         if waiter is not None and not waiter.done():
+            # The session waits for input: what it can answer at once it answers here, and
+            # goes on waiting, until the new deadline it gives (no task switch per command).
+            answer = self.answer
+            deadline = answer() if answer is not None else None
+            if deadline is not None:
+                self._deadline = deadline  # (the timer re-arms itself for a later one)
+                return
             waiter.set_result(None)
         elif not self._upgrading:  # during STLS, self.transport is the raw one underneath TLS
             self._stop_reading()

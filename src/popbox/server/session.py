@@ -11,7 +11,10 @@ The loop reads whatever the client sent, answers every complete command in order
 (pipelining) and flushes the answers with one write. Message bodies are streamed chunk by
 chunk with `drain()`, so a client that does not read is paused, not buffered, and is cut
 off by the send timeout; a small message read whole (RETR) is queued in one piece, +OK
-line, message and end, and goes out with the flush. Idle clients are logged out (RFC 1939
+line, message and end, and goes out with the flush. While the loop waits for input, such
+RETRs are answered as their bytes arrive, by the transport's callback (`_answer_now`):
+the loop goes on waiting, unless something else came too (no task switch per RETR of a
+client that retrieves one message after the other). Idle clients are logged out (RFC 1939
 §3) after `limits.idle_timeout` of silence once logged in. Before login the limit is a deadline, not
 an idle timer: `limits.login_timeout` from connect, so a client trickling one byte a
 second cannot hold a connection slot for longer than that.
@@ -49,8 +52,9 @@ FLUSH_AT = 64 * 1024  # a message piece this big is sent before the next one is 
 
 
 class Session:
-    __slots__ = ("_idle", "_limits_of", "_out", "authz", "bad", "bytes_sent", "conn", "ctx", "io",
-                 "lang", "login_deadline", "peer", "record", "retr_count", "slot", "txn", "utf8")
+    __slots__ = ("_fault", "_idle", "_limits_of", "_out", "authz", "bad", "bytes_sent", "conn",
+                 "ctx", "io", "lang", "login_deadline", "peer", "record", "retr_count", "slot",
+                 "txn", "utf8")
 
     def __init__(self, ctx: ServerContext, io: SessionIO) -> None:
         self.ctx = ctx
@@ -59,6 +63,8 @@ class Session:
         enabled = frozenset({"LAST"} if ctx.config.server.enable_last else ())
         self.conn = ServerConnection(no_nuls=no_nuls, enabled=enabled)
         io.received = self.conn.receive_data
+        io.answer = self._answer_now
+        self._fault: Exception | None = None  # raised by _answer_now, re-raised by _serve
         self.peer = io.peer
         self.authz = Authorization(ctx, self.peer, secure=io.secure)
         if io.secure:
@@ -145,6 +151,41 @@ class Session:
                 self._emit(conn.send(replies.IDLE_TIMEOUT))
                 await self._flush()
                 return "idle-timeout"
+            if self._fault is not None:
+                raise self._fault
+
+    def _answer_now(self) -> float | None:
+        """Called by the transport when bytes arrive while `_serve` waits for them: answer
+        the RETRs among them that are answered whole (store.base.WholeSource, HeldWire),
+        as `_serve` would, and send the answers. The new idle deadline when that was all
+        (the session goes on waiting, no task switch); None to wake `_serve` for the rest
+        (another command, a RETR it must stream, a client that lags)."""
+        try:
+            txn, conn = self.txn, self.conn
+            if txn is None:
+                return None
+            record, answered = self.record, False
+            while (event := conn.peek_retr()) is not None:
+                if record.countdown == 1:  # the next command's time is sampled: _serve's
+                    break
+                whole = txn.retr_whole(event.msg)
+                if whole is None:
+                    break
+                conn.next_event()  # (the same event: taken now)
+                record.command(event)
+                if isinstance(whole, Whole):
+                    self._send_whole(txn, whole)
+                else:
+                    self._reply(whole)
+                answered = True
+            if not answered:
+                return None
+            if not self._send_out() or conn.has_input:
+                return None
+            return self._deadline()
+        except Exception as exc:  # (in the transport's callback: _serve reports it)
+            self._fault = exc
+            return None
 
     def _close_reason(self, event: ev.Event) -> str:
         match event:
