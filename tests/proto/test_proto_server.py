@@ -359,6 +359,17 @@ def test_message_body_is_framed_by_the_core() -> None:
     assert conn.next_event() == ev.Noop()
 
 
+def pending_retr(no_nuls: bool) -> ServerConnection:
+    """A connection logged in, with "RETR 1" pending and "NOOP" after it."""
+    conn = ServerConnection(no_nuls=no_nuls)
+    conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\nNOOP\r\n")
+    for _ in range(2):
+        conn.next_event()
+        conn.send(ev.Ok())
+    assert conn.next_event() == ev.Retr(MsgNo(1))
+    return conn
+
+
 @settings(max_examples=200)
 @given(st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"\0", b".."]), max_size=30).map(
     b"".join), st.booleans())
@@ -366,23 +377,14 @@ def test_a_message_sent_whole_is_the_same_bytes(data: bytes, no_nuls: bool) -> N
     """A message read whole goes out in one piece (`send_message`): the same bytes as +OK,
     Data and End, and the next command comes after it. A wrong size sends nothing and
     leaves RETR pending, to be answered with -ERR."""
-    def retr() -> ServerConnection:
-        conn = ServerConnection(no_nuls=no_nuls)
-        conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\nNOOP\r\n")
-        for _ in range(2):
-            conn.next_event()
-            conn.send(ev.Ok())
-        assert conn.next_event() == ev.Retr(MsgNo(1))
-        return conn
-
     size = wire_size(data)
-    stepwise = retr()
+    stepwise = pending_retr(no_nuls)
     expected = (stepwise.send(ev.Ok(f"{size} octets")) + stepwise.send(ev.Data(data))
                 + stepwise.send(ev.End()))
-    conn = retr()
+    conn = pending_retr(no_nuls)
     assert conn.send_message(f"{size} octets", data, size) == expected
     assert conn.next_event() == ev.Noop()
-    wrong = retr()
+    wrong = pending_retr(no_nuls)
     assert wrong.send_message("x", data, size + 1) is None
     assert wrong.next_event() is ev.PAUSED
     assert wrong.send(ev.Err("changed")) == b"-ERR changed\r\n"
@@ -397,20 +399,11 @@ def test_a_message_held_in_wire_form_is_the_same_bytes(data: bytes, no_nuls: boo
     one piece (`send_wire`): the same bytes as +OK, Data(wire=True) and End, ended with a
     line end where the wire form lacks one, and the next command comes after it."""
     wire = to_wire(data)
-    def retr() -> ServerConnection:
-        conn = ServerConnection(no_nuls=no_nuls)
-        conn.receive_data(b"USER a\r\nPASS b\r\nRETR 1\r\nNOOP\r\n")
-        for _ in range(2):
-            conn.next_event()
-            conn.send(ev.Ok())
-        assert conn.next_event() == ev.Retr(MsgNo(1))
-        return conn
-
     for held in (wire, wire.removesuffix(b"\r\n")):
-        stepwise = retr()
+        stepwise = pending_retr(no_nuls)
         expected = (stepwise.send(ev.Ok("n octets")) + stepwise.send(ev.Data(held, True))
                     + stepwise.send(ev.End()))
-        conn = retr()
+        conn = pending_retr(no_nuls)
         assert conn.send_wire("n octets", held) == expected
         assert expected.endswith(b"\r\n.\r\n")
         assert conn.next_event() == ev.Noop()

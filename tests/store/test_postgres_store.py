@@ -19,7 +19,7 @@ from popbox.pg.pool import Database
 from popbox.pg.schema import LOCK_NAMESPACE
 from popbox.proto.types import Index
 from popbox.proto.wire import to_wire, wire_size
-from popbox.store.base import GONE, CommitReport, Failure, Gone, read_message
+from popbox.store.base import GONE, CommitReport, Failure, Gone, Reader, read_message
 from popbox.store.postgres import PostgresDrop, PostgresStore
 
 MESSAGE = b"Subject: hello\n\nbody\n"
@@ -42,6 +42,15 @@ async def opened(store: PostgresStore, location: str) -> PostgresDrop:
     drop = await store.open(location)
     assert isinstance(drop, PostgresDrop), drop
     return drop
+
+
+async def all_chunks(reader: Reader) -> list[bytes]:
+    """Every chunk of an opened message, in order; the reader closed."""
+    chunks = [await reader.next()]
+    while not reader.done:
+        chunks.append(await reader.next())
+    reader.close()
+    return chunks
 
 
 async def lock_holders(dsn: str, location: str) -> list[int]:
@@ -212,10 +221,7 @@ async def test_large_message_streams_in_chunks(pg_dsn: str) -> None:
             assert drop.messages[index].size == wire_size(message)
             reader = await drop.open_message(Index(index))
             assert not isinstance(reader, Gone)
-            chunks = [await reader.next()]
-            while not reader.done:
-                chunks.append(await reader.next())
-            reader.close()
+            chunks = await all_chunks(reader)
             assert b"".join(chunks) == message
             assert len(chunks) == -(-read_size // (256 * 1024))
             largest = max(len(chunk) for chunk in chunks)
@@ -236,10 +242,7 @@ async def test_wire_form_streams_in_chunks(pg_dsn: str) -> None:
         drop = await opened(store, location)
         wire = await drop.open_wire(Index(0))
         assert wire is not None and not isinstance(wire, Gone)
-        chunks = [await wire.next()]
-        while not wire.done:
-            chunks.append(await wire.next())
-        wire.close()
+        chunks = await all_chunks(wire)
         expected = b"Subject: w\r\n\r\n" + b"..dot\r\nplain\r\n" * 300 + b"no end\r\n"
         assert b"".join(chunks) == expected
         assert len(chunks) == -(-len(expected) // 1000)
@@ -279,10 +282,7 @@ async def test_read_ahead_serves_each_message_once_and_as_sent(
         if isinstance(reader, Gone):
             got.append(reader)
             continue
-        chunks = [await reader.next()]
-        while not reader.done:
-            chunks.append(await reader.next())
-        reader.close()
+        chunks = await all_chunks(reader)
         got.append(b"".join(chunks))
     expected: list[bytes | Gone] = [to_wire(m) for m in messages]
     expected[40] = GONE
@@ -312,10 +312,7 @@ async def test_held_wire_gives_a_read_ahead_message_once_and_only_whole(pg_dsn: 
         assert drop.held_wire(Index(2)) is None  # given once
         second = await drop.open_wire(Index(1))
         assert second is not None and not isinstance(second, Gone)
-        chunks = [await second.next()]
-        while not second.done:
-            chunks.append(await second.next())
-        second.close()
+        chunks = await all_chunks(second)
         assert b"".join(chunks) == to_wire(messages[1])
         await drop.release()
     finally:

@@ -223,9 +223,10 @@ def _sizes(root: str, found: list[Entry], chunk_size: int, measure: bool = True)
             e.size = hit[1]
     # Sizes of messages gone are kept a while (harmless: a base is never used again), so
     # that a commit's deletions cost the next listing no rewrite of the cache.
-    stale = len(cached) - (len(fresh) - sum(key not in cached for key in fresh))
-    if (not current or stale > max(STALE_SIZES, len(fresh))
-            or any(cached.get(key) != hit for key, hit in fresh.items())):
+    # (Unless an entry is new or changed, every one of `fresh` is in `cached`: the rest
+    # of `cached` is the stale ones.)
+    if (not current or any(cached.get(key) != hit for key, hit in fresh.items())
+            or len(cached) - len(fresh) > max(STALE_SIZES, len(fresh))):
         maildir_cache.save(root, fresh)
     return [e for e in found if id(e) not in left_out] if left_out else found
 
