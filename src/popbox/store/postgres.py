@@ -390,6 +390,9 @@ class _RowReader:
             self._next = asyncio.ensure_future(
                 self._drop._chunk(self._id, self._offset, self._column))
             self._next.add_done_callback(_retrieved)
+            # One turn of the loop, so that the query is on its way before this chunk is
+            # written to the client (a write that does not block gives no turn).
+            await asyncio.sleep(0)
         return chunk
 
     def close(self) -> None:
