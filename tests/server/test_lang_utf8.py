@@ -173,3 +173,23 @@ def test_header_guard_any_cut_is_the_same(message: bytes, cut: int) -> None:
         assert HeaderGuard().feed(message[:cut]) == message[:cut] and not guard.active
     top = TopFilter(0).feed(message)
     assert whole[: len(top)].isascii() and whole[len(top):] == message[len(top):]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("at", [8191, 8192, 8193, 8194, 65536, 65537, 65538, 70000])
+def test_header_guard_finds_a_late_empty_line(newline: bytes, at: int) -> None:
+    """A header section that ends far into the first chunk (around the places where the
+    search for the empty line widens), LF or CRLF, the body after it with no empty line:
+    the guard changes the octets above 0x7F before the empty line only, and the
+    shortcut is taken only where it changes nothing."""
+    line = b"X-Long: \xc3\xa4" + b"a" * 60 + newline
+    head = (line * (at // len(line) + 1))[:at - len(newline) - 1] + b"b" + newline
+    assert len(head) == at  # the empty line's first "\n" is at at - 1
+    body = ("k\xf6rper " * 5000).encode("latin-1").replace(b" ", newline)
+    message = head + newline + body
+    end = len(head) + len(newline)
+    whole = HeaderGuard().feed(message)
+    assert len(whole) == len(message) and whole[:end].isascii() and whole[end:] == body
+    assert not ascii_header(message)
+    plain = head.replace(b"\xc3\xa4", b"ae") + newline + body
+    assert ascii_header(plain) and HeaderGuard().feed(plain) == plain

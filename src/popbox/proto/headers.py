@@ -14,6 +14,7 @@ unchanged for a client that says UTF8. The header section ends at the first empt
 from __future__ import annotations
 
 _ASCII_ONLY = bytes(range(128)) + b"?" * 128
+_FIRST_WINDOW = 8192  # octets searched first for the empty line (then 8 times as many)
 
 
 class HeaderGuard:
@@ -74,9 +75,18 @@ def ascii_header(chunk: bytes) -> bool:
 
 def _empty_line_end(chunk: bytes) -> int | None:
     """The offset just past the first empty (or lone CR) line inside `chunk`, found with
-    C-speed substring searches rather than a regular expression."""
-    lf = chunk.find(b"\n\n")
-    crlf = chunk.find(b"\n\r\n", 0, len(chunk) if lf < 0 else lf + 1)
-    if crlf >= 0:
-        return crlf + 3
-    return None if lf < 0 else lf + 2
+    C-speed substring searches rather than a regular expression. The searches look at a
+    growing window from the start: a header section ends within a few KB, and in a chunk
+    in wire form (CRLF, where no "\n\n" is) a search over the whole chunk for the LF
+    form would read all of it, 256 KiB for a big message."""
+    size, start, stop = len(chunk), 0, min(len(chunk), _FIRST_WINDOW)
+    while True:  # each turn finds the matches that begin in [start, stop)
+        lf = chunk.find(b"\n\n", start, stop + 1)
+        crlf = chunk.find(b"\n\r\n", start, (stop if lf < 0 else lf) + 2)
+        if crlf >= 0:
+            return crlf + 3
+        if lf >= 0:
+            return lf + 2
+        if stop >= size:
+            return None
+        start, stop = stop, min(size, stop * 8)
