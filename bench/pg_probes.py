@@ -1,7 +1,8 @@
-"""Two small PostgreSQL measurements behind docs/scaling-out.md's capacity plan:
+"""Small PostgreSQL measurements behind docs/scaling-out.md's capacity plan:
 
     .venv/bin/python -m bench.pg_probes locks     # the cost of proving a lock via pg_locks
     .venv/bin/python -m bench.pg_probes convert   # `popbox db upgrade` converting old rows
+    .venv/bin/python -m bench.pg_probes layouts   # PostgreSQL's CPU per GB sent, by layout
 
 `locks`: one connection takes N maildrop-style advisory locks (N = 1, 1,000, 5,000), a
 second one times the query a commit would need to prove one of them by reading
@@ -10,20 +11,32 @@ second one times the query a commit would need to prove one of them by reading
 `convert`: a throwaway database (bench.pg.BenchDatabase, dropped at the end) with
 `--messages` messages of about 10 KB, their wire form then removed as if they had been
 stored before schema version 3; prints how long ``popbox db upgrade`` takes to convert
-them (the command's start included). Both only talk to the PostgreSQL server of
-``$POPBOX_BENCH_PG_DSN`` (else 127.0.0.1:5432).
+them (the command's start included).
+
+`layouts`: what PostgreSQL's backend spends (user + system CPU, from /proc) per GB of
+message bodies it sends, for three ways of storing them, in a throwaway database:
+``external`` (popbox's: one ``bytea`` per message, uncompressed out of line, read with
+``substring`` 256 KiB at a time), ``compressed`` (``STORAGE MAIN``, lz4 where the server
+has it: kept in the row where it fits, read whole) and ``rows`` (the body cut into rows
+of 8,000 octets, ``STORAGE PLAIN``: no TOAST at all, read 32 rows a query). For messages
+of 10 KB (read 12 a query, as the store's read-ahead does) and of 1 MB, each read
+twice in turns. Every probe only talks to the PostgreSQL server of
+``$POPBOX_BENCH_PG_DSN`` (else 127.0.0.1:5432); `locks` uses its own database.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -86,13 +99,115 @@ def _convert(messages: int) -> None:
         db.drop()
 
 
+# name: (storage, the query for one big message's piece, the read-ahead's query)
+_LAYOUTS = {
+    "external": ("ALTER TABLE t ALTER body SET STORAGE EXTERNAL",
+                 "SELECT substring(body FROM $2 FOR $3) FROM t WHERE id = $1",
+                 "SELECT substring(body FROM 1 FOR $2) FROM t WHERE id = ANY($1)"),
+    "compressed": ("ALTER TABLE t ALTER body SET STORAGE MAIN",
+                   "SELECT body FROM t WHERE id = $1",
+                   "SELECT body FROM t WHERE id = ANY($1) AND $2 > 0"),
+    "rows": ("ALTER TABLE t ALTER body SET STORAGE PLAIN",
+             "SELECT body FROM t WHERE id = $1 AND part >= $2 AND part < $3 ORDER BY part",
+             "SELECT body FROM t WHERE id = ANY($1) AND $2 > 0 ORDER BY id, part"),
+}
+_PART, _PIECE, _PARTS_A_QUERY, _AHEAD = 8000, 256 * 1024, 32, 12
+
+
+def _backend_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bodies(size: int, count: int) -> list[bytes]:
+    """Mail-like text in wire form: CRLF lines of words."""
+    rng = random.Random(size)
+    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
+             for _ in range(3000)]
+    out = []
+    for _ in range(count):
+        body = bytearray(b"Subject: layout probe\r\n\r\n")
+        while len(body) < size:
+            body += b" ".join(rng.choices(words, k=11)) + b"\r\n"
+        out.append(bytes(body[:size]))
+    return out
+
+
+async def _layouts(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        lz4 = await conn.fetchval("SELECT current_setting('server_version_num')::int >= 140000")
+        for size, count, passes in ((10 * 1024, 2400, 8), (1024 * 1024, 48, 4)):
+            bodies = _bodies(size, count)
+            reads: dict[str, Any] = {}
+            for name, (storage, piece, ahead) in _LAYOUTS.items():
+                table = f"probe_{name}"
+                await conn.execute(f"DROP TABLE IF EXISTS {table}")
+                await conn.execute(f"CREATE TABLE {table} (id int, part int, body bytea, "
+                                   "PRIMARY KEY (id, part))")
+                await conn.execute(storage.replace(" t ", f" {table} "))
+                if name == "compressed" and lz4:
+                    await conn.execute(f"ALTER TABLE {table} ALTER body SET COMPRESSION lz4")
+                step = _PART if name == "rows" else size
+                await conn.executemany(
+                    f"INSERT INTO {table} VALUES ($1, $2, $3)",  # noqa: S608 (our names)
+                    [(i, k, body[o:o + step]) for i, body in enumerate(bodies)
+                     for k, o in enumerate(range(0, size, step))])
+                await conn.execute(f"VACUUM ANALYZE {table}")
+                query = ahead if size < _PIECE else piece
+                reads[name] = await conn.prepare(query.replace(" t ", f" {table} "))
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            for turn in range(2):
+                for name, statement in reads.items():
+                    cpu, started, sent = _backend_cpu(pid), time.process_time(), 0
+                    for _ in range(passes):
+                        sent += await _read_all(name, statement, count, size)
+                    gb = sent / 1e9
+                    print(f"{size // 1024:>5} KB {name:10} turn {turn + 1}: PostgreSQL "
+                          f"{(_backend_cpu(pid) - cpu) / gb:.2f} s/GB, this client "
+                          f"{(time.process_time() - started) / gb:.2f} s/GB")
+            for name in _LAYOUTS:
+                await conn.execute(f"DROP TABLE probe_{name}")
+    finally:
+        await conn.close()
+
+
+async def _read_all(layout: str, statement: Any, count: int, size: int) -> int:
+    """Every message once, as the store would read it; returns the octets received."""
+    sent = 0
+    if size < _PIECE:  # the read-ahead: several whole messages a query
+        for first in range(0, count, _AHEAD):
+            rows = await statement.fetch(list(range(first, first + _AHEAD)), _PIECE)
+            sent += sum(len(r[0]) for r in rows)
+        return sent
+    for i in range(count):
+        if layout == "external":
+            for offset in range(0, size, _PIECE):
+                sent += len(await statement.fetchval(i, offset + 1, _PIECE))
+        elif layout == "rows":
+            for part in range(0, -(-size // _PART), _PARTS_A_QUERY):
+                rows = await statement.fetch(i, part, part + _PARTS_A_QUERY)
+                sent += sum(len(r[0]) for r in rows)
+        else:
+            sent += len(await statement.fetchval(i))
+    return sent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pg_probes")
-    parser.add_argument("probe", choices=("locks", "convert"))
+    parser.add_argument("probe", choices=("locks", "convert", "layouts"))
     parser.add_argument("--messages", type=int, default=5000, help="for convert")
     args = parser.parse_args(argv)
     if args.probe == "locks":
         asyncio.run(_locks(pg.server_dsn(), (1, 1000, 5000)))
+    elif args.probe == "layouts":
+        db = pg.BenchDatabase()
+        db.create()
+        try:
+            asyncio.run(_layouts(db.dsn))
+        finally:
+            db.drop()
     else:
         _convert(args.messages)
     return 0
