@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import pg
+from bench import pg, procstat
 from bench.quit_pg import _fill
 from popbox.pg.schema import LOCK_NAMESPACE
 
@@ -99,7 +98,8 @@ def _convert(messages: int) -> None:
         db.drop()
 
 
-# name: (storage, the query for one big message's piece, the read-ahead's query)
+# name: (storage, the query for one big message's piece, the read-ahead's query; every
+# read-ahead query takes the piece size as $2, though only `external` needs it)
 _LAYOUTS = {
     "external": ("ALTER TABLE t ALTER body SET STORAGE EXTERNAL",
                  "SELECT substring(body FROM $2 FOR $3) FROM t WHERE id = $1",
@@ -112,12 +112,6 @@ _LAYOUTS = {
              "SELECT body FROM t WHERE id = ANY($1) AND $2 > 0 ORDER BY id, part"),
 }
 _PART, _PIECE, _PARTS_A_QUERY, _AHEAD = 8000, 256 * 1024, 32, 12
-
-
-def _backend_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _bodies(size: int, count: int) -> list[bytes]:
@@ -160,12 +154,12 @@ async def _layouts(dsn: str) -> None:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             for turn in range(2):
                 for name, statement in reads.items():
-                    cpu, started, sent = _backend_cpu(pid), time.process_time(), 0
+                    cpu, started, sent = procstat.cpu_seconds(pid), time.process_time(), 0
                     for _ in range(passes):
                         sent += await _read_all(name, statement, count, size)
                     gb = sent / 1e9
                     print(f"{size // 1024:>5} KB {name:10} turn {turn + 1}: PostgreSQL "
-                          f"{(_backend_cpu(pid) - cpu) / gb:.2f} s/GB, this client "
+                          f"{(procstat.cpu_seconds(pid) - cpu) / gb:.2f} s/GB, this client "
                           f"{(time.process_time() - started) / gb:.2f} s/GB")
             for name in _LAYOUTS:
                 await conn.execute(f"DROP TABLE probe_{name}")

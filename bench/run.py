@@ -350,7 +350,6 @@ class Bench:
         if server.resettable:
             reset_maildir(self.corpus, server.mail_root, "big", server.owner)
             os.sync()  # so that no later fsync has to wait for this tree's writeback
-        if first:
             # "Page cache warm" must hold for whoever comes first: the kernel may have
             # paged the cold files out since the corpus was written (proactive reclaim,
             # e.g. DAMON's), and the servers' trees share their inodes (hard links), so
