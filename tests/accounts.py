@@ -11,6 +11,7 @@ import pwd
 import select
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,26 @@ def system_accounts(base: Path, count: int) -> Iterator[list[Account]]:
         for name in made:
             subprocess.run(["userdel", "-f", name], check=False, timeout=30,
                            capture_output=True)
+
+
+@contextlib.contextmanager
+def interpreter_reachable() -> Iterator[None]:
+    """Let other users run this Python and import this popbox while it lasts: every
+    directory above the virtual environment and the package that others may not enter
+    (a checkout made in `mktemp -d`, mode 0700) gets o+x, and its mode back after."""
+    import popbox
+    changed: list[tuple[Path, int]] = []
+    try:
+        for top in (Path(sys.prefix), Path(popbox.__file__).parent):
+            for path in (top, *top.parents):
+                mode = path.stat().st_mode
+                if not mode & 0o001 and all(p != path for p, _ in changed):
+                    changed.append((path, mode))
+                    path.chmod(mode | 0o001)
+        yield
+    finally:
+        for path, mode in reversed(changed):
+            path.chmod(mode & 0o7777)
 
 
 def children(pid: int) -> list[int]:

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from accounts import CAN_MAKE_ACCOUNTS, Account, mail_processes, system_accounts, wait_exit
+from accounts import (
+    CAN_MAKE_ACCOUNTS,
+    Account,
+    interpreter_reachable,
+    mail_processes,
+    system_accounts,
+    wait_exit,
+)
 from pg import LmtpProcess
 
 pytestmark = pytest.mark.skipif(not CAN_MAKE_ACCOUNTS,
@@ -69,7 +76,7 @@ class Site:
 def site() -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="popbox-deliver-owner-"))
     try:
-        with system_accounts(base, 2) as (alice, bob):
+        with system_accounts(base, 2) as (alice, bob), interpreter_reachable():
             nobody = pwd.getpwnam("nobody")
             vmail = base / "vmail" / "Maildir"
             vmail.mkdir(parents=True)

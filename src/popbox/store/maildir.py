@@ -107,6 +107,9 @@ from popbox.store.maildir_scan import (
 LOCK_NAME = "popbox.lock"
 CHUNK_SIZE = 256 * 1024
 INLINE_READ = 64 * 1024  # messages up to this wire size are read on the event loop
+# A larger message's first read: what a client that never reads keeps queued. The
+# chunks after it, read once the client has taken this one, are full size.
+FIRST_READ = 64 * 1024
 _MESSAGE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG  # the file type bits of st_mode, a regular file
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -131,7 +134,8 @@ class _FileReader:
     Measured: a hop to a worker thread and back costs about 0.1 ms of CPU, more than
     reading 1 MB from the page cache. So a small file is read on the loop as it is; a
     larger one is read on the loop with RWF_NOWAIT (only what the page cache holds), and
-    a chunk that would wait for the disk is read in a thread.
+    a chunk that would wait for the disk is read in a thread. A larger file's first read
+    is FIRST_READ octets, so that a client that does not read holds little.
     """
 
     __slots__ = ("_chunk", "_fd", "_offset", "_small", "done")
@@ -152,10 +156,10 @@ class _FileReader:
                 raise StoreError(Failure.TEMPORARY) from exc
             self.done = len(data) < self._chunk  # a regular file's read is short only at EOF
         else:
-            cached = _read_cached(self._fd, self._chunk, self._offset)
+            size = min(self._chunk, FIRST_READ) if self._offset == 0 else self._chunk
+            cached = _read_cached(self._fd, size, self._offset)
             if cached is None:
-                data = await asyncio.to_thread(_read, os.pread, self._fd, self._chunk,
-                                               self._offset)
+                data = await asyncio.to_thread(_read, os.pread, self._fd, size, self._offset)
             else:
                 data = cached
             self.done = not data
